@@ -1,0 +1,515 @@
+//! etcd v3: native Range, Txn and Watch. The vkube revision *is* the etcd revision, so this backend
+//! adds no bookkeeping of its own; writes are single transactions whose compare clauses encode
+//! create / compare-and-swap / conditional delete. Keys live under a prefix, so several virtual
+//! clusters can share one etcd. TTLs use etcd leases.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType,
+    GetOptions, Identity, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use tokio::sync::mpsc;
+
+use crate::error::{Result, StoreError, check_key};
+use crate::kv::{Event, EventKind, KeyValue, ListOptions, ListResult, Revision, prefix_end};
+use crate::watch::Watch;
+use crate::Store;
+
+const BACKEND: &str = "etcd";
+
+/// Client TLS for etcd: the CA that signed the servers, and an optional client certificate.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+pub struct EtcdStore {
+    client: Client,
+    prefix: String,
+}
+
+fn etcd_err(err: etcd_client::Error) -> StoreError {
+    StoreError::backend(BACKEND, err)
+}
+
+fn read_pem(path: &PathBuf) -> Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| StoreError::backend(BACKEND, format!("reading {}: {e}", path.display())))
+}
+
+impl EtcdStore {
+    /// Connects to `endpoints` (`host:port`, or URLs); every key is stored under `prefix`.
+    pub async fn connect(endpoints: &[String], prefix: &str, tls: Option<EtcdTls>) -> Result<Arc<Self>> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .map(|e| if e.contains("://") { e.clone() } else { format!("{scheme}://{e}") })
+            .collect();
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if let Some(tls) = tls {
+            let mut config = TlsOptions::new();
+            if let Some(ca) = &tls.ca_file {
+                config = config.ca_certificate(Certificate::from_pem(read_pem(ca)?));
+            }
+            match (&tls.cert_file, &tls.key_file) {
+                (Some(cert), Some(key)) => {
+                    config = config.identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(StoreError::backend(
+                        BACKEND,
+                        "a client certificate needs both a cert file and a key file",
+                    ));
+                }
+            }
+            options = options.with_tls(config);
+        }
+        let client = Client::connect(&endpoints, Some(options)).await.map_err(etcd_err)?;
+        let store = EtcdStore {
+            client,
+            prefix: prefix.to_string(),
+        };
+        // Fail now, not on first use, when no endpoint answers.
+        store.current_revision().await?;
+        Ok(Arc::new(store))
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn kv(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
+        convert(&self.prefix, kv)
+    }
+
+    /// Maps etcd's revision errors to ours; they carry no numbers, so fetch them.
+    async fn revision_err(&self, err: etcd_client::Error, requested: Revision) -> StoreError {
+        let text = err.to_string();
+        if text.contains("required revision has been compacted") {
+            StoreError::Compacted {
+                requested,
+                compact_revision: self.compact_revision().await.unwrap_or(0),
+            }
+        } else if text.contains("required revision is a future revision") {
+            match self.current_revision().await {
+                Ok(current) => StoreError::FutureRevision { requested, current },
+                Err(e) => e,
+            }
+        } else {
+            etcd_err(err)
+        }
+    }
+
+    /// etcd reports its compaction revision only to a watcher that starts below it.
+    async fn compact_revision(&self) -> Result<Revision> {
+        let mut stream = self
+            .client
+            .watch_client()
+            .watch(
+                self.full("\u{1}compaction-probe"),
+                Some(WatchOptions::new().with_start_revision(1)),
+            )
+            .await
+            .map_err(etcd_err)?;
+        let probe = async {
+            while let Some(resp) = stream.message().await.map_err(etcd_err)? {
+                if resp.compact_revision() > 0 {
+                    return Ok(resp.compact_revision());
+                }
+            }
+            Ok(0)
+        };
+        tokio::time::timeout(Duration::from_secs(2), probe).await.unwrap_or(Ok(0))
+    }
+
+    async fn lease(&self, ttl: Option<Duration>) -> Result<Option<PutOptions>> {
+        let Some(ttl) = ttl else { return Ok(None) };
+        let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        let lease = self
+            .client
+            .lease_client()
+            .grant(secs.max(1) as i64, None)
+            .await
+            .map_err(etcd_err)?;
+        Ok(Some(PutOptions::new().with_lease(lease.id())))
+    }
+
+    fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<Revision> {
+        header
+            .map(|h| h.revision())
+            .ok_or_else(|| StoreError::backend(BACKEND, "response without a header"))
+    }
+
+    /// The current value of a key from a failed transaction's `or_else` get.
+    fn failed_get(&self, responses: &[TxnOpResponse]) -> Result<Option<KeyValue>> {
+        match responses.first() {
+            Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| self.kv(kv)).transpose(),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Our view of an etcd key-value: the key without the store's prefix.
+fn convert(prefix: &str, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
+    let key = kv
+        .key_str()
+        .ok()
+        .and_then(|k| k.strip_prefix(prefix))
+        .ok_or_else(|| StoreError::backend(BACKEND, format!("unexpected key {:?}", kv.key())))?;
+    Ok(KeyValue {
+        key: key.to_string(),
+        value: kv.value().to_vec(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+        version: kv.version(),
+    })
+}
+
+/// The end of etcd's key range for everything under `prefix` (bytewise); "\0" means "to the end".
+fn range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn get(&self, key: &str, revision: Option<Revision>) -> Result<Option<KeyValue>> {
+        let mut options = GetOptions::new();
+        if let Some(rev) = revision {
+            if rev <= 0 {
+                return Err(self.revision_err_for_nonpositive(rev).await);
+            }
+            options = options.with_revision(rev);
+        }
+        match self.client.kv_client().get(self.full(key), Some(options)).await {
+            Ok(resp) => resp.kvs().first().map(|kv| self.kv(kv)).transpose(),
+            Err(err) => Err(self.revision_err(err, revision.unwrap_or(0)).await),
+        }
+    }
+
+    async fn list(&self, prefix: &str, options: ListOptions) -> Result<ListResult> {
+        let start = match &options.start_after {
+            Some(after) if after.as_str() >= prefix => format!("{}{after}\0", self.prefix),
+            _ => self.full(prefix),
+        };
+        let end = match prefix_end(prefix) {
+            Some(end) => self.full(&end).into_bytes(),
+            None => range_end(self.prefix.as_bytes()),
+        };
+        let mut get = GetOptions::new().with_range(end);
+        if let Some(rev) = options.revision {
+            if rev <= 0 {
+                return Err(self.revision_err_for_nonpositive(rev).await);
+            }
+            get = get.with_revision(rev);
+        }
+        if let Some(limit) = options.limit {
+            if limit == 0 {
+                // etcd reads limit 0 as "no limit"; ask for one key only to learn `more`.
+                get = get.with_limit(1).with_keys_only();
+            } else {
+                get = get.with_limit(limit as i64);
+            }
+        }
+        let resp = match self.client.kv_client().get(start, Some(get)).await {
+            Ok(resp) => resp,
+            Err(err) => return Err(self.revision_err(err, options.revision.unwrap_or(0)).await),
+        };
+        let revision = match options.revision {
+            Some(rev) => rev,
+            None => Self::header_revision(resp.header())?,
+        };
+        let (items, more) = if options.limit == Some(0) {
+            (Vec::new(), !resp.kvs().is_empty())
+        } else {
+            let items = resp.kvs().iter().map(|kv| self.kv(kv)).collect::<Result<Vec<_>>>()?;
+            (items, resp.more())
+        };
+        Ok(ListResult { items, revision, more })
+    }
+
+    async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<KeyValue> {
+        check_key(key)?;
+        let full = self.full(key);
+        let put = self.lease(ttl).await?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(full.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(full.clone(), value.clone(), put)]);
+        let resp = self.client.kv_client().txn(txn).await.map_err(etcd_err)?;
+        if !resp.succeeded() {
+            return Err(StoreError::AlreadyExists { key: key.to_string() });
+        }
+        let revision = Self::header_revision(resp.header())?;
+        Ok(KeyValue {
+            key: key.to_string(),
+            value,
+            create_revision: revision,
+            mod_revision: revision,
+            version: 1,
+        })
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Revision,
+        ttl: Option<Duration>,
+    ) -> Result<KeyValue> {
+        check_key(key)?;
+        let full = self.full(key);
+        let put = self.lease(ttl).await?.unwrap_or_default().with_prev_key();
+        let txn = Txn::new()
+            .when([
+                Compare::version(full.clone(), CompareOp::Greater, 0),
+                Compare::mod_revision(full.clone(), CompareOp::Equal, expected),
+            ])
+            .and_then([TxnOp::put(full.clone(), value.clone(), Some(put))])
+            .or_else([TxnOp::get(full, None)]);
+        let resp = self.client.kv_client().txn(txn).await.map_err(etcd_err)?;
+        let responses = resp.op_responses();
+        if !resp.succeeded() {
+            return Err(match self.failed_get(&responses)? {
+                None => StoreError::NotFound { key: key.to_string() },
+                Some(current) => StoreError::Conflict {
+                    key: key.to_string(),
+                    expected,
+                    current: Box::new(current),
+                },
+            });
+        }
+        let revision = Self::header_revision(resp.header())?;
+        let prev = match responses.first() {
+            Some(TxnOpResponse::Put(put)) => put.prev_key().map(|kv| self.kv(kv)).transpose()?,
+            _ => None,
+        }
+        .ok_or_else(|| StoreError::backend(BACKEND, "a put without its previous value"))?;
+        Ok(KeyValue {
+            key: key.to_string(),
+            value,
+            create_revision: prev.create_revision,
+            mod_revision: revision,
+            version: prev.version + 1,
+        })
+    }
+
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(KeyValue, Revision)> {
+        check_key(key)?;
+        let full = self.full(key);
+        let mut when = vec![Compare::version(full.clone(), CompareOp::Greater, 0)];
+        if let Some(expected) = expected {
+            when.push(Compare::mod_revision(full.clone(), CompareOp::Equal, expected));
+        }
+        let txn = Txn::new()
+            .when(when)
+            .and_then([TxnOp::delete(full.clone(), Some(DeleteOptions::new().with_prev_key()))])
+            .or_else([TxnOp::get(full, None)]);
+        let resp = self.client.kv_client().txn(txn).await.map_err(etcd_err)?;
+        let responses = resp.op_responses();
+        if !resp.succeeded() {
+            return Err(match (self.failed_get(&responses)?, expected) {
+                (Some(current), Some(expected)) => StoreError::Conflict {
+                    key: key.to_string(),
+                    expected,
+                    current: Box::new(current),
+                },
+                _ => StoreError::NotFound { key: key.to_string() },
+            });
+        }
+        let revision = Self::header_revision(resp.header())?;
+        let prev = match responses.first() {
+            Some(TxnOpResponse::Delete(del)) => del.prev_kvs().first().map(|kv| self.kv(kv)).transpose()?,
+            _ => None,
+        }
+        .ok_or_else(|| StoreError::NotFound { key: key.to_string() })?;
+        Ok((prev, revision))
+    }
+
+    async fn current_revision(&self) -> Result<Revision> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(self.full("\u{1}revision-probe"), Some(GetOptions::new().with_count_only()))
+            .await
+            .map_err(etcd_err)?;
+        Self::header_revision(resp.header())
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        let current = self.current_revision().await?;
+        if revision > current {
+            return Err(StoreError::FutureRevision { requested: revision, current });
+        }
+        match self
+            .client
+            .kv_client()
+            .compact(revision, Some(etcd_client::CompactionOptions::new().with_physical()))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err) => Err(self.revision_err(err, revision).await),
+        }
+    }
+
+    async fn watch(&self, prefix: &str, from: Revision) -> Result<Watch> {
+        // A range read at `from` fails exactly when `from` is below the compaction, which is
+        // when events after `from` may be gone: the same rule as the log-backed stores.
+        if from > 0 {
+            let probe = GetOptions::new().with_revision(from).with_count_only();
+            if let Err(err) = self.client.kv_client().get(self.full(prefix), Some(probe)).await {
+                let err = self.revision_err(err, from).await;
+                if !matches!(err, StoreError::FutureRevision { .. }) {
+                    return Err(err);
+                }
+            }
+        } else {
+            let compacted = self.compact_revision().await?;
+            if compacted > 0 {
+                return Err(StoreError::Compacted { requested: from, compact_revision: compacted });
+            }
+        }
+        let (tx, rx) = mpsc::channel(512);
+        let watcher = EtcdWatcher {
+            client: self.client.clone(),
+            store_prefix: self.prefix.clone(),
+            prefix: prefix.to_string(),
+            last: from,
+            tx,
+        };
+        let task = tokio::spawn(watcher.run());
+        Ok(Watch::new(rx, task.abort_handle()))
+    }
+}
+
+impl EtcdStore {
+    async fn revision_err_for_nonpositive(&self, requested: Revision) -> StoreError {
+        match self.compact_revision().await {
+            Ok(c) if c > 0 => StoreError::Compacted { requested, compact_revision: c },
+            Ok(_) => StoreError::Compacted { requested, compact_revision: 1 },
+            Err(e) => e,
+        }
+    }
+}
+
+/// One watch: re-opens etcd's stream after a transport error, from the last revision delivered,
+/// so the consumer sees no gap and no duplicate.
+struct EtcdWatcher {
+    client: Client,
+    store_prefix: String,
+    prefix: String,
+    last: Revision,
+    tx: mpsc::Sender<Result<Event>>,
+}
+
+impl EtcdWatcher {
+    async fn run(mut self) {
+        let mut failures = 0u32;
+        loop {
+            match self.stream().await {
+                Ok(Some(err)) => {
+                    let _ = self.tx.send(Err(err)).await;
+                    return;
+                }
+                Ok(None) => return,
+                Err(err) => {
+                    failures += 1;
+                    if failures > 20 {
+                        let _ = self.tx.send(Err(err)).await;
+                        return;
+                    }
+                    tracing::warn!(%err, "etcd watch broke; resuming");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(10)))).await;
+                }
+            }
+        }
+    }
+
+    /// Streams until the consumer leaves (`Ok(None)`), a final error (`Ok(Some)`), or a transport
+    /// error worth retrying (`Err`).
+    async fn stream(&mut self) -> Result<Option<StoreError>> {
+        let full = format!("{}{}", self.store_prefix, self.prefix);
+        let end = match prefix_end(&self.prefix) {
+            Some(end) => format!("{}{end}", self.store_prefix).into_bytes(),
+            None => range_end(self.store_prefix.as_bytes()),
+        };
+        let options = WatchOptions::new()
+            .with_range(end)
+            .with_start_revision(self.last + 1)
+            .with_prev_key();
+        let mut stream = self.client.watch_client().watch(full, Some(options)).await.map_err(etcd_err)?;
+        while let Some(resp) = stream.message().await.map_err(etcd_err)? {
+            if resp.compact_revision() > 0 {
+                return Ok(Some(StoreError::Compacted {
+                    requested: self.last,
+                    compact_revision: resp.compact_revision(),
+                }));
+            }
+            for event in resp.events() {
+                let event = match self.event(event) {
+                    Ok(event) => event,
+                    Err(err) => return Ok(Some(err)),
+                };
+                if event.revision <= self.last {
+                    continue;
+                }
+                self.last = event.revision;
+                if self.tx.send(Ok(event)).await.is_err() {
+                    return Ok(None);
+                }
+            }
+            if resp.canceled() {
+                return Err(StoreError::backend(BACKEND, format!("watch canceled: {}", resp.cancel_reason())));
+            }
+        }
+        Err(StoreError::backend(BACKEND, "watch stream ended"))
+    }
+
+    fn event(&self, event: &etcd_client::Event) -> Result<Event> {
+        let convert = |kv| convert(&self.store_prefix, kv);
+        let kv = event.kv().ok_or_else(|| StoreError::backend(BACKEND, "an event without a key"))?;
+        let current = convert(kv)?;
+        let prev = event.prev_kv().map(convert).transpose()?;
+        Ok(match event.event_type() {
+            EventType::Delete => Event {
+                kind: EventKind::Delete,
+                revision: current.mod_revision,
+                key: current.key,
+                value: None,
+                prev,
+            },
+            EventType::Put if current.create_revision == current.mod_revision => Event {
+                kind: EventKind::Create,
+                revision: current.mod_revision,
+                key: current.key.clone(),
+                value: Some(current),
+                prev: None,
+            },
+            EventType::Put => Event {
+                kind: EventKind::Update,
+                revision: current.mod_revision,
+                key: current.key.clone(),
+                value: Some(current),
+                prev,
+            },
+        })
+    }
+}

@@ -1,0 +1,418 @@
+//! PostgreSQL: the log of `log.rs` in two tables, shared by any number of replicas.
+//!
+//! Out-of-order commits, the problem kine solves with gap detection and filling, cannot happen here:
+//! a writer takes its revision by incrementing the counter row in `vkube_meta` as the first statement
+//! of its transaction, and that row lock is held until commit. The next writer's increment waits,
+//! then reads the committed value, so revision N+1 commits after N has become visible (PostgreSQL
+//! marks a transaction committed before it releases its locks), and a rolled-back writer gives its
+//! revision back. A reader that sees N thus sees every revision below it. The price is one writer
+//! at a time per database, which a single etcd pays too (its Raft log is one sequence).
+//!
+//! Watchers wake on `NOTIFY vkube_revisions` (sent inside the writing transaction, so delivered on
+//! commit) through one LISTEN connection per process, not by polling.
+
+use std::str::FromStr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls};
+
+use crate::error::{Result, StoreError, check_key};
+use crate::kv::{Event, KeyValue, ListOptions, ListResult, Revision};
+use crate::log::{self, Expiring, Row, Tasks, Write};
+use crate::sql;
+use crate::watch::{LogSource, Watch, watch_log};
+use crate::Store;
+
+const BACKEND: &str = "postgres";
+const CHANNEL: &str = "vkube_revisions";
+const POOL_SIZE: usize = 16;
+
+const SCHEMA: &str = r#"
+SELECT pg_advisory_xact_lock(7275617453);
+CREATE TABLE IF NOT EXISTS vkube_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+INSERT INTO vkube_meta (name, value) VALUES ('revision', 0), ('compacted', 0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS vkube_log (
+    revision BIGINT PRIMARY KEY,
+    key TEXT COLLATE "C" NOT NULL,
+    deleted INTEGER NOT NULL,
+    create_revision BIGINT NOT NULL,
+    prev_revision BIGINT NOT NULL,
+    version BIGINT NOT NULL,
+    value BYTEA NOT NULL,
+    expires_at BIGINT
+);
+CREATE INDEX IF NOT EXISTS vkube_log_key ON vkube_log (key, revision);
+CREATE INDEX IF NOT EXISTS vkube_log_expires ON vkube_log (expires_at) WHERE expires_at IS NOT NULL;
+"#;
+
+pub struct PostgresStore {
+    pool: Pool,
+    committed: watch::Sender<Revision>,
+    me: Weak<PostgresStore>,
+    tasks: Tasks,
+}
+
+fn db_err(err: impl std::fmt::Display) -> StoreError {
+    StoreError::backend(BACKEND, err)
+}
+
+impl PostgresStore {
+    /// Connects to the database a `postgres://` URL names, creating the tables if needed.
+    pub async fn connect(url: &str) -> Result<Arc<Self>> {
+        let config = tokio_postgres::Config::from_str(url).map_err(|e| StoreError::InvalidUrl {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(db_err)?;
+        let mut client = pool.get().await.map_err(db_err)?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        tx.batch_execute(SCHEMA).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        let revision = meta(&client).await?.0;
+        drop(client);
+        let store = Arc::new_cyclic(|me| PostgresStore {
+            pool,
+            committed: watch::channel(revision).0,
+            me: me.clone(),
+            tasks: Tasks::default(),
+        });
+        let listener = listen(&config).await?;
+        store.tasks.add(tokio::spawn(run_listener(Arc::downgrade(&store), config, listener)).abort_handle());
+        store.tasks.add(log::spawn_ttl_sweeper(Arc::downgrade(&store)));
+        Ok(store)
+    }
+
+    fn me(&self) -> Result<Arc<Self>> {
+        self.me.upgrade().ok_or_else(|| StoreError::closed(BACKEND))
+    }
+
+    fn saw(&self, revision: Revision) {
+        self.committed.send_if_modified(|c| {
+            let newer = *c < revision;
+            *c = (*c).max(revision);
+            newer
+        });
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(db_err)
+    }
+
+    async fn write(
+        &self,
+        key: &str,
+        op: Write,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<(Row, Option<KeyValue>)> {
+        check_key(key)?;
+        let expires = log::expiry(ttl);
+        let mut client = self.client().await?;
+        let bump = client.prepare_cached(sql::BUMP_REVISION).await.map_err(db_err)?;
+        let latest_stmt = client.prepare_cached(&sql::pg(sql::LATEST)).await.map_err(db_err)?;
+        let insert = client.prepare_cached(&sql::pg(sql::INSERT)).await.map_err(db_err)?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let revision: Revision = tx.query_one(&bump, &[]).await.map_err(db_err)?.get(0);
+        let latest = tx.query_opt(&latest_stmt, &[&key, &revision]).await.map_err(db_err)?;
+        let latest = latest.map(|r| pg_row(&r, 0)).transpose()?;
+        let (row, prev) = log::plan(key, op, latest, value)?;
+        let row = row.at(revision);
+        tx.execute(
+            &insert,
+            &[
+                &row.revision,
+                &row.key,
+                &i32::from(row.deleted),
+                &row.create_revision,
+                &row.prev_revision,
+                &row.version,
+                &row.value,
+                &expires,
+            ],
+        )
+        .await
+        .map_err(db_err)?;
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &revision.to_string()])
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        self.saw(revision);
+        Ok((row, prev))
+    }
+
+    /// Runs reads in one REPEATABLE READ snapshot, after checking `revision` against it.
+    async fn read_at<T>(
+        &self,
+        statement: &str,
+        revision: Option<Revision>,
+        params: impl FnOnce(Revision) -> Params,
+        map: impl Fn(&tokio_postgres::Row) -> Result<T>,
+    ) -> Result<(Vec<T>, Revision, Revision)> {
+        let mut client = self.client().await?;
+        let stmt = client.prepare_cached(statement).await.map_err(db_err)?;
+        let meta_stmt = client.prepare_cached(sql::META).await.map_err(db_err)?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(db_err)?;
+        let m = tx.query_one(&meta_stmt, &[]).await.map_err(db_err)?;
+        let (current, compacted): (Revision, Revision) =
+            (m.try_get(0).map_err(db_err)?, m.try_get(1).map_err(db_err)?);
+        let at = sql::at(revision, current);
+        if let Some(requested) = revision {
+            log::check_read_revision(requested, current, compacted)?;
+        }
+        let params = params(at);
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p.as_ref() as _).collect();
+        let rows = tx.query(&stmt, &refs).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        let items = rows.iter().map(map).collect::<Result<Vec<_>>>()?;
+        Ok((items, current, compacted))
+    }
+}
+
+async fn meta(client: &tokio_postgres::Client) -> Result<(Revision, Revision)> {
+    let m = client.query_one(sql::META, &[]).await.map_err(db_err)?;
+    Ok((m.try_get(0).map_err(db_err)?, m.try_get(1).map_err(db_err)?))
+}
+
+/// A log row from columns `offset..offset + 7` (`sql::ROW`'s order).
+fn pg_row(r: &tokio_postgres::Row, offset: usize) -> Result<Row> {
+    Ok(Row {
+        revision: r.try_get(offset).map_err(db_err)?,
+        key: r.try_get(offset + 1).map_err(db_err)?,
+        deleted: r.try_get::<_, i32>(offset + 2).map_err(db_err)? != 0,
+        create_revision: r.try_get(offset + 3).map_err(db_err)?,
+        prev_revision: r.try_get(offset + 4).map_err(db_err)?,
+        version: r.try_get(offset + 5).map_err(db_err)?,
+        value: r.try_get(offset + 6).map_err(db_err)?,
+    })
+}
+
+type Notifications = tokio::sync::mpsc::UnboundedReceiver<Result<Revision, String>>;
+
+/// Opens the LISTEN connection; its notifications (or its end) arrive on the returned channel.
+/// The connection lives as long as the returned client.
+async fn listen(
+    config: &tokio_postgres::Config,
+) -> Result<(tokio_postgres::Client, Notifications)> {
+    let (client, mut connection) = config.connect(NoTls).await.map_err(db_err)?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            let item = match message {
+                Ok(AsyncMessage::Notification(n)) => match n.payload().parse::<Revision>() {
+                    Ok(revision) => Ok(revision),
+                    Err(_) => continue,
+                },
+                Ok(_) => continue,
+                Err(err) => Err(err.to_string()),
+            };
+            if tx.send(item).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Err("the LISTEN connection closed".into()));
+    });
+    client
+        .batch_execute(&format!("LISTEN {CHANNEL}"))
+        .await
+        .map_err(db_err)?;
+    Ok((client, rx))
+}
+
+/// Feeds notifications to the watchers; reconnects when the connection drops, then catches up
+/// by reading the current revision, so a notification lost meanwhile delays nobody.
+async fn run_listener(
+    store: Weak<PostgresStore>,
+    config: tokio_postgres::Config,
+    (mut _client, mut notifications): (tokio_postgres::Client, Notifications),
+) {
+    loop {
+        while let Some(item) = notifications.recv().await {
+            let Some(store) = store.upgrade() else { return };
+            match item {
+                Ok(revision) => store.saw(revision),
+                Err(err) => {
+                    tracing::warn!(%err, "postgres LISTEN connection failed; reconnecting");
+                    break;
+                }
+            }
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let Some(store) = store.upgrade() else { return };
+            match listen(&config).await {
+                Ok((client, rx)) => {
+                    (_client, notifications) = (client, rx);
+                    if let Ok(revision) = store.current_revision().await {
+                        store.saw(revision);
+                    }
+                    break;
+                }
+                Err(err) => tracing::warn!(%err, "postgres LISTEN reconnect failed"),
+            }
+        }
+    }
+}
+
+type Params = Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>;
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn get(&self, key: &str, revision: Option<Revision>) -> Result<Option<KeyValue>> {
+        let key = key.to_string();
+        let params = move |at: Revision| -> Params { vec![Box::new(key), Box::new(at)] };
+        let (rows, _, _) = self
+            .read_at(&sql::pg(sql::LATEST), revision, params, |r| pg_row(r, 0))
+            .await?;
+        Ok(rows.into_iter().find(|r| !r.deleted).map(Row::kv))
+    }
+
+    async fn list(&self, prefix: &str, options: ListOptions) -> Result<ListResult> {
+        let (lower, exclusive, upper) = sql::range(prefix, options.start_after.as_deref());
+        let statement = sql::pg(&sql::list(exclusive, upper.is_some()));
+        let limit = sql::limit(options.limit);
+        let params = |at: Revision| -> Params {
+            let mut p: Params = vec![Box::new(at), Box::new(limit), Box::new(lower)];
+            if let Some(upper) = upper {
+                p.push(Box::new(upper));
+            }
+            p
+        };
+        let (rows, current, _) = self
+            .read_at(&statement, options.revision, params, |r| Ok(pg_row(r, 0)?.kv()))
+            .await?;
+        let mut items = rows;
+        let more = options.limit.is_some_and(|l| items.len() > l);
+        items.truncate(options.limit.unwrap_or(usize::MAX));
+        Ok(ListResult {
+            items,
+            revision: sql::at(options.revision, current),
+            more,
+        })
+    }
+
+    async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<KeyValue> {
+        Ok(self.write(key, Write::Create, value, ttl).await?.0.kv())
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Revision,
+        ttl: Option<Duration>,
+    ) -> Result<KeyValue> {
+        Ok(self.write(key, Write::Update { expected }, value, ttl).await?.0.kv())
+    }
+
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(KeyValue, Revision)> {
+        let (row, prev) = self.write(key, Write::Delete { expected }, Vec::new(), None).await?;
+        let prev = prev.ok_or_else(|| StoreError::NotFound { key: key.into() })?;
+        Ok((prev, row.revision))
+    }
+
+    async fn current_revision(&self) -> Result<Revision> {
+        let client = self.client().await?;
+        Ok(meta(&client).await?.0)
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        tx.execute("SELECT 1 FROM vkube_meta WHERE name = 'compacted' FOR UPDATE", &[])
+            .await
+            .map_err(db_err)?;
+        let m = tx.query_one(sql::META, &[]).await.map_err(db_err)?;
+        let (current, compacted) = (m.try_get(0).map_err(db_err)?, m.try_get(1).map_err(db_err)?);
+        log::check_compact(revision, current, compacted)?;
+        tx.execute(&sql::pg(sql::COMPACT), &[&revision]).await.map_err(db_err)?;
+        tx.execute(&sql::pg(sql::SET_COMPACTED), &[&revision]).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn watch(&self, prefix: &str, from: Revision) -> Result<Watch> {
+        watch_log(self.me()?, self.committed.subscribe(), prefix, from).await
+    }
+}
+
+#[async_trait]
+impl LogSource for PostgresStore {
+    async fn events_after(
+        &self,
+        prefix: &str,
+        after: Revision,
+        limit: usize,
+    ) -> Result<(Vec<Event>, Revision)> {
+        let (lower, _, upper) = sql::range(prefix, None);
+        let statement = sql::pg(&sql::events(upper.is_some()));
+        let limit = limit as i64;
+        let params = |_| -> Params {
+            let mut p: Params = vec![Box::new(after), Box::new(limit), Box::new(lower)];
+            if let Some(upper) = upper {
+                p.push(Box::new(upper));
+            }
+            p
+        };
+        let map = |r: &tokio_postgres::Row| {
+            let prev = match r.try_get::<_, Option<Revision>>(7).map_err(db_err)? {
+                Some(_) => Some(pg_row(r, 7)?),
+                None => None,
+            };
+            Ok(pg_row(r, 0)?.event(prev))
+        };
+        let (events, current, compacted) = self.read_at(&statement, None, params, map).await?;
+        if after < compacted {
+            return Err(StoreError::Compacted {
+                requested: after,
+                compact_revision: compacted,
+            });
+        }
+        let covered = if events.len() as i64 >= limit {
+            events.last().map_or(after, |e| e.revision)
+        } else {
+            current.max(after)
+        };
+        Ok((events, covered))
+    }
+}
+
+#[async_trait]
+impl Expiring for PostgresStore {
+    async fn expired(&self) -> Result<Vec<(String, Revision)>> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&sql::pg(sql::EXPIRED)).await.map_err(db_err)?;
+        let rows = client
+            .query(&stmt, &[&log::now_millis()])
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0).map_err(db_err)?, r.try_get(1).map_err(db_err)?)))
+            .collect()
+    }
+}
