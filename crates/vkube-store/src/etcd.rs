@@ -34,6 +34,11 @@ pub struct EtcdStore {
     prefix: String,
 }
 
+/// Largest response accepted from etcd, as kube-apiserver allows (its values reach 1.5 MiB each).
+const MAX_RESPONSE: usize = i32::MAX as usize;
+/// Keys per Range when a list asks for more: bounds one response, as kube-apiserver pages etcd.
+const LIST_CHUNK: usize = 1000;
+
 fn etcd_err(err: etcd_client::Error) -> StoreError {
     StoreError::backend(BACKEND, err)
 }
@@ -83,11 +88,15 @@ impl EtcdStore {
         Ok(Arc::new(store))
     }
 
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client.kv_client().max_decoding_message_size(MAX_RESPONSE)
+    }
+
     fn full(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
 
-    fn kv(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
+    fn kv_of(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
         convert(&self.prefix, kv)
     }
 
@@ -114,6 +123,7 @@ impl EtcdStore {
         let mut stream = self
             .client
             .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE)
             .watch(
                 self.full("\u{1}compaction-probe"),
                 Some(WatchOptions::new().with_start_revision(1)),
@@ -152,7 +162,7 @@ impl EtcdStore {
     /// The current value of a key from a failed transaction's `or_else` get.
     fn failed_get(&self, responses: &[TxnOpResponse]) -> Result<Option<KeyValue>> {
         match responses.first() {
-            Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| self.kv(kv)).transpose(),
+            Some(TxnOpResponse::Get(get)) => get.kvs().first().map(|kv| self.kv_of(kv)).transpose(),
             _ => Ok(None),
         }
     }
@@ -200,51 +210,55 @@ impl Store for EtcdStore {
             }
             options = options.with_revision(rev);
         }
-        match self.client.kv_client().get(self.full(key), Some(options)).await {
-            Ok(resp) => resp.kvs().first().map(|kv| self.kv(kv)).transpose(),
+        match self.kv().get(self.full(key), Some(options)).await {
+            Ok(resp) => resp.kvs().first().map(|kv| self.kv_of(kv)).transpose(),
             Err(err) => Err(self.revision_err(err, revision.unwrap_or(0)).await),
         }
     }
 
     async fn list(&self, prefix: &str, options: ListOptions) -> Result<ListResult> {
-        let start = match &options.start_after {
-            Some(after) if after.as_str() >= prefix => format!("{}{after}\0", self.prefix),
-            _ => self.full(prefix),
-        };
+        if let Some(rev) = options.revision.filter(|r| *r <= 0) {
+            return Err(self.revision_err_for_nonpositive(rev).await);
+        }
         let end = match prefix_end(prefix) {
             Some(end) => self.full(&end).into_bytes(),
             None => range_end(self.prefix.as_bytes()),
         };
-        let mut get = GetOptions::new().with_range(end);
-        if let Some(rev) = options.revision {
-            if rev <= 0 {
-                return Err(self.revision_err_for_nonpositive(rev).await);
+        let mut start = match &options.start_after {
+            Some(after) if after.as_str() >= prefix => format!("{}{after}\0", self.prefix),
+            _ => self.full(prefix),
+        };
+        let wanted = options.limit.unwrap_or(usize::MAX);
+        let mut revision = options.revision;
+        let mut items = Vec::new();
+        // Chunks of at most LIST_CHUNK keys, all read at the revision of the first.
+        loop {
+            let chunk = (wanted - items.len()).clamp(1, LIST_CHUNK);
+            let mut get = GetOptions::new().with_range(end.clone()).with_limit(chunk as i64);
+            if let Some(rev) = revision {
+                get = get.with_revision(rev);
             }
-            get = get.with_revision(rev);
-        }
-        if let Some(limit) = options.limit {
-            if limit == 0 {
-                // etcd reads limit 0 as "no limit"; ask for one key only to learn `more`.
-                get = get.with_limit(1).with_keys_only();
-            } else {
-                get = get.with_limit(limit as i64);
+            let resp = match self.kv().get(start.clone(), Some(get)).await {
+                Ok(resp) => resp,
+                Err(err) => return Err(self.revision_err(err, revision.unwrap_or(0)).await),
+            };
+            let at = match revision {
+                Some(rev) => rev,
+                None => Self::header_revision(resp.header())?,
+            };
+            revision = Some(at);
+            let kvs = resp.kvs();
+            if wanted == 0 {
+                return Ok(ListResult { items, revision: at, more: !kvs.is_empty() });
             }
+            for kv in kvs {
+                items.push(self.kv_of(kv)?);
+            }
+            if !resp.more() || items.len() >= wanted {
+                return Ok(ListResult { items, revision: at, more: resp.more() });
+            }
+            start = format!("{}\0", String::from_utf8_lossy(kvs.last().map_or(&[][..], |kv| kv.key())));
         }
-        let resp = match self.client.kv_client().get(start, Some(get)).await {
-            Ok(resp) => resp,
-            Err(err) => return Err(self.revision_err(err, options.revision.unwrap_or(0)).await),
-        };
-        let revision = match options.revision {
-            Some(rev) => rev,
-            None => Self::header_revision(resp.header())?,
-        };
-        let (items, more) = if options.limit == Some(0) {
-            (Vec::new(), !resp.kvs().is_empty())
-        } else {
-            let items = resp.kvs().iter().map(|kv| self.kv(kv)).collect::<Result<Vec<_>>>()?;
-            (items, resp.more())
-        };
-        Ok(ListResult { items, revision, more })
     }
 
     async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<KeyValue> {
@@ -254,7 +268,7 @@ impl Store for EtcdStore {
         let txn = Txn::new()
             .when([Compare::create_revision(full.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(full.clone(), value.clone(), put)]);
-        let resp = self.client.kv_client().txn(txn).await.map_err(etcd_err)?;
+        let resp = self.kv().txn(txn).await.map_err(etcd_err)?;
         if !resp.succeeded() {
             return Err(StoreError::AlreadyExists { key: key.to_string() });
         }
@@ -285,7 +299,7 @@ impl Store for EtcdStore {
             ])
             .and_then([TxnOp::put(full.clone(), value.clone(), Some(put))])
             .or_else([TxnOp::get(full, None)]);
-        let resp = self.client.kv_client().txn(txn).await.map_err(etcd_err)?;
+        let resp = self.kv().txn(txn).await.map_err(etcd_err)?;
         let responses = resp.op_responses();
         if !resp.succeeded() {
             return Err(match self.failed_get(&responses)? {
@@ -299,7 +313,7 @@ impl Store for EtcdStore {
         }
         let revision = Self::header_revision(resp.header())?;
         let prev = match responses.first() {
-            Some(TxnOpResponse::Put(put)) => put.prev_key().map(|kv| self.kv(kv)).transpose()?,
+            Some(TxnOpResponse::Put(put)) => put.prev_key().map(|kv| self.kv_of(kv)).transpose()?,
             _ => None,
         }
         .ok_or_else(|| StoreError::backend(BACKEND, "a put without its previous value"))?;
@@ -323,7 +337,7 @@ impl Store for EtcdStore {
             .when(when)
             .and_then([TxnOp::delete(full.clone(), Some(DeleteOptions::new().with_prev_key()))])
             .or_else([TxnOp::get(full, None)]);
-        let resp = self.client.kv_client().txn(txn).await.map_err(etcd_err)?;
+        let resp = self.kv().txn(txn).await.map_err(etcd_err)?;
         let responses = resp.op_responses();
         if !resp.succeeded() {
             return Err(match (self.failed_get(&responses)?, expected) {
@@ -337,7 +351,7 @@ impl Store for EtcdStore {
         }
         let revision = Self::header_revision(resp.header())?;
         let prev = match responses.first() {
-            Some(TxnOpResponse::Delete(del)) => del.prev_kvs().first().map(|kv| self.kv(kv)).transpose()?,
+            Some(TxnOpResponse::Delete(del)) => del.prev_kvs().first().map(|kv| self.kv_of(kv)).transpose()?,
             _ => None,
         }
         .ok_or_else(|| StoreError::NotFound { key: key.to_string() })?;
@@ -346,8 +360,7 @@ impl Store for EtcdStore {
 
     async fn current_revision(&self) -> Result<Revision> {
         let resp = self
-            .client
-            .kv_client()
+            .kv()
             .get(self.full("\u{1}revision-probe"), Some(GetOptions::new().with_count_only()))
             .await
             .map_err(etcd_err)?;
@@ -360,8 +373,7 @@ impl Store for EtcdStore {
             return Err(StoreError::FutureRevision { requested: revision, current });
         }
         match self
-            .client
-            .kv_client()
+            .kv()
             .compact(revision, Some(etcd_client::CompactionOptions::new().with_physical()))
             .await
         {
@@ -375,7 +387,7 @@ impl Store for EtcdStore {
         // when events after `from` may be gone: the same rule as the log-backed stores.
         if from > 0 {
             let probe = GetOptions::new().with_revision(from).with_count_only();
-            if let Err(err) = self.client.kv_client().get(self.full(prefix), Some(probe)).await {
+            if let Err(err) = self.kv().get(self.full(prefix), Some(probe)).await {
                 let err = self.revision_err(err, from).await;
                 if !matches!(err, StoreError::FutureRevision { .. }) {
                     return Err(err);
@@ -455,7 +467,13 @@ impl EtcdWatcher {
             .with_range(end)
             .with_start_revision(self.last + 1)
             .with_prev_key();
-        let mut stream = self.client.watch_client().watch(full, Some(options)).await.map_err(etcd_err)?;
+        let mut stream = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE)
+            .watch(full, Some(options))
+            .await
+            .map_err(etcd_err)?;
         while let Some(resp) = stream.message().await.map_err(etcd_err)? {
             if resp.compact_revision() > 0 {
                 return Ok(Some(StoreError::Compacted {

@@ -1,1 +1,113 @@
-fn main() {}
+//! `vkube`: a virtual Kubernetes control plane in one binary.
+//!
+//! The API server (`vkube serve`) is not built yet; today the binary opens and inspects the store
+//! that every later piece stands on.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use vkube_store::{ListOptions, StoreUrl};
+
+#[derive(Parser)]
+#[command(name = "vkube", version, about = "A virtual Kubernetes control plane in one binary")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect the store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Open the store (creating an embedded SQLite database if needed) and print its state.
+    Status(StoreArgs),
+}
+
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// Directory for vkube's state; the embedded SQLite database lives here.
+    #[arg(long, env = "VKUBE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The store: sqlite://PATH, postgres://…, etcd://host:port[,host:port][?prefix=…&ca=…&cert=…&key=…].
+    /// Default: SQLite in the data dir.
+    #[arg(long, env = "VKUBE_STORE")]
+    store: Option<String>,
+}
+
+impl StoreArgs {
+    fn url(&self) -> Result<StoreUrl> {
+        if let Some(url) = &self.store {
+            return Ok(url.parse()?);
+        }
+        let dir = match &self.data_dir {
+            Some(dir) => dir.clone(),
+            None => default_data_dir()?,
+        };
+        Ok(StoreUrl::Sqlite {
+            path: dir.join("state.db"),
+            synchronous: Default::default(),
+        })
+    }
+}
+
+fn default_data_dir() -> Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set; pass --data-dir DIR")?;
+    Ok(PathBuf::from(home).join(".vkube"))
+}
+
+/// A URL fit to print: no password.
+fn redact(url: &StoreUrl) -> String {
+    match url {
+        StoreUrl::Sqlite { path, .. } => format!("sqlite://{}", path.display()),
+        StoreUrl::Postgres { url } => match url::Url::parse(url) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            _ => url.clone(),
+        },
+        StoreUrl::Etcd { endpoints, prefix, .. } => format!("etcd://{}?prefix={prefix}", endpoints.join(",")),
+        StoreUrl::Memory => "memory://".into(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("vkube: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Store { command: StoreCommand::Status(args) } => {
+            let url = args.url()?;
+            let shown = redact(&url);
+            let store = vkube_store::open_url(&url).await.with_context(|| format!("opening {shown}"))?;
+            let revision = store.current_revision().await?;
+            let keys = store.list("/", ListOptions::default()).await?.items.len();
+            println!("store:    {shown}");
+            println!("backend:  {}", store.backend());
+            println!("revision: {revision}");
+            println!("keys:     {keys}");
+        }
+    }
+    Ok(())
+}

@@ -32,6 +32,7 @@ macro_rules! suite {
             basics::list_pagination_at_a_fixed_revision_while_writes_continue,
             basics::keys_with_a_ttl_expire,
             basics::invalid_keys_are_refused,
+            basics::large_lists_are_complete,
             watching::watch_delivers_events_in_order_with_previous_values,
             watching::watch_resumes_after_restart,
             watching::compaction_errors,
