@@ -32,7 +32,7 @@ struct Args {
 #[derive(Clone)]
 enum Target {
     Vkube(Arc<dyn Store>),
-    Etcd(etcd_client::Client),
+    Etcd(Box<etcd_client::Client>),
 }
 
 impl Target {
@@ -69,7 +69,10 @@ impl Target {
             Target::Etcd(c) => {
                 // kube-apiserver lifts the gRPC response limit the same way.
                 let mut kv = c.kv_client().max_decoding_message_size(i32::MAX as usize);
-                kv.get(prefix, Some(GetOptions::new().with_prefix())).await?.kvs().len()
+                kv.get(prefix, Some(GetOptions::new().with_prefix()))
+                    .await?
+                    .kvs()
+                    .len()
             }
         })
     }
@@ -89,11 +92,16 @@ impl Target {
                 });
             }
             Target::Etcd(c) => {
-                let mut stream = c.watch_client().watch(prefix, Some(WatchOptions::new().with_prefix())).await?;
+                let mut stream = c
+                    .watch_client()
+                    .watch(prefix, Some(WatchOptions::new().with_prefix()))
+                    .await?;
                 tokio::spawn(async move {
                     while let Ok(Some(resp)) = stream.message().await {
                         for e in resp.events() {
-                            let key = e.kv().map(|kv| String::from_utf8_lossy(kv.key()).into_owned());
+                            let key = e
+                                .kv()
+                                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned());
                             if tx.send(key.unwrap_or_default()).is_err() {
                                 return;
                             }
@@ -155,7 +163,9 @@ async fn measure(name: &str, target: &Target, prefix: &str, args: &Args) -> Resu
     let mut lat = Vec::with_capacity(args.creates);
     for i in 0..args.creates {
         let t = Instant::now();
-        target.create(&format!("{prefix}seq/{i:08}"), value.clone()).await?;
+        target
+            .create(&format!("{prefix}seq/{i:08}"), value.clone())
+            .await?;
         lat.push(t.elapsed());
     }
     lat.sort();
@@ -201,7 +211,11 @@ async fn measure(name: &str, target: &Target, prefix: &str, args: &Args) -> Resu
                     .await
                     .context("no watch event in 30 s")?
                     .context("watch ended")?;
-                let t = started.lock().unwrap().remove(&key).context("unexpected event")?;
+                let t = started
+                    .lock()
+                    .unwrap()
+                    .remove(&key)
+                    .context("unexpected event")?;
                 lat.push(t.elapsed());
             }
             Ok::<_, anyhow::Error>(lat)
@@ -222,7 +236,9 @@ async fn postgres_database(server: &str) -> Result<String> {
     let (client, conn) = tokio_postgres::connect(server, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let name = format!("vkube_bench_{}", std::process::id());
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await?;
     let mut url = url::Url::parse(server)?;
     url.set_path(&format!("/{name}"));
     Ok(url.to_string())
@@ -234,16 +250,44 @@ async fn main() -> Result<()> {
     let etcd_host = args.etcd.trim_start_matches("http://").to_string();
     let dir = tempfile::tempdir()?;
     let run = std::process::id();
-    let sqlite = vkube_store::open(&format!("sqlite://{}", dir.path().join("bench.db").display())).await?;
+    let sqlite = vkube_store::open(&format!(
+        "sqlite://{}",
+        dir.path().join("bench.db").display()
+    ))
+    .await?;
     let postgres = vkube_store::open(&postgres_database(&args.postgres).await?).await?;
     let etcd = vkube_store::open(&format!("etcd://{etcd_host}?prefix=/bench-{run}-vkube")).await?;
     let raw = etcd_client::Client::connect([format!("http://{etcd_host}")], None).await?;
 
     let columns = [
-        ("sqlite", measure("vkube-store sqlite", &Target::Vkube(sqlite), "/b/", &args).await?),
-        ("postgres", measure("vkube-store postgres", &Target::Vkube(postgres), "/b/", &args).await?),
-        ("etcd", measure("vkube-store etcd", &Target::Vkube(etcd), "/b/", &args).await?),
-        ("raw etcd", measure("etcd client", &Target::Etcd(raw), &format!("/bench-{run}-raw/"), &args).await?),
+        (
+            "sqlite",
+            measure("vkube-store sqlite", &Target::Vkube(sqlite), "/b/", &args).await?,
+        ),
+        (
+            "postgres",
+            measure(
+                "vkube-store postgres",
+                &Target::Vkube(postgres),
+                "/b/",
+                &args,
+            )
+            .await?,
+        ),
+        (
+            "etcd",
+            measure("vkube-store etcd", &Target::Vkube(etcd), "/b/", &args).await?,
+        ),
+        (
+            "raw etcd",
+            measure(
+                "etcd client",
+                &Target::Etcd(Box::new(raw)),
+                &format!("/bench-{run}-raw/"),
+                &args,
+            )
+            .await?,
+        ),
     ];
     let peer = columns[3].1.clone();
     type Row = (&'static str, fn(&Figures) -> f64);
@@ -256,15 +300,32 @@ async fn main() -> Result<()> {
         ("watch delivery p50 (ms)", |f| f.watch_p50),
         ("watch delivery p99 (ms)", |f| f.watch_p99),
     ];
-    println!("| operation | sqlite | postgres | etcd (vkube-store) | etcd (raw client) | sqlite/raw | postgres/raw | vkube-etcd/raw |");
+    println!(
+        "| operation | sqlite | postgres | etcd (vkube-store) | etcd (raw client) | sqlite/raw | postgres/raw | vkube-etcd/raw |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (label, get) in rows {
-        let cells: Vec<String> = columns.iter().map(|(_, f)| format!("{:.2}", get(f))).collect();
-        let ratios: Vec<String> = columns[..3].iter().map(|(_, f)| format!("{:.2}", get(f) / get(&peer))).collect();
-        println!("| {label} | {} | {} |", cells.join(" | "), ratios.join(" | "));
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|(_, f)| format!("{:.2}", get(f)))
+            .collect();
+        let ratios: Vec<String> = columns[..3]
+            .iter()
+            .map(|(_, f)| format!("{:.2}", get(f) / get(&peer)))
+            .collect();
+        println!(
+            "| {label} | {} | {} |",
+            cells.join(" | "),
+            ratios.join(" | ")
+        );
     }
     println!();
-    println!("Ratios are vkube-store/etcd: below 1 is better for latencies and times, above 1 for rates.");
-    println!("{} sequential creates of 512-byte values; {} keys for creates/s, gets/s and the list; 1000 watched creates.", args.creates, args.list_keys);
+    println!(
+        "Ratios are vkube-store/etcd: below 1 is better for latencies and times, above 1 for rates."
+    );
+    println!(
+        "{} sequential creates of 512-byte values; {} keys for creates/s, gets/s and the list; 1000 watched creates.",
+        args.creates, args.list_keys
+    );
     Ok(())
 }

@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType,
-    GetOptions, Identity, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
+    Identity, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::sync::mpsc;
 
+use crate::Store;
 use crate::error::{Result, StoreError, check_key};
 use crate::kv::{Event, EventKind, KeyValue, ListOptions, ListResult, Revision, prefix_end};
 use crate::watch::Watch;
-use crate::Store;
 
 const BACKEND: &str = "etcd";
 
@@ -50,11 +50,21 @@ fn read_pem(path: &PathBuf) -> Result<Vec<u8>> {
 
 impl EtcdStore {
     /// Connects to `endpoints` (`host:port`, or URLs); every key is stored under `prefix`.
-    pub async fn connect(endpoints: &[String], prefix: &str, tls: Option<EtcdTls>) -> Result<Arc<Self>> {
+    pub async fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        tls: Option<EtcdTls>,
+    ) -> Result<Arc<Self>> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let endpoints: Vec<String> = endpoints
             .iter()
-            .map(|e| if e.contains("://") { e.clone() } else { format!("{scheme}://{e}") })
+            .map(|e| {
+                if e.contains("://") {
+                    e.clone()
+                } else {
+                    format!("{scheme}://{e}")
+                }
+            })
             .collect();
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
@@ -78,7 +88,9 @@ impl EtcdStore {
             }
             options = options.with_tls(config);
         }
-        let client = Client::connect(&endpoints, Some(options)).await.map_err(etcd_err)?;
+        let client = Client::connect(&endpoints, Some(options))
+            .await
+            .map_err(etcd_err)?;
         let store = EtcdStore {
             client,
             prefix: prefix.to_string(),
@@ -89,7 +101,9 @@ impl EtcdStore {
     }
 
     fn kv(&self) -> etcd_client::KvClient {
-        self.client.kv_client().max_decoding_message_size(MAX_RESPONSE)
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE)
     }
 
     fn full(&self, key: &str) -> String {
@@ -138,7 +152,9 @@ impl EtcdStore {
             }
             Ok(0)
         };
-        tokio::time::timeout(Duration::from_secs(2), probe).await.unwrap_or(Ok(0))
+        tokio::time::timeout(Duration::from_secs(2), probe)
+            .await
+            .unwrap_or(Ok(0))
     }
 
     async fn lease(&self, ttl: Option<Duration>) -> Result<Option<PutOptions>> {
@@ -234,7 +250,9 @@ impl Store for EtcdStore {
         // Chunks of at most LIST_CHUNK keys, all read at the revision of the first.
         loop {
             let chunk = (wanted - items.len()).clamp(1, LIST_CHUNK);
-            let mut get = GetOptions::new().with_range(end.clone()).with_limit(chunk as i64);
+            let mut get = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(chunk as i64);
             if let Some(rev) = revision {
                 get = get.with_revision(rev);
             }
@@ -249,15 +267,26 @@ impl Store for EtcdStore {
             revision = Some(at);
             let kvs = resp.kvs();
             if wanted == 0 {
-                return Ok(ListResult { items, revision: at, more: !kvs.is_empty() });
+                return Ok(ListResult {
+                    items,
+                    revision: at,
+                    more: !kvs.is_empty(),
+                });
             }
             for kv in kvs {
                 items.push(self.kv_of(kv)?);
             }
             if !resp.more() || items.len() >= wanted {
-                return Ok(ListResult { items, revision: at, more: resp.more() });
+                return Ok(ListResult {
+                    items,
+                    revision: at,
+                    more: resp.more(),
+                });
             }
-            start = format!("{}\0", String::from_utf8_lossy(kvs.last().map_or(&[][..], |kv| kv.key())));
+            start = format!(
+                "{}\0",
+                String::from_utf8_lossy(kvs.last().map_or(&[][..], |kv| kv.key()))
+            );
         }
     }
 
@@ -270,7 +299,9 @@ impl Store for EtcdStore {
             .and_then([TxnOp::put(full.clone(), value.clone(), put)]);
         let resp = self.kv().txn(txn).await.map_err(etcd_err)?;
         if !resp.succeeded() {
-            return Err(StoreError::AlreadyExists { key: key.to_string() });
+            return Err(StoreError::AlreadyExists {
+                key: key.to_string(),
+            });
         }
         let revision = Self::header_revision(resp.header())?;
         Ok(KeyValue {
@@ -303,7 +334,9 @@ impl Store for EtcdStore {
         let responses = resp.op_responses();
         if !resp.succeeded() {
             return Err(match self.failed_get(&responses)? {
-                None => StoreError::NotFound { key: key.to_string() },
+                None => StoreError::NotFound {
+                    key: key.to_string(),
+                },
                 Some(current) => StoreError::Conflict {
                     key: key.to_string(),
                     expected,
@@ -331,11 +364,18 @@ impl Store for EtcdStore {
         let full = self.full(key);
         let mut when = vec![Compare::version(full.clone(), CompareOp::Greater, 0)];
         if let Some(expected) = expected {
-            when.push(Compare::mod_revision(full.clone(), CompareOp::Equal, expected));
+            when.push(Compare::mod_revision(
+                full.clone(),
+                CompareOp::Equal,
+                expected,
+            ));
         }
         let txn = Txn::new()
             .when(when)
-            .and_then([TxnOp::delete(full.clone(), Some(DeleteOptions::new().with_prev_key()))])
+            .and_then([TxnOp::delete(
+                full.clone(),
+                Some(DeleteOptions::new().with_prev_key()),
+            )])
             .or_else([TxnOp::get(full, None)]);
         let resp = self.kv().txn(txn).await.map_err(etcd_err)?;
         let responses = resp.op_responses();
@@ -346,22 +386,33 @@ impl Store for EtcdStore {
                     expected,
                     current: Box::new(current),
                 },
-                _ => StoreError::NotFound { key: key.to_string() },
+                _ => StoreError::NotFound {
+                    key: key.to_string(),
+                },
             });
         }
         let revision = Self::header_revision(resp.header())?;
         let prev = match responses.first() {
-            Some(TxnOpResponse::Delete(del)) => del.prev_kvs().first().map(|kv| self.kv_of(kv)).transpose()?,
+            Some(TxnOpResponse::Delete(del)) => del
+                .prev_kvs()
+                .first()
+                .map(|kv| self.kv_of(kv))
+                .transpose()?,
             _ => None,
         }
-        .ok_or_else(|| StoreError::NotFound { key: key.to_string() })?;
+        .ok_or_else(|| StoreError::NotFound {
+            key: key.to_string(),
+        })?;
         Ok((prev, revision))
     }
 
     async fn current_revision(&self) -> Result<Revision> {
         let resp = self
             .kv()
-            .get(self.full("\u{1}revision-probe"), Some(GetOptions::new().with_count_only()))
+            .get(
+                self.full("\u{1}revision-probe"),
+                Some(GetOptions::new().with_count_only()),
+            )
             .await
             .map_err(etcd_err)?;
         Self::header_revision(resp.header())
@@ -370,11 +421,17 @@ impl Store for EtcdStore {
     async fn compact(&self, revision: Revision) -> Result<()> {
         let current = self.current_revision().await?;
         if revision > current {
-            return Err(StoreError::FutureRevision { requested: revision, current });
+            return Err(StoreError::FutureRevision {
+                requested: revision,
+                current,
+            });
         }
         match self
             .kv()
-            .compact(revision, Some(etcd_client::CompactionOptions::new().with_physical()))
+            .compact(
+                revision,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
             .await
         {
             Ok(_) => Ok(()),
@@ -396,7 +453,10 @@ impl Store for EtcdStore {
         } else {
             let compacted = self.compact_revision().await?;
             if compacted > 0 {
-                return Err(StoreError::Compacted { requested: from, compact_revision: compacted });
+                return Err(StoreError::Compacted {
+                    requested: from,
+                    compact_revision: compacted,
+                });
             }
         }
         let (tx, rx) = mpsc::channel(512);
@@ -415,8 +475,14 @@ impl Store for EtcdStore {
 impl EtcdStore {
     async fn revision_err_for_nonpositive(&self, requested: Revision) -> StoreError {
         match self.compact_revision().await {
-            Ok(c) if c > 0 => StoreError::Compacted { requested, compact_revision: c },
-            Ok(_) => StoreError::Compacted { requested, compact_revision: 1 },
+            Ok(c) if c > 0 => StoreError::Compacted {
+                requested,
+                compact_revision: c,
+            },
+            Ok(_) => StoreError::Compacted {
+                requested,
+                compact_revision: 1,
+            },
             Err(e) => e,
         }
     }
@@ -449,7 +515,8 @@ impl EtcdWatcher {
                         return;
                     }
                     tracing::warn!(%err, "etcd watch broke; resuming");
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(10)))).await;
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(10))))
+                        .await;
                 }
             }
         }
@@ -495,7 +562,10 @@ impl EtcdWatcher {
                 }
             }
             if resp.canceled() {
-                return Err(StoreError::backend(BACKEND, format!("watch canceled: {}", resp.cancel_reason())));
+                return Err(StoreError::backend(
+                    BACKEND,
+                    format!("watch canceled: {}", resp.cancel_reason()),
+                ));
             }
         }
         Err(StoreError::backend(BACKEND, "watch stream ended"))
@@ -503,7 +573,9 @@ impl EtcdWatcher {
 
     fn event(&self, event: &etcd_client::Event) -> Result<Event> {
         let convert = |kv| convert(&self.store_prefix, kv);
-        let kv = event.kv().ok_or_else(|| StoreError::backend(BACKEND, "an event without a key"))?;
+        let kv = event
+            .kv()
+            .ok_or_else(|| StoreError::backend(BACKEND, "an event without a key"))?;
         let current = convert(kv)?;
         let prev = event.prev_kv().map(convert).transpose()?;
         Ok(match event.event_type() {

@@ -77,7 +77,10 @@ mod tests {
 
     #[test]
     fn prefix_end_bounds_every_key_with_the_prefix() {
-        assert_eq!(prefix_end("/registry/pods/").as_deref(), Some("/registry/pods0"));
+        assert_eq!(
+            prefix_end("/registry/pods/").as_deref(),
+            Some("/registry/pods0")
+        );
         assert_eq!(prefix_end("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
         assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
         assert_eq!(prefix_end(""), None);

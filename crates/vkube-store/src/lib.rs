@@ -107,12 +107,18 @@ pub async fn guaranteed_update(
     key: &str,
     mut next: impl FnMut(&KeyValue) -> Vec<u8> + Send,
 ) -> Result<(KeyValue, u64)> {
-    let mut current = store.get(key, None).await?.ok_or_else(|| StoreError::NotFound {
-        key: key.to_string(),
-    })?;
+    let mut current = store
+        .get(key, None)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            key: key.to_string(),
+        })?;
     let mut conflicts = 0;
     loop {
-        match store.update(key, next(&current), current.mod_revision, None).await {
+        match store
+            .update(key, next(&current), current.mod_revision, None)
+            .await
+        {
             Ok(written) => return Ok((written, conflicts)),
             Err(StoreError::Conflict { current: now, .. }) => {
                 conflicts += 1;

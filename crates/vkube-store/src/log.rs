@@ -16,9 +16,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::task::AbortHandle;
 
+use crate::Store;
 use crate::error::{Result, StoreError};
 use crate::kv::{Event, EventKind, KeyValue, Revision};
-use crate::Store;
 
 /// One row of the log.
 #[derive(Clone, Debug)]
@@ -248,7 +248,12 @@ impl Tasks {
 
 impl Drop for Tasks {
     fn drop(&mut self) {
-        for task in self.0.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for task in self
+            .0
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             task.abort();
         }
     }

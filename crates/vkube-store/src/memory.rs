@@ -10,11 +10,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+use crate::Store;
 use crate::error::{Result, StoreError, check_key};
 use crate::kv::{Event, KeyValue, ListOptions, ListResult, Revision, prefix_end};
 use crate::log::{self, Expiring, Row, Tasks, Write};
 use crate::watch::{LogSource, Watch, watch_log};
-use crate::Store;
 
 pub struct MemoryStore {
     state: Mutex<State>,
@@ -51,7 +51,9 @@ impl MemoryStore {
             me: me.clone(),
             tasks: Tasks::default(),
         });
-        store.tasks.add(log::spawn_ttl_sweeper(Arc::downgrade(&store)));
+        store
+            .tasks
+            .add(log::spawn_ttl_sweeper(Arc::downgrade(&store)));
         store
     }
 
@@ -75,7 +77,10 @@ impl MemoryStore {
         let (row, prev) = log::plan(key, op, latest, value)?;
         st.revision += 1;
         let row = row.at(st.revision);
-        st.history.entry(key.to_string()).or_default().push(row.revision);
+        st.history
+            .entry(key.to_string())
+            .or_default()
+            .push(row.revision);
         if let Some(at) = log::expiry(ttl) {
             st.expires.insert(row.revision, at);
         }
@@ -95,7 +100,11 @@ impl Store for MemoryStore {
         let st = self.state();
         let at = revision.unwrap_or(st.revision);
         log::check_read_revision(at, st.revision, st.compacted)?;
-        Ok(st.row_at(key, at).filter(|r| !r.deleted).cloned().map(Row::kv))
+        Ok(st
+            .row_at(key, at)
+            .filter(|r| !r.deleted)
+            .cloned()
+            .map(Row::kv))
     }
 
     async fn list(&self, prefix: &str, options: ListOptions) -> Result<ListResult> {
@@ -137,7 +146,10 @@ impl Store for MemoryStore {
         expected: Revision,
         ttl: Option<Duration>,
     ) -> Result<KeyValue> {
-        Ok(self.write(key, Write::Update { expected }, value, ttl)?.0.kv())
+        Ok(self
+            .write(key, Write::Update { expected }, value, ttl)?
+            .0
+            .kv())
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(KeyValue, Revision)> {
@@ -173,7 +185,10 @@ impl Store for MemoryStore {
     }
 
     async fn watch(&self, prefix: &str, from: Revision) -> Result<Watch> {
-        let me = self.me.upgrade().ok_or_else(|| StoreError::closed("memory"))?;
+        let me = self
+            .me
+            .upgrade()
+            .ok_or_else(|| StoreError::closed("memory"))?;
         watch_log(me, self.committed.subscribe(), prefix, from).await
     }
 }
@@ -218,7 +233,10 @@ impl Expiring for MemoryStore {
             .iter()
             .filter(|(_, at)| **at <= now)
             .filter_map(|(rev, _)| st.log.get(rev))
-            .filter(|row| !row.deleted && st.row_at(&row.key, Revision::MAX).map(|r| r.revision) == Some(row.revision))
+            .filter(|row| {
+                !row.deleted
+                    && st.row_at(&row.key, Revision::MAX).map(|r| r.revision) == Some(row.revision)
+            })
             .map(|row| (row.key.clone(), row.revision))
             .collect())
     }

@@ -72,7 +72,9 @@ pub fn pg(sql: &str) -> String {
 
 /// Limits are bound as i64; `usize::MAX` would overflow.
 pub fn limit(limit: Option<usize>) -> i64 {
-    limit.map_or(i64::MAX, |l| i64::try_from(l.saturating_add(1)).unwrap_or(i64::MAX))
+    limit.map_or(i64::MAX, |l| {
+        i64::try_from(l.saturating_add(1)).unwrap_or(i64::MAX)
+    })
 }
 
 /// `revision` or the current one.

@@ -19,12 +19,12 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::watch;
 
+use crate::Store;
 use crate::error::{Result, StoreError, check_key};
 use crate::kv::{Event, KeyValue, ListOptions, ListResult, Revision};
 use crate::log::{self, Expiring, Row, Tasks, Write};
 use crate::sql;
 use crate::watch::{LogSource, Watch, watch_log};
-use crate::Store;
 
 const BACKEND: &str = "sqlite";
 const CHANGE_CHECK: Duration = Duration::from_millis(20);
@@ -102,7 +102,9 @@ impl SqliteStore {
             me: me.clone(),
             tasks: Tasks::default(),
         });
-        store.tasks.add(log::spawn_ttl_sweeper(Arc::downgrade(&store)));
+        store
+            .tasks
+            .add(log::spawn_ttl_sweeper(Arc::downgrade(&store)));
         spawn_change_detector(&store)?;
         Ok(store)
     }
@@ -127,7 +129,10 @@ impl SqliteStore {
                 .transaction_with_behavior(TransactionBehavior::Deferred)
                 .map_err(db_err)
                 .and_then(|tx| f(&tx));
-            me.readers.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+            me.readers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
             result
         })
         .await
@@ -151,7 +156,9 @@ impl SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db_err)?;
-            let revision: Revision = tx.query_row(sql::BUMP_REVISION, [], |r| r.get(0)).map_err(db_err)?;
+            let revision: Revision = tx
+                .query_row(sql::BUMP_REVISION, [], |r| r.get(0))
+                .map_err(db_err)?;
             let latest = latest(&tx, &key, revision)?;
             let (row, prev) = log::plan(&key, op, latest, value)?;
             let row = row.at(revision);
@@ -184,16 +191,17 @@ impl SqliteStore {
 }
 
 fn connect(path: &Path, synchronous: Synchronous) -> Result<Connection> {
-    let conn = Connection::open(path).map_err(|e| {
-        StoreError::backend(BACKEND, format!("opening {}: {e}", path.display()))
-    })?;
+    let conn = Connection::open(path)
+        .map_err(|e| StoreError::backend(BACKEND, format!("opening {}: {e}", path.display())))?;
     conn.busy_timeout(Duration::from_secs(30)).map_err(db_err)?;
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(db_err)?;
     let sync = match synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
     };
-    conn.pragma_update(None, "synchronous", sync).map_err(db_err)?;
+    conn.pragma_update(None, "synchronous", sync)
+        .map_err(db_err)?;
     Ok(conn)
 }
 
@@ -287,10 +295,17 @@ impl Store for SqliteStore {
                 None => stmt.query_map(params![at, limit, lower], map),
             }
             .map_err(db_err)?;
-            let mut items = rows.map(|r| r.map(Row::kv)).collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?;
+            let mut items = rows
+                .map(|r| r.map(Row::kv))
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err)?;
             let more = options.limit.is_some_and(|l| items.len() > l);
             items.truncate(options.limit.unwrap_or(usize::MAX));
-            Ok(ListResult { items, revision: at, more })
+            Ok(ListResult {
+                items,
+                revision: at,
+                more,
+            })
         })
         .await
     }
@@ -306,11 +321,17 @@ impl Store for SqliteStore {
         expected: Revision,
         ttl: Option<Duration>,
     ) -> Result<KeyValue> {
-        Ok(self.write(key, Write::Update { expected }, value, ttl).await?.0.kv())
+        Ok(self
+            .write(key, Write::Update { expected }, value, ttl)
+            .await?
+            .0
+            .kv())
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(KeyValue, Revision)> {
-        let (row, prev) = self.write(key, Write::Delete { expected }, Vec::new(), None).await?;
+        let (row, prev) = self
+            .write(key, Write::Delete { expected }, Vec::new(), None)
+            .await?;
         let prev = prev.ok_or_else(|| StoreError::NotFound { key: key.into() })?;
         Ok((prev, row.revision))
     }
@@ -353,12 +374,20 @@ impl LogSource for SqliteStore {
         self.read(move |tx| {
             let (current, compacted) = meta(tx)?;
             if after < compacted {
-                return Err(StoreError::Compacted { requested: after, compact_revision: compacted });
+                return Err(StoreError::Compacted {
+                    requested: after,
+                    compact_revision: compacted,
+                });
             }
-            let mut stmt = tx.prepare_cached(&sql::events(upper.is_some())).map_err(db_err)?;
+            let mut stmt = tx
+                .prepare_cached(&sql::events(upper.is_some()))
+                .map_err(db_err)?;
             let map = |r: &rusqlite::Row<'_>| {
                 let row = row_at(r, 0)?;
-                let prev = r.get::<_, Option<Revision>>(7)?.map(|_| row_at(r, 7)).transpose()?;
+                let prev = r
+                    .get::<_, Option<Revision>>(7)?
+                    .map(|_| row_at(r, 7))
+                    .transpose()?;
                 Ok(row.event(prev))
             };
             let limit = limit as i64;

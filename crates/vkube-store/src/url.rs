@@ -61,22 +61,35 @@ impl FromStr for StoreUrl {
         match scheme {
             "sqlite" => {
                 if body.is_empty() {
-                    return Err(invalid("sqlite:// needs a file path, e.g. sqlite:///var/lib/vkube/state.db"));
+                    return Err(invalid(
+                        "sqlite:// needs a file path, e.g. sqlite:///var/lib/vkube/state.db",
+                    ));
                 }
                 let mut synchronous = Synchronous::Full;
                 for (name, value) in params {
                     synchronous = match (name, value) {
                         ("synchronous", "full" | "FULL") => Synchronous::Full,
                         ("synchronous", "normal" | "NORMAL") => Synchronous::Normal,
-                        ("synchronous", _) => return Err(invalid("synchronous must be full or normal")),
-                        _ => return Err(invalid(&format!("unknown sqlite option {name:?}; known: synchronous"))),
+                        ("synchronous", _) => {
+                            return Err(invalid("synchronous must be full or normal"));
+                        }
+                        _ => {
+                            return Err(invalid(&format!(
+                                "unknown sqlite option {name:?}; known: synchronous"
+                            )));
+                        }
                     };
                 }
-                Ok(StoreUrl::Sqlite { path: PathBuf::from(body), synchronous })
+                Ok(StoreUrl::Sqlite {
+                    path: PathBuf::from(body),
+                    synchronous,
+                })
             }
             "postgres" | "postgresql" => {
                 tokio_postgres::Config::from_str(url).map_err(|e| invalid(&e.to_string()))?;
-                Ok(StoreUrl::Postgres { url: url.to_string() })
+                Ok(StoreUrl::Postgres {
+                    url: url.to_string(),
+                })
             }
             "etcd" => {
                 let endpoints: Vec<String> = body
@@ -107,7 +120,11 @@ impl FromStr for StoreUrl {
                     }
                 }
                 let tls = (tls != EtcdTls::default()).then_some(tls);
-                Ok(StoreUrl::Etcd { endpoints, prefix, tls })
+                Ok(StoreUrl::Etcd {
+                    endpoints,
+                    prefix,
+                    tls,
+                })
             }
             "memory" => Ok(StoreUrl::Memory),
             other => Err(invalid(&format!(
@@ -130,24 +147,41 @@ mod tests {
     #[test]
     fn parses_each_scheme() {
         assert_eq!(
-            "sqlite:///var/lib/vkube/state.db".parse::<StoreUrl>().unwrap(),
-            StoreUrl::Sqlite { path: "/var/lib/vkube/state.db".into(), synchronous: Synchronous::Full }
+            "sqlite:///var/lib/vkube/state.db"
+                .parse::<StoreUrl>()
+                .unwrap(),
+            StoreUrl::Sqlite {
+                path: "/var/lib/vkube/state.db".into(),
+                synchronous: Synchronous::Full
+            }
         );
         assert_eq!(
-            "sqlite://data/state.db?synchronous=normal".parse::<StoreUrl>().unwrap(),
-            StoreUrl::Sqlite { path: "data/state.db".into(), synchronous: Synchronous::Normal }
+            "sqlite://data/state.db?synchronous=normal"
+                .parse::<StoreUrl>()
+                .unwrap(),
+            StoreUrl::Sqlite {
+                path: "data/state.db".into(),
+                synchronous: Synchronous::Normal
+            }
         );
         assert_eq!(
-            "etcd://127.0.0.1:2379,127.0.0.2:2379?prefix=/tenant-a&ca=/ca.pem".parse::<StoreUrl>().unwrap(),
+            "etcd://127.0.0.1:2379,127.0.0.2:2379?prefix=/tenant-a&ca=/ca.pem"
+                .parse::<StoreUrl>()
+                .unwrap(),
             StoreUrl::Etcd {
                 endpoints: vec!["127.0.0.1:2379".into(), "127.0.0.2:2379".into()],
                 prefix: "/tenant-a".into(),
-                tls: Some(EtcdTls { ca_file: Some("/ca.pem".into()), ..Default::default() }),
+                tls: Some(EtcdTls {
+                    ca_file: Some("/ca.pem".into()),
+                    ..Default::default()
+                }),
             }
         );
         assert_eq!("memory://".parse::<StoreUrl>().unwrap(), StoreUrl::Memory);
         assert!(matches!(
-            "postgres://vkube@127.0.0.1:5432/vkube".parse::<StoreUrl>().unwrap(),
+            "postgres://vkube@127.0.0.1:5432/vkube"
+                .parse::<StoreUrl>()
+                .unwrap(),
             StoreUrl::Postgres { .. }
         ));
     }

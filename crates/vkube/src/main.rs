@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use vkube_store::{ListOptions, StoreUrl};
 
 #[derive(Parser)]
-#[command(name = "vkube", version, about = "A virtual Kubernetes control plane in one binary")]
+#[command(
+    name = "vkube",
+    version,
+    about = "A virtual Kubernetes control plane in one binary"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -75,7 +79,9 @@ fn redact(url: &StoreUrl) -> String {
             }
             _ => url.clone(),
         },
-        StoreUrl::Etcd { endpoints, prefix, .. } => format!("etcd://{}?prefix={prefix}", endpoints.join(",")),
+        StoreUrl::Etcd {
+            endpoints, prefix, ..
+        } => format!("etcd://{}?prefix={prefix}", endpoints.join(",")),
         StoreUrl::Memory => "memory://".into(),
     }
 }
@@ -97,10 +103,14 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Store { command: StoreCommand::Status(args) } => {
+        Command::Store {
+            command: StoreCommand::Status(args),
+        } => {
             let url = args.url()?;
             let shown = redact(&url);
-            let store = vkube_store::open_url(&url).await.with_context(|| format!("opening {shown}"))?;
+            let store = vkube_store::open_url(&url)
+                .await
+                .with_context(|| format!("opening {shown}"))?;
             let revision = store.current_revision().await?;
             let keys = store.list("/", ListOptions::default()).await?.items.len();
             println!("store:    {shown}");

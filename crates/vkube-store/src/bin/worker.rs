@@ -21,7 +21,12 @@ fn usage() -> ExitCode {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["cas", url, key, tasks, increments] => match (tasks.parse(), increments.parse()) {
             (Ok(tasks), Ok(increments)) => cas(url, key, tasks, increments).await,
             _ => return usage(),
@@ -63,9 +68,10 @@ async fn cas(url: &str, key: &str, tasks: usize, increments: usize) -> Result<()
     }
     let mut retries = 0;
     for handle in handles {
-        retries += handle
-            .await
-            .map_err(|e| StoreError::Backend { backend: "worker", message: e.to_string() })??;
+        retries += handle.await.map_err(|e| StoreError::Backend {
+            backend: "worker",
+            message: e.to_string(),
+        })??;
     }
     println!("done retries={retries}");
     Ok(())

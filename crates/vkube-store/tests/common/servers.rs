@@ -27,19 +27,22 @@ fn require(tool: &str, hint: &str) {
 /// Runs `script` in the background under a watchdog that kills it, and removes `dir`, once this
 /// test process is gone.
 fn supervise(script: &str, dir: &Path) {
+    // The outer shell backgrounds the watchdog and exits at once; it is waited for here, and the
+    // watchdog outlives it.
     let watchdog = format!(
-        "({script}) & child=$!; while kill -0 {parent} 2>/dev/null && kill -0 $child 2>/dev/null; \
-         do sleep 1; done; kill $child 2>/dev/null; wait $child; rm -rf '{dir}'",
+        "( ({script}) & child=$!; while kill -0 {parent} 2>/dev/null && kill -0 $child 2>/dev/null; \
+         do sleep 1; done; kill $child 2>/dev/null; wait $child; rm -rf '{dir}' ) &",
         parent = std::process::id(),
         dir = dir.display()
     );
-    Command::new("sh")
+    let status = Command::new("sh")
         .args(["-c", &watchdog])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .status()
         .expect("start watchdog shell");
+    assert!(status.success(), "watchdog shell failed");
 }
 
 fn wait_for_port(port: u16, what: &str, log: &Path) {
@@ -136,7 +139,9 @@ fn is_root() -> bool {
 /// Creates database `name` on the test server and returns its URL.
 pub async fn postgres_database(name: &str) -> String {
     let server = postgres_server();
-    let config: tokio_postgres::Config = server.parse().expect("VKUBE_TEST_POSTGRES_URL is a postgres URL");
+    let config: tokio_postgres::Config = server
+        .parse()
+        .expect("VKUBE_TEST_POSTGRES_URL is a postgres URL");
     let deadline = Instant::now() + Duration::from_secs(30);
     let (client, connection) = loop {
         match config.connect(tokio_postgres::NoTls).await {

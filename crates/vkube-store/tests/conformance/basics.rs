@@ -19,15 +19,25 @@ pub async fn writes_raise_the_revision_by_exactly_one(f: Fixture) {
     // Failed writes leave the revision alone.
     assert!(s.create("/r/a", v("x"), None).await.is_err());
     assert!(s.update("/r/a", v("x"), base, None).await.is_err());
-    assert!(s.update("/r/missing", v("x"), base + 1, None).await.is_err());
+    assert!(
+        s.update("/r/missing", v("x"), base + 1, None)
+            .await
+            .is_err()
+    );
     assert!(s.delete("/r/missing", None).await.is_err());
     assert!(s.delete("/r/a", Some(base)).await.is_err());
     assert_eq!(s.current_revision().await.unwrap(), base + 1);
-    let a2 = s.update("/r/a", v("2"), a.mod_revision, None).await.unwrap();
+    let a2 = s
+        .update("/r/a", v("2"), a.mod_revision, None)
+        .await
+        .unwrap();
     assert_eq!(a2.mod_revision, base + 2);
     let (_, deleted_at) = s.delete("/r/a", None).await.unwrap();
     assert_eq!(deleted_at, base + 3);
-    let b = s.create("/r/b", v("1"), Some(Duration::from_secs(60))).await.unwrap();
+    let b = s
+        .create("/r/b", v("1"), Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
     assert_eq!(b.mod_revision, base + 4);
     assert_eq!(s.current_revision().await.unwrap(), base + 4);
     // Not left to expire while a later test on a shared server counts revisions.
@@ -37,7 +47,10 @@ pub async fn writes_raise_the_revision_by_exactly_one(f: Fixture) {
 pub async fn create_update_delete_semantics(f: Fixture) {
     let s = &f.store;
     let a = s.create("/c/a", v("one"), None).await.unwrap();
-    assert_eq!((a.key.as_str(), a.value.as_slice(), a.version), ("/c/a", &b"one"[..], 1));
+    assert_eq!(
+        (a.key.as_str(), a.value.as_slice(), a.version),
+        ("/c/a", &b"one"[..], 1)
+    );
     assert_eq!(a.create_revision, a.mod_revision);
     assert_eq!(s.get("/c/a", None).await.unwrap(), Some(a.clone()));
 
@@ -46,13 +59,20 @@ pub async fn create_update_delete_semantics(f: Fixture) {
         other => panic!("create of an existing key: {other:?}"),
     }
 
-    let a2 = s.update("/c/a", v("two"), a.mod_revision, None).await.unwrap();
+    let a2 = s
+        .update("/c/a", v("two"), a.mod_revision, None)
+        .await
+        .unwrap();
     assert_eq!((a2.version, a2.create_revision), (2, a.create_revision));
     assert!(a2.mod_revision > a.mod_revision);
 
     // A stale compare-and-swap fails and carries what is stored now.
     match s.update("/c/a", v("stale"), a.mod_revision, None).await {
-        Err(StoreError::Conflict { key, expected, current }) => {
+        Err(StoreError::Conflict {
+            key,
+            expected,
+            current,
+        }) => {
             assert_eq!((key.as_str(), expected), ("/c/a", a.mod_revision));
             assert_eq!(*current, a2);
         }
@@ -71,7 +91,10 @@ pub async fn create_update_delete_semantics(f: Fixture) {
     assert_eq!(deleted, a2);
     assert!(at > a2.mod_revision);
     assert_eq!(s.get("/c/a", None).await.unwrap(), None);
-    assert!(matches!(s.delete("/c/a", None).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        s.delete("/c/a", None).await,
+        Err(StoreError::NotFound { .. })
+    ));
 
     // A re-created key starts a new life: version 1, a new create_revision.
     let again = s.create("/c/a", v("three"), None).await.unwrap();
@@ -86,27 +109,54 @@ pub async fn create_update_delete_semantics(f: Fixture) {
 pub async fn reads_at_past_and_future_revisions(f: Fixture) {
     let s = &f.store;
     let a1 = s.create("/p/a", v("1"), None).await.unwrap();
-    let a2 = s.update("/p/a", v("2"), a1.mod_revision, None).await.unwrap();
+    let a2 = s
+        .update("/p/a", v("2"), a1.mod_revision, None)
+        .await
+        .unwrap();
     let (_, deleted) = s.delete("/p/a", None).await.unwrap();
-    assert_eq!(s.get("/p/a", Some(a1.mod_revision)).await.unwrap(), Some(a1.clone()));
-    assert_eq!(s.get("/p/a", Some(a2.mod_revision)).await.unwrap(), Some(a2.clone()));
+    assert_eq!(
+        s.get("/p/a", Some(a1.mod_revision)).await.unwrap(),
+        Some(a1.clone())
+    );
+    assert_eq!(
+        s.get("/p/a", Some(a2.mod_revision)).await.unwrap(),
+        Some(a2.clone())
+    );
     assert_eq!(s.get("/p/a", Some(deleted)).await.unwrap(), None);
-    assert_eq!(s.get("/p/a", Some(a1.mod_revision - 1)).await.unwrap(), None);
+    assert_eq!(
+        s.get("/p/a", Some(a1.mod_revision - 1)).await.unwrap(),
+        None
+    );
     let past = s
-        .list("/p/", ListOptions { revision: Some(a2.mod_revision), ..Default::default() })
+        .list(
+            "/p/",
+            ListOptions {
+                revision: Some(a2.mod_revision),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!((past.items, past.revision), (vec![a2], a1.mod_revision + 1));
 
     let current = s.current_revision().await.unwrap();
     match s.get("/p/a", Some(current + 5)).await {
-        Err(StoreError::FutureRevision { requested, current: c }) => {
+        Err(StoreError::FutureRevision {
+            requested,
+            current: c,
+        }) => {
             assert_eq!((requested, c), (current + 5, current));
         }
         other => panic!("read in the future: {other:?}"),
     }
-    let future = ListOptions { revision: Some(current + 5), ..Default::default() };
-    assert!(matches!(s.list("/p/", future).await, Err(StoreError::FutureRevision { .. })));
+    let future = ListOptions {
+        revision: Some(current + 5),
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.list("/p/", future).await,
+        Err(StoreError::FutureRevision { .. })
+    ));
 }
 
 pub async fn list_by_prefix_with_pages(f: Fixture) {
@@ -131,16 +181,39 @@ pub async fn list_by_prefix_with_pages(f: Fixture) {
         start_after: start_after.map(str::to_string),
     };
     let first = s.list("/l/", page(2, None)).await.unwrap();
-    assert_eq!(first.items.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(), ["/l/a", "/l/a/1"]);
+    assert_eq!(
+        first
+            .items
+            .iter()
+            .map(|kv| kv.key.as_str())
+            .collect::<Vec<_>>(),
+        ["/l/a", "/l/a/1"]
+    );
     assert!(first.more);
     let second = s.list("/l/", page(2, Some("/l/a/1"))).await.unwrap();
-    assert_eq!(second.items.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(), ["/l/a/3", "/l/ab"]);
+    assert_eq!(
+        second
+            .items
+            .iter()
+            .map(|kv| kv.key.as_str())
+            .collect::<Vec<_>>(),
+        ["/l/a/3", "/l/ab"]
+    );
     assert!(second.more);
     let last = s.list("/l/", page(2, Some("/l/ab"))).await.unwrap();
-    assert_eq!(last.items.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(), ["/l/b"]);
+    assert_eq!(
+        last.items
+            .iter()
+            .map(|kv| kv.key.as_str())
+            .collect::<Vec<_>>(),
+        ["/l/b"]
+    );
     assert!(!last.more);
     let exact = s.list("/l/", page(5, None)).await.unwrap();
-    assert!(!exact.more, "a page that ends exactly at the last key has no more");
+    assert!(
+        !exact.more,
+        "a page that ends exactly at the last key has no more"
+    );
     let none = s.list("/l/", page(0, None)).await.unwrap();
     assert!(none.items.is_empty() && none.more);
     let empty = s.list("/nothing/", ListOptions::default()).await.unwrap();
@@ -150,7 +223,9 @@ pub async fn list_by_prefix_with_pages(f: Fixture) {
 pub async fn list_pagination_at_a_fixed_revision_while_writes_continue(f: Fixture) {
     let s = f.store.clone();
     for i in 0..120 {
-        s.create(&format!("/pg/{i:04}"), v(&format!("v{i}")), None).await.unwrap();
+        s.create(&format!("/pg/{i:04}"), v(&format!("v{i}")), None)
+            .await
+            .unwrap();
     }
     let at = s.current_revision().await.unwrap();
     let snapshot = s.list("/pg/", ListOptions::default()).await.unwrap().items;
@@ -163,9 +238,15 @@ pub async fn list_pagination_at_a_fixed_revision_while_writes_continue(f: Fixtur
                     0 => drop(s.delete(&key, None).await.unwrap()),
                     1 => {
                         let kv = s.get(&key, None).await.unwrap().unwrap();
-                        s.update(&key, v("changed"), kv.mod_revision, None).await.unwrap();
+                        s.update(&key, v("changed"), kv.mod_revision, None)
+                            .await
+                            .unwrap();
                     }
-                    _ => drop(s.create(&format!("/pg/{i:04}x"), v("new"), None).await.unwrap()),
+                    _ => drop(
+                        s.create(&format!("/pg/{i:04}x"), v("new"), None)
+                            .await
+                            .unwrap(),
+                    ),
                 }
             }
         })
@@ -173,7 +254,11 @@ pub async fn list_pagination_at_a_fixed_revision_while_writes_continue(f: Fixtur
     let mut paged = Vec::new();
     let mut start_after = None;
     loop {
-        let options = ListOptions { revision: Some(at), limit: Some(7), start_after };
+        let options = ListOptions {
+            revision: Some(at),
+            limit: Some(7),
+            start_after,
+        };
         let page = s.list("/pg/", options).await.unwrap();
         assert_eq!(page.revision, at);
         start_after = page.items.last().map(|kv| kv.key.clone());
@@ -184,30 +269,50 @@ pub async fn list_pagination_at_a_fixed_revision_while_writes_continue(f: Fixtur
         tokio::task::yield_now().await;
     }
     writer.await.unwrap();
-    assert_eq!(paged, snapshot, "pages read at one revision join into that revision's list");
+    assert_eq!(
+        paged, snapshot,
+        "pages read at one revision join into that revision's list"
+    );
 }
 
 pub async fn keys_with_a_ttl_expire(f: Fixture) {
     let s = &f.store;
     let base = s.current_revision().await.unwrap();
     let mut watch = s.watch("/ttl/", base).await.unwrap();
-    let short = s.create("/ttl/short", v("1"), Some(Duration::from_secs(1))).await.unwrap();
-    let kept = s.create("/ttl/kept", v("1"), Some(Duration::from_secs(1))).await.unwrap();
+    let short = s
+        .create("/ttl/short", v("1"), Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let kept = s
+        .create("/ttl/kept", v("1"), Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
     // Rewriting without a TTL removes the TTL.
-    s.update("/ttl/kept", v("2"), kept.mod_revision, None).await.unwrap();
+    s.update("/ttl/kept", v("2"), kept.mod_revision, None)
+        .await
+        .unwrap();
     s.create("/ttl/plain", v("1"), None).await.unwrap();
-    let long = s.create("/ttl/long", v("1"), Some(Duration::from_secs(600))).await.unwrap();
+    let long = s
+        .create("/ttl/long", v("1"), Some(Duration::from_secs(600)))
+        .await
+        .unwrap();
 
     let started = Instant::now();
     while s.get("/ttl/short", None).await.unwrap().is_some() {
-        assert!(started.elapsed() < Duration::from_secs(15), "a 1 s TTL did not expire in 15 s");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "a 1 s TTL did not expire in 15 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Expiry is an ordinary delete: watchers see it, with the value that expired.
     loop {
         let e = next_event(&mut watch).await;
         if e.kind == EventKind::Delete {
-            assert_eq!((e.key.as_str(), e.prev.as_ref()), ("/ttl/short", Some(&short)));
+            assert_eq!(
+                (e.key.as_str(), e.prev.as_ref()),
+                ("/ttl/short", Some(&short))
+            );
             break;
         }
     }
@@ -236,7 +341,9 @@ pub async fn large_lists_are_complete(f: Fixture) {
         let s = f.store.clone();
         writers.push(tokio::spawn(async move {
             for i in (w..KEYS).step_by(8) {
-                s.create(&format!("/big/{i:05}"), vec![b'v'; 100], None).await.unwrap();
+                s.create(&format!("/big/{i:05}"), vec![b'v'; 100], None)
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -245,11 +352,25 @@ pub async fn large_lists_are_complete(f: Fixture) {
     }
     let at = f.store.current_revision().await.unwrap();
     f.store.create("/big/later", v("x"), None).await.unwrap();
-    let all = f.store.list("/big/", ListOptions { revision: Some(at), ..Default::default() }).await.unwrap();
+    let all = f
+        .store
+        .list(
+            "/big/",
+            ListOptions {
+                revision: Some(at),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let keys: Vec<_> = all.items.iter().map(|kv| kv.key.clone()).collect();
     let expected: Vec<_> = (0..KEYS).map(|i| format!("/big/{i:05}")).collect();
     assert!(keys == expected && !all.more, "listed {} keys", keys.len());
-    let options = ListOptions { revision: Some(at), limit: Some(1500), start_after: None };
+    let options = ListOptions {
+        revision: Some(at),
+        limit: Some(1500),
+        start_after: None,
+    };
     let page = f.store.list("/big/", options).await.unwrap();
     assert_eq!((page.items.len(), page.more), (1500, true));
     assert_eq!(page.items[..], all.items[..1500]);

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use vkube_store::{Event, EventKind, KeyValue, ListOptions, ListResult, Revision, Store, StoreError};
+use vkube_store::{
+    Event, EventKind, KeyValue, ListOptions, ListResult, Revision, Store, StoreError,
+};
 
 use crate::common::{Fixture, events_until};
 
@@ -87,7 +89,11 @@ impl Model {
             revision: self.rev,
             key: key.to_string(),
             value,
-            prev: if kind == EventKind::Create { None } else { prev },
+            prev: if kind == EventKind::Create {
+                None
+            } else {
+                prev
+            },
         });
         self.snapshots.push((self.rev, map));
         self.rev
@@ -97,7 +103,10 @@ impl Model {
     fn read_revision(&self, back: u8) -> Result<Revision, StoreError> {
         let r = (self.rev - Revision::from(back)).max(self.base);
         match self.compacted {
-            Some(c) if r < c => Err(StoreError::Compacted { requested: r, compact_revision: c }),
+            Some(c) if r < c => Err(StoreError::Compacted {
+                requested: r,
+                compact_revision: c,
+            }),
             _ => Ok(r),
         }
     }
@@ -112,7 +121,9 @@ fn outcome<T: Debug>(r: Result<T, StoreError>) -> String {
 }
 
 async fn apply(store: &dyn Store, m: &mut Model, op: &Op) -> Option<(String, String)> {
-    let stale_of = |kv: Option<&KeyValue>, stale: bool| kv.map_or(m.rev, |kv| kv.mod_revision - i64::from(stale));
+    let stale_of = |kv: Option<&KeyValue>, stale: bool| {
+        kv.map_or(m.rev, |kv| kv.mod_revision - i64::from(stale))
+    };
     Some(match op.clone() {
         Op::Create { key, value } => {
             let key = m.key(key);
@@ -121,7 +132,13 @@ async fn apply(store: &dyn Store, m: &mut Model, op: &Op) -> Option<(String, Str
                 outcome::<()>(Err(StoreError::AlreadyExists { key }))
             } else {
                 let rev = m.rev + 1;
-                let kv = KeyValue { key: key.clone(), value: vec![value], create_revision: rev, mod_revision: rev, version: 1 };
+                let kv = KeyValue {
+                    key: key.clone(),
+                    value: vec![value],
+                    create_revision: rev,
+                    mod_revision: rev,
+                    version: 1,
+                };
                 m.write(&key, Some(kv.clone()));
                 outcome::<KeyValue>(Ok(kv))
             };
@@ -134,9 +151,11 @@ async fn apply(store: &dyn Store, m: &mut Model, op: &Op) -> Option<(String, Str
             let got = outcome(store.update(&key, vec![value], expected, None).await);
             let want = match current {
                 None => outcome::<()>(Err(StoreError::NotFound { key })),
-                Some(cur) if stale => {
-                    outcome::<()>(Err(StoreError::Conflict { key, expected, current: Box::new(cur) }))
-                }
+                Some(cur) if stale => outcome::<()>(Err(StoreError::Conflict {
+                    key,
+                    expected,
+                    current: Box::new(cur),
+                })),
                 Some(cur) => {
                     let kv = KeyValue {
                         key: key.clone(),
@@ -177,7 +196,10 @@ async fn apply(store: &dyn Store, m: &mut Model, op: &Op) -> Option<(String, Str
         Op::Get { key, back } => {
             let key = m.key(key);
             let (r, want) = match m.read_revision(back) {
-                Ok(r) => (r, outcome::<Option<KeyValue>>(Ok(m.at(r).get(&key).cloned()))),
+                Ok(r) => (
+                    r,
+                    outcome::<Option<KeyValue>>(Ok(m.at(r).get(&key).cloned())),
+                ),
                 Err(e) => (m.rev - Revision::from(back), outcome::<()>(Err(e))),
             };
             (outcome(store.get(&key, Some(r.max(m.base))).await), want)
@@ -186,7 +208,13 @@ async fn apply(store: &dyn Store, m: &mut Model, op: &Op) -> Option<(String, Str
             let key = m.key(key);
             let requested = m.rev + 2;
             let got = outcome::<Option<KeyValue>>(store.get(&key, Some(requested)).await);
-            (got, outcome::<()>(Err(StoreError::FutureRevision { requested, current: m.rev })))
+            (
+                got,
+                outcome::<()>(Err(StoreError::FutureRevision {
+                    requested,
+                    current: m.rev,
+                })),
+            )
         }
         Op::List { limit, back } => {
             let limit = (limit > 0).then_some(usize::from(limit));
@@ -194,12 +222,20 @@ async fn apply(store: &dyn Store, m: &mut Model, op: &Op) -> Option<(String, Str
                 Ok(r) => {
                     let all: Vec<_> = m.at(r).values().cloned().collect();
                     let n = limit.unwrap_or(all.len()).min(all.len());
-                    let result = ListResult { items: all[..n].to_vec(), revision: r, more: n < all.len() };
+                    let result = ListResult {
+                        items: all[..n].to_vec(),
+                        revision: r,
+                        more: n < all.len(),
+                    };
                     (r, outcome::<ListResult>(Ok(result)))
                 }
                 Err(e) => (m.rev - Revision::from(back), outcome::<()>(Err(e))),
             };
-            let options = ListOptions { revision: Some(r.max(m.base)), limit, start_after: None };
+            let options = ListOptions {
+                revision: Some(r.max(m.base)),
+                limit,
+                start_after: None,
+            };
             (outcome(store.list(&m.prefix, options).await), want)
         }
         Op::Compact { back } => {
@@ -210,9 +246,10 @@ async fn apply(store: &dyn Store, m: &mut Model, op: &Op) -> Option<(String, Str
             }
             let got = outcome(store.compact(target).await);
             let want = match m.compacted {
-                Some(c) if target <= c => {
-                    outcome::<()>(Err(StoreError::Compacted { requested: target, compact_revision: c }))
-                }
+                Some(c) if target <= c => outcome::<()>(Err(StoreError::Compacted {
+                    requested: target,
+                    compact_revision: c,
+                })),
                 _ => {
                     m.compacted = Some(target);
                     outcome::<()>(Ok(()))
@@ -228,18 +265,39 @@ static CASE: AtomicU64 = AtomicU64::new(0);
 async fn check(store: &dyn Store, ops: &[Op]) -> Result<(), TestCaseError> {
     let base = store.current_revision().await.unwrap();
     let prefix = format!("/model/{}/", CASE.fetch_add(1, Ordering::Relaxed));
-    let mut m = Model { prefix, base, rev: base, compacted: None, snapshots: vec![(base, BTreeMap::new())], events: vec![] };
+    let mut m = Model {
+        prefix,
+        base,
+        rev: base,
+        compacted: None,
+        snapshots: vec![(base, BTreeMap::new())],
+        events: vec![],
+    };
     for (i, op) in ops.iter().enumerate() {
         if let Some((got, want)) = apply(store, &mut m, op).await {
             prop_assert_eq!(got, want, "op {} {:?}", i, op);
         }
-        prop_assert_eq!(store.current_revision().await.unwrap(), m.rev, "revision after op {} {:?}", i, op);
+        prop_assert_eq!(
+            store.current_revision().await.unwrap(),
+            m.rev,
+            "revision after op {} {:?}",
+            i,
+            op
+        );
     }
     // The watch replays exactly the model's events after the oldest revision still readable.
     let from = m.compacted.unwrap_or(base);
-    let want: Vec<_> = m.events.iter().filter(|e| e.revision > from).cloned().collect();
+    let want: Vec<_> = m
+        .events
+        .iter()
+        .filter(|e| e.revision > from)
+        .cloned()
+        .collect();
     if let Some(last) = want.last() {
-        let mut watch = store.watch(&m.prefix, from).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut watch = store
+            .watch(&m.prefix, from)
+            .await
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let got = events_until(&mut watch, last.revision).await;
         prop_assert_eq!(got, want);
     }
@@ -248,7 +306,12 @@ async fn check(store: &dyn Store, ops: &[Op]) -> Result<(), TestCaseError> {
 
 pub async fn random_operations_match_the_reference_model(f: Fixture) {
     let handle = tokio::runtime::Handle::current();
-    let config = Config { cases: 48, max_shrink_iters: 300, failure_persistence: None, ..Config::default() };
+    let config = Config {
+        cases: 48,
+        max_shrink_iters: 300,
+        failure_persistence: None,
+        ..Config::default()
+    };
     let mut runner = TestRunner::new(config);
     let store = f.store.clone();
     let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {

@@ -30,10 +30,21 @@ pub async fn cas_counters_from_2_processes_and_8_tasks(f: Fixture) {
                 .collect();
             let mut retries = 0;
             for child in children {
-                let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+                let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+                    .await
+                    .unwrap()
+                    .unwrap();
                 let stdout = String::from_utf8_lossy(&out.stdout);
-                assert!(out.status.success(), "worker failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-                retries += stdout.trim().strip_prefix("done retries=").and_then(|n| n.parse::<u64>().ok()).unwrap();
+                assert!(
+                    out.status.success(),
+                    "worker failed: {stdout}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                retries += stdout
+                    .trim()
+                    .strip_prefix("done retries=")
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap();
             }
             eprintln!("{:?}: {retries} conflicts retried", f.backend);
         }
@@ -59,7 +70,11 @@ pub async fn cas_counters_from_2_processes_and_8_tasks(f: Fixture) {
     }
     let total = 2 * TASKS * INCREMENTS;
     let kv = f.store.get(key, None).await.unwrap().unwrap();
-    assert_eq!(String::from_utf8_lossy(&kv.value), total.to_string(), "lost updates");
+    assert_eq!(
+        String::from_utf8_lossy(&kv.value),
+        total.to_string(),
+        "lost updates"
+    );
     assert_eq!(kv.version, total as i64 + 1);
 }
 
@@ -97,15 +112,26 @@ pub async fn kill_9_of_a_writer_loses_no_acknowledged_write(f: Fixture) {
         .iter()
         .map(|l| {
             let mut parts = l.split(' ').skip(1);
-            (parts.next().unwrap().to_string(), parts.next().unwrap().parse().unwrap())
+            (
+                parts.next().unwrap().to_string(),
+                parts.next().unwrap().parse().unwrap(),
+            )
         })
         .collect();
-    assert!(acks.len() >= 300, "the worker died early after {} writes", acks.len());
+    assert!(
+        acks.len() >= 300,
+        "the worker died early after {} writes",
+        acks.len()
+    );
 
     let reopened = f.reopen().await;
     for (key, revision) in &acks {
         let kv = reopened.get(key, None).await.unwrap();
-        assert_eq!(kv.map(|kv| kv.mod_revision), Some(*revision), "acknowledged {key} is missing");
+        assert_eq!(
+            kv.map(|kv| kv.mod_revision),
+            Some(*revision),
+            "acknowledged {key} is missing"
+        );
     }
     let last = acks.last().unwrap().1;
     let events = events_until(&mut watch, last).await;
@@ -119,7 +145,9 @@ pub async fn kill_9_of_a_writer_loses_no_acknowledged_write(f: Fixture) {
 pub async fn postgres_commits_revisions_in_order(f: Fixture) {
     assert_eq!(f.backend, Backend::Postgres);
     let url = f.url.clone().unwrap();
-    let (mut raw, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    let (mut raw, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(connection);
     let base = f.store.current_revision().await.unwrap();
     let mut watch = f.store.watch("/ooo/", base).await.unwrap();
@@ -127,7 +155,10 @@ pub async fn postgres_commits_revisions_in_order(f: Fixture) {
     // A slow writer takes revision base+1, then a fast one starts.
     let tx = raw.transaction().await.unwrap();
     let held: i64 = tx
-        .query_one("UPDATE vkube_meta SET value = value + 1 WHERE name = 'revision' RETURNING value", &[])
+        .query_one(
+            "UPDATE vkube_meta SET value = value + 1 WHERE name = 'revision' RETURNING value",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -137,7 +168,10 @@ pub async fn postgres_commits_revisions_in_order(f: Fixture) {
         tokio::spawn(async move { s.create("/ooo/fast", b"f".to_vec(), None).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!fast.is_finished(), "the later writer committed while an earlier revision was open");
+    assert!(
+        !fast.is_finished(),
+        "the later writer committed while an earlier revision was open"
+    );
     tx.execute(
         "INSERT INTO vkube_log (revision, key, deleted, create_revision, prev_revision, version, value) \
          VALUES ($1, '/ooo/slow', 0, $1, 0, 1, 'x')",
@@ -149,13 +183,19 @@ pub async fn postgres_commits_revisions_in_order(f: Fixture) {
     let fast = fast.await.unwrap().unwrap();
     assert_eq!(fast.mod_revision, held + 1);
     let events = events_until(&mut watch, fast.mod_revision).await;
-    let seen: Vec<_> = events.iter().map(|e| (e.key.as_str(), e.revision)).collect();
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| (e.key.as_str(), e.revision))
+        .collect();
     assert_eq!(seen, [("/ooo/slow", held), ("/ooo/fast", held + 1)]);
 
     // A writer that rolls back gives its revision back: the next write takes it, no gap.
     let tx = raw.transaction().await.unwrap();
     let abandoned: i64 = tx
-        .query_one("UPDATE vkube_meta SET value = value + 1 WHERE name = 'revision' RETURNING value", &[])
+        .query_one(
+            "UPDATE vkube_meta SET value = value + 1 WHERE name = 'revision' RETURNING value",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -166,7 +206,10 @@ pub async fn postgres_commits_revisions_in_order(f: Fixture) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     tx.rollback().await.unwrap();
     let next = next.await.unwrap().unwrap();
-    assert_eq!(next.mod_revision, abandoned, "the rolled-back revision was reused");
+    assert_eq!(
+        next.mod_revision, abandoned,
+        "the rolled-back revision was reused"
+    );
     let event = events_until(&mut watch, next.mod_revision).await;
     assert_eq!(event.len(), 1);
 }
