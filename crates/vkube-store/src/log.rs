@@ -149,6 +149,55 @@ pub(crate) fn plan(
     Ok((row, live.map(Row::kv)))
 }
 
+/// The write path of the log backends: each appends one row per write; create, update and
+/// delete are the three ways of calling it.
+#[async_trait]
+pub(crate) trait Append: Send + Sync {
+    /// Plans `op` against the key's newest row (`plan`) and appends the row, atomically.
+    async fn append(
+        &self,
+        key: &str,
+        op: Write,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<(Row, Option<KeyValue>)>;
+
+    async fn append_create(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<KeyValue> {
+        Ok(self.append(key, Write::Create, value, ttl).await?.0.kv())
+    }
+
+    async fn append_update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Revision,
+        ttl: Option<Duration>,
+    ) -> Result<KeyValue> {
+        Ok(self
+            .append(key, Write::Update { expected }, value, ttl)
+            .await?
+            .0
+            .kv())
+    }
+
+    async fn append_delete(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+    ) -> Result<(KeyValue, Revision)> {
+        let (row, prev) = self
+            .append(key, Write::Delete { expected }, Vec::new(), None)
+            .await?;
+        let prev = prev.ok_or_else(|| StoreError::NotFound { key: key.into() })?;
+        Ok((prev, row.revision))
+    }
+}
+
 /// Checks a read revision against the store's current and compacted revisions.
 pub(crate) fn check_read_revision(
     requested: Revision,

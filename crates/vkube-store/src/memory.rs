@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::Store;
 use crate::error::{Result, StoreError, check_key};
 use crate::kv::{Event, KeyValue, ListOptions, ListResult, Revision, prefix_end};
-use crate::log::{self, Expiring, Row, Tasks, Write};
+use crate::log::{self, Append, Expiring, Row, Tasks, Write};
 use crate::watch::{LogSource, Watch, watch_log};
 
 pub struct MemoryStore {
@@ -60,8 +60,11 @@ impl MemoryStore {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
-    fn write(
+#[async_trait]
+impl Append for MemoryStore {
+    async fn append(
         &self,
         key: &str,
         op: Write,
@@ -136,7 +139,7 @@ impl Store for MemoryStore {
     }
 
     async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<KeyValue> {
-        Ok(self.write(key, Write::Create, value, ttl)?.0.kv())
+        self.append_create(key, value, ttl).await
     }
 
     async fn update(
@@ -146,16 +149,11 @@ impl Store for MemoryStore {
         expected: Revision,
         ttl: Option<Duration>,
     ) -> Result<KeyValue> {
-        Ok(self
-            .write(key, Write::Update { expected }, value, ttl)?
-            .0
-            .kv())
+        self.append_update(key, value, expected, ttl).await
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(KeyValue, Revision)> {
-        let (row, prev) = self.write(key, Write::Delete { expected }, Vec::new(), None)?;
-        let prev = prev.ok_or_else(|| StoreError::NotFound { key: key.into() })?;
-        Ok((prev, row.revision))
+        self.append_delete(key, expected).await
     }
 
     async fn current_revision(&self) -> Result<Revision> {

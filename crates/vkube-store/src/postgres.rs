@@ -25,7 +25,7 @@ use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls};
 use crate::Store;
 use crate::error::{Result, StoreError, check_key};
 use crate::kv::{Event, KeyValue, ListOptions, ListResult, Revision};
-use crate::log::{self, Expiring, Row, Tasks, Write};
+use crate::log::{self, Append, Expiring, Row, Tasks, Write};
 use crate::sql;
 use crate::watch::{LogSource, Watch, watch_log};
 
@@ -116,70 +116,6 @@ impl PostgresStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(db_err)
-    }
-
-    async fn write(
-        &self,
-        key: &str,
-        op: Write,
-        value: Vec<u8>,
-        ttl: Option<Duration>,
-    ) -> Result<(Row, Option<KeyValue>)> {
-        check_key(key)?;
-        let expires = log::expiry(ttl);
-        let mut client = self.client().await?;
-        let bump = client
-            .prepare_cached(sql::BUMP_REVISION)
-            .await
-            .map_err(db_err)?;
-        let latest_stmt = client
-            .prepare_cached(&sql::pg(sql::LATEST))
-            .await
-            .map_err(db_err)?;
-        let insert = client
-            .prepare_cached(&sql::pg(sql::INSERT))
-            .await
-            .map_err(db_err)?;
-        let notify = client
-            .prepare_cached("SELECT pg_notify($1, $2)")
-            .await
-            .map_err(db_err)?;
-        let tx = client.transaction().await.map_err(db_err)?;
-        // Pipelined: the read runs after the increment has taken the lock, in a snapshot of its
-        // own (READ COMMITTED), so it sees every earlier writer's commit. Each round trip saved
-        // here is time the lock is held.
-        let newest = Revision::MAX;
-        let latest_params: [&(dyn ToSql + Sync); 2] = [&key, &newest];
-        let (bumped, latest) = tokio::try_join!(
-            tx.query_one(&bump, &[]),
-            tx.query_opt(&latest_stmt, &latest_params),
-        )
-        .map_err(db_err)?;
-        let revision: Revision = bumped.try_get(0).map_err(db_err)?;
-        let latest = latest.map(|r| pg_row(&r, 0)).transpose()?;
-        let (row, prev) = log::plan(key, op, latest, value)?;
-        let row = row.at(revision);
-        let deleted = i32::from(row.deleted);
-        let notified = revision.to_string();
-        let insert_params: [&(dyn ToSql + Sync); 8] = [
-            &row.revision,
-            &row.key,
-            &deleted,
-            &row.create_revision,
-            &row.prev_revision,
-            &row.version,
-            &row.value,
-            &expires,
-        ];
-        let notify_params: [&(dyn ToSql + Sync); 2] = [&CHANNEL, &notified];
-        tokio::try_join!(
-            tx.execute(&insert, &insert_params),
-            tx.execute(&notify, &notify_params),
-        )
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        self.saw(revision);
-        Ok((row, prev))
     }
 
     /// Runs reads in one REPEATABLE READ snapshot, after checking `revision` against it.
@@ -305,6 +241,73 @@ async fn run_listener(
 type Params = Vec<Box<dyn ToSql + Sync + Send>>;
 
 #[async_trait]
+impl Append for PostgresStore {
+    async fn append(
+        &self,
+        key: &str,
+        op: Write,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<(Row, Option<KeyValue>)> {
+        check_key(key)?;
+        let expires = log::expiry(ttl);
+        let mut client = self.client().await?;
+        let bump = client
+            .prepare_cached(sql::BUMP_REVISION)
+            .await
+            .map_err(db_err)?;
+        let latest_stmt = client
+            .prepare_cached(&sql::pg(sql::LATEST))
+            .await
+            .map_err(db_err)?;
+        let insert = client
+            .prepare_cached(&sql::pg(sql::INSERT))
+            .await
+            .map_err(db_err)?;
+        let notify = client
+            .prepare_cached("SELECT pg_notify($1, $2)")
+            .await
+            .map_err(db_err)?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        // Pipelined: the read runs after the increment has taken the lock, in a snapshot of its
+        // own (READ COMMITTED), so it sees every earlier writer's commit. Each round trip saved
+        // here is time the lock is held.
+        let newest = Revision::MAX;
+        let latest_params: [&(dyn ToSql + Sync); 2] = [&key, &newest];
+        let (bumped, latest) = tokio::try_join!(
+            tx.query_one(&bump, &[]),
+            tx.query_opt(&latest_stmt, &latest_params),
+        )
+        .map_err(db_err)?;
+        let revision: Revision = bumped.try_get(0).map_err(db_err)?;
+        let latest = latest.map(|r| pg_row(&r, 0)).transpose()?;
+        let (row, prev) = log::plan(key, op, latest, value)?;
+        let row = row.at(revision);
+        let deleted = i32::from(row.deleted);
+        let notified = revision.to_string();
+        let insert_params: [&(dyn ToSql + Sync); 8] = [
+            &row.revision,
+            &row.key,
+            &deleted,
+            &row.create_revision,
+            &row.prev_revision,
+            &row.version,
+            &row.value,
+            &expires,
+        ];
+        let notify_params: [&(dyn ToSql + Sync); 2] = [&CHANNEL, &notified];
+        tokio::try_join!(
+            tx.execute(&insert, &insert_params),
+            tx.execute(&notify, &notify_params),
+        )
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        self.saw(revision);
+        Ok((row, prev))
+    }
+}
+
+#[async_trait]
 impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
         BACKEND
@@ -335,18 +338,12 @@ impl Store for PostgresStore {
                 Ok(pg_row(r, 0)?.kv())
             })
             .await?;
-        let mut items = rows;
-        let more = options.limit.is_some_and(|l| items.len() > l);
-        items.truncate(options.limit.unwrap_or(usize::MAX));
-        Ok(ListResult {
-            items,
-            revision: sql::at(options.revision, current),
-            more,
-        })
+        let at = sql::at(options.revision, current);
+        Ok(sql::page(rows, options.limit, at))
     }
 
     async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<KeyValue> {
-        Ok(self.write(key, Write::Create, value, ttl).await?.0.kv())
+        self.append_create(key, value, ttl).await
     }
 
     async fn update(
@@ -356,19 +353,11 @@ impl Store for PostgresStore {
         expected: Revision,
         ttl: Option<Duration>,
     ) -> Result<KeyValue> {
-        Ok(self
-            .write(key, Write::Update { expected }, value, ttl)
-            .await?
-            .0
-            .kv())
+        self.append_update(key, value, expected, ttl).await
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(KeyValue, Revision)> {
-        let (row, prev) = self
-            .write(key, Write::Delete { expected }, Vec::new(), None)
-            .await?;
-        let prev = prev.ok_or_else(|| StoreError::NotFound { key: key.into() })?;
-        Ok((prev, row.revision))
+        self.append_delete(key, expected).await
     }
 
     async fn current_revision(&self) -> Result<Revision> {

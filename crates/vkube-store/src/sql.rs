@@ -3,7 +3,7 @@
 //! Keys compare bytewise in both (SQLite's BINARY collation, PostgreSQL's `COLLATE "C"`), which is
 //! the order etcd lists in.
 
-use crate::kv::{Revision, prefix_end};
+use crate::kv::{KeyValue, ListResult, Revision, prefix_end};
 
 pub const ROW: &str = "revision, key, deleted, create_revision, prev_revision, version, value";
 
@@ -75,6 +75,17 @@ pub fn limit(limit: Option<usize>) -> i64 {
     limit.map_or(i64::MAX, |l| {
         i64::try_from(l.saturating_add(1)).unwrap_or(i64::MAX)
     })
+}
+
+/// A list page from rows fetched with [`limit`] (one more than asked, to learn whether more remain).
+pub fn page(mut items: Vec<KeyValue>, limit: Option<usize>, revision: Revision) -> ListResult {
+    let more = limit.is_some_and(|l| items.len() > l);
+    items.truncate(limit.unwrap_or(usize::MAX));
+    ListResult {
+        items,
+        revision,
+        more,
+    }
 }
 
 /// `revision` or the current one.

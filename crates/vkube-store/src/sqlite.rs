@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::Store;
 use crate::error::{Result, StoreError, check_key};
 use crate::kv::{Event, KeyValue, ListOptions, ListResult, Revision};
-use crate::log::{self, Expiring, Row, Tasks, Write};
+use crate::log::{self, Append, Expiring, Row, Tasks, Write};
 use crate::sql;
 use crate::watch::{LogSource, Watch, watch_log};
 
@@ -138,56 +138,6 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::backend(BACKEND, e))?
     }
-
-    /// Runs one write: takes the next revision, plans against the key's newest row, appends.
-    async fn write(
-        &self,
-        key: &str,
-        op: Write,
-        value: Vec<u8>,
-        ttl: Option<Duration>,
-    ) -> Result<(Row, Option<KeyValue>)> {
-        check_key(key)?;
-        let me = self.me()?;
-        let key = key.to_string();
-        let expires = log::expiry(ttl);
-        let (row, prev) = tokio::task::spawn_blocking(move || {
-            let mut conn = me.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
-            let revision: Revision = tx
-                .query_row(sql::BUMP_REVISION, [], |r| r.get(0))
-                .map_err(db_err)?;
-            let latest = latest(&tx, &key, revision)?;
-            let (row, prev) = log::plan(&key, op, latest, value)?;
-            let row = row.at(revision);
-            tx.execute(
-                sql::INSERT,
-                params![
-                    row.revision,
-                    row.key,
-                    row.deleted,
-                    row.create_revision,
-                    row.prev_revision,
-                    row.version,
-                    row.value,
-                    expires
-                ],
-            )
-            .map_err(db_err)?;
-            tx.commit().map_err(db_err)?;
-            Ok::<_, StoreError>((row, prev))
-        })
-        .await
-        .map_err(|e| StoreError::backend(BACKEND, e))??;
-        self.committed.send_if_modified(|c| {
-            let newer = *c < row.revision;
-            *c = (*c).max(row.revision);
-            newer
-        });
-        Ok((row, prev))
-    }
 }
 
 fn connect(path: &Path, synchronous: Synchronous) -> Result<Connection> {
@@ -263,6 +213,59 @@ fn spawn_change_detector(store: &Arc<SqliteStore>) -> Result<()> {
 }
 
 #[async_trait]
+impl Append for SqliteStore {
+    /// Runs one write: takes the next revision, plans against the key's newest row, appends.
+    async fn append(
+        &self,
+        key: &str,
+        op: Write,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<(Row, Option<KeyValue>)> {
+        check_key(key)?;
+        let me = self.me()?;
+        let key = key.to_string();
+        let expires = log::expiry(ttl);
+        let (row, prev) = tokio::task::spawn_blocking(move || {
+            let mut conn = me.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let revision: Revision = tx
+                .query_row(sql::BUMP_REVISION, [], |r| r.get(0))
+                .map_err(db_err)?;
+            let latest = latest(&tx, &key, revision)?;
+            let (row, prev) = log::plan(&key, op, latest, value)?;
+            let row = row.at(revision);
+            tx.execute(
+                sql::INSERT,
+                params![
+                    row.revision,
+                    row.key,
+                    row.deleted,
+                    row.create_revision,
+                    row.prev_revision,
+                    row.version,
+                    row.value,
+                    expires
+                ],
+            )
+            .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok::<_, StoreError>((row, prev))
+        })
+        .await
+        .map_err(|e| StoreError::backend(BACKEND, e))??;
+        self.committed.send_if_modified(|c| {
+            let newer = *c < row.revision;
+            *c = (*c).max(row.revision);
+            newer
+        });
+        Ok((row, prev))
+    }
+}
+
+#[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         BACKEND
@@ -295,23 +298,17 @@ impl Store for SqliteStore {
                 None => stmt.query_map(params![at, limit, lower], map),
             }
             .map_err(db_err)?;
-            let mut items = rows
+            let items = rows
                 .map(|r| r.map(Row::kv))
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(db_err)?;
-            let more = options.limit.is_some_and(|l| items.len() > l);
-            items.truncate(options.limit.unwrap_or(usize::MAX));
-            Ok(ListResult {
-                items,
-                revision: at,
-                more,
-            })
+            Ok(sql::page(items, options.limit, at))
         })
         .await
     }
 
     async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<KeyValue> {
-        Ok(self.write(key, Write::Create, value, ttl).await?.0.kv())
+        self.append_create(key, value, ttl).await
     }
 
     async fn update(
@@ -321,19 +318,11 @@ impl Store for SqliteStore {
         expected: Revision,
         ttl: Option<Duration>,
     ) -> Result<KeyValue> {
-        Ok(self
-            .write(key, Write::Update { expected }, value, ttl)
-            .await?
-            .0
-            .kv())
+        self.append_update(key, value, expected, ttl).await
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<(KeyValue, Revision)> {
-        let (row, prev) = self
-            .write(key, Write::Delete { expected }, Vec::new(), None)
-            .await?;
-        let prev = prev.ok_or_else(|| StoreError::NotFound { key: key.into() })?;
-        Ok((prev, row.revision))
+        self.append_delete(key, expected).await
     }
 
     async fn current_revision(&self) -> Result<Revision> {
