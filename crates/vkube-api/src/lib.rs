@@ -1,0 +1,13 @@
+//! Kubernetes API machinery for vkube: which resources exist and how they are stored (the
+//! registry), the `Status` errors clients parse, label and field selectors, object metadata rules
+//! on write, and the discovery documents. No I/O: the server crate drives it.
+#![forbid(unsafe_code)]
+
+pub mod discovery;
+pub mod object;
+pub mod registry;
+pub mod selector;
+pub mod status;
+
+pub use registry::Resource;
+pub use status::Status;

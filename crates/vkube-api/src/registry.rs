@@ -1,0 +1,753 @@
+//! The built-in resources vkube serves: Kubernetes 1.33's, in the groups the API offers, with
+//! upstream's scope, verbs, short names, categories and subresources (as `kubectl api-resources`
+//! lists them) and upstream's storage key segment (`/registry/<storage>/…`).
+//!
+//! One row per served group-version. Rows of one resource in several versions (autoscaling v1/v2)
+//! or groups (core and events.k8s.io events) share their `storage`, as upstream stores them once.
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Resource {
+    pub group: &'static str,
+    pub version: &'static str,
+    /// The plural, lowercase name used in paths.
+    pub plural: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
+    pub verbs: &'static [&'static str],
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    pub subresources: &'static [Subresource],
+    /// Where objects live: `/registry/<storage>/[<namespace>/]<name>`.
+    pub storage: &'static str,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Subresource {
+    pub name: &'static str,
+    /// The kind it reads and writes; `None` for the parent's kind.
+    pub kind: Option<(&'static str, &'static str, &'static str)>,
+    pub verbs: &'static [&'static str],
+    /// Served by a kubelet, which vkube does not have until the syncer exists.
+    pub kubelet: bool,
+}
+
+impl Resource {
+    /// `group/version`, or `version` for the core group.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    pub fn singular(&self) -> String {
+        self.kind.to_ascii_lowercase()
+    }
+
+    pub fn subresource(&self, name: &str) -> Option<&'static Subresource> {
+        self.subresources.iter().find(|s| s.name == name)
+    }
+
+    pub fn allows(&self, verb: &str) -> bool {
+        self.verbs.contains(&verb)
+    }
+
+    /// The store key of one object, or (with `name` empty) the prefix of a list.
+    pub fn key(&self, namespace: &str, name: &str) -> String {
+        let mut key = format!("/registry/{}/", self.storage);
+        if self.namespaced && !namespace.is_empty() {
+            key.push_str(namespace);
+            key.push('/');
+        }
+        key.push_str(name);
+        key
+    }
+}
+
+const ALL_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+const NO_COLLECTION: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
+const GET_PATCH_UPDATE: &[&str] = &["get", "patch", "update"];
+const CREATE: &[&str] = &["create"];
+const CREATE_GET: &[&str] = &["create", "get"];
+const PROXY: &[&str] = &["create", "delete", "get", "patch", "update"];
+const ALL: &[&str] = &["all"];
+const API_EXTENSIONS: &[&str] = &["api-extensions"];
+
+const fn sub(name: &'static str, verbs: &'static [&'static str]) -> Subresource {
+    Subresource {
+        name,
+        kind: None,
+        verbs,
+        kubelet: false,
+    }
+}
+const fn kubelet(
+    name: &'static str,
+    kind: &'static str,
+    verbs: &'static [&'static str],
+) -> Subresource {
+    Subresource {
+        name,
+        kind: Some(("", "v1", kind)),
+        verbs,
+        kubelet: true,
+    }
+}
+const STATUS: Subresource = sub("status", GET_PATCH_UPDATE);
+const SCALE: Subresource = Subresource {
+    name: "scale",
+    kind: Some(("autoscaling", "v1", "Scale")),
+    verbs: GET_PATCH_UPDATE,
+    kubelet: false,
+};
+
+#[allow(clippy::too_many_arguments)]
+const fn res(
+    group: &'static str,
+    version: &'static str,
+    plural: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+    short_names: &'static [&'static str],
+    categories: &'static [&'static str],
+    subresources: &'static [Subresource],
+) -> Resource {
+    Resource {
+        group,
+        version,
+        plural,
+        kind,
+        namespaced,
+        verbs: ALL_VERBS,
+        short_names,
+        categories,
+        subresources,
+        storage: plural,
+    }
+}
+
+const fn stored(mut r: Resource, storage: &'static str) -> Resource {
+    r.storage = storage;
+    r
+}
+
+const fn verbs(mut r: Resource, verbs: &'static [&'static str]) -> Resource {
+    r.verbs = verbs;
+    r
+}
+
+const NS: bool = true;
+const CLUSTER: bool = false;
+
+/// Every built-in resource, core first, then groups in upstream's discovery order.
+pub static RESOURCES: &[Resource] = &[
+    // core/v1
+    verbs(
+        res("", "v1", "bindings", "Binding", NS, &[], &[], &[]),
+        CREATE,
+    ),
+    verbs(
+        res(
+            "",
+            "v1",
+            "componentstatuses",
+            "ComponentStatus",
+            CLUSTER,
+            &["cs"],
+            &[],
+            &[],
+        ),
+        &["get", "list"],
+    ),
+    res("", "v1", "configmaps", "ConfigMap", NS, &["cm"], &[], &[]),
+    stored(
+        res("", "v1", "endpoints", "Endpoints", NS, &["ep"], &[], &[]),
+        "services/endpoints",
+    ),
+    res("", "v1", "events", "Event", NS, &["ev"], &[], &[]),
+    res(
+        "",
+        "v1",
+        "limitranges",
+        "LimitRange",
+        NS,
+        &["limits"],
+        &[],
+        &[],
+    ),
+    verbs(
+        res(
+            "",
+            "v1",
+            "namespaces",
+            "Namespace",
+            CLUSTER,
+            &["ns"],
+            &[],
+            &[sub("finalize", &["update"]), STATUS],
+        ),
+        NO_COLLECTION,
+    ),
+    stored(
+        res(
+            "",
+            "v1",
+            "nodes",
+            "Node",
+            CLUSTER,
+            &["no"],
+            &[],
+            &[kubelet("proxy", "NodeProxyOptions", PROXY), STATUS],
+        ),
+        "minions",
+    ),
+    res(
+        "",
+        "v1",
+        "persistentvolumeclaims",
+        "PersistentVolumeClaim",
+        NS,
+        &["pvc"],
+        &[],
+        &[STATUS],
+    ),
+    res(
+        "",
+        "v1",
+        "persistentvolumes",
+        "PersistentVolume",
+        CLUSTER,
+        &["pv"],
+        &[],
+        &[STATUS],
+    ),
+    res(
+        "",
+        "v1",
+        "pods",
+        "Pod",
+        NS,
+        &["po"],
+        ALL,
+        &[
+            kubelet("attach", "PodAttachOptions", CREATE_GET),
+            Subresource {
+                name: "binding",
+                kind: Some(("", "v1", "Binding")),
+                verbs: CREATE,
+                kubelet: false,
+            },
+            sub("ephemeralcontainers", GET_PATCH_UPDATE),
+            Subresource {
+                name: "eviction",
+                kind: Some(("policy", "v1", "Eviction")),
+                verbs: CREATE,
+                kubelet: false,
+            },
+            kubelet("exec", "PodExecOptions", CREATE_GET),
+            kubelet("log", "Pod", &["get"]),
+            kubelet("portforward", "PodPortForwardOptions", CREATE_GET),
+            kubelet("proxy", "PodProxyOptions", PROXY),
+            sub("resize", GET_PATCH_UPDATE),
+            STATUS,
+        ],
+    ),
+    res("", "v1", "podtemplates", "PodTemplate", NS, &[], &[], &[]),
+    stored(
+        res(
+            "",
+            "v1",
+            "replicationcontrollers",
+            "ReplicationController",
+            NS,
+            &["rc"],
+            ALL,
+            &[SCALE, STATUS],
+        ),
+        "controllers",
+    ),
+    res(
+        "",
+        "v1",
+        "resourcequotas",
+        "ResourceQuota",
+        NS,
+        &["quota"],
+        &[],
+        &[STATUS],
+    ),
+    res("", "v1", "secrets", "Secret", NS, &[], &[], &[]),
+    res(
+        "",
+        "v1",
+        "serviceaccounts",
+        "ServiceAccount",
+        NS,
+        &["sa"],
+        &[],
+        &[Subresource {
+            name: "token",
+            kind: Some(("authentication.k8s.io", "v1", "TokenRequest")),
+            verbs: CREATE,
+            kubelet: false,
+        }],
+    ),
+    stored(
+        res(
+            "",
+            "v1",
+            "services",
+            "Service",
+            NS,
+            &["svc"],
+            ALL,
+            &[kubelet("proxy", "ServiceProxyOptions", PROXY), STATUS],
+        ),
+        "services/specs",
+    ),
+    // admissionregistration.k8s.io/v1
+    res(
+        "admissionregistration.k8s.io",
+        "v1",
+        "mutatingwebhookconfigurations",
+        "MutatingWebhookConfiguration",
+        CLUSTER,
+        &[],
+        API_EXTENSIONS,
+        &[],
+    ),
+    res(
+        "admissionregistration.k8s.io",
+        "v1",
+        "validatingadmissionpolicies",
+        "ValidatingAdmissionPolicy",
+        CLUSTER,
+        &[],
+        API_EXTENSIONS,
+        &[STATUS],
+    ),
+    res(
+        "admissionregistration.k8s.io",
+        "v1",
+        "validatingadmissionpolicybindings",
+        "ValidatingAdmissionPolicyBinding",
+        CLUSTER,
+        &[],
+        API_EXTENSIONS,
+        &[],
+    ),
+    res(
+        "admissionregistration.k8s.io",
+        "v1",
+        "validatingwebhookconfigurations",
+        "ValidatingWebhookConfiguration",
+        CLUSTER,
+        &[],
+        API_EXTENSIONS,
+        &[],
+    ),
+    // apps/v1
+    res(
+        "apps",
+        "v1",
+        "controllerrevisions",
+        "ControllerRevision",
+        NS,
+        &[],
+        &[],
+        &[],
+    ),
+    res(
+        "apps",
+        "v1",
+        "daemonsets",
+        "DaemonSet",
+        NS,
+        &["ds"],
+        ALL,
+        &[STATUS],
+    ),
+    res(
+        "apps",
+        "v1",
+        "deployments",
+        "Deployment",
+        NS,
+        &["deploy"],
+        ALL,
+        &[SCALE, STATUS],
+    ),
+    res(
+        "apps",
+        "v1",
+        "replicasets",
+        "ReplicaSet",
+        NS,
+        &["rs"],
+        ALL,
+        &[SCALE, STATUS],
+    ),
+    res(
+        "apps",
+        "v1",
+        "statefulsets",
+        "StatefulSet",
+        NS,
+        &["sts"],
+        ALL,
+        &[SCALE, STATUS],
+    ),
+    // autoscaling/v2 (preferred) and v1
+    res(
+        "autoscaling",
+        "v2",
+        "horizontalpodautoscalers",
+        "HorizontalPodAutoscaler",
+        NS,
+        &["hpa"],
+        ALL,
+        &[STATUS],
+    ),
+    res(
+        "autoscaling",
+        "v1",
+        "horizontalpodautoscalers",
+        "HorizontalPodAutoscaler",
+        NS,
+        &["hpa"],
+        ALL,
+        &[STATUS],
+    ),
+    // batch/v1
+    res(
+        "batch",
+        "v1",
+        "cronjobs",
+        "CronJob",
+        NS,
+        &["cj"],
+        ALL,
+        &[STATUS],
+    ),
+    res("batch", "v1", "jobs", "Job", NS, &[], ALL, &[STATUS]),
+    // certificates.k8s.io/v1
+    res(
+        "certificates.k8s.io",
+        "v1",
+        "certificatesigningrequests",
+        "CertificateSigningRequest",
+        CLUSTER,
+        &["csr"],
+        &[],
+        &[sub("approval", GET_PATCH_UPDATE), STATUS],
+    ),
+    // coordination.k8s.io/v1
+    res(
+        "coordination.k8s.io",
+        "v1",
+        "leases",
+        "Lease",
+        NS,
+        &[],
+        &[],
+        &[],
+    ),
+    // discovery.k8s.io/v1
+    res(
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        "EndpointSlice",
+        NS,
+        &[],
+        &[],
+        &[],
+    ),
+    // events.k8s.io/v1: the same objects as core events
+    res(
+        "events.k8s.io",
+        "v1",
+        "events",
+        "Event",
+        NS,
+        &["ev"],
+        &[],
+        &[],
+    ),
+    // networking.k8s.io/v1
+    res(
+        "networking.k8s.io",
+        "v1",
+        "ingressclasses",
+        "IngressClass",
+        CLUSTER,
+        &[],
+        &[],
+        &[],
+    ),
+    stored(
+        res(
+            "networking.k8s.io",
+            "v1",
+            "ingresses",
+            "Ingress",
+            NS,
+            &["ing"],
+            &[],
+            &[STATUS],
+        ),
+        "ingress",
+    ),
+    res(
+        "networking.k8s.io",
+        "v1",
+        "ipaddresses",
+        "IPAddress",
+        CLUSTER,
+        &["ip"],
+        &[],
+        &[],
+    ),
+    res(
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "NetworkPolicy",
+        NS,
+        &["netpol"],
+        &[],
+        &[],
+    ),
+    res(
+        "networking.k8s.io",
+        "v1",
+        "servicecidrs",
+        "ServiceCIDR",
+        CLUSTER,
+        &[],
+        &[],
+        &[STATUS],
+    ),
+    // node.k8s.io/v1
+    res(
+        "node.k8s.io",
+        "v1",
+        "runtimeclasses",
+        "RuntimeClass",
+        CLUSTER,
+        &[],
+        &[],
+        &[],
+    ),
+    // policy/v1
+    res(
+        "policy",
+        "v1",
+        "poddisruptionbudgets",
+        "PodDisruptionBudget",
+        NS,
+        &["pdb"],
+        &[],
+        &[STATUS],
+    ),
+    // rbac.authorization.k8s.io/v1
+    res(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        CLUSTER,
+        &[],
+        &[],
+        &[],
+    ),
+    res(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterroles",
+        "ClusterRole",
+        CLUSTER,
+        &[],
+        &[],
+        &[],
+    ),
+    res(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "rolebindings",
+        "RoleBinding",
+        NS,
+        &[],
+        &[],
+        &[],
+    ),
+    res(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "roles",
+        "Role",
+        NS,
+        &[],
+        &[],
+        &[],
+    ),
+    // scheduling.k8s.io/v1
+    res(
+        "scheduling.k8s.io",
+        "v1",
+        "priorityclasses",
+        "PriorityClass",
+        CLUSTER,
+        &["pc"],
+        &[],
+        &[],
+    ),
+    // storage.k8s.io/v1
+    res(
+        "storage.k8s.io",
+        "v1",
+        "csidrivers",
+        "CSIDriver",
+        CLUSTER,
+        &[],
+        &[],
+        &[],
+    ),
+    res(
+        "storage.k8s.io",
+        "v1",
+        "csinodes",
+        "CSINode",
+        CLUSTER,
+        &[],
+        &[],
+        &[],
+    ),
+    res(
+        "storage.k8s.io",
+        "v1",
+        "csistoragecapacities",
+        "CSIStorageCapacity",
+        NS,
+        &[],
+        &[],
+        &[],
+    ),
+    res(
+        "storage.k8s.io",
+        "v1",
+        "storageclasses",
+        "StorageClass",
+        CLUSTER,
+        &["sc"],
+        &[],
+        &[],
+    ),
+    res(
+        "storage.k8s.io",
+        "v1",
+        "volumeattachments",
+        "VolumeAttachment",
+        CLUSTER,
+        &[],
+        &[],
+        &[STATUS],
+    ),
+];
+
+/// Looks a resource up by its path coordinates.
+pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// The served groups, each with its versions, preferred first, in discovery order.
+pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut groups: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+    for r in RESOURCES {
+        match groups.iter_mut().find(|(g, _)| *g == r.group) {
+            Some((_, versions)) if !versions.contains(&r.version) => versions.push(r.version),
+            Some(_) => {}
+            None => groups.push((r.group, vec![r.version])),
+        }
+    }
+    groups
+}
+
+/// The resources of one group-version.
+pub fn in_group_version<'a>(
+    group: &'a str,
+    version: &'a str,
+) -> impl Iterator<Item = &'static Resource> + 'a {
+    RESOURCES
+        .iter()
+        .filter(move |r| r.group == group && r.version == version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_upstream_layout() {
+        assert_eq!(
+            find("", "v1", "pods").unwrap().key("default", "web"),
+            "/registry/pods/default/web"
+        );
+        assert_eq!(
+            find("", "v1", "nodes").unwrap().key("", "n1"),
+            "/registry/minions/n1"
+        );
+        assert_eq!(
+            find("", "v1", "services").unwrap().key("ns", ""),
+            "/registry/services/specs/ns/"
+        );
+        assert_eq!(
+            find("apps", "v1", "deployments").unwrap().key("a", "b"),
+            "/registry/deployments/a/b"
+        );
+    }
+
+    #[test]
+    fn every_row_is_unique_and_storage_is_shared_only_by_one_kind() {
+        for (i, a) in RESOURCES.iter().enumerate() {
+            for b in &RESOURCES[i + 1..] {
+                assert!(
+                    (a.group, a.version, a.plural) != (b.group, b.version, b.plural),
+                    "duplicate {}/{}",
+                    a.api_version(),
+                    a.plural
+                );
+                if a.storage == b.storage {
+                    assert_eq!(
+                        (a.kind, a.namespaced),
+                        (b.kind, b.namespaced),
+                        "{}",
+                        a.storage
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn groups_list_preferred_version_first() {
+        let groups = groups();
+        assert_eq!(groups[0], ("", vec!["v1"]));
+        assert!(groups.contains(&("autoscaling", vec!["v2", "v1"])));
+        assert_eq!(groups.len(), 15);
+    }
+}
