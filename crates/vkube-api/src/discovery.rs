@@ -157,6 +157,17 @@ pub fn aggregated(core: bool, version: &str) -> Value {
     })
 }
 
+/// A stable hash of a document's identity, for `?hash=` cache keys (FNV-1a over the registry
+/// version and the path: the documents change only when the binary does).
+pub fn hash(path: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in env!("CARGO_PKG_VERSION").bytes().chain(path.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016X}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,9 +5,11 @@
 
 pub mod discovery;
 pub mod object;
+pub mod openapi;
 pub mod registry;
 pub mod selector;
 pub mod status;
+pub mod table;
 
 pub use registry::Resource;
 pub use status::Status;

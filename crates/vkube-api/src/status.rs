@@ -165,6 +165,16 @@ impl Status {
         )
     }
 
+    /// A request whose content the server understood but cannot apply (422 without causes).
+    pub fn unprocessable(message: impl Into<String>) -> Status {
+        Status::new(422, "Invalid", message)
+    }
+
+    /// A request in a format the server does not handle (yet), with the reason.
+    pub fn unsupported(message: impl Into<String>) -> Status {
+        Status::new(415, "UnsupportedMediaType", message)
+    }
+
     pub fn too_large(limit: usize) -> Status {
         Status::new(
             413,

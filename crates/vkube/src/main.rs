@@ -1,7 +1,7 @@
 //! `vkube`: a virtual Kubernetes control plane in one binary.
 //!
-//! The API server (`vkube serve`) is not built yet; today the binary opens and inspects the store
-//! that every later piece stands on.
+//! `vkube serve` runs the API server on a store (embedded SQLite by default); `vkube store status`
+//! inspects the store.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -23,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a virtual cluster's API server.
+    Serve(ServeArgs),
     /// Inspect the store.
     Store {
         #[command(subcommand)]
@@ -47,20 +49,77 @@ struct StoreArgs {
     store: Option<String>,
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Address to serve HTTPS on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: std::net::SocketAddr,
+    /// Extra DNS name or IP address for the serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    tls_sans: Vec<String>,
+}
+
 impl StoreArgs {
+    fn data_dir(&self) -> Result<PathBuf> {
+        match &self.data_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => default_data_dir(),
+        }
+    }
+
     fn url(&self) -> Result<StoreUrl> {
         if let Some(url) = &self.store {
             return Ok(url.parse()?);
         }
-        let dir = match &self.data_dir {
-            Some(dir) => dir.clone(),
-            None => default_data_dir()?,
-        };
         Ok(StoreUrl::Sqlite {
-            path: dir.join("state.db"),
+            path: self.data_dir()?.join("state.db"),
             synchronous: Default::default(),
         })
     }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => drop(s.recv().await),
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let url = args.store.url()?;
+    let shown = redact(&url);
+    let store = vkube_store::open_url(&url)
+        .await
+        .with_context(|| format!("opening {shown}"))?;
+    let config = vkube_server::Config {
+        listen: args.listen,
+        tls_sans: args.tls_sans,
+        data_dir: args.store.data_dir()?,
+    };
+    let listen = args.listen;
+    vkube_server::serve(
+        store,
+        config,
+        |kubeconfig| {
+            println!(
+                "vkube is serving on https://{listen} ({shown}); use it with: export KUBECONFIG={}",
+                kubeconfig.display()
+            );
+        },
+        shutdown_signal(),
+    )
+    .await?;
+    eprintln!("vkube: shut down");
+    Ok(())
 }
 
 fn default_data_dir() -> Result<PathBuf> {
@@ -103,6 +162,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Serve(args) => serve(args).await?,
         Command::Store {
             command: StoreCommand::Status(args),
         } => {

@@ -1,0 +1,191 @@
+//! The minimum controllers that make the API behave: the default namespaces exist; each
+//! namespace gets a `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap; deleting a
+//! namespace deletes its contents, then the namespace. (With HA these run on the leader only.)
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::AbortHandle;
+use vkube_api::object;
+use vkube_api::registry::{self, RESOURCES, Resource};
+use vkube_store::{ListOptions, StoreError};
+
+use crate::rest::{decode, encode};
+use crate::router::Api;
+
+pub const DEFAULT_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+const ROOT_CA_DESCRIPTION: &str = "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters.";
+
+fn core(plural: &str) -> &'static Resource {
+    registry::find("", "v1", plural).expect("a core resource of the registry")
+}
+
+/// Creates an object unless it exists; a concurrent creator winning is fine.
+async fn ensure(
+    api: &Api,
+    resource: &Resource,
+    namespace: &str,
+    mut obj: Value,
+) -> Result<(), StoreError> {
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let key = resource.key(namespace, &name);
+    if api.store.get(&key, None).await?.is_some() {
+        return Ok(());
+    }
+    if object::check_type(resource, &mut obj).is_err()
+        || object::prepare_create(resource, &mut obj).is_err()
+    {
+        return Ok(());
+    }
+    match api.store.create(&key, encode(&obj), None).await {
+        Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+pub fn namespace_object(name: &str) -> Value {
+    json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}},
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
+    })
+}
+
+pub async fn start(api: Arc<Api>) -> Result<AbortHandle, StoreError> {
+    for ns in DEFAULT_NAMESPACES {
+        ensure(&api, core("namespaces"), "", namespace_object(ns)).await?;
+    }
+    let task = tokio::spawn(async move {
+        loop {
+            // Subscribe first, then scan: nothing falls between the two.
+            let Ok((_, mut changes)) = api.hub.subscribe(api.hub.last()) else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let mut pending: BTreeSet<String> = match namespaces(&api).await {
+                Ok(all) => all,
+                Err(err) => {
+                    tracing::warn!(%err, "namespace controller: listing namespaces failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            loop {
+                let mut retry = BTreeSet::new();
+                for ns in std::mem::take(&mut pending) {
+                    match reconcile(&api, &ns).await {
+                        Ok(true) => {}
+                        Ok(false) => drop(retry.insert(ns)),
+                        Err(err) => {
+                            tracing::warn!(%err, namespace = %ns, "namespace controller");
+                            retry.insert(ns);
+                        }
+                    }
+                }
+                let wait = if retry.is_empty() {
+                    Duration::from_secs(3600)
+                } else {
+                    Duration::from_secs(1)
+                };
+                pending = retry;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    change = changes.recv() => match change {
+                        Ok(c) => {
+                            if let Some(name) = c.key.strip_prefix("/registry/namespaces/") {
+                                pending.insert(name.to_string());
+                            }
+                        }
+                        Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => break,
+                    },
+                }
+            }
+        }
+    });
+    Ok(task.abort_handle())
+}
+
+async fn namespaces(api: &Api) -> Result<BTreeSet<String>, StoreError> {
+    let prefix = core("namespaces").key("", "");
+    let page = api.store.list(&prefix, ListOptions::default()).await?;
+    Ok(page
+        .items
+        .iter()
+        .map(|kv| kv.key.trim_start_matches(&prefix).to_string())
+        .collect())
+}
+
+/// Brings one namespace to its desired state; `false` when it must be looked at again soon.
+async fn reconcile(api: &Api, name: &str) -> Result<bool, StoreError> {
+    let key = core("namespaces").key("", name);
+    let Some(kv) = api.store.get(&key, None).await? else {
+        return Ok(true);
+    };
+    let Ok(ns) = decode(&kv) else { return Ok(true) };
+    if ns["metadata"]["deletionTimestamp"].is_string() {
+        if !empty_namespace(api, name).await? {
+            return Ok(false);
+        }
+        return match api.store.delete(&key, Some(kv.mod_revision)).await {
+            Ok(_) | Err(StoreError::NotFound { .. }) => Ok(true),
+            Err(StoreError::Conflict { .. }) => Ok(false),
+            Err(err) => Err(err),
+        };
+    }
+    ensure(
+        api,
+        core("serviceaccounts"),
+        name,
+        json!({"metadata": {"name": "default", "namespace": name}}),
+    )
+    .await?;
+    let root_ca = json!({
+        "metadata": {"name": "kube-root-ca.crt", "namespace": name, "annotations": {"kubernetes.io/description": ROOT_CA_DESCRIPTION}},
+        "data": {"ca.crt": api.ca_pem},
+    });
+    ensure(api, core("configmaps"), name, root_ca).await?;
+    Ok(true)
+}
+
+/// Deletes what a terminating namespace holds; objects with finalizers are marked and waited for.
+/// Returns whether the namespace is empty.
+async fn empty_namespace(api: &Api, namespace: &str) -> Result<bool, StoreError> {
+    let mut empty = true;
+    let storages: BTreeSet<&str> = RESOURCES
+        .iter()
+        .filter(|r| r.namespaced)
+        .map(|r| r.storage)
+        .collect();
+    for storage in storages {
+        let prefix = format!("/registry/{storage}/{namespace}/");
+        for kv in api.store.list(&prefix, ListOptions::default()).await?.items {
+            let Ok(mut obj) = decode(&kv) else { continue };
+            let finalizers = obj["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty());
+            if !finalizers {
+                match api.store.delete(&kv.key, Some(kv.mod_revision)).await {
+                    Ok(_) | Err(StoreError::NotFound { .. }) => continue,
+                    Err(StoreError::Conflict { .. }) => {}
+                    Err(err) => return Err(err),
+                }
+            } else if !obj["metadata"]["deletionTimestamp"].is_string() {
+                obj["metadata"]["deletionTimestamp"] = json!(object::now());
+                let _ = api
+                    .store
+                    .update(&kv.key, encode(&obj), kv.mod_revision, None)
+                    .await;
+            }
+            empty = false;
+        }
+    }
+    Ok(empty)
+}

@@ -1,0 +1,188 @@
+//! The listener: TLS handshakes, HTTP/1.1 and HTTP/2 on one port, the cluster identity and the
+//! admin kubeconfig on disk, and a graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use vkube_store::Store;
+
+use crate::identity::{Ca, CertKey, IdentityError, read_pair, write_pair, write_private};
+use crate::router::Api;
+use crate::tls::{self, user_of};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Extra names for the serving certificate (`--tls-san`).
+    pub tls_sans: Vec<String>,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("store: {0}")]
+    Store(#[from] vkube_store::StoreError),
+    #[error("listening on {addr}: {err}")]
+    Listen {
+        addr: SocketAddr,
+        err: std::io::Error,
+    },
+}
+
+/// The serving certificate's names: localhost, 127.0.0.1, the listen host and each `--tls-san`.
+fn serving_names(config: &Config) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let host = config.listen.ip();
+    if !host.is_unspecified() {
+        names.push(host.to_string());
+    }
+    names.extend(config.tls_sans.iter().cloned());
+    names.dedup();
+    names
+}
+
+/// This process's serving certificate: the one on disk if the CA and names are unchanged.
+fn serving_cert(ca: &Ca, config: &Config) -> Result<CertKey, IdentityError> {
+    let dir = &config.data_dir;
+    let names = serving_names(config).join(",");
+    let same_ca = std::fs::read_to_string(dir.join("ca.crt")).is_ok_and(|pem| pem == ca.cert_pem);
+    let same_names = std::fs::read_to_string(dir.join("serving.sans")).is_ok_and(|n| n == names);
+    if let Some(pair) = read_pair(dir, "serving").filter(|_| same_ca && same_names) {
+        return Ok(pair);
+    }
+    let pair = ca.serving_cert(&serving_names(config))?;
+    write_pair(dir, "serving", &pair)?;
+    write_private(&dir.join("serving.sans"), &names)?;
+    Ok(pair)
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// `DIR/admin.kubeconfig`, for user `kubernetes-admin` in group `system:masters`; kept across
+/// restarts while the CA and server address are unchanged.
+fn admin_kubeconfig(ca: &Ca, config: &Config) -> Result<PathBuf, IdentityError> {
+    let path = config.data_dir.join("admin.kubeconfig");
+    let host = match config.listen.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let server = format!("https://{host}:{}", config.listen.port());
+    let ca_data = b64(&ca.cert_pem);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        if existing.contains(&ca_data) && existing.contains(&format!("server: {server}\n")) {
+            return Ok(path);
+        }
+    }
+    let admin = ca.client_cert("kubernetes-admin", &["system:masters"])?;
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: vkube\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca_data}\n\
+         users:\n- name: vkube-admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n\
+         contexts:\n- name: vkube\n  context:\n    cluster: vkube\n    user: vkube-admin\ncurrent-context: vkube\n",
+        b64(&admin.cert_pem),
+        b64(&admin.key_pem),
+    );
+    write_private(&path, &kubeconfig)?;
+    Ok(path)
+}
+
+/// Serves until `shutdown` resolves. `on_listening` gets the admin kubeconfig's path once the
+/// port is bound.
+pub async fn serve(
+    store: Arc<dyn Store>,
+    config: Config,
+    on_listening: impl FnOnce(&Path),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|err| IdentityError::Io {
+        path: config.data_dir.display().to_string(),
+        err,
+    })?;
+    let ca = Ca::load_or_create(store.as_ref()).await?;
+    let serving = serving_cert(&ca, &config)?;
+    std::fs::write(config.data_dir.join("ca.crt"), &ca.cert_pem).map_err(|err| {
+        IdentityError::Io {
+            path: "ca.crt".into(),
+            err,
+        }
+    })?;
+    let kubeconfig = admin_kubeconfig(&ca, &config)?;
+    let tls = tokio_rustls::TlsAcceptor::from(tls::server_config(&ca.cert_pem, &serving)?);
+
+    let hub = crate::hub::Hub::start(store.clone()).await?;
+    let api = Arc::new(Api {
+        store: store.clone(),
+        hub: hub.clone(),
+        ca_pem: ca.cert_pem.clone(),
+        serving: AtomicBool::new(true),
+    });
+    let controllers = crate::controllers::start(api.clone()).await?;
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|err| ServeError::Listen {
+            addr: config.listen,
+            err,
+        })?;
+    on_listening(&kubeconfig);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(err) => {
+                    tracing::warn!(%err, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let (tls, api) = (tls.clone(), api.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(err)) => return tracing::debug!(%peer, %err, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            let user = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(user_of);
+            let service = service_fn(move |req| {
+                let (api, user) = (api.clone(), user.clone());
+                async move { Ok::<_, std::convert::Infallible>(api.handle(user, req).await) }
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(err) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, %err, "connection ended");
+            }
+        });
+    }
+    // Drain: report not ready, stop accepting, give open requests a moment to finish.
+    api.serving.store(false, Ordering::Relaxed);
+    drop(listener);
+    controllers.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    Ok(())
+}

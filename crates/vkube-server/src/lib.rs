@@ -1,0 +1,17 @@
+//! vkube's API server: TLS and HTTP/1.1+2, authentication of the admin client certificate, the
+//! REST handlers over the store, watches fed by one shared store watch, discovery and health.
+#![forbid(unsafe_code)]
+
+mod controllers;
+mod http_server;
+mod hub;
+pub mod identity;
+mod request;
+mod response;
+mod rest;
+mod router;
+mod tls;
+mod watch_stream;
+
+pub use http_server::{Config, ServeError, serve};
+pub use identity::{Ca, CertKey};

@@ -1,0 +1,643 @@
+//! The REST verbs on stored objects: get, list, create, update, patch, delete and
+//! deletecollection (watch is in `watch_stream`), with kube-apiserver's semantics for
+//! resourceVersion, preconditions, finalizers, namespaces and dry runs.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::Response;
+use serde_json::{Value, json};
+use vkube_api::object::{self, set_resource_version};
+use vkube_api::selector::{self, FieldSelector, LabelSelector};
+use vkube_api::{Resource, Status, registry, table};
+use vkube_store::{KeyValue, ListOptions, Revision, StoreError};
+
+use crate::request::RequestInfo;
+use crate::response::{self, Body};
+use crate::router::Api;
+
+type Query = HashMap<String, String>;
+
+/// A store failure as the API reports it.
+pub fn store_status(err: StoreError) -> Status {
+    match err {
+        StoreError::Compacted {
+            requested,
+            compact_revision,
+        } => Status::expired(format!(
+            "too old resource version: {requested} ({compact_revision})"
+        )),
+        other => Status::internal(other),
+    }
+}
+
+pub fn decode(kv: &KeyValue) -> Result<Value, Status> {
+    let mut obj: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| Status::internal(format!("decoding {}: {e}", kv.key)))?;
+    set_resource_version(&mut obj, kv.mod_revision);
+    Ok(obj)
+}
+
+/// The bytes stored for an object: everything but its resourceVersion, which is the revision.
+pub fn encode(obj: &Value) -> Vec<u8> {
+    let mut obj = obj.clone();
+    if let Some(meta) = obj["metadata"].as_object_mut() {
+        meta.remove("resourceVersion");
+    }
+    serde_json::to_vec(&obj).unwrap_or_default()
+}
+
+fn name_of(obj: &Value) -> String {
+    obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+struct Ctx<'a> {
+    api: &'a Api,
+    info: &'a RequestInfo,
+    resource: &'static Resource,
+    q: &'a Query,
+    accept: &'a str,
+}
+
+impl Ctx<'_> {
+    fn key(&self, name: &str) -> String {
+        self.resource.key(&self.info.namespace, name)
+    }
+
+    fn not_found(&self, name: &str) -> Status {
+        Status::not_found(self.resource.plural, self.resource.group, name)
+    }
+
+    fn dry_run(&self) -> bool {
+        self.q.get("dryRun").is_some_and(|v| v == "All")
+    }
+
+    fn respond(&self, code: u16, obj: &Value) -> Response<Body> {
+        if table::wanted(self.accept) {
+            let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
+            return response::json(
+                code,
+                &table::table(self.resource, std::slice::from_ref(obj), meta),
+            );
+        }
+        response::json(code, obj)
+    }
+}
+
+pub async fn handle(
+    api: &Api,
+    info: &RequestInfo,
+    q: &Query,
+    accept: &str,
+    content_type: &str,
+    body: Bytes,
+) -> Response<Body> {
+    let Some(resource) = registry::find(&info.group, &info.version, &info.resource) else {
+        return response::status(&Status::path_not_found());
+    };
+    if !resource.namespaced && !info.namespace.is_empty() {
+        return response::status(&Status::path_not_found());
+    }
+    let ctx = Ctx {
+        api,
+        info,
+        resource,
+        q,
+        accept,
+    };
+    let result = if info.subresource.is_empty() {
+        if !resource.allows(&info.verb) {
+            return response::status(&Status::method_not_allowed());
+        }
+        match info.verb.as_str() {
+            "get" => get(&ctx).await,
+            "list" => list(&ctx).await,
+            "watch" => return crate::watch_stream::watch(api, resource, info, q).await,
+            "create" => create(&ctx, &body).await,
+            "update" => update(&ctx, Edit::Replace(&body)).await,
+            "patch" => update(&ctx, Edit::Patch(&body, content_type)).await,
+            "delete" => delete(&ctx, &body).await,
+            "deletecollection" => delete_collection(&ctx, &body).await,
+            _ => Err(Status::method_not_allowed()),
+        }
+    } else {
+        subresource(&ctx, &body, content_type).await
+    };
+    result.unwrap_or_else(|s| response::status(&s))
+}
+
+async fn subresource(
+    ctx: &Ctx<'_>,
+    body: &Bytes,
+    content_type: &str,
+) -> Result<Response<Body>, Status> {
+    let Some(sub) = ctx.resource.subresource(&ctx.info.subresource) else {
+        return Err(Status::path_not_found());
+    };
+    if sub.kubelet {
+        return Err(Status::service_unavailable(format!(
+            "{} \"{}\": the {} subresource needs a kubelet, and this vkube has none yet (the syncer that runs pods on a host cluster is not built)",
+            ctx.resource.plural, ctx.info.name, sub.name
+        )));
+    }
+    if sub.name != "status" {
+        // scale, binding, eviction, token, finalize, approval, ephemeralcontainers and resize
+        // come with the issues that need them.
+        return Err(Status::path_not_found());
+    }
+    match ctx.info.verb.as_str() {
+        "get" => get(ctx).await,
+        "update" => update(ctx, Edit::Replace(body)).await,
+        "patch" => update(ctx, Edit::Patch(body, content_type)).await,
+        _ => Err(Status::method_not_allowed()),
+    }
+}
+
+async fn get(ctx: &Ctx<'_>) -> Result<Response<Body>, Status> {
+    let name = &ctx.info.name;
+    let kv = ctx
+        .api
+        .store
+        .get(&ctx.key(name), None)
+        .await
+        .map_err(store_status)?;
+    let obj = decode(&kv.ok_or_else(|| ctx.not_found(name))?)?;
+    Ok(ctx.respond(200, &obj))
+}
+
+/// The opaque `continue` token: the revision the list is pinned to and the last key returned.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Continue {
+    v: String,
+    rv: Revision,
+    start: String,
+}
+
+const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
+
+fn selectors(resource: &Resource, q: &Query) -> Result<(LabelSelector, FieldSelector), Status> {
+    let labels = selector::parse_labels(q.get("labelSelector").map_or("", String::as_str))?;
+    let fields = selector::parse_fields(
+        q.get("fieldSelector").map_or("", String::as_str),
+        selector::selectable_fields(resource.group, resource.plural),
+    )?;
+    Ok((labels, fields))
+}
+
+pub fn selected(labels: &LabelSelector, fields: &FieldSelector, obj: &Value) -> bool {
+    labels.matches_object(obj) && fields.matches(|f| selector::field_value(obj, f))
+}
+
+/// Lists the objects under the request's scope that match its selectors.
+async fn select(ctx: &Ctx<'_>) -> Result<(Vec<Value>, Revision, Option<String>), Status> {
+    let (labels, fields) = selectors(ctx.resource, ctx.q)?;
+    let prefix = ctx.key("");
+    let limit = ctx
+        .q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
+    let (mut revision, mut start_after) = (None, None);
+    if let Some(token) = ctx.q.get("continue").filter(|t| !t.is_empty()) {
+        let bad = || {
+            Status::bad_request(
+                "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+            )
+        };
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(token)
+            .map_err(|_| bad())?;
+        let token: Continue = serde_json::from_slice(&raw).map_err(|_| bad())?;
+        revision = Some(token.rv);
+        start_after = Some(format!("{prefix}{}", token.start));
+    } else if let Some(rv) = ctx
+        .q
+        .get("resourceVersion")
+        .filter(|v| !v.is_empty() && *v != "0")
+    {
+        let rv: Revision = rv
+            .parse()
+            .map_err(|_| Status::bad_request(format!("invalid resource version: {rv}")))?;
+        if ctx
+            .q
+            .get("resourceVersionMatch")
+            .is_some_and(|m| m == "Exact")
+        {
+            revision = Some(rv);
+        }
+    }
+    let continued = start_after.is_some();
+    let mut items = Vec::new();
+    loop {
+        let want = limit.map(|l| l - items.len());
+        let options = ListOptions {
+            revision,
+            limit: want,
+            start_after: start_after.clone(),
+        };
+        let page = match ctx.api.store.list(&prefix, options).await {
+            Ok(page) => page,
+            Err(StoreError::Compacted { .. }) if continued => {
+                return Err(Status::expired(CONTINUE_EXPIRED));
+            }
+            Err(err) => return Err(store_status(err)),
+        };
+        revision = Some(page.revision);
+        start_after = page.items.last().map(|kv| kv.key.clone());
+        for kv in &page.items {
+            let obj = decode(kv)?;
+            if selected(&labels, &fields, &obj) {
+                items.push(obj);
+            }
+        }
+        let full = limit.is_some_and(|l| items.len() >= l);
+        if !page.more {
+            return Ok((items, page.revision, None));
+        }
+        if full {
+            let token = Continue {
+                v: "meta.k8s.io/v1".into(),
+                rv: page.revision,
+                start: start_after
+                    .unwrap_or_default()
+                    .trim_start_matches(&prefix)
+                    .to_string(),
+            };
+            let token = base64::engine::general_purpose::STANDARD
+                .encode(serde_json::to_vec(&token).unwrap_or_default());
+            return Ok((items, page.revision, Some(token)));
+        }
+    }
+}
+
+async fn list(ctx: &Ctx<'_>) -> Result<Response<Body>, Status> {
+    let (items, revision, token) = select(ctx).await?;
+    let mut meta = json!({"resourceVersion": revision.to_string()});
+    if let Some(token) = token {
+        meta["continue"] = json!(token);
+    }
+    if table::wanted(ctx.accept) {
+        return Ok(response::json(
+            200,
+            &table::table(ctx.resource, &items, meta),
+        ));
+    }
+    Ok(response::json(
+        200,
+        &json!({"kind": format!("{}List", ctx.resource.kind), "apiVersion": ctx.resource.api_version(), "metadata": meta, "items": items}),
+    ))
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, Status> {
+    serde_json::from_slice(body).map_err(|e| {
+        Status::bad_request(format!(
+            "the body of the request could not be decoded as JSON: {e}"
+        ))
+    })
+}
+
+/// Refuses writes into a namespace that does not exist or is being deleted.
+async fn check_namespace_open(ctx: &Ctx<'_>, name: &str) -> Result<(), Status> {
+    if !ctx.resource.namespaced {
+        return Ok(());
+    }
+    let ns = &ctx.info.namespace;
+    let key = registry::find("", "v1", "namespaces")
+        .map(|r| r.key("", ns))
+        .unwrap_or_default();
+    match ctx.api.store.get(&key, None).await.map_err(store_status)? {
+        None => Err(Status::not_found("namespaces", "", ns)),
+        Some(kv) if decode(&kv)?["metadata"]["deletionTimestamp"].is_string() => {
+            Err(Status::forbidden(
+                ctx.resource.plural,
+                ctx.resource.group,
+                name,
+                &format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                ),
+            ))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// What a type sets on create besides metadata, as upstream's PrepareForCreate does.
+fn prepare_type(resource: &Resource, obj: &mut Value) {
+    match (resource.group, resource.plural) {
+        ("", "namespaces") => {
+            let name = obj["metadata"]["name"].clone();
+            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = name;
+            obj["status"] = json!({"phase": "Active"});
+            if obj["spec"]["finalizers"].is_null() {
+                obj["spec"]["finalizers"] = json!(["kubernetes"]);
+            }
+        }
+        ("", "pods") => obj["status"] = json!({"phase": "Pending"}),
+        _ if resource.subresource("status").is_some() => {
+            if let Some(map) = obj.as_object_mut() {
+                map.remove("status");
+            }
+        }
+        _ => {}
+    }
+}
+
+async fn create(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
+    let mut obj = parse_body(body)?;
+    object::check_type(ctx.resource, &mut obj)?;
+    object::check_namespace(ctx.resource, &mut obj, &ctx.info.namespace)?;
+    let name = object::prepare_create(ctx.resource, &mut obj)?;
+    check_namespace_open(ctx, &name).await?;
+    prepare_type(ctx.resource, &mut obj);
+    if ctx.dry_run() {
+        return Ok(ctx.respond(201, &obj));
+    }
+    match ctx
+        .api
+        .store
+        .create(&ctx.key(&name), encode(&obj), None)
+        .await
+    {
+        Ok(kv) => {
+            set_resource_version(&mut obj, kv.mod_revision);
+            Ok(ctx.respond(201, &obj))
+        }
+        Err(StoreError::AlreadyExists { .. }) => Err(Status::already_exists(
+            ctx.resource.plural,
+            ctx.resource.group,
+            &name,
+        )),
+        Err(err) => Err(store_status(err)),
+    }
+}
+
+enum Edit<'a> {
+    Replace(&'a Bytes),
+    Patch(&'a Bytes, &'a str),
+}
+
+/// The object a patch makes of `old`.
+fn apply_patch(old: &Value, body: &Bytes, content_type: &str) -> Result<Value, Status> {
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    let patch = parse_body(body)?;
+    let mut doc = old.clone();
+    match media {
+        "application/merge-patch+json" => json_patch::merge(&mut doc, &patch),
+        "application/json-patch+json" => {
+            let ops: json_patch::Patch = serde_json::from_value(patch)
+                .map_err(|e| Status::bad_request(format!("the JSON patch is invalid: {e}")))?;
+            json_patch::patch(&mut doc, &ops).map_err(|e| {
+                Status::unprocessable(format!(
+                    "the server rejected our request due to an error in our request: {e}"
+                ))
+            })?;
+        }
+        "application/strategic-merge-patch+json" => {
+            // Without lists or directives a strategic merge patch means what a merge patch means.
+            if has_list_or_directive(&patch) {
+                return Err(Status::unsupported(
+                    "strategic merge patches with lists or $-directives are not supported yet; use a merge patch (kubectl --type=merge) or a JSON patch (--type=json)",
+                ));
+            }
+            json_patch::merge(&mut doc, &patch);
+        }
+        "application/apply-patch+yaml" => {
+            return Err(Status::unsupported(
+                "server-side apply is not supported yet; use client-side kubectl apply",
+            ));
+        }
+        other => return Err(Status::unsupported_media_type(other)),
+    }
+    Ok(doc)
+}
+
+fn has_list_or_directive(v: &Value) -> bool {
+    match v {
+        Value::Array(_) => true,
+        Value::Object(m) => m
+            .iter()
+            .any(|(k, v)| k.starts_with('$') || has_list_or_directive(v)),
+        _ => false,
+    }
+}
+
+/// PUT and PATCH, on the object or its status: compare-and-swap on the stored revision, retried
+/// when the client gave no resourceVersion (an unconditional update).
+async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status> {
+    let name = ctx.info.name.clone();
+    let key = ctx.key(&name);
+    let status_only = ctx.info.subresource == "status";
+    loop {
+        let cur = ctx
+            .api
+            .store
+            .get(&key, None)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| ctx.not_found(&name))?;
+        let old = decode(&cur)?;
+        let mut obj = match edit {
+            Edit::Replace(body) => parse_body(body)?,
+            Edit::Patch(body, content_type) => apply_patch(&old, body, content_type)?,
+        };
+        object::check_type(ctx.resource, &mut obj)?;
+        object::check_namespace(ctx.resource, &mut obj, &ctx.info.namespace)?;
+        let wanted_rv = obj["metadata"]["resourceVersion"]
+            .as_str()
+            .filter(|v| !v.is_empty())
+            .map(str::to_string);
+        if let Some(rv) = &wanted_rv {
+            if *rv != cur.mod_revision.to_string() {
+                return Err(Status::conflict(
+                    ctx.resource.plural,
+                    ctx.resource.group,
+                    &name,
+                    Status::MODIFIED,
+                ));
+            }
+        }
+        let mut new = if status_only {
+            // The status subresource changes status only.
+            let mut new = old.clone();
+            new["status"] = obj["status"].clone();
+            new
+        } else {
+            object::prepare_update(&old, &mut obj)?;
+            if ctx.resource.subresource("status").is_some() {
+                // The main resource ignores status where a status subresource exists.
+                match old.get("status") {
+                    Some(s) => obj["status"] = s.clone(),
+                    None => drop(obj.as_object_mut().and_then(|m| m.remove("status"))),
+                }
+            }
+            obj
+        };
+        set_resource_version(&mut new, cur.mod_revision);
+        if new == old || ctx.dry_run() {
+            return Ok(ctx.respond(200, &new));
+        }
+        match ctx
+            .api
+            .store
+            .update(&key, encode(&new), cur.mod_revision, None)
+            .await
+        {
+            Ok(kv) => {
+                set_resource_version(&mut new, kv.mod_revision);
+                if finalized(&new) {
+                    let _ = ctx.api.store.delete(&key, Some(kv.mod_revision)).await;
+                }
+                return Ok(ctx.respond(200, &new));
+            }
+            Err(StoreError::Conflict { .. }) if wanted_rv.is_none() => continue,
+            Err(StoreError::Conflict { .. }) => {
+                return Err(Status::conflict(
+                    ctx.resource.plural,
+                    ctx.resource.group,
+                    &name,
+                    Status::MODIFIED,
+                ));
+            }
+            Err(StoreError::NotFound { .. }) => return Err(ctx.not_found(&name)),
+            Err(err) => return Err(store_status(err)),
+        }
+    }
+}
+
+/// An object marked for deletion whose last finalizer is gone.
+fn finalized(obj: &Value) -> bool {
+    obj["metadata"]["deletionTimestamp"].is_string()
+        && obj["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+}
+
+/// DeleteOptions, from the body or the query.
+struct DeleteOptions {
+    uid: Option<String>,
+    resource_version: Option<String>,
+    dry_run: bool,
+}
+
+fn delete_options(body: &Bytes, q: &Query) -> Result<DeleteOptions, Status> {
+    let opts: Value = if body.is_empty() {
+        json!({})
+    } else {
+        parse_body(body)?
+    };
+    let dry_run = q.get("dryRun").is_some_and(|v| v == "All")
+        || opts["dryRun"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|v| v == "All"));
+    Ok(DeleteOptions {
+        uid: opts["preconditions"]["uid"].as_str().map(str::to_string),
+        resource_version: opts["preconditions"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string),
+        dry_run,
+    })
+}
+
+/// Deletes one object: marks it when finalizers (or the namespace lifecycle) must run first.
+async fn delete_one(ctx: &Ctx<'_>, name: &str, opts: &DeleteOptions) -> Result<Value, Status> {
+    let key = ctx.key(name);
+    loop {
+        let cur = ctx
+            .api
+            .store
+            .get(&key, None)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| ctx.not_found(name))?;
+        let mut obj = decode(&cur)?;
+        let precondition = |what: &str, want: &str, have: &str| {
+            Status::conflict(
+                ctx.resource.plural,
+                ctx.resource.group,
+                name,
+                &format!(
+                    "Precondition failed: {what} in precondition: {want}, {what} in object meta: {have}"
+                ),
+            )
+        };
+        if let Some(uid) = &opts.uid {
+            let have = obj["metadata"]["uid"].as_str().unwrap_or_default();
+            if uid != have {
+                return Err(precondition("UID", uid, have));
+            }
+        }
+        if let Some(rv) = &opts.resource_version {
+            if *rv != cur.mod_revision.to_string() {
+                return Err(precondition(
+                    "ResourceVersion",
+                    rv,
+                    &cur.mod_revision.to_string(),
+                ));
+            }
+        }
+        let is_namespace = ctx.resource.group.is_empty() && ctx.resource.plural == "namespaces";
+        let has_finalizers = obj["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        if is_namespace || has_finalizers {
+            if obj["metadata"]["deletionTimestamp"].is_string() || opts.dry_run {
+                return Ok(obj);
+            }
+            obj["metadata"]["deletionTimestamp"] = json!(object::now());
+            obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            if is_namespace {
+                obj["status"]["phase"] = json!("Terminating");
+            }
+            match ctx
+                .api
+                .store
+                .update(&key, encode(&obj), cur.mod_revision, None)
+                .await
+            {
+                Ok(kv) => {
+                    set_resource_version(&mut obj, kv.mod_revision);
+                    return Ok(obj);
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(err) => return Err(store_status(err)),
+            }
+        }
+        if opts.dry_run {
+            return Ok(obj);
+        }
+        match ctx.api.store.delete(&key, Some(cur.mod_revision)).await {
+            Ok(_) => return Ok(obj),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(StoreError::NotFound { .. }) => return Err(ctx.not_found(name)),
+            Err(err) => return Err(store_status(err)),
+        }
+    }
+}
+
+async fn delete(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
+    let opts = delete_options(body, ctx.q)?;
+    let obj = delete_one(ctx, &ctx.info.name, &opts).await?;
+    Ok(response::json(200, &obj))
+}
+
+async fn delete_collection(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
+    let opts = delete_options(body, ctx.q)?;
+    let (items, revision, _) = select(ctx).await?;
+    let mut deleted = Vec::new();
+    for obj in items {
+        match delete_one(ctx, &name_of(&obj), &opts).await {
+            Ok(obj) => deleted.push(obj),
+            Err(s) if s.code == 404 => {}
+            Err(s) => return Err(s),
+        }
+    }
+    Ok(response::json(
+        200,
+        &json!({"kind": format!("{}List", ctx.resource.kind), "apiVersion": ctx.resource.api_version(),
+                "metadata": {"resourceVersion": revision.to_string()}, "items": deleted}),
+    ))
+}

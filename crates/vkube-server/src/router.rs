@@ -1,0 +1,271 @@
+//! The filter chain and dispatch: request info → authentication → body limit → handler.
+//! Non-resource paths (health, version, discovery) are answered here; resources go to `rest`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http::{Method, Request, Response, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::json;
+use vkube_api::{Status, discovery, openapi};
+use vkube_store::Store;
+
+use crate::hub::Hub;
+use crate::request::{RequestInfo, query};
+use crate::response::{self, Body};
+use crate::tls::User;
+
+/// Request bodies above this get 413, as kube-apiserver limits them.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+pub struct Api {
+    pub store: Arc<dyn Store>,
+    pub hub: Arc<Hub>,
+    pub ca_pem: String,
+    /// False once shutdown began: /readyz then fails, so load balancers drain this replica.
+    pub serving: AtomicBool,
+}
+
+/// Paths anyone may read, as upstream's system:public-info-viewer role allows.
+fn public(path: &str) -> bool {
+    ["/healthz", "/livez", "/readyz", "/version"]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+}
+
+fn is_admin(user: &Option<User>) -> bool {
+    user.as_ref()
+        .is_some_and(|u| u.groups.iter().any(|g| g == "system:masters"))
+}
+
+impl Api {
+    pub async fn handle(
+        self: Arc<Self>,
+        user: Option<User>,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        // Until authentication and RBAC exist, only the admin certificate is let in.
+        if !public(&path) && !is_admin(&user) {
+            return response::status(&Status::unauthorized());
+        }
+        let q = query(req.uri().query());
+        let info = RequestInfo::parse(req.method(), &path, &q);
+        let accept = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if !info.is_resource {
+            return self.non_resource(req.method(), &path, &q).await;
+        }
+        if info.resource.is_empty() {
+            return discovery_response(&path, &accept);
+        }
+        if !acceptable(&accept) {
+            return response::status(&Status::not_acceptable());
+        }
+        let (parts, body) = req.into_parts();
+        let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return response::status(&Status::too_large(MAX_BODY));
+            }
+            Err(e) => {
+                return response::status(&Status::bad_request(format!("reading the body: {e}")));
+            }
+        };
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if !body.is_empty() && !json_body(&content_type) {
+            return response::status(&Status::unsupported_media_type(&content_type));
+        }
+        crate::rest::handle(&self, &info, &q, &accept, &content_type, body).await
+    }
+
+    async fn non_resource(
+        &self,
+        method: &Method,
+        path: &str,
+        q: &std::collections::HashMap<String, String>,
+    ) -> Response<Body> {
+        if method != Method::GET && method != Method::HEAD {
+            return response::status(&Status::method_not_allowed());
+        }
+        match path.trim_end_matches('/') {
+            "/version" => response::json(200, &version()),
+            "/healthz" | "/livez" | "/readyz" => {
+                let checks = self.checks(path.trim_start_matches('/')).await;
+                let ok = checks.iter().all(|(_, ok)| *ok);
+                let code = if ok { 200 } else { 500 };
+                if q.contains_key("verbose") {
+                    let mut body: String = checks
+                        .iter()
+                        .map(|(n, ok)| {
+                            format!(
+                                "[{}]{n} {}\n",
+                                if *ok { "+" } else { "-" },
+                                if *ok { "ok" } else { "failed" }
+                            )
+                        })
+                        .collect();
+                    body.push_str(&format!(
+                        "{} check {}\n",
+                        path.trim_start_matches('/'),
+                        if ok { "passed" } else { "failed" }
+                    ));
+                    response::text(code, body)
+                } else if ok {
+                    response::text(200, "ok")
+                } else {
+                    let failed: Vec<_> = checks
+                        .iter()
+                        .filter(|(_, ok)| !ok)
+                        .map(|(n, _)| format!("[-]{n} failed: reason withheld\n"))
+                        .collect();
+                    response::text(
+                        code,
+                        format!(
+                            "{}{} check failed",
+                            failed.concat(),
+                            path.trim_start_matches('/')
+                        ),
+                    )
+                }
+            }
+            p if p.starts_with("/healthz/")
+                || p.starts_with("/livez/")
+                || p.starts_with("/readyz/") =>
+            {
+                let (endpoint, check) = p
+                    .trim_start_matches('/')
+                    .split_once('/')
+                    .unwrap_or_default();
+                match self
+                    .checks(endpoint)
+                    .await
+                    .into_iter()
+                    .find(|(n, _)| *n == check)
+                {
+                    Some((_, true)) => response::text(200, "ok"),
+                    Some((_, false)) => {
+                        response::text(500, format!("internal server error: {check} failed"))
+                    }
+                    None => response::text(404, "404 page not found"),
+                }
+            }
+            "/openapi/v3" => response::json(200, &openapi::v3_index()),
+            p if p.starts_with("/openapi/v3/") => {
+                match openapi::v3_group_version(&p["/openapi/v3/".len()..]) {
+                    Some(doc) => response::json(200, &doc),
+                    None => response::status(&Status::path_not_found()),
+                }
+            }
+            _ => response::status(&Status::path_not_found()),
+        }
+    }
+
+    /// Named checks, upstream's style: `ping`, `etcd` (the store), and for readiness the watch
+    /// cache having caught up with the store and the server not shutting down.
+    async fn checks(&self, endpoint: &str) -> Vec<(&'static str, bool)> {
+        let mut checks = vec![("ping", true)];
+        let store =
+            tokio::time::timeout(Duration::from_secs(2), self.store.current_revision()).await;
+        let revision = store.ok().and_then(Result::ok);
+        checks.push(("etcd", revision.is_some()));
+        if endpoint == "readyz" {
+            let synced = match revision {
+                Some(r) => self.hub.wait_for(r, Duration::from_secs(2)).await,
+                None => false,
+            };
+            checks.push(("informer-sync", synced));
+            checks.push(("shutdown", self.serving.load(Ordering::Relaxed)));
+        }
+        checks
+    }
+}
+
+/// Whether a request body is JSON (or a JSON patch): protobuf and YAML bodies are not decoded.
+fn json_body(content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    media.is_empty()
+        || media == "application/json"
+        || media.ends_with("patch+json")
+        || media == "application/apply-patch+yaml"
+}
+
+/// Whether the client accepts JSON (protobuf-only clients get 406).
+fn acceptable(accept: &str) -> bool {
+    accept.is_empty()
+        || accept.split(',').any(|a| {
+            let media = a.split(';').next().unwrap_or("").trim();
+            matches!(
+                media,
+                "application/json" | "*/*" | "application/*" | "application/json-patch+json"
+            )
+        })
+}
+
+pub fn version() -> serde_json::Value {
+    json!({
+        "major": "1",
+        "minor": "33",
+        "gitVersion": concat!("v1.33.0-vkube.", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH }),
+    })
+}
+
+/// The aggregated-discovery version an Accept header asks for, if any.
+fn aggregated_version(accept: &str) -> Option<&'static str> {
+    accept.split(',').find_map(|part| {
+        let params: Vec<&str> = part.split(';').map(str::trim).collect();
+        let has = |p: &str| params.contains(&p);
+        if !(has("as=APIGroupDiscoveryList") && has("g=apidiscovery.k8s.io")) {
+            return None;
+        }
+        ["v2", "v2beta1"]
+            .into_iter()
+            .find(|v| has(&format!("v={v}")))
+    })
+}
+
+/// `/api`, `/apis`, `/apis/G`, `/api/v1`, `/apis/G/V`, with aggregated discovery when asked for.
+fn discovery_response(path: &str, accept: &str) -> Response<Body> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if let (["api"] | ["apis"], Some(version)) = (parts.as_slice(), aggregated_version(accept)) {
+        let doc = discovery::aggregated(parts[0] == "api", version);
+        let content_type = if version == "v2" {
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+        } else {
+            "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList"
+        };
+        return response::json_with(200, &doc, content_type);
+    }
+    let doc = match parts.as_slice() {
+        ["api"] => Some(discovery::api_versions()),
+        ["apis"] => Some(discovery::api_group_list()),
+        ["api", v] => discovery::resource_list("", v),
+        ["apis", g] => discovery::api_group(g),
+        ["apis", g, v] => discovery::resource_list(g, v),
+        _ => None,
+    };
+    match doc {
+        Some(doc) => response::json(200, &doc),
+        None => response::status(&Status::path_not_found()),
+    }
+}
