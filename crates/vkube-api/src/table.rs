@@ -169,8 +169,33 @@ fn columns(kind: &str) -> Vec<(&'static str, &'static str, Cell)> {
     cols
 }
 
-/// A `meta.k8s.io/v1` Table of `objects`, each row carrying the object's metadata.
-pub fn table(resource: &Resource, objects: &[Value], list_metadata: Value) -> Value {
+/// What each row carries (`includeObject`): nothing, the object's metadata (the default), or
+/// the whole object (kubectl asks for it to print custom columns).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Include {
+    None,
+    #[default]
+    Metadata,
+    Object,
+}
+
+impl Include {
+    pub fn parse(value: Option<&str>) -> Include {
+        match value {
+            Some("None") => Include::None,
+            Some("Object") => Include::Object,
+            _ => Include::Metadata,
+        }
+    }
+}
+
+/// A `meta.k8s.io/v1` Table of `objects`.
+pub fn table(
+    resource: &Resource,
+    objects: &[Value],
+    list_metadata: Value,
+    include: Include,
+) -> Value {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let cols = columns(resource.kind);
     let definitions: Vec<Value> = cols
@@ -183,14 +208,15 @@ pub fn table(resource: &Resource, objects: &[Value], list_metadata: Value) -> Va
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
-            json!({
-                "cells": cols.iter().map(|(_, _, cell)| cell(o, now)).collect::<Vec<_>>(),
-                "object": {
-                    "kind": "PartialObjectMetadata",
-                    "apiVersion": "meta.k8s.io/v1",
-                    "metadata": o["metadata"],
-                },
-            })
+            let mut row = json!({"cells": cols.iter().map(|(_, _, cell)| cell(o, now)).collect::<Vec<_>>()});
+            match include {
+                Include::None => {}
+                Include::Metadata => {
+                    row["object"] = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]})
+                }
+                Include::Object => row["object"] = o.clone(),
+            }
+            row
         })
         .collect();
     json!({

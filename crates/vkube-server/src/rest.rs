@@ -72,6 +72,10 @@ impl Ctx<'_> {
         Status::not_found(self.resource.plural, self.resource.group, name)
     }
 
+    fn include(&self) -> table::Include {
+        table::Include::parse(self.q.get("includeObject").map(String::as_str))
+    }
+
     fn dry_run(&self) -> bool {
         self.q.get("dryRun").is_some_and(|v| v == "All")
     }
@@ -81,7 +85,12 @@ impl Ctx<'_> {
             let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
             return response::json(
                 code,
-                &table::table(self.resource, std::slice::from_ref(obj), meta),
+                &table::table(
+                    self.resource,
+                    std::slice::from_ref(obj),
+                    meta,
+                    self.include(),
+                ),
             );
         }
         response::json(code, obj)
@@ -116,7 +125,7 @@ pub async fn handle(
         match info.verb.as_str() {
             "get" => get(&ctx).await,
             "list" => list(&ctx).await,
-            "watch" => return crate::watch_stream::watch(api, resource, info, q).await,
+            "watch" => return crate::watch_stream::watch(api, resource, info, q, accept).await,
             "create" => create(&ctx, &body).await,
             "update" => update(&ctx, Edit::Replace(&body)).await,
             "patch" => update(&ctx, Edit::Patch(&body, content_type)).await,
@@ -283,7 +292,7 @@ async fn list(ctx: &Ctx<'_>) -> Result<Response<Body>, Status> {
     if table::wanted(ctx.accept) {
         return Ok(response::json(
             200,
-            &table::table(ctx.resource, &items, meta),
+            &table::table(ctx.resource, &items, meta, ctx.include()),
         ));
     }
     Ok(response::json(

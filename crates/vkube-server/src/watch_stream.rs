@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
-use vkube_api::{Resource, Status};
+use vkube_api::{Resource, Status, table};
 use vkube_store::{ListOptions, Revision};
 
 use crate::request::{RequestInfo, is_true};
@@ -57,7 +57,20 @@ pub async fn watch(
     resource: &'static Resource,
     info: &RequestInfo,
     q: &HashMap<String, String>,
+    accept: &str,
 ) -> Response<Body> {
+    // `kubectl get -w` asks for Tables: each event then carries a one-row Table.
+    let as_table = table::wanted(accept)
+        .then(|| table::Include::parse(q.get("includeObject").map(String::as_str)));
+    let render = move |obj: &Value| -> Value {
+        match as_table {
+            Some(include) => {
+                let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
+                table::table(resource, std::slice::from_ref(obj), meta, include)
+            }
+            None => obj.clone(),
+        }
+    };
     let (labels, fields) = match (
         vkube_api::selector::parse_labels(q.get("labelSelector").map_or("", String::as_str)),
         vkube_api::selector::parse_fields(
@@ -122,7 +135,7 @@ pub async fn watch(
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         for obj in &initial {
-            if tx.send(line("ADDED", obj)).await.is_err() {
+            if tx.send(line("ADDED", &render(obj))).await.is_err() {
                 return;
             }
         }
@@ -179,7 +192,7 @@ pub async fn watch(
                 (None, None) => None,
             };
             if let Some((kind, obj)) = event {
-                if tx.send(line(kind, &obj)).await.is_err() {
+                if tx.send(line(kind, &render(&obj))).await.is_err() {
                     return;
                 }
             }
