@@ -439,6 +439,32 @@ fn create_from_multi_document_yaml_and_read_in_every_format() {
             ),
             "{k}"
         );
+        assert_eq!(
+            run(
+                &server,
+                k,
+                &["scale", "deployment", "web", "-n", &ns, "--replicas=3"]
+            ),
+            "deployment.apps/web scaled",
+            "{k}"
+        );
+        assert_eq!(
+            run(
+                &server,
+                k,
+                &[
+                    "get",
+                    "deploy",
+                    "web",
+                    "-n",
+                    &ns,
+                    "-o",
+                    "jsonpath={.spec.replicas}"
+                ]
+            ),
+            "3",
+            "{k}"
+        );
         let all = run(&server, k, &["get", "all", "-n", &ns]);
         assert!(all.contains("deployment.apps/web"), "{k}: {all}");
         let sa = run(

@@ -1,0 +1,385 @@
+//! `vkube serve` benchmark: start → /readyz, idle RSS, and vcluster's published load profile
+//! (300 secrets at 30 qps, then 5000 secrets at 200 qps, as a create/get/list/update/delete mix)
+//! with p50/p99 latency and RSS under load, on SQLite and on etcd. Requests go over one HTTP/2
+//! connection with the admin client certificate, as client-go sends them.
+//!
+//! The peer (kube-apiserver on the same etcd) is not measured yet: its build script comes with
+//! the measurement issue. Run it through `bench/serve`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::sync::Mutex;
+
+#[derive(Parser)]
+struct Args {
+    /// The vkube binary (release build).
+    #[arg(long)]
+    vkube: PathBuf,
+    /// etcd endpoint for the etcd run (host:port).
+    #[arg(long, env = "VKUBE_TEST_ETCD_ENDPOINTS")]
+    etcd: String,
+    /// Scale the load profile's counts down (1 = vcluster's profile).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Starts `vkube serve` and returns it with the time until /readyz answered ok.
+async fn start(vkube: &Path, store: Option<&str>) -> Result<(Server, Duration)> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let mut cmd = Command::new(vkube);
+    cmd.args([
+        "serve",
+        "--data-dir",
+        &dir.path().display().to_string(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    if let Some(store) = store {
+        cmd.args(["--store", store]);
+    }
+    let started = Instant::now();
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start vkube serve")?;
+    let server = Server { child, port, dir };
+    loop {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("vkube serve not ready after 30 s");
+        }
+        if server.dir.path().join("admin.kubeconfig").exists() {
+            if let Ok(client) = Client::connect(&server).await {
+                if let Ok((200, body)) = client.request("GET", "/readyz", None).await {
+                    if body == "ok" {
+                        return Ok((server, started.elapsed()));
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// One HTTP/2 connection with the admin certificate from the kubeconfig.
+#[derive(Clone)]
+struct Client {
+    sender: Arc<Mutex<SendRequest<Full<Bytes>>>>,
+}
+
+fn kubeconfig_field(config: &str, field: &str) -> Result<Vec<u8>> {
+    let line = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{field}: ")))
+        .context(field.to_string())?;
+    Ok(base64::engine::general_purpose::STANDARD.decode(line.trim())?)
+}
+
+impl Client {
+    async fn connect(server: &Server) -> Result<Client> {
+        let config = std::fs::read_to_string(server.dir.path().join("admin.kubeconfig"))?;
+        let ca = kubeconfig_field(&config, "certificate-authority-data")?;
+        let cert = kubeconfig_field(&config, "client-certificate-data")?;
+        let key = kubeconfig_field(&config, "client-key-data")?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&ca) {
+            roots.add(c?)?;
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(&cert).collect::<Result<Vec<_>, _>>()?,
+                PrivateKeyDer::from_pem_slice(&key)?,
+            )?;
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await?;
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(ServerName::try_from("localhost")?, tcp)
+            .await?;
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await?;
+        tokio::spawn(conn);
+        Ok(Client {
+            sender: Arc::new(Mutex::new(sender)),
+        })
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(u16, String)> {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("https://localhost{path}"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let mut sender = self.sender.lock().await.clone();
+        let resp = sender.send_request(req).await?;
+        let code = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((code, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+#[derive(Default)]
+struct Latencies {
+    all: Vec<Duration>,
+    by_op: std::collections::BTreeMap<&'static str, Vec<Duration>>,
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3
+}
+
+/// Runs `creates` secret creates at `qps` total operations per second, with gets, lists,
+/// updates and deletes between them (one create in two operations).
+async fn phase(
+    client: &Client,
+    first: usize,
+    creates: usize,
+    qps: f64,
+    lat: Arc<Mutex<Latencies>>,
+    errors: Arc<Mutex<usize>>,
+) {
+    let period = Duration::from_secs_f64(1.0 / qps);
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for i in 0..creates * 2 {
+        let due = start + period * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let n = first + i / 2;
+        let (op, method, path, body): (&'static str, &str, String, Option<String>) =
+            match (i % 2, i % 20) {
+                (0, _) => (
+                    "create",
+                    "POST",
+                    "/api/v1/namespaces/default/secrets".into(),
+                    Some(secret(n, "v1")),
+                ),
+                (_, 1 | 3 | 5 | 7) => (
+                    "get",
+                    "GET",
+                    format!("/api/v1/namespaces/default/secrets/s-{n:06}"),
+                    None,
+                ),
+                (_, 9 | 11) => (
+                    "list",
+                    "GET",
+                    "/api/v1/namespaces/default/secrets?limit=500".into(),
+                    None,
+                ),
+                (_, 13 | 15 | 17) => (
+                    "update",
+                    "PUT",
+                    format!("/api/v1/namespaces/default/secrets/s-{n:06}"),
+                    Some(secret(n, "v2")),
+                ),
+                _ => (
+                    "delete",
+                    "DELETE",
+                    format!(
+                        "/api/v1/namespaces/default/secrets/s-{:06}",
+                        n.saturating_sub(1)
+                    ),
+                    None,
+                ),
+            };
+        let (client, lat, errors) = (client.clone(), lat.clone(), errors.clone());
+        let method = method.to_string();
+        handles.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let ok = matches!(
+                client.request(&method, &path, body).await,
+                Ok((200..=299, _))
+            );
+            let d = t.elapsed();
+            let mut l = lat.lock().await;
+            l.all.push(d);
+            l.by_op.entry(op).or_default().push(d);
+            if !ok {
+                *errors.lock().await += 1;
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+fn secret(n: usize, v: &str) -> String {
+    let data =
+        base64::engine::general_purpose::STANDARD.encode(format!("value-{v}-{}", "x".repeat(200)));
+    format!(
+        r#"{{"apiVersion":"v1","kind":"Secret","metadata":{{"name":"s-{n:06}","labels":{{"bench":"yes"}}}},"type":"Opaque","data":{{"payload":"{data}"}}}}"#
+    )
+}
+
+struct Run {
+    startup_ms: f64,
+    idle_rss: f64,
+    load_rss: f64,
+    p50: f64,
+    p99: f64,
+    ops: std::collections::BTreeMap<&'static str, (f64, f64)>,
+    requests: usize,
+    errors: usize,
+}
+
+async fn run(args: &Args, store: Option<&str>) -> Result<Run> {
+    let mut startups = Vec::new();
+    for _ in 0..5 {
+        let (server, t) = start(&args.vkube, store).await?;
+        startups.push(t);
+        drop(server);
+    }
+    startups.sort();
+    let (server, _) = start(&args.vkube, store).await?;
+    let pid = server.child.id();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss = rss_mib(pid);
+    let client = Client::connect(&server).await?;
+    let lat = Arc::new(Mutex::new(Latencies::default()));
+    let errors = Arc::new(Mutex::new(0));
+    let peak = Arc::new(Mutex::new(0.0f64));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let r = rss_mib(pid);
+                let mut p = peak.lock().await;
+                *p = p.max(r);
+            }
+        })
+    };
+    let small = (300.0 * args.scale) as usize;
+    let large = (5000.0 * args.scale) as usize;
+    phase(&client, 0, small, 30.0, lat.clone(), errors.clone()).await;
+    phase(&client, small, large, 200.0, lat.clone(), errors.clone()).await;
+    sampler.abort();
+    let mut l = lat.lock().await;
+    l.all.sort();
+    let mut ops = std::collections::BTreeMap::new();
+    for (op, v) in l.by_op.iter_mut() {
+        v.sort();
+        ops.insert(*op, (pct(v, 0.5), pct(v, 0.99)));
+    }
+    let load_rss = *peak.lock().await;
+    let errors = *errors.lock().await;
+    Ok(Run {
+        startup_ms: startups[startups.len() / 2].as_secs_f64() * 1e3,
+        idle_rss,
+        load_rss,
+        p50: pct(&l.all, 0.5),
+        p99: pct(&l.all, 0.99),
+        ops,
+        requests: l.all.len(),
+        errors,
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let etcd = format!(
+        "etcd://{}?prefix=/bench-serve-{}",
+        args.etcd.trim_start_matches("http://"),
+        std::process::id()
+    );
+    eprintln!("measuring vkube serve on sqlite");
+    let sqlite = run(&args, None).await?;
+    eprintln!("measuring vkube serve on etcd");
+    let on_etcd = run(&args, Some(&etcd)).await?;
+    let runs = [("vkube, SQLite", &sqlite), ("vkube, etcd", &on_etcd)];
+    println!(
+        "| figure | {} | {} | kube-apiserver + etcd |",
+        runs[0].0, runs[1].0
+    );
+    println!("|---|---:|---:|---:|");
+    let row = |label: &str, f: &dyn Fn(&Run) -> String| {
+        println!(
+            "| {label} | {} | {} | not measured yet |",
+            f(runs[0].1),
+            f(runs[1].1)
+        );
+    };
+    row("start → /readyz (ms, median of 5)", &|r| {
+        format!("{:.0}", r.startup_ms)
+    });
+    row("idle RSS (MiB)", &|r| format!("{:.1}", r.idle_rss));
+    row("peak RSS under load (MiB)", &|r| {
+        format!("{:.1}", r.load_rss)
+    });
+    row("load p50 (ms)", &|r| format!("{:.2}", r.p50));
+    row("load p99 (ms)", &|r| format!("{:.2}", r.p99));
+    for op in ["create", "get", "list", "update", "delete"] {
+        row(&format!("{op} p50 / p99 (ms)"), &|r| {
+            let (p50, p99) = r.ops.get(op).copied().unwrap_or_default();
+            format!("{p50:.2} / {p99:.2}")
+        });
+    }
+    row("requests / non-2xx", &|r| {
+        format!("{} / {}", r.requests, r.errors)
+    });
+    println!();
+    println!(
+        "Load: {} then {} secrets (scale {}), at 30 then 200 requests/s; half creates, the rest gets, lists (limit=500), updates and deletes; one HTTP/2 connection.",
+        (300.0 * args.scale) as usize,
+        (5000.0 * args.scale) as usize,
+        args.scale
+    );
+    Ok(())
+}
