@@ -4,6 +4,8 @@
 //! inspects the store.
 #![forbid(unsafe_code)]
 
+mod config;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -59,6 +61,9 @@ struct ServeArgs {
     /// Extra DNS name or IP address for the serving certificate (repeatable).
     #[arg(long = "tls-san")]
     tls_sans: Vec<String>,
+    /// A vcluster.yaml; today vkube reads its controlPlane.backingStore.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 impl StoreArgs {
@@ -95,7 +100,26 @@ async fn shutdown_signal() {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let url = args.store.url()?;
+    let mut url = args.store.url()?;
+    if let Some(file) = &args.config {
+        let config = config::load(file)?;
+        if !config.unsupported.is_empty() {
+            eprintln!(
+                "vkube: warning: {} has keys vkube does not support yet, which it ignores: {}",
+                file.display(),
+                config.unsupported.join(", ")
+            );
+        }
+        if let Some(store) = config.store {
+            if args.store.store.is_some() {
+                anyhow::bail!(
+                    "both --store and {}'s controlPlane.backingStore name a store; keep one",
+                    file.display()
+                );
+            }
+            url = store;
+        }
+    }
     let shown = redact(&url);
     let store = vkube_store::open_url(&url)
         .await

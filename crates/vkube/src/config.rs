@@ -1,0 +1,322 @@
+//! `--config vcluster.yaml`: the keys of vcluster's config that vkube honours today, the backing
+//! store. Every other key is named in one warning (never ignored silently), and a file that is
+//! not valid YAML or has a wrong type is an error naming the line and the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use vkube_store::{EtcdTls, StoreUrl};
+
+type Other = BTreeMap<String, IgnoredAny>;
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct VclusterYaml {
+    control_plane: ControlPlane,
+    #[serde(flatten)]
+    other: Other,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct ControlPlane {
+    backing_store: BackingStore,
+    #[serde(flatten)]
+    other: Other,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct BackingStore {
+    database: Database,
+    etcd: Etcd,
+    #[serde(flatten)]
+    other: Other,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Database {
+    embedded: Enabled,
+    external: DatabaseExternal,
+    #[serde(flatten)]
+    other: Other,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Enabled {
+    enabled: bool,
+    #[serde(flatten)]
+    other: Other,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct DatabaseExternal {
+    enabled: bool,
+    data_source: String,
+    #[serde(flatten)]
+    other: Other,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Etcd {
+    embedded: Enabled,
+    external: EtcdExternal,
+    #[serde(flatten)]
+    other: Other,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct EtcdExternal {
+    enabled: bool,
+    endpoint: String,
+    tls: EtcdTlsFiles,
+    #[serde(flatten)]
+    other: Other,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct EtcdTlsFiles {
+    ca_file: String,
+    cert_file: String,
+    key_file: String,
+    #[serde(flatten)]
+    other: Other,
+}
+
+/// What a vcluster.yaml asks of vkube.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The store it names, if any (`None`: the embedded default).
+    pub store: Option<StoreUrl>,
+    /// Dotted paths of keys vkube does not know or support yet.
+    pub unsupported: Vec<String>,
+}
+
+/// The dotted path of the key on `line` (1-based), from the indentation of the lines above it.
+fn key_path_at(text: &str, line: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(start) = line.checked_sub(1).filter(|l| *l < lines.len()) else {
+        return String::new();
+    };
+    let key = |l: &str| {
+        l.trim_start()
+            .trim_start_matches("- ")
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut path = vec![key(lines[start])];
+    let mut depth = indent(lines[start]);
+    for l in lines[..start].iter().rev() {
+        if l.trim().is_empty() || l.trim_start().starts_with('#') {
+            continue;
+        }
+        if indent(l) < depth {
+            depth = indent(l);
+            path.push(key(l));
+        }
+    }
+    path.reverse();
+    path.join(".")
+}
+
+pub fn parse(text: &str, file: &Path) -> Result<Config> {
+    let yaml: VclusterYaml = match serde_saphyr::from_str(text) {
+        Ok(v) => v,
+        Err(err) => {
+            let msg = err.to_string();
+            match err.location() {
+                Some(loc) => {
+                    let key = key_path_at(text, loc.line() as usize);
+                    bail!(
+                        "{}: line {}, key {key:?}: {msg}",
+                        file.display(),
+                        loc.line()
+                    )
+                }
+                None => bail!("{}: {msg}", file.display()),
+            }
+        }
+    };
+    let mut unsupported = Vec::new();
+    let mut note = |prefix: &str, other: &Other| {
+        unsupported.extend(other.keys().map(|k| {
+            if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            }
+        }));
+    };
+    let cp = &yaml.control_plane;
+    let bs = &cp.backing_store;
+    note("", &yaml.other);
+    note("controlPlane", &cp.other);
+    note("controlPlane.backingStore", &bs.other);
+    note("controlPlane.backingStore.database", &bs.database.other);
+    note(
+        "controlPlane.backingStore.database.embedded",
+        &bs.database.embedded.other,
+    );
+    note(
+        "controlPlane.backingStore.database.external",
+        &bs.database.external.other,
+    );
+    note("controlPlane.backingStore.etcd", &bs.etcd.other);
+    note(
+        "controlPlane.backingStore.etcd.embedded",
+        &bs.etcd.embedded.other,
+    );
+    note(
+        "controlPlane.backingStore.etcd.external",
+        &bs.etcd.external.other,
+    );
+    note(
+        "controlPlane.backingStore.etcd.external.tls",
+        &bs.etcd.external.tls.other,
+    );
+
+    let mut chosen = Vec::new();
+    if bs.database.embedded.enabled {
+        chosen.push(("controlPlane.backingStore.database.embedded", None));
+    }
+    if bs.database.external.enabled {
+        let source = bs.database.external.data_source.trim();
+        if source.is_empty() {
+            bail!(
+                "{}: controlPlane.backingStore.database.external.enabled is true but dataSource is empty; set it to postgres://user:password@host:5432/database",
+                file.display()
+            );
+        }
+        if !source.starts_with("postgres://") && !source.starts_with("postgresql://") {
+            bail!(
+                "{}: controlPlane.backingStore.database.external.dataSource: vkube supports PostgreSQL (postgres://…), not {:?}",
+                file.display(),
+                source.split("://").next().unwrap_or(source)
+            );
+        }
+        chosen.push((
+            "controlPlane.backingStore.database.external",
+            Some(source.parse::<StoreUrl>()?),
+        ));
+    }
+    if bs.etcd.embedded.enabled {
+        bail!(
+            "{}: controlPlane.backingStore.etcd.embedded is not supported yet; use database.embedded (one replica), database.external (PostgreSQL) or etcd.external",
+            file.display()
+        );
+    }
+    if bs.etcd.external.enabled {
+        let endpoint = bs.etcd.external.endpoint.trim();
+        if endpoint.is_empty() {
+            bail!(
+                "{}: controlPlane.backingStore.etcd.external.enabled is true but endpoint is empty; set it to host:2379",
+                file.display()
+            );
+        }
+        let tls = &bs.etcd.external.tls;
+        let file_of = |f: &String| (!f.is_empty()).then(|| PathBuf::from(f));
+        let tls = EtcdTls {
+            ca_file: file_of(&tls.ca_file),
+            cert_file: file_of(&tls.cert_file),
+            key_file: file_of(&tls.key_file),
+        };
+        let endpoints = endpoint.split(',').map(|e| e.trim().to_string()).collect();
+        let tls = (tls != EtcdTls::default()).then_some(tls);
+        chosen.push((
+            "controlPlane.backingStore.etcd.external",
+            Some(StoreUrl::Etcd {
+                endpoints,
+                prefix: String::new(),
+                tls,
+            }),
+        ));
+    }
+    if chosen.len() > 1 {
+        let names: Vec<_> = chosen.iter().map(|(n, _)| *n).collect();
+        bail!(
+            "{}: more than one backing store is enabled ({}); enable exactly one",
+            file.display(),
+            names.join(" and ")
+        );
+    }
+    Ok(Config {
+        store: chosen.into_iter().next().and_then(|(_, url)| url),
+        unsupported,
+    })
+}
+
+pub fn load(file: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+    parse(&text, file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Config> {
+        parse(text, Path::new("vcluster.yaml"))
+    }
+
+    #[test]
+    fn honours_the_backing_store_keys() {
+        assert_eq!(p("controlPlane:\n  backingStore:\n    database:\n      embedded:\n        enabled: true\n").unwrap().store, None);
+        let pg = p("controlPlane:\n  backingStore:\n    database:\n      external:\n        enabled: true\n        dataSource: postgres://u@db:5432/v\n").unwrap();
+        assert!(matches!(pg.store, Some(StoreUrl::Postgres { .. })));
+        let etcd = p("controlPlane:\n  backingStore:\n    etcd:\n      external:\n        enabled: true\n        endpoint: etcd-0:2379\n        tls:\n          caFile: /ca.pem\n").unwrap();
+        match etcd.store {
+            Some(StoreUrl::Etcd {
+                endpoints,
+                tls: Some(tls),
+                ..
+            }) => {
+                assert_eq!(endpoints, ["etcd-0:2379"]);
+                assert_eq!(tls.ca_file, Some(PathBuf::from("/ca.pem")));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn names_unknown_keys() {
+        let c = p("sync:\n  toHost: {}\ncontrolPlane:\n  distro:\n    k8s: {}\n  backingStore:\n    database:\n      embedded:\n        enabled: true\n        foo: 1\n").unwrap();
+        assert_eq!(
+            c.unsupported,
+            [
+                "sync",
+                "controlPlane.distro",
+                "controlPlane.backingStore.database.embedded.foo"
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_key() {
+        let err = p("controlPlane:\n  backingStore:\n    database:\n      embedded:\n        enabled: maybe\n").unwrap_err().to_string();
+        assert!(
+            err.contains("line 5")
+                && err.contains("controlPlane.backingStore.database.embedded.enabled"),
+            "{err}"
+        );
+        let err = p("controlPlane: [\n").unwrap_err().to_string();
+        assert!(err.contains("line"), "{err}");
+        let err = p("controlPlane:\n  backingStore:\n    database:\n      embedded: {enabled: true}\n      external: {enabled: true, dataSource: postgres://x@h/d}\n").unwrap_err().to_string();
+        assert!(err.contains("more than one backing store"), "{err}");
+        let err = p("controlPlane:\n  backingStore:\n    database:\n      external: {enabled: true, dataSource: mysql://x@h/d}\n").unwrap_err().to_string();
+        assert!(err.contains("vkube supports PostgreSQL"), "{err}");
+    }
+}
