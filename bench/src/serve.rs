@@ -139,6 +139,7 @@ impl Client {
             )?;
         tls.alpn_protocols = vec![b"h2".to_vec()];
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await?;
+        tcp.set_nodelay(true)?;
         let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
             .connect(ServerName::try_from("localhost")?, tcp)
             .await?;

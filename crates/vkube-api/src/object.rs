@@ -203,10 +203,26 @@ pub fn prepare_create(resource: &Resource, obj: &mut Value) -> Result<String, St
     map.remove("deletionTimestamp");
     map.remove("deletionGracePeriodSeconds");
     map.remove("selfLink");
-    if obj.get("spec").is_some() || resource.plural != "namespaces" {
+    if tracks_generation(resource) {
         obj["metadata"]["generation"] = json!(1);
     }
     Ok(name)
+}
+
+/// Whether upstream's strategy for a resource keeps `metadata.generation` (workloads and the other
+/// types whose controllers report an observedGeneration); ConfigMaps, Secrets, Namespaces and
+/// the like have none.
+pub fn tracks_generation(resource: &Resource) -> bool {
+    matches!(
+        (resource.group, resource.plural),
+        ("apps", _)
+            | ("batch", _)
+            | ("autoscaling", _)
+            | ("policy", "poddisruptionbudgets")
+            | ("networking.k8s.io", "ingresses" | "networkpolicies")
+            | ("", "replicationcontrollers")
+            | ("admissionregistration.k8s.io", _)
+    )
 }
 
 /// Carries over what an update may not change, and raises `generation` when the spec changed.
@@ -237,7 +253,7 @@ pub fn prepare_update(old: &Value, obj: &mut Value) -> Result<(), Status> {
         }
     }
     let spec_changed = old.get("spec") != obj.get("spec");
-    if spec_changed {
+    if spec_changed && old["metadata"].get("generation").is_some() {
         let generation = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
         obj["metadata"]["generation"] = json!(generation);
     }

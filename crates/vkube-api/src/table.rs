@@ -74,99 +74,377 @@ fn count(v: &Value) -> usize {
 
 type Cell = fn(&Value, i64) -> Value;
 
-fn columns(kind: &str) -> Vec<(&'static str, &'static str, Cell)> {
-    let name: (&str, &str, Cell) = ("Name", "name", |o, _| o["metadata"]["name"].clone());
-    let age_col: (&str, &str, Cell) = ("Age", "", |o, now| json!(age(o, now)));
+/// One column: name, priority (1 shows with `-o wide` only), format, and how to fill it.
+struct Col(&'static str, u8, &'static str, Cell);
+
+fn str_or(v: &Value, default: &str) -> Value {
+    json!(v.as_str().filter(|s| !s.is_empty()).unwrap_or(default))
+}
+
+fn int(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
+
+fn ports(o: &Value) -> Value {
+    let ports: Vec<String> = o["spec"]["ports"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .map(|p| {
+                    let proto = p["protocol"].as_str().unwrap_or("TCP");
+                    match p["nodePort"].as_i64() {
+                        Some(n) => format!("{}:{n}/{proto}", int(&p["port"])),
+                        None => format!("{}/{proto}", int(&p["port"])),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!(if ports.is_empty() {
+        "<none>".to_string()
+    } else {
+        ports.join(",")
+    })
+}
+
+fn images(o: &Value, field: &str) -> Value {
+    let names: Vec<&str> = o["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c[field].as_str()).collect())
+        .unwrap_or_default();
+    json!(names.join(","))
+}
+
+fn match_labels(o: &Value) -> Value {
+    let sel = &o["spec"]["selector"];
+    let labels = sel.get("matchLabels").unwrap_or(sel);
+    let mut terms: Vec<String> = labels
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    terms.sort();
+    json!(if terms.is_empty() {
+        "<none>".to_string()
+    } else {
+        terms.join(",")
+    })
+}
+
+fn columns(kind: &str) -> Vec<Col> {
+    let name = Col("Name", 0, "name", |o, _| o["metadata"]["name"].clone());
+    let age = Col("Age", 0, "", |o, now| json!(age(o, now)));
+    let created = Col("Created At", 0, "date", |o, _| {
+        o["metadata"]["creationTimestamp"].clone()
+    });
     let mut cols = vec![name];
-    cols.extend(match kind {
-        "ConfigMap" => vec![(
-            "Data",
-            "",
-            (|o: &Value, _| json!(count(&o["data"]) + count(&o["binaryData"]))) as Cell,
-        )],
-        "Secret" => vec![
-            ("Type", "", (|o: &Value, _| o["type"].clone()) as Cell),
-            ("Data", "", |o, _| json!(count(&o["data"]))),
-        ],
-        "Namespace" => vec![(
-            "Status",
-            "",
-            (|o: &Value, _| json!(o["status"]["phase"].as_str().unwrap_or("Active"))) as Cell,
-        )],
-        "ServiceAccount" => vec![(
-            "Secrets",
-            "",
-            (|o: &Value, _| json!(count(&o["secrets"]))) as Cell,
-        )],
-        "Pod" => vec![
-            (
-                "Ready",
-                "",
-                (|o: &Value, _| {
-                    let ready = o["status"]["containerStatuses"]
-                        .as_array()
-                        .map_or(0, |c| c.iter().filter(|s| s["ready"] == true).count());
-                    json!(format!("{ready}/{}", count(&o["spec"]["containers"])))
-                }) as Cell,
-            ),
-            ("Status", "", |o, _| {
-                json!(
-                    o["status"]["reason"]
-                        .as_str()
-                        .or(o["status"]["phase"].as_str())
-                        .unwrap_or("Pending")
+    match kind {
+        "ConfigMap" => cols.push(Col("Data", 0, "", |o, _| {
+            json!(count(&o["data"]) + count(&o["binaryData"]))
+        })),
+        "Secret" => {
+            cols.push(Col("Type", 0, "", |o, _| o["type"].clone()));
+            cols.push(Col("Data", 0, "", |o, _| json!(count(&o["data"]))));
+        }
+        "Namespace" => cols.push(Col("Status", 0, "", |o, _| {
+            str_or(&o["status"]["phase"], "Active")
+        })),
+        "ServiceAccount" => cols.push(Col("Secrets", 0, "", |o, _| json!(count(&o["secrets"])))),
+        "Pod" => {
+            cols.push(Col("Ready", 0, "", |o, _| {
+                let ready = o["status"]["containerStatuses"]
+                    .as_array()
+                    .map_or(0, |c| c.iter().filter(|s| s["ready"] == true).count());
+                json!(format!("{ready}/{}", count(&o["spec"]["containers"])))
+            }));
+            cols.push(Col("Status", 0, "", |o, _| {
+                str_or(
+                    if o["metadata"]["deletionTimestamp"].is_string() {
+                        &Value::Null
+                    } else {
+                        &o["status"]["reason"]
+                    },
+                    "",
                 )
-            }),
-            ("Restarts", "", |o, _| {
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(|s| json!(s))
+                .unwrap_or_else(|| {
+                    if o["metadata"]["deletionTimestamp"].is_string() {
+                        json!("Terminating")
+                    } else {
+                        str_or(&o["status"]["phase"], "Pending")
+                    }
+                })
+            }));
+            cols.push(Col("Restarts", 0, "", |o, _| {
                 json!(o["status"]["containerStatuses"].as_array().map_or(0, |c| {
-                    c.iter()
-                        .filter_map(|s| s["restartCount"].as_i64())
-                        .sum::<i64>()
+                    c.iter().map(|s| int(&s["restartCount"])).sum::<i64>()
                 }))
-            }),
-        ],
-        "Deployment" | "ReplicaSet" | "StatefulSet" => vec![(
-            "Ready",
-            "",
-            (|o: &Value, _| {
+            }));
+            cols.push(age);
+            cols.push(Col("IP", 1, "", |o, _| {
+                str_or(&o["status"]["podIP"], "<none>")
+            }));
+            cols.push(Col("Node", 1, "", |o, _| {
+                str_or(&o["spec"]["nodeName"], "<none>")
+            }));
+            cols.push(Col("Nominated Node", 1, "", |o, _| {
+                str_or(&o["status"]["nominatedNodeName"], "<none>")
+            }));
+            cols.push(Col("Readiness Gates", 1, "", |o, _| {
+                json!(if count(&o["spec"]["readinessGates"]) == 0 {
+                    "<none>".to_string()
+                } else {
+                    count(&o["spec"]["readinessGates"]).to_string()
+                })
+            }));
+            return cols;
+        }
+        "Deployment" => {
+            cols.push(Col("Ready", 0, "", |o, _| {
                 json!(format!(
                     "{}/{}",
-                    o["status"]["readyReplicas"].as_i64().unwrap_or(0),
+                    int(&o["status"]["readyReplicas"]),
                     o["spec"]["replicas"].as_i64().unwrap_or(1)
                 ))
-            }) as Cell,
-        )],
-        "Service" => vec![
-            (
-                "Type",
-                "",
-                (|o: &Value, _| json!(o["spec"]["type"].as_str().unwrap_or("ClusterIP"))) as Cell,
-            ),
-            ("Cluster-IP", "", |o, _| {
-                json!(o["spec"]["clusterIP"].as_str().unwrap_or("<none>"))
-            }),
-        ],
-        _ => vec![],
-    });
-    if matches!(
-        kind,
-        "ConfigMap"
-            | "Secret"
-            | "Namespace"
-            | "ServiceAccount"
-            | "Pod"
-            | "Deployment"
-            | "ReplicaSet"
-            | "StatefulSet"
-            | "Service"
-    ) {
-        cols.push(age_col);
-    } else {
-        cols.push(("Created At", "date", |o, _| {
-            o["metadata"]["creationTimestamp"].clone()
-        }));
+            }));
+            cols.push(Col("Up-to-date", 0, "", |o, _| {
+                json!(int(&o["status"]["updatedReplicas"]))
+            }));
+            cols.push(Col("Available", 0, "", |o, _| {
+                json!(int(&o["status"]["availableReplicas"]))
+            }));
+            cols.push(age);
+            cols.push(Col("Containers", 1, "", |o, _| images(o, "name")));
+            cols.push(Col("Images", 1, "", |o, _| images(o, "image")));
+            cols.push(Col("Selector", 1, "", |o, _| match_labels(o)));
+            return cols;
+        }
+        "ReplicaSet" | "ReplicationController" => {
+            cols.push(Col("Desired", 0, "", |o, _| {
+                json!(o["spec"]["replicas"].as_i64().unwrap_or(1))
+            }));
+            cols.push(Col("Current", 0, "", |o, _| {
+                json!(int(&o["status"]["replicas"]))
+            }));
+            cols.push(Col("Ready", 0, "", |o, _| {
+                json!(int(&o["status"]["readyReplicas"]))
+            }));
+        }
+        "StatefulSet" => cols.push(Col("Ready", 0, "", |o, _| {
+            json!(format!(
+                "{}/{}",
+                int(&o["status"]["readyReplicas"]),
+                o["spec"]["replicas"].as_i64().unwrap_or(1)
+            ))
+        })),
+        "DaemonSet" => {
+            cols.push(Col("Desired", 0, "", |o, _| {
+                json!(int(&o["status"]["desiredNumberScheduled"]))
+            }));
+            cols.push(Col("Current", 0, "", |o, _| {
+                json!(int(&o["status"]["currentNumberScheduled"]))
+            }));
+            cols.push(Col("Ready", 0, "", |o, _| {
+                json!(int(&o["status"]["numberReady"]))
+            }));
+            cols.push(Col("Up-to-date", 0, "", |o, _| {
+                json!(int(&o["status"]["updatedNumberScheduled"]))
+            }));
+            cols.push(Col("Available", 0, "", |o, _| {
+                json!(int(&o["status"]["numberAvailable"]))
+            }));
+            cols.push(Col("Node Selector", 0, "", |o, _| {
+                let sel = &o["spec"]["template"]["spec"]["nodeSelector"];
+                let terms: Vec<String> = sel
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                json!(if terms.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    terms.join(",")
+                })
+            }));
+        }
+        "Service" => {
+            cols.push(Col("Type", 0, "", |o, _| {
+                str_or(&o["spec"]["type"], "ClusterIP")
+            }));
+            cols.push(Col("Cluster-IP", 0, "", |o, _| {
+                str_or(&o["spec"]["clusterIP"], "<none>")
+            }));
+            cols.push(Col("External-IP", 0, "", |o, _| {
+                let ips: Vec<&str> = o["spec"]["externalIPs"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                json!(if ips.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    ips.join(",")
+                })
+            }));
+            cols.push(Col("Port(s)", 0, "", |o, _| ports(o)));
+            cols.push(age);
+            cols.push(Col("Selector", 1, "", |o, _| {
+                let sel = &o["spec"]["selector"];
+                let mut terms: Vec<String> = sel
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                terms.sort();
+                json!(if terms.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    terms.join(",")
+                })
+            }));
+            return cols;
+        }
+        "Node" => {
+            cols.push(Col("Status", 0, "", |o, _| {
+                let ready = o["status"]["conditions"]
+                    .as_array()
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                    .map(|c| c["status"] == "True");
+                let mut status = match ready {
+                    Some(true) => "Ready",
+                    Some(false) => "NotReady",
+                    None => "Unknown",
+                }
+                .to_string();
+                if o["spec"]["unschedulable"] == true {
+                    status.push_str(",SchedulingDisabled");
+                }
+                json!(status)
+            }));
+            cols.push(Col("Roles", 0, "", |o, _| {
+                let roles: Vec<&str> = o["metadata"]["labels"]
+                    .as_object()
+                    .map(|m| {
+                        m.keys()
+                            .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                json!(if roles.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    roles.join(",")
+                })
+            }));
+            cols.push(age);
+            cols.push(Col("Version", 0, "", |o, _| {
+                str_or(&o["status"]["nodeInfo"]["kubeletVersion"], "")
+            }));
+            return cols;
+        }
+        "Event" => {
+            return vec![
+                Col("Last Seen", 0, "", |o, now| {
+                    let t = o["lastTimestamp"]
+                        .as_str()
+                        .or(o["eventTime"].as_str())
+                        .or(o["metadata"]["creationTimestamp"].as_str())
+                        .unwrap_or_default();
+                    json!(since(t, now))
+                }),
+                Col("Type", 0, "", |o, _| o["type"].clone()),
+                Col("Reason", 0, "", |o, _| o["reason"].clone()),
+                Col("Object", 0, "", |o, _| {
+                    let io = &o["involvedObject"];
+                    json!(format!(
+                        "{}/{}",
+                        io["kind"].as_str().unwrap_or("").to_ascii_lowercase(),
+                        io["name"].as_str().unwrap_or("")
+                    ))
+                }),
+                Col("Message", 0, "", |o, _| o["message"].clone()),
+            ];
+        }
+        "Job" => {
+            cols.push(Col("Status", 0, "", |o, _| {
+                let conds = o["status"]["conditions"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let has = |t: &str| {
+                    conds
+                        .iter()
+                        .any(|c| c["type"] == t && c["status"] == "True")
+                };
+                json!(if has("Complete") {
+                    "Complete"
+                } else if has("Failed") {
+                    "Failed"
+                } else if o["spec"]["suspend"] == true {
+                    "Suspended"
+                } else {
+                    "Running"
+                })
+            }));
+            cols.push(Col("Completions", 0, "", |o, _| {
+                json!(format!(
+                    "{}/{}",
+                    int(&o["status"]["succeeded"]),
+                    o["spec"]["completions"].as_i64().unwrap_or(1)
+                ))
+            }));
+            cols.push(Col("Duration", 0, "", |o, now| {
+                let start = o["status"]["startTime"].as_str().unwrap_or_default();
+                if start.is_empty() {
+                    return json!("");
+                }
+                let end = o["status"]["completionTime"]
+                    .as_str()
+                    .and_then(parse_time)
+                    .unwrap_or(now);
+                json!(parse_time(start).map_or(String::new(), |s| human_duration(end - s)))
+            }));
+        }
+        "RoleBinding" | "ClusterRoleBinding" => {
+            cols.push(Col("Role", 0, "", |o, _| {
+                json!(format!(
+                    "{}/{}",
+                    o["roleRef"]["kind"].as_str().unwrap_or(""),
+                    o["roleRef"]["name"].as_str().unwrap_or("")
+                ))
+            }));
+        }
+        "Role" | "ClusterRole" => {
+            cols.push(created);
+            return cols;
+        }
+        _ => {
+            cols.push(created);
+            return cols;
+        }
     }
+    cols.push(age);
     cols
+}
+
+fn parse_time(t: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
+}
+
+fn since(t: &str, now: i64) -> String {
+    parse_time(t).map_or_else(|| "<unknown>".into(), |t| human_duration(now - t))
 }
 
 /// What each row carries (`includeObject`): nothing, the object's metadata (the default), or
@@ -200,15 +478,15 @@ pub fn table(
     let cols = columns(resource.kind);
     let definitions: Vec<Value> = cols
         .iter()
-        .map(|(name, format, _)| {
+        .map(|Col(name, priority, format, _)| {
             let kind = if *format == "date" { "date" } else { "string" };
-            json!({"name": name, "type": kind, "format": format, "description": "", "priority": 0})
+            json!({"name": name, "type": kind, "format": format, "description": "", "priority": priority})
         })
         .collect();
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
-            let mut row = json!({"cells": cols.iter().map(|(_, _, cell)| cell(o, now)).collect::<Vec<_>>()});
+            let mut row = json!({"cells": cols.iter().map(|Col(_, _, _, cell)| cell(o, now)).collect::<Vec<_>>()});
             match include {
                 Include::None => {}
                 Include::Metadata => {

@@ -153,6 +153,8 @@ pub async fn serve(
                 }
             },
         };
+        // Small HTTP/2 frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+        let _ = tcp.set_nodelay(true);
         let (tls, api) = (tls.clone(), api.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
