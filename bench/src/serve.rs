@@ -242,11 +242,18 @@ async fn phase(
         let method = method.to_string();
         handles.push(tokio::spawn(async move {
             let t = Instant::now();
-            let ok = matches!(
-                client.request(&method, &path, body).await,
-                Ok((200..=299, _))
-            );
+            let result = client.request(&method, &path, body).await;
             let d = t.elapsed();
+            let ok = matches!(result, Ok((200..=299, _)));
+            if !ok {
+                let shown = match &result {
+                    Ok((code, body)) => {
+                        format!("{code} {}", body.chars().take(200).collect::<String>())
+                    }
+                    Err(e) => e.to_string(),
+                };
+                eprintln!("non-2xx: {method} {path}: {shown}");
+            }
             let mut l = lat.lock().await;
             l.all.push(d);
             l.by_op.entry(op).or_default().push(d);
