@@ -3,6 +3,7 @@
 //! on write, and the discovery documents. No I/O: the server crate drives it.
 #![forbid(unsafe_code)]
 
+pub mod convert;
 pub mod discovery;
 pub mod object;
 pub mod openapi;

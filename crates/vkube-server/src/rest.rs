@@ -10,7 +10,7 @@ use http::Response;
 use serde_json::{Value, json};
 use vkube_api::object::{self, set_resource_version};
 use vkube_api::selector::{self, FieldSelector, LabelSelector};
-use vkube_api::{Resource, Status, registry, table};
+use vkube_api::{Resource, Status, convert, registry, table};
 use vkube_store::{KeyValue, ListOptions, Revision, StoreError};
 
 use crate::request::RequestInfo;
@@ -70,6 +70,19 @@ impl Ctx<'_> {
 
     fn not_found(&self, name: &str) -> Status {
         Status::not_found(self.resource.plural, self.resource.group, name)
+    }
+
+    /// An object read from the store, in the version the request addresses.
+    fn load(&self, kv: &KeyValue) -> Result<Value, Status> {
+        convert::convert(decode(kv)?, &self.resource.api_version())
+    }
+
+    /// The bytes to store for an object, in its storage version.
+    fn store_bytes(&self, obj: &Value) -> Result<Vec<u8>, Status> {
+        Ok(encode(&convert::convert(
+            obj.clone(),
+            &convert::storage_version(self.resource),
+        )?))
     }
 
     fn include(&self) -> table::Include {
@@ -208,7 +221,7 @@ async fn scale(ctx: &Ctx<'_>, body: &Bytes, content_type: &str) -> Result<Respon
             .await
             .map_err(store_status)?
             .ok_or_else(|| ctx.not_found(&name))?;
-        let old = decode(&cur)?;
+        let old = ctx.load(&cur)?;
         let current = to_scale(&old);
         let wanted = match ctx.info.verb.as_str() {
             "get" => return Ok(response::json(200, &current)),
@@ -260,7 +273,7 @@ async fn scale(ctx: &Ctx<'_>, body: &Bytes, content_type: &str) -> Result<Respon
         match ctx
             .api
             .store
-            .update(&key, encode(&new), cur.mod_revision, None)
+            .update(&key, ctx.store_bytes(&new)?, cur.mod_revision, None)
             .await
         {
             Ok(kv) => {
@@ -289,7 +302,7 @@ async fn get(ctx: &Ctx<'_>) -> Result<Response<Body>, Status> {
         .get(&ctx.key(name), None)
         .await
         .map_err(store_status)?;
-    let obj = decode(&kv.ok_or_else(|| ctx.not_found(name))?)?;
+    let obj = ctx.load(&kv.ok_or_else(|| ctx.not_found(name))?)?;
     Ok(ctx.respond(200, &obj))
 }
 
@@ -373,7 +386,7 @@ async fn select(ctx: &Ctx<'_>) -> Result<(Vec<Value>, Revision, Option<String>),
         revision = Some(page.revision);
         start_after = page.items.last().map(|kv| kv.key.clone());
         for kv in &page.items {
-            let obj = decode(kv)?;
+            let obj = ctx.load(kv)?;
             if selected(&labels, &fields, &obj) {
                 items.push(obj);
             }
@@ -483,7 +496,7 @@ async fn create(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
     match ctx
         .api
         .store
-        .create(&ctx.key(&name), encode(&obj), None)
+        .create(&ctx.key(&name), ctx.store_bytes(&obj)?, None)
         .await
     {
         Ok(kv) => {
@@ -563,7 +576,7 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
             .await
             .map_err(store_status)?
             .ok_or_else(|| ctx.not_found(&name))?;
-        let old = decode(&cur)?;
+        let old = ctx.load(&cur)?;
         let mut obj = match edit {
             Edit::Replace(body) => parse_body(body)?,
             Edit::Patch(body, content_type) => apply_patch(&old, body, content_type)?,
@@ -607,7 +620,7 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
         match ctx
             .api
             .store
-            .update(&key, encode(&new), cur.mod_revision, None)
+            .update(&key, ctx.store_bytes(&new)?, cur.mod_revision, None)
             .await
         {
             Ok(kv) => {
@@ -677,7 +690,7 @@ async fn delete_one(ctx: &Ctx<'_>, name: &str, opts: &DeleteOptions) -> Result<V
             .await
             .map_err(store_status)?
             .ok_or_else(|| ctx.not_found(name))?;
-        let mut obj = decode(&cur)?;
+        let mut obj = ctx.load(&cur)?;
         let precondition = |what: &str, want: &str, have: &str| {
             Status::conflict(
                 ctx.resource.plural,
@@ -719,7 +732,7 @@ async fn delete_one(ctx: &Ctx<'_>, name: &str, opts: &DeleteOptions) -> Result<V
             match ctx
                 .api
                 .store
-                .update(&key, encode(&obj), cur.mod_revision, None)
+                .update(&key, ctx.store_bytes(&obj)?, cur.mod_revision, None)
                 .await
             {
                 Ok(kv) => {

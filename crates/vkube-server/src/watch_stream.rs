@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
-use vkube_api::{Resource, Status, table};
+use vkube_api::{Resource, Status, convert, table};
 use vkube_store::{ListOptions, Revision};
 
 use crate::request::{RequestInfo, is_true};
@@ -102,6 +102,7 @@ pub async fn watch(
                     .items
                     .iter()
                     .filter_map(|kv| decode(kv).ok())
+                    .filter_map(|o| convert::convert(o, &resource.api_version()).ok())
                     .filter(|o| selected(&labels, &fields, o))
                     .collect();
                 (objects, page.revision)
@@ -172,20 +173,19 @@ pub async fn watch(
                 continue;
             }
             last = change.revision;
-            let now = change
-                .object
-                .as_ref()
-                .filter(|o| selected(&labels, &fields, o));
-            let before = change
-                .prev
-                .as_ref()
-                .filter(|o| selected(&labels, &fields, o));
+            // Stored objects, in the version this watch addresses.
+            let version = resource.api_version();
+            let served =
+                |o: &Option<Value>| o.clone().and_then(|o| convert::convert(o, &version).ok());
+            let (object, prev) = (served(&change.object), served(&change.prev));
+            let now = object.as_ref().filter(|o| selected(&labels, &fields, o));
+            let before = prev.as_ref().filter(|o| selected(&labels, &fields, o));
             let event = match (before, now) {
                 (None, Some(o)) => Some(("ADDED", o.clone())),
                 (Some(_), Some(o)) => Some(("MODIFIED", o.clone())),
                 (Some(p), None) => {
                     // Deleted, or no longer selected: either way gone from this watch.
-                    let mut gone = change.object.clone().unwrap_or_else(|| p.clone());
+                    let mut gone = object.clone().unwrap_or_else(|| p.clone());
                     gone["metadata"]["resourceVersion"] = json!(change.revision.to_string());
                     Some(("DELETED", gone))
                 }

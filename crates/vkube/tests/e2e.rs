@@ -808,3 +808,61 @@ fn requests_without_the_admin_certificate_are_unauthorized() {
         );
     }
 }
+
+#[test]
+fn versions_that_share_storage_are_converted() {
+    let server = Server::start();
+    for &k in KUBECTLS {
+        let ns = ns_name(k, "versions");
+        let objects = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\n\
+             apiVersion: v1\nkind: Event\nmetadata:\n  name: started\n  namespace: {ns}\n\
+             involvedObject: {{kind: Pod, name: web-1, namespace: {ns}}}\nreason: Started\nmessage: container started\ntype: Normal\n---\n\
+             apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata:\n  name: web\n  namespace: {ns}\n\
+             spec:\n  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: web}}\n  minReplicas: 1\n  maxReplicas: 4\n  metrics:\n  - type: Resource\n    resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 60}}}}\n"
+        );
+        apply_file(&server, k, &objects, "create");
+        let note = run(
+            &server,
+            k,
+            &[
+                "get",
+                "events.v1.events.k8s.io",
+                "started",
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.note}/{.regarding.name}",
+            ],
+        );
+        assert_eq!(note, "container started/web-1", "{k}");
+        let v1 = run(
+            &server,
+            k,
+            &[
+                "get",
+                "horizontalpodautoscalers.v1.autoscaling",
+                "web",
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.apiVersion}/{.spec.targetCPUUtilizationPercentage}",
+            ],
+        );
+        assert_eq!(v1, "autoscaling/v1/60", "{k}");
+        let v2 = run(
+            &server,
+            k,
+            &[
+                "get",
+                "hpa",
+                "web",
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.apiVersion}/{.spec.metrics[0].resource.target.averageUtilization}",
+            ],
+        );
+        assert_eq!(v2, "autoscaling/v2/60", "{k}");
+    }
+}
