@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod object;
 pub mod openapi;
 pub mod registry;
+pub mod schema;
 pub mod selector;
 pub mod status;
 pub mod table;

@@ -1,7 +1,6 @@
-//! OpenAPI v3 documents. For now they describe operations, not schemas: enough for kubectl to see
-//! that every PATCH endpoint takes `fieldValidation` (so it validates server-side instead of
-//! downloading schemas), not yet enough for `kubectl explain`. Schemas come with the patch/apply
-//! work, which needs them for strategic merge too.
+//! OpenAPI v3 documents: per group-version, the operations (every PATCH takes `fieldValidation`,
+//! so kubectl validates server-side) and the kinds' schemas (so `kubectl explain` works). The
+//! schemas do not carry upstream's patch-strategy extensions yet.
 
 use serde_json::{Value, json};
 
@@ -87,7 +86,7 @@ pub fn v3_group_version(path: &str) -> Option<Value> {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.33.0"},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": crate::schema::group_version(group, version)},
     }))
 }
 

@@ -124,6 +124,7 @@ pub async fn serve(
     let kubeconfig = admin_kubeconfig(&ca, &config)?;
     let tls = tokio_rustls::TlsAcceptor::from(tls::server_config(&ca.cert_pem, &serving)?);
 
+    tokio::task::spawn_blocking(vkube_api::schema::warm);
     let hub = crate::hub::Hub::start(store.clone()).await?;
     let api = Arc::new(Api {
         store: store.clone(),

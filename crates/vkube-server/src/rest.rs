@@ -10,7 +10,7 @@ use http::Response;
 use serde_json::{Value, json};
 use vkube_api::object::{self, set_resource_version};
 use vkube_api::selector::{self, FieldSelector, LabelSelector};
-use vkube_api::{Resource, Status, convert, registry, table};
+use vkube_api::{Resource, Status, convert, registry, schema, table};
 use vkube_store::{KeyValue, ListOptions, Revision, StoreError};
 
 use crate::request::RequestInfo;
@@ -61,6 +61,8 @@ struct Ctx<'a> {
     resource: &'static Resource,
     q: &'a Query,
     accept: &'a str,
+    /// `Warning` headers for the response.
+    warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl Ctx<'_> {
@@ -85,6 +87,38 @@ impl Ctx<'_> {
         )?))
     }
 
+    /// Field validation (`fieldValidation`, default Warn): unknown fields are dropped, and either
+    /// refused (Strict) or reported in `Warning` headers (Warn).
+    fn validate_fields(&self, obj: &mut Value) -> Result<(), Status> {
+        let r = self.resource;
+        let Some(unknown) = schema::prune_unknown(r.group, r.version, r.kind, obj) else {
+            return Ok(());
+        };
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let listed: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
+        match self.q.get("fieldValidation").map(String::as_str) {
+            Some("Strict") => Err(Status::bad_request(format!(
+                "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+                listed.join(", "),
+                kind = r.kind,
+                version = r.version,
+            ))),
+            Some("Ignore") => Ok(()),
+            _ => {
+                self.warnings
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(listed);
+                Ok(())
+            }
+        }
+    }
+
     fn include(&self) -> table::Include {
         table::Include::parse(self.q.get("includeObject").map(String::as_str))
     }
@@ -94,19 +128,30 @@ impl Ctx<'_> {
     }
 
     fn respond(&self, code: u16, obj: &Value) -> Response<Body> {
-        if table::wanted(self.accept) {
+        let mut resp = if table::wanted(self.accept) {
             let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
-            return response::json(
-                code,
-                &table::table(
-                    self.resource,
-                    std::slice::from_ref(obj),
-                    meta,
-                    self.include(),
-                ),
+            let table = table::table(
+                self.resource,
+                std::slice::from_ref(obj),
+                meta,
+                self.include(),
             );
+            response::json(code, &table)
+        } else {
+            response::json(code, obj)
+        };
+        for warning in self
+            .warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let quoted = warning.replace('\\', "\\\\").replace('"', "\\\"");
+            if let Ok(v) = http::HeaderValue::from_str(&format!("299 - \"{quoted}\"")) {
+                resp.headers_mut().append(http::header::WARNING, v);
+            }
         }
-        response::json(code, obj)
+        resp
     }
 }
 
@@ -130,6 +175,7 @@ pub async fn handle(
         resource,
         q,
         accept,
+        warnings: Default::default(),
     };
     let result = if info.subresource.is_empty() {
         if !resource.allows(&info.verb) {
@@ -486,6 +532,7 @@ fn prepare_type(resource: &Resource, obj: &mut Value) {
 async fn create(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
     let mut obj = parse_body(body)?;
     object::check_type(ctx.resource, &mut obj)?;
+    ctx.validate_fields(&mut obj)?;
     object::check_namespace(ctx.resource, &mut obj, &ctx.info.namespace)?;
     let name = object::prepare_create(ctx.resource, &mut obj)?;
     check_namespace_open(ctx, &name).await?;
@@ -582,6 +629,7 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
             Edit::Patch(body, content_type) => apply_patch(&old, body, content_type)?,
         };
         object::check_type(ctx.resource, &mut obj)?;
+        ctx.validate_fields(&mut obj)?;
         object::check_namespace(ctx.resource, &mut obj, &ctx.info.namespace)?;
         let wanted_rv = obj["metadata"]["resourceVersion"]
             .as_str()

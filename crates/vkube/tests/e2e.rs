@@ -866,3 +866,59 @@ fn versions_that_share_storage_are_converted() {
         assert_eq!(v2, "autoscaling/v2/60", "{k}");
     }
 }
+
+#[test]
+fn explain_and_field_validation() {
+    let server = Server::start();
+    // kubectl 1.27 explains from /openapi/v2, which vkube does not serve yet (README).
+    for &k in &["kubectl", "kubectl.1.33"] {
+        let explained = run(&server, k, &["explain", "deployment.spec.replicas"]);
+        assert!(
+            explained.contains("FIELD: replicas <integer>")
+                && explained.contains("Number of desired pods"),
+            "{k}: {explained}"
+        );
+        let ns = ns_name(k, "validation");
+        apply_file(
+            &server,
+            k,
+            &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"),
+            "create",
+        );
+        let bad = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\n  namespace: {ns}\ndata: {{a: b}}\ndatta: {{c: d}}\n"
+        );
+        let file = server.dir.path().join(format!("{ns}-bad.yaml"));
+        std::fs::write(&file, bad).unwrap();
+        let file = file.display().to_string();
+        let strict = server.kubectl(k, &["create", "-f", &file]);
+        assert!(
+            !strict.ok && strict.stderr.contains("ConfigMap in version \"v1\" cannot be handled as a ConfigMap: strict decoding error: unknown field \"datta\""),
+            "{k}: {}",
+            strict.stderr
+        );
+        let warned = server.kubectl(k, &["create", "-f", &file, "--validate=warn"]);
+        assert!(
+            warned.ok && warned.stderr.contains("Warning: unknown field \"datta\""),
+            "{k}: {}",
+            warned.stderr
+        );
+        assert_eq!(
+            run(
+                &server,
+                k,
+                &[
+                    "get",
+                    "cm",
+                    "typo",
+                    "-n",
+                    &ns,
+                    "-o",
+                    "jsonpath={.datta}{.data.a}"
+                ]
+            ),
+            "b",
+            "{k}: unknown fields are dropped"
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! OpenAPI schemas of the built-in kinds, from k8s-openapi's schemars definitions (named as
+//! upstream names them, `io.k8s.api.core.v1.Pod`). They feed `/openapi/v3` (so `kubectl explain`
+//! works) and field validation: `fieldValidation=Strict` rejects unknown fields, `Warn` reports
+//! them, and both `Warn` and `Ignore` drop them, as decoding into upstream's Go types does.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use schemars::generate::SchemaSettings;
+use serde_json::{Map, Value, json};
+
+use crate::registry::RESOURCES;
+
+type Definitions = Map<String, Value>;
+
+/// Every served kind's definitions, one generator run for all (shared definitions once).
+struct Schemas {
+    definitions: Definitions,
+    /// (group, version, kind) → definition name.
+    kinds: HashMap<(&'static str, &'static str, &'static str), String>,
+}
+
+macro_rules! kinds {
+    ($gen:ident, $kinds:ident; $( $group:literal $version:literal $kind:literal => $ty:ty ),* $(,)?) => {
+        $(
+            $gen.subschema_for::<$ty>();
+            $kinds.insert(($group, $version, $kind), <$ty as schemars::JsonSchema>::schema_name().into_owned());
+        )*
+    };
+}
+
+fn build() -> Schemas {
+    use k8s_openapi::api::*;
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    let mut kinds = HashMap::new();
+    kinds!(generator, kinds;
+        "" "v1" "Binding" => core::v1::Binding,
+        "" "v1" "ComponentStatus" => core::v1::ComponentStatus,
+        "" "v1" "ConfigMap" => core::v1::ConfigMap,
+        "" "v1" "Endpoints" => core::v1::Endpoints,
+        "" "v1" "Event" => core::v1::Event,
+        "" "v1" "LimitRange" => core::v1::LimitRange,
+        "" "v1" "Namespace" => core::v1::Namespace,
+        "" "v1" "Node" => core::v1::Node,
+        "" "v1" "PersistentVolumeClaim" => core::v1::PersistentVolumeClaim,
+        "" "v1" "PersistentVolume" => core::v1::PersistentVolume,
+        "" "v1" "Pod" => core::v1::Pod,
+        "" "v1" "PodTemplate" => core::v1::PodTemplate,
+        "" "v1" "ReplicationController" => core::v1::ReplicationController,
+        "" "v1" "ResourceQuota" => core::v1::ResourceQuota,
+        "" "v1" "Secret" => core::v1::Secret,
+        "" "v1" "ServiceAccount" => core::v1::ServiceAccount,
+        "" "v1" "Service" => core::v1::Service,
+        "admissionregistration.k8s.io" "v1" "MutatingWebhookConfiguration" => admissionregistration::v1::MutatingWebhookConfiguration,
+        "admissionregistration.k8s.io" "v1" "ValidatingAdmissionPolicy" => admissionregistration::v1::ValidatingAdmissionPolicy,
+        "admissionregistration.k8s.io" "v1" "ValidatingAdmissionPolicyBinding" => admissionregistration::v1::ValidatingAdmissionPolicyBinding,
+        "admissionregistration.k8s.io" "v1" "ValidatingWebhookConfiguration" => admissionregistration::v1::ValidatingWebhookConfiguration,
+        "apps" "v1" "ControllerRevision" => apps::v1::ControllerRevision,
+        "apps" "v1" "DaemonSet" => apps::v1::DaemonSet,
+        "apps" "v1" "Deployment" => apps::v1::Deployment,
+        "apps" "v1" "ReplicaSet" => apps::v1::ReplicaSet,
+        "apps" "v1" "StatefulSet" => apps::v1::StatefulSet,
+        "autoscaling" "v2" "HorizontalPodAutoscaler" => autoscaling::v2::HorizontalPodAutoscaler,
+        "autoscaling" "v1" "HorizontalPodAutoscaler" => autoscaling::v1::HorizontalPodAutoscaler,
+        "batch" "v1" "CronJob" => batch::v1::CronJob,
+        "batch" "v1" "Job" => batch::v1::Job,
+        "certificates.k8s.io" "v1" "CertificateSigningRequest" => certificates::v1::CertificateSigningRequest,
+        "coordination.k8s.io" "v1" "Lease" => coordination::v1::Lease,
+        "discovery.k8s.io" "v1" "EndpointSlice" => discovery::v1::EndpointSlice,
+        "events.k8s.io" "v1" "Event" => events::v1::Event,
+        "networking.k8s.io" "v1" "IngressClass" => networking::v1::IngressClass,
+        "networking.k8s.io" "v1" "Ingress" => networking::v1::Ingress,
+        "networking.k8s.io" "v1" "IPAddress" => networking::v1::IPAddress,
+        "networking.k8s.io" "v1" "NetworkPolicy" => networking::v1::NetworkPolicy,
+        "networking.k8s.io" "v1" "ServiceCIDR" => networking::v1::ServiceCIDR,
+        "node.k8s.io" "v1" "RuntimeClass" => node::v1::RuntimeClass,
+        "policy" "v1" "PodDisruptionBudget" => policy::v1::PodDisruptionBudget,
+        "rbac.authorization.k8s.io" "v1" "ClusterRoleBinding" => rbac::v1::ClusterRoleBinding,
+        "rbac.authorization.k8s.io" "v1" "ClusterRole" => rbac::v1::ClusterRole,
+        "rbac.authorization.k8s.io" "v1" "RoleBinding" => rbac::v1::RoleBinding,
+        "rbac.authorization.k8s.io" "v1" "Role" => rbac::v1::Role,
+        "scheduling.k8s.io" "v1" "PriorityClass" => scheduling::v1::PriorityClass,
+        "storage.k8s.io" "v1" "CSIDriver" => storage::v1::CSIDriver,
+        "storage.k8s.io" "v1" "CSINode" => storage::v1::CSINode,
+        "storage.k8s.io" "v1" "CSIStorageCapacity" => storage::v1::CSIStorageCapacity,
+        "storage.k8s.io" "v1" "StorageClass" => storage::v1::StorageClass,
+        "storage.k8s.io" "v1" "VolumeAttachment" => storage::v1::VolumeAttachment,
+    );
+    let mut definitions: Definitions = generator.take_definitions(true).into_iter().collect();
+    // kubectl finds a kind's schema by this extension.
+    for ((group, version, kind), name) in &kinds {
+        if let Some(def) = definitions.get_mut(name).and_then(Value::as_object_mut) {
+            def.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([{"group": group, "version": version, "kind": kind}]),
+            );
+        }
+    }
+    Schemas { definitions, kinds }
+}
+
+/// Builds the schemas now (tens of milliseconds) instead of on the first write.
+pub fn warm() {
+    schemas();
+}
+
+fn schemas() -> &'static Schemas {
+    static SCHEMAS: OnceLock<Schemas> = OnceLock::new();
+    SCHEMAS.get_or_init(build)
+}
+
+/// Every definition name reachable from `name`, for a per-group-version document.
+fn closure(name: &str, defs: &Definitions, into: &mut Definitions) {
+    if into.contains_key(name) {
+        return;
+    }
+    let Some(def) = defs.get(name) else { return };
+    into.insert(name.to_string(), def.clone());
+    let mut refs = Vec::new();
+    collect_refs(def, &mut refs);
+    for r in refs {
+        closure(&r, defs, into);
+    }
+}
+
+fn collect_refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(r) = m.get("$ref").and_then(Value::as_str) {
+                if let Some(name) = r.strip_prefix("#/components/schemas/") {
+                    out.push(name.to_string());
+                }
+            }
+            m.values().for_each(|v| collect_refs(v, out));
+        }
+        Value::Array(a) => a.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
+    }
+}
+
+/// The definitions a group-version's document carries: its kinds and what they reference.
+pub fn group_version(group: &str, version: &str) -> Definitions {
+    let s = schemas();
+    let mut out = Map::new();
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
+        if let Some(name) = s.kinds.get(&(r.group, r.version, r.kind)) {
+            closure(name, &s.definitions, &mut out);
+        }
+    }
+    out
+}
+
+fn resolve<'a>(mut schema: &'a Value, defs: &'a Definitions) -> &'a Value {
+    // `$ref`, possibly under `allOf` (schemars wraps a ref that carries a description).
+    for _ in 0..8 {
+        if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+            match r
+                .strip_prefix("#/components/schemas/")
+                .and_then(|n| defs.get(n))
+            {
+                Some(def) => schema = def,
+                None => return schema,
+            }
+        } else if let Some(first) = schema.get("allOf").and_then(|a| a.get(0)) {
+            schema = first;
+        } else {
+            break;
+        }
+    }
+    schema
+}
+
+/// Removes the fields of `obj` its kind's schema does not know, returning their paths
+/// (`spec.template.spec.containers[0].foo`). `None` when vkube has no schema for the kind.
+pub fn prune_unknown(
+    group: &str,
+    version: &str,
+    kind: &str,
+    obj: &mut Value,
+) -> Option<Vec<String>> {
+    let s = schemas();
+    let name = s.kinds.get(&(group, version, kind))?;
+    let mut unknown = Vec::new();
+    prune(&s.definitions[name], &s.definitions, obj, "", &mut unknown);
+    Some(unknown)
+}
+
+fn prune(
+    schema: &Value,
+    defs: &Definitions,
+    value: &mut Value,
+    path: &str,
+    unknown: &mut Vec<String>,
+) {
+    let schema = resolve(schema, defs);
+    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true)) {
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                let keys: Vec<String> = map.keys().cloned().collect();
+                for key in keys {
+                    let child = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    match props.get(&key) {
+                        Some(sub) => {
+                            if let Some(v) = map.get_mut(&key) {
+                                prune(sub, defs, v, &child, unknown);
+                            }
+                        }
+                        None => {
+                            map.remove(&key);
+                            unknown.push(child);
+                        }
+                    }
+                }
+            } else if let Some(sub) = schema.get("additionalProperties").filter(|s| s.is_object()) {
+                for (key, v) in map.iter_mut() {
+                    prune(sub, defs, v, &format!("{path}.{key}"), unknown);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(sub) = schema.get("items") {
+                for (i, v) in items.iter_mut().enumerate() {
+                    prune(sub, defs, v, &format!("{path}[{i}]"), unknown);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_found_and_dropped() {
+        let mut d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": {"a": "b"}, "bogus": 1},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}},
+            "spec": {"containers": [{"name": "c", "image": "i", "imagePullPolicy": "Always", "typo": true}]}}, "extra": {}}});
+        let unknown = prune_unknown("apps", "v1", "Deployment", &mut d).unwrap();
+        assert_eq!(
+            unknown,
+            [
+                "metadata.bogus",
+                "spec.extra",
+                "spec.template.spec.containers[0].typo"
+            ]
+        );
+        assert!(
+            d["spec"]["template"]["spec"]["containers"][0]
+                .get("typo")
+                .is_none()
+        );
+        assert_eq!(d["metadata"]["labels"]["a"], "b");
+    }
+
+    #[test]
+    fn documents_carry_kinds_with_their_gvk() {
+        let defs = group_version("apps", "v1");
+        let deploy = &defs["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(
+            deploy["x-kubernetes-group-version-kind"][0]["kind"],
+            "Deployment"
+        );
+        assert!(defs.contains_key("io.k8s.api.core.v1.PodSpec"));
+        assert!(prune_unknown("example.com", "v1", "Widget", &mut json!({})).is_none());
+    }
+}
