@@ -7,6 +7,7 @@ pub mod convert;
 pub mod discovery;
 pub mod object;
 pub mod openapi;
+pub mod openapi_v2;
 pub mod registry;
 pub mod schema;
 pub mod selector;

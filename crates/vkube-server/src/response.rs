@@ -43,3 +43,7 @@ pub fn text(code: u16, body: impl Into<String>) -> Response<Body> {
     );
     resp
 }
+
+pub fn bytes(body: Vec<u8>) -> Response<Body> {
+    Response::new(full(body))
+}

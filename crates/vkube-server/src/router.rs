@@ -165,6 +165,14 @@ impl Api {
                 }
             }
             "/openapi/v3" => response::json(200, &openapi::v3_index()),
+            "/openapi/v2" => {
+                let mut resp = response::bytes(vkube_api::openapi_v2::document());
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/octet-stream"),
+                );
+                resp
+            }
             p if p.starts_with("/openapi/v3/") => {
                 match openapi::v3_group_version(&p["/openapi/v3/".len()..]) {
                     Some(doc) => response::json(200, &doc),

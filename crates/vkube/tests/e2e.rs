@@ -128,16 +128,6 @@ fn run(server: &Server, binary: &str, args: &[&str]) -> String {
     out.stdout
 }
 
-/// kubectl 1.27 validates `-f` input against /openapi/v2, which it reads only as protobuf; vkube
-/// does not serve that yet (README: known gaps), so 1.27 runs those commands unvalidated.
-fn validate_flag(binary: &str) -> &'static [&'static str] {
-    if binary == "kubectl.1.27" {
-        &["--validate=false"]
-    } else {
-        &[]
-    }
-}
-
 fn apply_file(server: &Server, binary: &str, yaml: &str, verb: &str) -> String {
     let file = server
         .dir
@@ -145,10 +135,7 @@ fn apply_file(server: &Server, binary: &str, yaml: &str, verb: &str) -> String {
         .join(format!("input-{}.yaml", rand_suffix()));
     std::fs::write(&file, yaml).unwrap();
     let file = file.display().to_string();
-    let args: Vec<&str> = [verb, "-f", file.as_str()]
-        .into_iter()
-        .chain(validate_flag(binary).iter().copied())
-        .collect();
+    let args: Vec<&str> = [verb, "-f", file.as_str()].into_iter().collect();
     run(server, binary, &args)
 }
 
@@ -524,10 +511,7 @@ fn apply_file_result(server: &Server, binary: &str, yaml: &str) -> String {
         .join(format!("again-{}.yaml", rand_suffix()));
     std::fs::write(&file, yaml).unwrap();
     let file = file.display().to_string();
-    let args: Vec<&str> = ["create", "-f", file.as_str()]
-        .into_iter()
-        .chain(validate_flag(binary).iter().copied())
-        .collect();
+    let args: Vec<&str> = ["create", "-f", file.as_str()].into_iter().collect();
     let out = server.kubectl(binary, &args);
     assert!(!out.ok, "creating existing objects must fail");
     out.stderr
@@ -762,10 +746,7 @@ fn a_stale_update_gets_upstreams_conflict() {
         let file = server.dir.path().join(format!("stale-{ns}.json"));
         std::fs::write(&file, stale.replace("\"b\": \"2\"", "\"b\": \"3\"")).unwrap();
         let file = file.display().to_string();
-        let args: Vec<&str> = ["replace", "-f", file.as_str()]
-            .into_iter()
-            .chain(validate_flag(k).iter().copied())
-            .collect();
+        let args: Vec<&str> = ["replace", "-f", file.as_str()].into_iter().collect();
         let out = server.kubectl(k, &args);
         assert!(!out.ok, "{k}: a stale replace succeeded");
         assert!(
@@ -870,14 +851,16 @@ fn versions_that_share_storage_are_converted() {
 #[test]
 fn explain_and_field_validation() {
     let server = Server::start();
-    // kubectl 1.27 explains from /openapi/v2, which vkube does not serve yet (README).
-    for &k in &["kubectl", "kubectl.1.33"] {
-        let explained = run(&server, k, &["explain", "deployment.spec.replicas"]);
-        assert!(
-            explained.contains("FIELD: replicas <integer>")
-                && explained.contains("Number of desired pods"),
-            "{k}: {explained}"
-        );
+    for &k in KUBECTLS {
+        // kubectl 1.27 explains from /openapi/v2 definitions, which vkube does not serve yet.
+        if k != "kubectl.1.27" {
+            let explained = run(&server, k, &["explain", "deployment.spec.replicas"]);
+            assert!(
+                explained.contains("FIELD: replicas <integer>")
+                    && explained.contains("Number of desired pods"),
+                "{k}: {explained}"
+            );
+        }
         let ns = ns_name(k, "validation");
         apply_file(
             &server,
