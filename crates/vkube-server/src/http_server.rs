@@ -133,6 +133,7 @@ pub async fn serve(
         serving: AtomicBool::new(true),
     });
     let controllers = crate::controllers::start(api.clone()).await?;
+    let compactor = crate::compactor::start(store.clone(), crate::compactor::INTERVAL);
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -186,6 +187,7 @@ pub async fn serve(
     api.serving.store(false, Ordering::Relaxed);
     drop(listener);
     controllers.abort();
+    compactor.abort();
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! REST handlers over the store, watches fed by one shared store watch, discovery and health.
 #![forbid(unsafe_code)]
 
+mod compactor;
 mod controllers;
 mod http_server;
 mod hub;

@@ -690,10 +690,27 @@ fn get_watch_shows_added_modified_and_deleted() {
                 r#"{"data":{"x":"2"}}"#,
             ],
         );
+        // Leaving the selector reads as DELETED, entering it as ADDED.
+        run(
+            &server,
+            k,
+            &["label", "cm", "w", "-n", &ns, "watched=no", "--overwrite"],
+        );
+        run(
+            &server,
+            k,
+            &["label", "cm", "w", "-n", &ns, "watched=yes", "--overwrite"],
+        );
         run(&server, k, &["delete", "cm", "w", "-n", &ns]);
         let mut seen = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !seen.iter().any(|l: &Vec<String>| l[0] == "DELETED") && Instant::now() < deadline {
+        while seen
+            .iter()
+            .filter(|l: &&Vec<String>| l[0] == "DELETED")
+            .count()
+            < 2
+            && Instant::now() < deadline
+        {
             if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
                 seen.push(line.split_whitespace().map(str::to_string).collect());
             }
@@ -711,6 +728,8 @@ fn get_watch_shows_added_modified_and_deleted() {
                 vec!["EVENT", "NAME", "DATA"],
                 vec!["ADDED", "w", "1"],
                 vec!["MODIFIED", "w", "2"],
+                vec!["DELETED", "w", "2"],
+                vec!["ADDED", "w", "2"],
                 vec!["DELETED", "w", "2"]
             ],
             "{k}"
@@ -902,6 +921,75 @@ fn explain_and_field_validation() {
             ),
             "b",
             "{k}: unknown fields are dropped"
+        );
+    }
+}
+
+#[test]
+fn pages_and_body_limits() {
+    let server = Server::start();
+    for &k in KUBECTLS {
+        let ns = ns_name(k, "pages");
+        let mut yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n");
+        for i in 0..5 {
+            yaml.push_str(&format!("---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: s{i}\n  namespace: {ns}\nstringData: {{k: v}}\n"));
+        }
+        apply_file(&server, k, &yaml, "create");
+        // kubectl pages with limit/continue; a small chunk size makes it follow the token.
+        let names = run(
+            &server,
+            k,
+            &["get", "secrets", "-n", &ns, "--chunk-size=2", "-o", "name"],
+        );
+        assert_eq!(names.lines().count(), 5, "{k}: {names}");
+        let page: serde_json::Value = serde_json::from_str(&run(
+            &server,
+            k,
+            &[
+                "get",
+                "--raw",
+                &format!("/api/v1/namespaces/{ns}/secrets?limit=2"),
+            ],
+        ))
+        .unwrap();
+        let token = page["metadata"]["continue"]
+            .as_str()
+            .expect("a continue token")
+            .to_string();
+        assert_eq!(page["items"].as_array().unwrap().len(), 2, "{k}");
+        let rest: serde_json::Value = serde_json::from_str(&run(
+            &server,
+            k,
+            &[
+                "get",
+                "--raw",
+                &format!("/api/v1/namespaces/{ns}/secrets?limit=10&continue={token}"),
+            ],
+        ))
+        .unwrap();
+        let rest_names: Vec<_> = rest["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(rest_names, ["s2", "s3", "s4"], "{k}");
+        assert!(rest["metadata"].get("continue").is_none(), "{k}");
+        // Bodies over 3 MiB get 413.
+        let big = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: big\n  namespace: {ns}\ndata:\n  blob: {}\n",
+            "x".repeat(3 * 1024 * 1024 + 10)
+        );
+        let file = server.dir.path().join(format!("{ns}-big.yaml"));
+        std::fs::write(&file, big).unwrap();
+        let out = server.kubectl(k, &["create", "-f", &file.display().to_string()]);
+        assert!(
+            !out.ok
+                && out
+                    .stderr
+                    .contains("Request entity too large: limit is 3145728"),
+            "{k}: {}",
+            out.stderr
         );
     }
 }
