@@ -5,6 +5,7 @@
 
 pub mod convert;
 pub mod discovery;
+pub mod duplicates;
 pub mod object;
 pub mod openapi;
 pub mod openapi_v2;

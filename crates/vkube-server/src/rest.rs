@@ -89,18 +89,24 @@ impl Ctx<'_> {
 
     /// Field validation (`fieldValidation`, default Warn): unknown fields are dropped, and either
     /// refused (Strict) or reported in `Warning` headers (Warn).
-    fn validate_fields(&self, obj: &mut Value) -> Result<(), Status> {
+    fn validate_fields(&self, obj: &mut Value, body: Option<&[u8]>) -> Result<(), Status> {
         let r = self.resource;
-        let Some(unknown) = schema::prune_unknown(r.group, r.version, r.kind, obj) else {
-            return Ok(());
-        };
-        if unknown.is_empty() {
-            return Ok(());
-        }
+        let unknown = schema::prune_unknown(r.group, r.version, r.kind, obj).unwrap_or_default();
+        let duplicates = body
+            .map(vkube_api::duplicates::duplicate_fields)
+            .unwrap_or_default();
         let listed: Vec<String> = unknown
             .iter()
             .map(|f| format!("unknown field \"{f}\""))
+            .chain(
+                duplicates
+                    .iter()
+                    .map(|f| format!("duplicate field \"{f}\"")),
+            )
             .collect();
+        if listed.is_empty() {
+            return Ok(());
+        }
         match self.q.get("fieldValidation").map(String::as_str) {
             Some("Strict") => Err(Status::bad_request(format!(
                 "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
@@ -532,7 +538,7 @@ fn prepare_type(resource: &Resource, obj: &mut Value) {
 async fn create(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
     let mut obj = parse_body(body)?;
     object::check_type(ctx.resource, &mut obj)?;
-    ctx.validate_fields(&mut obj)?;
+    ctx.validate_fields(&mut obj, Some(body))?;
     object::check_namespace(ctx.resource, &mut obj, &ctx.info.namespace)?;
     let name = object::prepare_create(ctx.resource, &mut obj)?;
     check_namespace_open(ctx, &name).await?;
@@ -629,7 +635,11 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
             Edit::Patch(body, content_type) => apply_patch(&old, body, content_type)?,
         };
         object::check_type(ctx.resource, &mut obj)?;
-        ctx.validate_fields(&mut obj)?;
+        let raw = match edit {
+            Edit::Replace(body) => Some(&body[..]),
+            Edit::Patch(..) => None,
+        };
+        ctx.validate_fields(&mut obj, raw)?;
         object::check_namespace(ctx.resource, &mut obj, &ctx.info.namespace)?;
         let wanted_rv = obj["metadata"]["resourceVersion"]
             .as_str()

@@ -905,6 +905,27 @@ fn explain_and_field_validation() {
             "{k}: {}",
             warned.stderr
         );
+        let dup = server.dir.path().join(format!("{ns}-dup.json"));
+        std::fs::write(&dup, r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"dup"},"data":{"a":"1","a":"2"}}"#).unwrap();
+        let dup = dup.display().to_string();
+        let strict_dup = server.kubectl(
+            k,
+            &[
+                "create",
+                "--raw",
+                &format!("/api/v1/namespaces/{ns}/configmaps?fieldValidation=Strict"),
+                "-f",
+                &dup,
+            ],
+        );
+        assert!(
+            !strict_dup.ok
+                && strict_dup
+                    .stderr
+                    .contains("strict decoding error: duplicate field \"data.a\""),
+            "{k}: {}",
+            strict_dup.stderr
+        );
         assert_eq!(
             run(
                 &server,
