@@ -99,14 +99,32 @@ fn build() -> Schemas {
     Schemas { definitions, kinds }
 }
 
-/// Builds the schemas now (tens of milliseconds) instead of on the first write.
+/// Builds the validation schemas now (milliseconds) instead of on the first write.
 pub fn warm() {
     schemas();
 }
 
+/// The schemas field validation walks, kept for the life of the process without their
+/// descriptions (most of their size: about 5 MiB of RSS). `/openapi` documents, which need the
+/// descriptions and are rarely asked for (kubectl caches them), are built afresh.
 fn schemas() -> &'static Schemas {
     static SCHEMAS: OnceLock<Schemas> = OnceLock::new();
-    SCHEMAS.get_or_init(build)
+    SCHEMAS.get_or_init(|| {
+        let mut s = build();
+        s.definitions.values_mut().for_each(strip_descriptions);
+        s
+    })
+}
+
+fn strip_descriptions(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.remove("description");
+            m.values_mut().for_each(strip_descriptions);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_descriptions),
+        _ => {}
+    }
 }
 
 /// Every definition name reachable from `name`, for a per-group-version document.
@@ -140,7 +158,7 @@ fn collect_refs(v: &Value, out: &mut Vec<String>) {
 
 /// The definitions a group-version's document carries: its kinds and what they reference.
 pub fn group_version(group: &str, version: &str) -> Definitions {
-    let s = schemas();
+    let s = &build();
     let mut out = Map::new();
     for r in RESOURCES
         .iter()
