@@ -10,6 +10,9 @@ pub const ROW: &str = "revision, key, deleted, create_revision, prev_revision, v
 pub const BUMP_REVISION: &str =
     "UPDATE vkube_meta SET value = value + 1 WHERE name = 'revision' RETURNING value";
 
+/// Sets the revision counter after a group of writes (SQLite's group commit).
+pub const SET_REVISION: &str = "UPDATE vkube_meta SET value = ?1 WHERE name = 'revision'";
+
 pub const META: &str = "SELECT \
     (SELECT value FROM vkube_meta WHERE name = 'revision'), \
     (SELECT value FROM vkube_meta WHERE name = 'compacted')";

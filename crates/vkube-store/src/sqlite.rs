@@ -2,7 +2,8 @@
 //!
 //! SQLite serves one replica (DESIGN.md, rule 1). Several processes may still open one file (tools,
 //! the tests): writers serialize on SQLite's write lock (`BEGIN IMMEDIATE`), so revisions commit in
-//! order. Watchers in this process wake on its own commits at once; commits by other processes are
+//! order. Within a process, concurrent writes are group-committed: one transaction and one fsync
+//! for all the writes queued while the previous commit ran. Watchers in this process wake on its own commits at once; commits by other processes are
 //! noticed through `PRAGMA data_version`, checked every [`CHANGE_CHECK`].
 //!
 //! Durability: a write is acknowledged after its transaction commits. In WAL mode the commit is in
@@ -41,6 +42,8 @@ pub struct SqliteStore {
     path: PathBuf,
     synchronous: Synchronous,
     writer: Mutex<Connection>,
+    /// Writes waiting for the next group commit (see `flush`).
+    queue: Mutex<Vec<Pending>>,
     /// Idle read connections; WAL lets them read while the writer writes.
     readers: Mutex<Vec<Connection>>,
     committed: watch::Sender<Revision>,
@@ -97,6 +100,7 @@ impl SqliteStore {
             path,
             synchronous,
             writer: Mutex::new(writer),
+            queue: Mutex::new(Vec::new()),
             readers: Mutex::new(Vec::new()),
             committed: watch::channel(revision).0,
             me: me.clone(),
@@ -214,7 +218,9 @@ fn spawn_change_detector(store: &Arc<SqliteStore>) -> Result<()> {
 
 #[async_trait]
 impl Append for SqliteStore {
-    /// Runs one write: takes the next revision, plans against the key's newest row, appends.
+    /// Queues the write and flushes the queue; concurrent writes share one transaction and one
+    /// fsync (group commit), each still taking its own revision in queue order. A write is
+    /// answered only after the transaction that holds it has committed.
     async fn append(
         &self,
         key: &str,
@@ -224,44 +230,98 @@ impl Append for SqliteStore {
     ) -> Result<(Row, Option<KeyValue>)> {
         check_key(key)?;
         let me = self.me()?;
-        let key = key.to_string();
-        let expires = log::expiry(ttl);
-        let (row, prev) = tokio::task::spawn_blocking(move || {
-            let mut conn = me.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
-            let revision: Revision = tx
-                .query_row(sql::BUMP_REVISION, [], |r| r.get(0))
-                .map_err(db_err)?;
-            let latest = latest(&tx, &key, revision)?;
-            let (row, prev) = log::plan(&key, op, latest, value)?;
-            let row = row.at(revision);
-            tx.execute(
-                sql::INSERT,
-                params![
-                    row.revision,
-                    row.key,
-                    row.deleted,
-                    row.create_revision,
-                    row.prev_revision,
-                    row.version,
-                    row.value,
-                    expires
-                ],
-            )
-            .map_err(db_err)?;
-            tx.commit().map_err(db_err)?;
-            Ok::<_, StoreError>((row, prev))
-        })
-        .await
-        .map_err(|e| StoreError::backend(BACKEND, e))??;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Pending {
+            key: key.to_string(),
+            op,
+            value,
+            expires: log::expiry(ttl),
+            reply,
+        };
+        me.queue.lock().unwrap_or_else(|e| e.into_inner()).push(job);
+        tokio::task::spawn_blocking(move || me.flush())
+            .await
+            .map_err(|e| StoreError::backend(BACKEND, e))?;
+        let (row, prev) = answer
+            .await
+            .map_err(|_| StoreError::backend(BACKEND, "the write was dropped"))??;
         self.committed.send_if_modified(|c| {
             let newer = *c < row.revision;
             *c = (*c).max(row.revision);
             newer
         });
         Ok((row, prev))
+    }
+}
+
+/// A write waiting for the next group commit.
+struct Pending {
+    key: String,
+    op: Write,
+    value: Vec<u8>,
+    expires: Option<i64>,
+    reply: tokio::sync::oneshot::Sender<Result<(Row, Option<KeyValue>)>>,
+}
+
+impl SqliteStore {
+    /// Commits every queued write in one transaction. The caller whose write another flush
+    /// already took finds the queue empty and returns.
+    fn flush(&self) {
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
+        if batch.is_empty() {
+            return;
+        }
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut results = Vec::with_capacity(batch.len());
+        let outcome = (|| -> Result<()> {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let mut revision = meta(&tx)?.0;
+            for job in batch {
+                replies.push(job.reply);
+                let latest = latest(&tx, &job.key, Revision::MAX)?;
+                let planned = log::plan(&job.key, job.op, latest, job.value);
+                let Ok((row, prev)) = planned else {
+                    results.push(planned);
+                    continue;
+                };
+                revision += 1;
+                let row = row.at(revision);
+                tx.execute(
+                    sql::INSERT,
+                    params![
+                        row.revision,
+                        row.key,
+                        row.deleted,
+                        row.create_revision,
+                        row.prev_revision,
+                        row.version,
+                        row.value,
+                        job.expires
+                    ],
+                )
+                .map_err(db_err)?;
+                results.push(Ok((row, prev)));
+            }
+            tx.execute(sql::SET_REVISION, [revision]).map_err(db_err)?;
+            tx.commit().map_err(db_err)
+        })();
+        match outcome {
+            Ok(()) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            // Nothing of the batch committed: every write in it fails alike.
+            Err(err) => {
+                let message = err.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::backend(BACKEND, &message)));
+                }
+            }
+        }
     }
 }
 
