@@ -1,9 +1,9 @@
 //! The log model shared by the memory, SQLite and PostgreSQL backends (kine's design, simplified).
 //!
 //! Every write appends one row whose primary key is its revision. A key's state at revision R is its
-//! newest row at or below R; a delete appends a tombstone row. Writers take the next revision from a
-//! counter *inside* their transaction and hold it until commit, so revisions commit in order, and a
-//! rolled-back write gives its revision back. A reader that sees revision N committed therefore sees
+//! newest row at or below R; a delete appends a tombstone row. Writers take the next revisions from
+//! a counter they lock *inside* their transaction until commit, so revisions commit in order, and a
+//! rolled-back write gives its revisions back. A reader that sees revision N committed therefore sees
 //! every revision below N: no gaps to detect or fill (see `postgres.rs` for why that holds there).
 //!
 //! Compaction at R deletes tombstones at or below R and rows superseded at or below R. A row still

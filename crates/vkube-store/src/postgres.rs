@@ -53,6 +53,9 @@ CREATE INDEX IF NOT EXISTS vkube_log_expires ON vkube_log (expires_at) WHERE exp
 
 pub struct PostgresStore {
     pool: Pool,
+    /// Writes waiting for the next group commit, and the lock one flush holds at a time.
+    queue: std::sync::Mutex<Vec<Pending>>,
+    flushing: tokio::sync::Mutex<()>,
     committed: watch::Sender<Revision>,
     me: Weak<PostgresStore>,
     tasks: Tasks,
@@ -88,6 +91,8 @@ impl PostgresStore {
         drop(client);
         let store = Arc::new_cyclic(|me| PostgresStore {
             pool,
+            queue: Default::default(),
+            flushing: Default::default(),
             committed: watch::channel(revision).0,
             me: me.clone(),
             tasks: Tasks::default(),
@@ -242,6 +247,9 @@ type Params = Vec<Box<dyn ToSql + Sync + Send>>;
 
 #[async_trait]
 impl Append for PostgresStore {
+    /// Queues the write and flushes the queue (group commit, as for SQLite): one transaction
+    /// and four round trips for all writes queued while the previous flush ran, each write with
+    /// its own revision in queue order.
     async fn append(
         &self,
         key: &str,
@@ -250,18 +258,85 @@ impl Append for PostgresStore {
         ttl: Option<Duration>,
     ) -> Result<(Row, Option<KeyValue>)> {
         check_key(key)?;
-        let expires = log::expiry(ttl);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Pending {
+            key: key.to_string(),
+            op,
+            value,
+            expires: log::expiry(ttl),
+            reply,
+        };
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(job);
+        {
+            let _flushing = self.flushing.lock().await;
+            let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
+            if !batch.is_empty() {
+                self.flush(batch).await;
+            }
+        }
+        let (row, prev) = answer
+            .await
+            .map_err(|_| StoreError::backend(BACKEND, "the write was dropped"))??;
+        self.saw(row.revision);
+        Ok((row, prev))
+    }
+}
+
+/// A write waiting for the next group commit.
+struct Pending {
+    key: String,
+    op: Write,
+    value: Vec<u8>,
+    expires: Option<i64>,
+    reply: tokio::sync::oneshot::Sender<Result<(Row, Option<KeyValue>)>>,
+}
+
+const LOCK_REVISION: &str = "SELECT value FROM vkube_meta WHERE name = 'revision' FOR UPDATE";
+const LATEST_OF_KEYS: &str = "SELECT DISTINCT ON (key) revision, key, deleted, create_revision, prev_revision, version, value \
+    FROM vkube_log WHERE key = ANY($1) ORDER BY key, revision DESC";
+const INSERT_ROWS: &str = "INSERT INTO vkube_log \
+    (revision, key, deleted, create_revision, prev_revision, version, value, expires_at) \
+    SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bytea[], $8::bigint[])";
+
+impl PostgresStore {
+    async fn flush(&self, batch: Vec<Pending>) {
+        let (jobs, replies): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|p| ((p.key, p.op, p.value, p.expires), p.reply))
+            .unzip();
+        match self.commit_batch(jobs).await {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            // Nothing of the batch committed: every write in it fails alike.
+            Err(err) => {
+                let message = err.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::backend(BACKEND, &message)));
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn commit_batch(
+        &self,
+        jobs: Vec<(String, Write, Vec<u8>, Option<i64>)>,
+    ) -> Result<Vec<Result<(Row, Option<KeyValue>)>>> {
         let mut client = self.client().await?;
-        let bump = client
-            .prepare_cached(sql::BUMP_REVISION)
-            .await
-            .map_err(db_err)?;
+        let lock = client.prepare_cached(LOCK_REVISION).await.map_err(db_err)?;
         let latest_stmt = client
-            .prepare_cached(&sql::pg(sql::LATEST))
+            .prepare_cached(LATEST_OF_KEYS)
             .await
             .map_err(db_err)?;
-        let insert = client
-            .prepare_cached(&sql::pg(sql::INSERT))
+        let insert = client.prepare_cached(INSERT_ROWS).await.map_err(db_err)?;
+        let set = client
+            .prepare_cached(&sql::pg(sql::SET_REVISION))
             .await
             .map_err(db_err)?;
         let notify = client
@@ -269,41 +344,61 @@ impl Append for PostgresStore {
             .await
             .map_err(db_err)?;
         let tx = client.transaction().await.map_err(db_err)?;
-        // Pipelined: the read runs after the increment has taken the lock, in a snapshot of its
-        // own (READ COMMITTED), so it sees every earlier writer's commit. Each round trip saved
-        // here is time the lock is held.
-        let newest = Revision::MAX;
-        let latest_params: [&(dyn ToSql + Sync); 2] = [&key, &newest];
-        let (bumped, latest) = tokio::try_join!(
-            tx.query_one(&bump, &[]),
-            tx.query_opt(&latest_stmt, &latest_params),
+        // The latest rows are read after the lock is held, in a snapshot of their own (READ
+        // COMMITTED): every earlier writer's commit is visible.
+        let keys: Vec<&str> = jobs.iter().map(|(k, ..)| k.as_str()).collect();
+        let latest_params: [&(dyn ToSql + Sync); 1] = [&keys];
+        let (locked, rows) = tokio::try_join!(
+            tx.query_one(&lock, &[]),
+            tx.query(&latest_stmt, &latest_params)
         )
         .map_err(db_err)?;
-        let revision: Revision = bumped.try_get(0).map_err(db_err)?;
-        let latest = latest.map(|r| pg_row(&r, 0)).transpose()?;
-        let (row, prev) = log::plan(key, op, latest, value)?;
-        let row = row.at(revision);
-        let deleted = i32::from(row.deleted);
-        let notified = revision.to_string();
+        let mut revision: Revision = locked.try_get(0).map_err(db_err)?;
+        let mut latest: std::collections::HashMap<String, Row> = std::collections::HashMap::new();
+        for r in &rows {
+            let row = pg_row(r, 0)?;
+            latest.insert(row.key.clone(), row);
+        }
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut written: Vec<(Row, Option<i64>)> = Vec::new();
+        for (key, op, value, expires) in jobs {
+            match log::plan(&key, op, latest.get(&key).cloned(), value) {
+                Ok((row, prev)) => {
+                    revision += 1;
+                    let row = row.at(revision);
+                    latest.insert(key, row.clone());
+                    written.push((row.clone(), expires));
+                    results.push(Ok((row, prev)));
+                }
+                Err(err) => results.push(Err(err)),
+            }
+        }
+        if written.is_empty() {
+            tx.rollback().await.map_err(db_err)?;
+            return Ok(results);
+        }
+        let revisions: Vec<i64> = written.iter().map(|(r, _)| r.revision).collect();
+        let keys: Vec<&str> = written.iter().map(|(r, _)| r.key.as_str()).collect();
+        let deleted: Vec<i32> = written.iter().map(|(r, _)| i32::from(r.deleted)).collect();
+        let creates: Vec<i64> = written.iter().map(|(r, _)| r.create_revision).collect();
+        let prevs: Vec<i64> = written.iter().map(|(r, _)| r.prev_revision).collect();
+        let versions: Vec<i64> = written.iter().map(|(r, _)| r.version).collect();
+        let values: Vec<&[u8]> = written.iter().map(|(r, _)| r.value.as_slice()).collect();
+        let expiries: Vec<Option<i64>> = written.iter().map(|(_, e)| *e).collect();
         let insert_params: [&(dyn ToSql + Sync); 8] = [
-            &row.revision,
-            &row.key,
-            &deleted,
-            &row.create_revision,
-            &row.prev_revision,
-            &row.version,
-            &row.value,
-            &expires,
+            &revisions, &keys, &deleted, &creates, &prevs, &versions, &values, &expiries,
         ];
+        let notified = revision.to_string();
         let notify_params: [&(dyn ToSql + Sync); 2] = [&CHANNEL, &notified];
+        let set_params: [&(dyn ToSql + Sync); 1] = [&revision];
         tokio::try_join!(
             tx.execute(&insert, &insert_params),
+            tx.execute(&set, &set_params),
             tx.execute(&notify, &notify_params),
         )
         .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
-        self.saw(revision);
-        Ok((row, prev))
+        Ok(results)
     }
 }
 

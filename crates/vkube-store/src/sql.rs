@@ -7,9 +7,6 @@ use crate::kv::{KeyValue, ListResult, Revision, prefix_end};
 
 pub const ROW: &str = "revision, key, deleted, create_revision, prev_revision, version, value";
 
-pub const BUMP_REVISION: &str =
-    "UPDATE vkube_meta SET value = value + 1 WHERE name = 'revision' RETURNING value";
-
 /// Sets the revision counter after a group of writes (SQLite's group commit).
 pub const SET_REVISION: &str = "UPDATE vkube_meta SET value = ?1 WHERE name = 'revision'";
 
