@@ -53,9 +53,9 @@ CREATE INDEX IF NOT EXISTS vkube_log_expires ON vkube_log (expires_at) WHERE exp
 
 pub struct PostgresStore {
     pool: Pool,
-    /// Writes waiting for the next group commit, and the lock one flush holds at a time.
+    /// Writes waiting for the next group commit, and the flusher's wake-up.
     queue: std::sync::Mutex<Vec<Pending>>,
-    flushing: tokio::sync::Mutex<()>,
+    queued: Arc<tokio::sync::Notify>,
     committed: watch::Sender<Revision>,
     me: Weak<PostgresStore>,
     tasks: Tasks,
@@ -92,7 +92,7 @@ impl PostgresStore {
         let store = Arc::new_cyclic(|me| PostgresStore {
             pool,
             queue: Default::default(),
-            flushing: Default::default(),
+            queued: Default::default(),
             committed: watch::channel(revision).0,
             me: me.clone(),
             tasks: Tasks::default(),
@@ -104,6 +104,8 @@ impl PostgresStore {
         store
             .tasks
             .add(log::spawn_ttl_sweeper(Arc::downgrade(&store)));
+        let flusher = run_flusher(Arc::downgrade(&store), store.queued.clone());
+        store.tasks.add(tokio::spawn(flusher).abort_handle());
         Ok(store)
     }
 
@@ -270,18 +272,30 @@ impl Append for PostgresStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(job);
-        {
-            let _flushing = self.flushing.lock().await;
-            let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
-            if !batch.is_empty() {
-                self.flush(batch).await;
-            }
-        }
+        self.queued.notify_one();
         let (row, prev) = answer
             .await
             .map_err(|_| StoreError::backend(BACKEND, "the write was dropped"))??;
         self.saw(row.revision);
         Ok((row, prev))
+    }
+}
+
+/// The one flusher of this process: whatever queued while a batch committed forms the next batch.
+/// (Flushing from the writers' own tasks hands the lock over faster than completed writers queue
+/// again, so batches stay at one write.)
+async fn run_flusher(store: Weak<PostgresStore>, queued: Arc<tokio::sync::Notify>) {
+    loop {
+        // Registered before the queue is read, so a write queued in between still wakes us.
+        let wake = queued.notified();
+        let Some(me) = store.upgrade() else { return };
+        let batch = std::mem::take(&mut *me.queue.lock().unwrap_or_else(|e| e.into_inner()));
+        if batch.is_empty() {
+            drop(me);
+            wake.await;
+            continue;
+        }
+        me.flush(batch).await;
     }
 }
 
@@ -303,6 +317,9 @@ const INSERT_ROWS: &str = "INSERT INTO vkube_log \
 
 impl PostgresStore {
     async fn flush(&self, batch: Vec<Pending>) {
+        if std::env::var_os("VKUBE_DEBUG_BATCH").is_some() {
+            eprintln!("batch {}", batch.len());
+        }
         let (jobs, replies): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .map(|p| ((p.key, p.op, p.value, p.expires), p.reply))
