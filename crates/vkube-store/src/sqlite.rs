@@ -41,9 +41,8 @@ pub enum Synchronous {
 pub struct SqliteStore {
     path: PathBuf,
     synchronous: Synchronous,
-    writer: Mutex<Connection>,
-    /// Writes waiting for the next group commit (see `flush`).
-    queue: Mutex<Vec<Pending>>,
+    /// Writes for the writer thread, which commits whatever queued meanwhile as one group.
+    jobs: std::sync::mpsc::Sender<Pending>,
     /// Idle read connections; WAL lets them read while the writer writes.
     readers: Mutex<Vec<Connection>>,
     committed: watch::Sender<Revision>,
@@ -96,11 +95,11 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::backend(BACKEND, e))??;
+        let jobs = spawn_writer(writer)?;
         let store = Arc::new_cyclic(|me| SqliteStore {
             path,
             synchronous,
-            writer: Mutex::new(writer),
-            queue: Mutex::new(Vec::new()),
+            jobs,
             readers: Mutex::new(Vec::new()),
             committed: watch::channel(revision).0,
             me: me.clone(),
@@ -238,10 +237,7 @@ impl Append for SqliteStore {
             expires: log::expiry(ttl),
             reply,
         };
-        me.queue.lock().unwrap_or_else(|e| e.into_inner()).push(job);
-        tokio::task::spawn_blocking(move || me.flush())
-            .await
-            .map_err(|e| StoreError::backend(BACKEND, e))?;
+        me.jobs.send(job).map_err(|_| StoreError::closed(BACKEND))?;
         let (row, prev) = answer
             .await
             .map_err(|_| StoreError::backend(BACKEND, "the write was dropped"))??;
@@ -263,15 +259,31 @@ struct Pending {
     reply: tokio::sync::oneshot::Sender<Result<(Row, Option<KeyValue>)>>,
 }
 
-impl SqliteStore {
-    /// Commits every queued write in one transaction. The caller whose write another flush
-    /// already took finds the queue empty and returns.
-    fn flush(&self) {
-        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let batch = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
-        if batch.is_empty() {
-            return;
-        }
+/// The writer thread: takes the first queued write and every other one already queued, commits
+/// them as one transaction, answers each, and repeats until the store is dropped.
+fn spawn_writer(mut conn: Connection) -> Result<std::sync::mpsc::Sender<Pending>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Pending>();
+    std::thread::Builder::new()
+        .name("vkube-sqlite-writer".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                while batch.len() < 1024 {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                flush(&mut conn, batch);
+            }
+        })
+        .map_err(|e| StoreError::backend(BACKEND, e))?;
+    Ok(tx)
+}
+
+/// Commits a batch of writes in one transaction.
+fn flush(conn: &mut Connection, batch: Vec<Pending>) {
+    {
         let mut replies = Vec::with_capacity(batch.len());
         let mut results = Vec::with_capacity(batch.len());
         let outcome = (|| -> Result<()> {
@@ -392,7 +404,9 @@ impl Store for SqliteStore {
     async fn compact(&self, revision: Revision) -> Result<()> {
         let me = self.me()?;
         tokio::task::spawn_blocking(move || {
-            let mut conn = me.writer.lock().unwrap_or_else(|e| e.into_inner());
+            // Compaction is rare: a connection of its own, serialized with the writer by
+            // SQLite's write lock.
+            let mut conn = connect(&me.path, me.synchronous)?;
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db_err)?;
