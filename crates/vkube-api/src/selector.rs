@@ -492,6 +492,23 @@ pub fn field_value(object: &Value, field: &str) -> String {
     }
 }
 
+/// A workload's `spec.selector` as a selector string (`a=b,c=d`): Deployments and ReplicaSets
+/// hold a LabelSelector (its `matchLabels` are used), ReplicationControllers and Services a map.
+pub fn spec_selector_string(object: &Value) -> String {
+    let sel = &object["spec"]["selector"];
+    let labels = sel.get("matchLabels").unwrap_or(sel);
+    let mut terms: Vec<String> = labels
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    terms.sort();
+    terms.join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,21 +116,11 @@ fn images(o: &Value, field: &str) -> Value {
 }
 
 fn match_labels(o: &Value) -> Value {
-    let sel = &o["spec"]["selector"];
-    let labels = sel.get("matchLabels").unwrap_or(sel);
-    let mut terms: Vec<String> = labels
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
-                .collect()
-        })
-        .unwrap_or_default();
-    terms.sort();
+    let terms = crate::selector::spec_selector_string(o);
     json!(if terms.is_empty() {
         "<none>".to_string()
     } else {
-        terms.join(",")
+        terms
     })
 }
 
@@ -295,23 +285,7 @@ fn columns(kind: &str) -> Vec<Col> {
             }));
             cols.push(Col("Port(s)", 0, "", |o, _| ports(o)));
             cols.push(age);
-            cols.push(Col("Selector", 1, "", |o, _| {
-                let sel = &o["spec"]["selector"];
-                let mut terms: Vec<String> = sel
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                terms.sort();
-                json!(if terms.is_empty() {
-                    "<none>".to_string()
-                } else {
-                    terms.join(",")
-                })
-            }));
+            cols.push(Col("Selector", 1, "", |o, _| match_labels(o)));
             return cols;
         }
         "Node" => {

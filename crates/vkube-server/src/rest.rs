@@ -236,18 +236,6 @@ async fn subresource(
 
 /// The `autoscaling/v1` Scale view of a workload.
 fn to_scale(obj: &Value) -> Value {
-    let selector = &obj["spec"]["selector"];
-    // Deployments and ReplicaSets hold a LabelSelector; ReplicationControllers a plain map.
-    let labels = selector.get("matchLabels").unwrap_or(selector);
-    let mut terms: Vec<String> = labels
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
-                .collect()
-        })
-        .unwrap_or_default();
-    terms.sort();
     let meta = &obj["metadata"];
     json!({
         "kind": "Scale",
@@ -257,7 +245,7 @@ fn to_scale(obj: &Value) -> Value {
             "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"],
         },
         "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
-        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": terms.join(",")},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector::spec_selector_string(obj)},
     })
 }
 
