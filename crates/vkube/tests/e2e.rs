@@ -32,6 +32,10 @@ fn free_port() -> u16 {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_vkube"))
@@ -42,6 +46,7 @@ impl Server {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -1013,4 +1018,76 @@ fn pages_and_body_limits() {
             out.stderr
         );
     }
+}
+
+/// Two processes on one store share one cluster identity (DESIGN.md rule 5): each one's admin
+/// kubeconfig works against the other, and each sees what the other wrote. (SQLite serves several
+/// processes on one file; production HA will require etcd or PostgreSQL.)
+#[test]
+fn processes_on_one_store_share_the_cluster_identity() {
+    let shared = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", shared.path().join("state.db").display());
+    let a = Server::start_with(&["--store", &store]);
+    let b = Server::start_with(&["--store", &store]);
+    let ca = |s: &Server| std::fs::read_to_string(s.dir.path().join("ca.crt")).unwrap();
+    assert_eq!(
+        ca(&a),
+        ca(&b),
+        "both processes serve with the CA kept in the store"
+    );
+    // b's admin credentials against a's server.
+    let b_to_a = std::fs::read_to_string(b.kubeconfig())
+        .unwrap()
+        .replace(&format!(":{}\n", b.port), &format!(":{}\n", a.port));
+    let cross = b.dir.path().join("b-to-a.kubeconfig");
+    std::fs::write(&cross, b_to_a).unwrap();
+    let out = kubectl_with("kubectl", &cross, &["get", "ns", "default", "-o", "name"]);
+    assert!(
+        out.ok && out.stdout == "namespace/default",
+        "{}",
+        out.stderr
+    );
+    // A write through one process is read through the other.
+    apply_file(
+        &a,
+        "kubectl",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\n  namespace: default\ndata: {k: v}\n",
+        "create",
+    );
+    assert_eq!(
+        run(
+            &b,
+            "kubectl",
+            &["get", "cm", "shared", "-o", "jsonpath={.data.k}"]
+        ),
+        "v"
+    );
+    // And b's watch (fed by the store, across processes) sees a's next write.
+    let out = b.kubectl(
+        "kubectl",
+        &[
+            "get",
+            "cm",
+            "shared",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ],
+    );
+    let rv = out.stdout;
+    run(&a, "kubectl", &["label", "cm", "shared", "seen=yes"]);
+    let watched = run(
+        &b,
+        "kubectl",
+        &[
+            "get",
+            "--raw",
+            &format!(
+                "/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv}&timeoutSeconds=2"
+            ),
+        ],
+    );
+    assert!(
+        watched.contains("\"type\":\"MODIFIED\"") && watched.contains("\"seen\":\"yes\""),
+        "{watched}"
+    );
 }
