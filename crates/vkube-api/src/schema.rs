@@ -171,16 +171,21 @@ pub fn group_version(group: &str, version: &str) -> Definitions {
     out
 }
 
-fn resolve<'a>(mut schema: &'a Value, defs: &'a Definitions) -> &'a Value {
-    // `$ref`, possibly under `allOf` (schemars wraps a ref that carries a description).
+/// The schema a `$ref` (possibly under `allOf`, as schemars wraps a ref that carries a
+/// description) points to, and the Go type name of the definition it came from.
+fn resolve<'a>(mut schema: &'a Value, defs: &'a Definitions) -> (&'a Value, Option<&'a str>) {
+    let mut name = None;
     for _ in 0..8 {
         if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
             match r
                 .strip_prefix("#/components/schemas/")
-                .and_then(|n| defs.get(n))
+                .and_then(|n| defs.get_key_value(n))
             {
-                Some(def) => schema = def,
-                None => return schema,
+                Some((n, def)) => {
+                    name = n.rsplit('.').next();
+                    schema = def;
+                }
+                None => return (schema, name),
             }
         } else if let Some(first) = schema.get("allOf").and_then(|a| a.get(0)) {
             schema = first;
@@ -188,22 +193,85 @@ fn resolve<'a>(mut schema: &'a Value, defs: &'a Definitions) -> &'a Value {
             break;
         }
     }
-    schema
+    (schema, name)
 }
 
-/// Removes the fields of `obj` its kind's schema does not know, returning their paths
-/// (`spec.template.spec.containers[0].foo`). `None` when vkube has no schema for the kind.
-pub fn prune_unknown(
-    group: &str,
-    version: &str,
-    kind: &str,
-    obj: &mut Value,
-) -> Option<Vec<String>> {
+/// What upstream's decoder says of a value of the wrong JSON type, e.g.
+/// `json: cannot unmarshal string into Go struct field DeploymentSpec.spec.replicas of type int32`.
+fn type_error(schema: &Value, value: &Value, owner: &str, path: &str) -> Option<String> {
+    let want = schema.get("type").and_then(Value::as_str)?;
+    let fits = match (want, value) {
+        (_, Value::Null) => true,
+        ("string", Value::String(_))
+        | ("boolean", Value::Bool(_))
+        | ("object", Value::Object(_)) => true,
+        ("array", Value::Array(_)) => true,
+        ("integer", Value::Number(n)) => n.is_i64() || n.is_u64(),
+        ("number", Value::Number(_)) => true,
+        _ => false,
+    };
+    if fits {
+        return None;
+    }
+    let got = match value {
+        Value::String(_) => "string".to_string(),
+        Value::Bool(_) => "bool".to_string(),
+        Value::Number(n) => format!("number {n}"),
+        Value::Array(_) => "array".to_string(),
+        Value::Object(_) => "object".to_string(),
+        Value::Null => "null".to_string(),
+    };
+    let go_type = match (want, schema.get("format").and_then(Value::as_str)) {
+        ("integer", Some(f @ ("int32" | "int64"))) => f,
+        ("integer", _) => "int",
+        ("number", _) => "float64",
+        ("boolean", _) => "bool",
+        ("string", _) => "string",
+        ("array", _) => "slice",
+        _ => "map",
+    };
+    Some(format!(
+        "json: cannot unmarshal {got} into Go struct field {owner}.{path} of type {go_type}"
+    ))
+}
+
+/// What a body holds that its kind's schema does not allow.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Problems {
+    /// Paths of fields the schema does not know (`spec.template.spec.containers[0].foo`); they
+    /// have been removed from the object.
+    pub unknown: Vec<String>,
+    /// Decoder errors for values of the wrong JSON type, in upstream's words.
+    pub wrong_types: Vec<String>,
+}
+
+/// Checks `obj` against its kind's schema, removing unknown fields. `None` when vkube has no
+/// schema for the kind.
+pub fn check(group: &str, version: &str, kind: &str, obj: &mut Value) -> Option<Problems> {
     let s = schemas();
     let name = s.kinds.get(&(group, version, kind))?;
-    let mut unknown = Vec::new();
-    prune(&s.definitions[name], &s.definitions, obj, "", &mut unknown);
-    Some(unknown)
+    let mut found = Findings {
+        unknown: Vec::new(),
+        wrong_types: Vec::new(),
+    };
+    prune(
+        &s.definitions[name],
+        &s.definitions,
+        obj,
+        "",
+        kind,
+        &mut found,
+    );
+    Some(Problems {
+        unknown: found.unknown,
+        wrong_types: found.wrong_types,
+    })
+}
+
+/// Where a walk reports: unknown fields (dropped) and values of the wrong type.
+struct Findings {
+    unknown: Vec<String>,
+    wrong_types: Vec<String>,
 }
 
 fn prune(
@@ -211,12 +279,19 @@ fn prune(
     defs: &Definitions,
     value: &mut Value,
     path: &str,
-    unknown: &mut Vec<String>,
+    owner: &str,
+    found: &mut Findings,
 ) {
-    let schema = resolve(schema, defs);
+    let (schema, name) = resolve(schema, defs);
     if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true)) {
         return;
     }
+    if let Some(err) = type_error(schema, value, owner, path) {
+        found.wrong_types.push(err);
+        return;
+    }
+    // Fields are named after the innermost Go struct that holds them.
+    let owner = name.unwrap_or(owner);
     match value {
         Value::Object(map) => {
             if let Some(props) = schema.get("properties").and_then(Value::as_object) {
@@ -230,25 +305,25 @@ fn prune(
                     match props.get(&key) {
                         Some(sub) => {
                             if let Some(v) = map.get_mut(&key) {
-                                prune(sub, defs, v, &child, unknown);
+                                prune(sub, defs, v, &child, owner, found);
                             }
                         }
                         None => {
                             map.remove(&key);
-                            unknown.push(child);
+                            found.unknown.push(child);
                         }
                     }
                 }
             } else if let Some(sub) = schema.get("additionalProperties").filter(|s| s.is_object()) {
                 for (key, v) in map.iter_mut() {
-                    prune(sub, defs, v, &format!("{path}.{key}"), unknown);
+                    prune(sub, defs, v, &format!("{path}.{key}"), owner, found);
                 }
             }
         }
         Value::Array(items) => {
             if let Some(sub) = schema.get("items") {
                 for (i, v) in items.iter_mut().enumerate() {
-                    prune(sub, defs, v, &format!("{path}[{i}]"), unknown);
+                    prune(sub, defs, v, &format!("{path}[{i}]"), owner, found);
                 }
             }
         }
@@ -261,11 +336,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn values_of_the_wrong_type_are_decoder_errors() {
+        let mut d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+            "spec": {"replicas": "three", "paused": "no", "template": {"spec": {"containers": {"name": "c"}}}}});
+        let problems = check("apps", "v1", "Deployment", &mut d).unwrap();
+        assert_eq!(
+            problems.wrong_types,
+            [
+                "json: cannot unmarshal string into Go struct field DeploymentSpec.spec.paused of type bool",
+                "json: cannot unmarshal string into Go struct field DeploymentSpec.spec.replicas of type int32",
+                "json: cannot unmarshal object into Go struct field PodSpec.spec.template.spec.containers of type slice",
+            ]
+        );
+        let mut ok = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+            "spec": {"ports": [{"port": 80, "targetPort": "http"}]}});
+        assert_eq!(
+            check("", "v1", "Service", &mut ok).unwrap(),
+            Problems::default()
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_found_and_dropped() {
         let mut d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": {"a": "b"}, "bogus": 1},
             "spec": {"replicas": 1, "selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}},
             "spec": {"containers": [{"name": "c", "image": "i", "imagePullPolicy": "Always", "typo": true}]}}, "extra": {}}});
-        let unknown = prune_unknown("apps", "v1", "Deployment", &mut d).unwrap();
+        let unknown = check("apps", "v1", "Deployment", &mut d).unwrap().unknown;
         assert_eq!(
             unknown,
             [
@@ -291,6 +387,6 @@ mod tests {
             "Deployment"
         );
         assert!(defs.contains_key("io.k8s.api.core.v1.PodSpec"));
-        assert!(prune_unknown("example.com", "v1", "Widget", &mut json!({})).is_none());
+        assert!(check("example.com", "v1", "Widget", &mut json!({})).is_none());
     }
 }

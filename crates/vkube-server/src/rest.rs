@@ -91,7 +91,19 @@ impl Ctx<'_> {
     /// refused (Strict) or reported in `Warning` headers (Warn).
     fn validate_fields(&self, obj: &mut Value, body: Option<&[u8]>) -> Result<(), Status> {
         let r = self.resource;
-        let unknown = schema::prune_unknown(r.group, r.version, r.kind, obj).unwrap_or_default();
+        let problems = schema::check(r.group, r.version, r.kind, obj).unwrap_or_default();
+        let cannot = |why: String| {
+            Status::bad_request(format!(
+                "{kind} in version \"{version}\" cannot be handled as a {kind}: {why}",
+                kind = r.kind,
+                version = r.version,
+            ))
+        };
+        // Upstream's decoder stops at the first value of the wrong type, whatever the mode.
+        if let Some(first) = problems.wrong_types.first() {
+            return Err(cannot(first.clone()));
+        }
+        let unknown = problems.unknown;
         let duplicates = body
             .map(vkube_api::duplicates::duplicate_fields)
             .unwrap_or_default();
@@ -108,11 +120,9 @@ impl Ctx<'_> {
             return Ok(());
         }
         match self.q.get("fieldValidation").map(String::as_str) {
-            Some("Strict") => Err(Status::bad_request(format!(
-                "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
-                listed.join(", "),
-                kind = r.kind,
-                version = r.version,
+            Some("Strict") => Err(cannot(format!(
+                "strict decoding error: {}",
+                listed.join(", ")
             ))),
             Some("Ignore") => Ok(()),
             _ => {

@@ -910,6 +910,26 @@ fn explain_and_field_validation() {
             "{k}: {}",
             warned.stderr
         );
+        // A value of the wrong type is a decoding error, in every validation mode.
+        let typo = format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: t\n  namespace: {ns}\nspec:\n  replicas: three\n  selector: {{matchLabels: {{a: b}}}}\n  template:\n    metadata: {{labels: {{a: b}}}}\n    spec:\n      containers: [{{name: c, image: nginx}}]\n"
+        );
+        let typo_file = server.dir.path().join(format!("{ns}-type.yaml"));
+        std::fs::write(&typo_file, typo).unwrap();
+        let wrong = server.kubectl(
+            k,
+            &[
+                "create",
+                "-f",
+                &typo_file.display().to_string(),
+                "--validate=false",
+            ],
+        );
+        assert!(
+            !wrong.ok && wrong.stderr.contains("json: cannot unmarshal string into Go struct field DeploymentSpec.spec.replicas of type int32"),
+            "{k}: {}",
+            wrong.stderr
+        );
         let dup = server.dir.path().join(format!("{ns}-dup.json"));
         std::fs::write(&dup, r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"dup"},"data":{"a":"1","a":"2"}}"#).unwrap();
         let dup = dup.display().to_string();
