@@ -1,0 +1,233 @@
+//! Starting `vkube serve` and running kubectl against it.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `vkube serve`, stopped (SIGKILL) when dropped.
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) port: u16,
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    pub(crate) fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    pub(crate) fn start_with(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_vkube"))
+            .args([
+                "serve",
+                "--data-dir",
+                &dir.path().display().to_string(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start vkube serve");
+        let mut server = Server { child, port, dir };
+        let stdout = server.child.stdout.take().unwrap();
+        let line = BufReader::new(stdout)
+            .lines()
+            .next()
+            .expect("vkube serve printed nothing")
+            .unwrap();
+        assert!(
+            line.contains("admin.kubeconfig"),
+            "unexpected first line: {line}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = server.kubectl("kubectl", &["get", "--raw", "/readyz"]);
+            if out.ok && out.stdout == "ok" {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not ready after 30 s: {}",
+                out.stderr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub(crate) fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("admin.kubeconfig")
+    }
+
+    pub(crate) fn kubectl(&self, binary: &str, args: &[&str]) -> Output {
+        kubectl_with(binary, &self.kubeconfig(), args)
+    }
+}
+
+pub(crate) struct Output {
+    pub(crate) ok: bool,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+pub(crate) fn kubectl_path(binary: &str) -> PathBuf {
+    if binary == "kubectl" {
+        return PathBuf::from("kubectl");
+    }
+    let real = Command::new("sh")
+        .args(["-c", "readlink -f \"$(command -v kubectl)\""])
+        .output()
+        .expect("sh");
+    let real = PathBuf::from(String::from_utf8_lossy(&real.stdout).trim());
+    let path = real.parent().unwrap_or(Path::new("/")).join(binary);
+    assert!(
+        path.exists(),
+        "{binary} is not beside the kubectl on PATH ({}): install it there",
+        real.display()
+    );
+    path
+}
+
+pub(crate) fn kubectl_with(binary: &str, kubeconfig: &Path, args: &[&str]) -> Output {
+    let out = Command::new(kubectl_path(binary))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap_or_else(|e| panic!("running {binary}: {e}; is kubectl on PATH?"));
+    Output {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).trim_end().to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim_end().to_string(),
+    }
+}
+
+pub(crate) const KUBECTLS: &[&str] = &["kubectl", "kubectl.1.27", "kubectl.1.33"];
+
+/// Runs kubectl and returns stdout, failing the test with stderr when it fails.
+pub(crate) fn run(server: &Server, binary: &str, args: &[&str]) -> String {
+    let out = server.kubectl(binary, args);
+    assert!(out.ok, "{binary} {}: {}", args.join(" "), out.stderr);
+    out.stdout
+}
+
+pub(crate) fn apply_file(server: &Server, binary: &str, yaml: &str, verb: &str) -> String {
+    let file = server
+        .dir
+        .path()
+        .join(format!("input-{}.yaml", rand_suffix()));
+    std::fs::write(&file, yaml).unwrap();
+    let file = file.display().to_string();
+    let args: Vec<&str> = [verb, "-f", file.as_str()].into_iter().collect();
+    run(server, binary, &args)
+}
+
+pub(crate) fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+pub(crate) fn ns_name(binary: &str, what: &str) -> String {
+    format!(
+        "{what}-{}",
+        binary.replace('.', "-").replace("kubectl", "k")
+    )
+}
+
+/// cluster-info colours its output.
+pub(crate) fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub(crate) fn lines(s: &str) -> Vec<Vec<String>> {
+    s.lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+pub(crate) const MANIFEST: &str = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: NS
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: app-config
+  namespace: NS
+  labels: {app: web, tier: front}
+data:
+  a: \"1\"
+  b: \"2\"
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: other
+  namespace: NS
+  labels: {app: db}
+data:
+  a: \"x\"
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: NS
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: nginx}]
+";
+
+pub(crate) fn apply_file_result(server: &Server, binary: &str, yaml: &str) -> String {
+    let file = server
+        .dir
+        .path()
+        .join(format!("again-{}.yaml", rand_suffix()));
+    std::fs::write(&file, yaml).unwrap();
+    let file = file.display().to_string();
+    let args: Vec<&str> = ["create", "-f", file.as_str()].into_iter().collect();
+    let out = server.kubectl(binary, &args);
+    assert!(!out.ok, "creating existing objects must fail");
+    out.stderr
+}
