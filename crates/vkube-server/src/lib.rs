@@ -7,10 +7,12 @@ mod controllers;
 mod http_server;
 mod hub;
 pub mod identity;
+mod patch;
 mod request;
 mod response;
 mod rest;
 mod router;
+mod scale;
 mod tls;
 mod watch_stream;
 

@@ -55,10 +55,10 @@ fn name_of(obj: &Value) -> String {
         .to_string()
 }
 
-struct Ctx<'a> {
-    api: &'a Api,
-    info: &'a RequestInfo,
-    resource: &'static Resource,
+pub(crate) struct Ctx<'a> {
+    pub(crate) api: &'a Api,
+    pub(crate) info: &'a RequestInfo,
+    pub(crate) resource: &'static Resource,
     q: &'a Query,
     accept: &'a str,
     /// `Warning` headers for the response.
@@ -66,21 +66,21 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn key(&self, name: &str) -> String {
+    pub(crate) fn key(&self, name: &str) -> String {
         self.resource.key(&self.info.namespace, name)
     }
 
-    fn not_found(&self, name: &str) -> Status {
+    pub(crate) fn not_found(&self, name: &str) -> Status {
         Status::not_found(self.resource.plural, self.resource.group, name)
     }
 
     /// An object read from the store, in the version the request addresses.
-    fn load(&self, kv: &KeyValue) -> Result<Value, Status> {
+    pub(crate) fn load(&self, kv: &KeyValue) -> Result<Value, Status> {
         convert::convert(decode(kv)?, &self.resource.api_version())
     }
 
     /// The bytes to store for an object, in its storage version.
-    fn store_bytes(&self, obj: &Value) -> Result<Vec<u8>, Status> {
+    pub(crate) fn store_bytes(&self, obj: &Value) -> Result<Vec<u8>, Status> {
         Ok(encode(&convert::convert(
             obj.clone(),
             &convert::storage_version(self.resource),
@@ -139,7 +139,7 @@ impl Ctx<'_> {
         table::Include::parse(self.q.get("includeObject").map(String::as_str))
     }
 
-    fn dry_run(&self) -> bool {
+    pub(crate) fn dry_run(&self) -> bool {
         self.q.get("dryRun").is_some_and(|v| v == "All")
     }
 
@@ -229,7 +229,7 @@ async fn subresource(
         )));
     }
     if sub.name == "scale" {
-        return scale(ctx, body, content_type).await;
+        return crate::scale::scale(ctx, body, content_type).await;
     }
     if sub.name != "status" {
         // binding, eviction, token, finalize, approval, ephemeralcontainers and resize come
@@ -241,106 +241,6 @@ async fn subresource(
         "update" => update(ctx, Edit::Replace(body)).await,
         "patch" => update(ctx, Edit::Patch(body, content_type)).await,
         _ => Err(Status::method_not_allowed()),
-    }
-}
-
-/// The `autoscaling/v1` Scale view of a workload.
-fn to_scale(obj: &Value) -> Value {
-    let meta = &obj["metadata"];
-    json!({
-        "kind": "Scale",
-        "apiVersion": "autoscaling/v1",
-        "metadata": {
-            "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
-            "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"],
-        },
-        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
-        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector::spec_selector_string(obj)},
-    })
-}
-
-/// GET, PUT and PATCH of `…/scale`: reads and writes the parent's `spec.replicas`.
-async fn scale(ctx: &Ctx<'_>, body: &Bytes, content_type: &str) -> Result<Response<Body>, Status> {
-    let name = ctx.info.name.clone();
-    let key = ctx.key(&name);
-    loop {
-        let cur = ctx
-            .api
-            .store
-            .get(&key, None)
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| ctx.not_found(&name))?;
-        let old = ctx.load(&cur)?;
-        let current = to_scale(&old);
-        let wanted = match ctx.info.verb.as_str() {
-            "get" => return Ok(response::json(200, &current)),
-            "update" => parse_body(body)?,
-            "patch" => apply_patch(&current, body, content_type)?,
-            _ => return Err(Status::method_not_allowed()),
-        };
-        let wanted_rv = wanted["metadata"]["resourceVersion"]
-            .as_str()
-            .filter(|v| !v.is_empty())
-            .map(str::to_string);
-        if wanted_rv
-            .as_ref()
-            .is_some_and(|rv| *rv != cur.mod_revision.to_string())
-        {
-            return Err(Status::conflict(
-                ctx.resource.plural,
-                ctx.resource.group,
-                &name,
-                Status::MODIFIED,
-            ));
-        }
-        let replicas = match wanted["spec"]["replicas"].as_i64() {
-            Some(r) if r >= 0 => r,
-            other => {
-                let shown =
-                    other.map_or_else(|| wanted["spec"]["replicas"].to_string(), |r| r.to_string());
-                return Err(Status::invalid(
-                    "Scale",
-                    "autoscaling",
-                    &name,
-                    vec![vkube_api::status::Cause {
-                        reason: "FieldValueInvalid".into(),
-                        message: format!(
-                            "Invalid value: {shown}: must be greater than or equal to 0"
-                        ),
-                        field: "spec.replicas".into(),
-                    }],
-                ));
-            }
-        };
-        let mut new = old.clone();
-        new["spec"]["replicas"] = json!(replicas);
-        if new == old || ctx.dry_run() {
-            return Ok(response::json(200, &to_scale(&new)));
-        }
-        new["metadata"]["generation"] =
-            json!(old["metadata"]["generation"].as_i64().unwrap_or(0) + 1);
-        match ctx
-            .api
-            .store
-            .update(&key, ctx.store_bytes(&new)?, cur.mod_revision, None)
-            .await
-        {
-            Ok(kv) => {
-                set_resource_version(&mut new, kv.mod_revision);
-                return Ok(response::json(200, &to_scale(&new)));
-            }
-            Err(StoreError::Conflict { .. }) if wanted_rv.is_none() => continue,
-            Err(StoreError::Conflict { .. }) => {
-                return Err(Status::conflict(
-                    ctx.resource.plural,
-                    ctx.resource.group,
-                    &name,
-                    Status::MODIFIED,
-                ));
-            }
-            Err(err) => return Err(store_status(err)),
-        }
     }
 }
 
@@ -479,7 +379,7 @@ async fn list(ctx: &Ctx<'_>) -> Result<Response<Body>, Status> {
     ))
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, Status> {
+pub(crate) fn parse_body(body: &Bytes) -> Result<Value, Status> {
     serde_json::from_slice(body).map_err(|e| {
         Status::bad_request(format!(
             "the body of the request could not be decoded as JSON: {e}"
@@ -568,51 +468,6 @@ enum Edit<'a> {
     Patch(&'a Bytes, &'a str),
 }
 
-/// The object a patch makes of `old`.
-fn apply_patch(old: &Value, body: &Bytes, content_type: &str) -> Result<Value, Status> {
-    let media = content_type.split(';').next().unwrap_or("").trim();
-    let patch = parse_body(body)?;
-    let mut doc = old.clone();
-    match media {
-        "application/merge-patch+json" => json_patch::merge(&mut doc, &patch),
-        "application/json-patch+json" => {
-            let ops: json_patch::Patch = serde_json::from_value(patch)
-                .map_err(|e| Status::bad_request(format!("the JSON patch is invalid: {e}")))?;
-            json_patch::patch(&mut doc, &ops).map_err(|e| {
-                Status::unprocessable(format!(
-                    "the server rejected our request due to an error in our request: {e}"
-                ))
-            })?;
-        }
-        "application/strategic-merge-patch+json" => {
-            // Without lists or directives a strategic merge patch means what a merge patch means.
-            if has_list_or_directive(&patch) {
-                return Err(Status::unsupported(
-                    "strategic merge patches with lists or $-directives are not supported yet; use a merge patch (kubectl --type=merge) or a JSON patch (--type=json)",
-                ));
-            }
-            json_patch::merge(&mut doc, &patch);
-        }
-        "application/apply-patch+yaml" => {
-            return Err(Status::unsupported(
-                "server-side apply is not supported yet; use client-side kubectl apply",
-            ));
-        }
-        other => return Err(Status::unsupported_media_type(other)),
-    }
-    Ok(doc)
-}
-
-fn has_list_or_directive(v: &Value) -> bool {
-    match v {
-        Value::Array(_) => true,
-        Value::Object(m) => m
-            .iter()
-            .any(|(k, v)| k.starts_with('$') || has_list_or_directive(v)),
-        _ => false,
-    }
-}
-
 /// PUT and PATCH, on the object or its status: compare-and-swap on the stored revision, retried
 /// when the client gave no resourceVersion (an unconditional update).
 async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status> {
@@ -630,7 +485,7 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
         let old = ctx.load(&cur)?;
         let mut obj = match edit {
             Edit::Replace(body) => parse_body(body)?,
-            Edit::Patch(body, content_type) => apply_patch(&old, body, content_type)?,
+            Edit::Patch(body, content_type) => crate::patch::apply(&old, body, content_type)?,
         };
         object::check_type(ctx.resource, &mut obj)?;
         let raw = match edit {
