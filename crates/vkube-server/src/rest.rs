@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use base64::Engine;
 use bytes::Bytes;
 use http::Response;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use vkube_api::object::{self, set_resource_version};
 use vkube_api::selector::{self, FieldSelector, LabelSelector};
@@ -280,8 +281,22 @@ pub fn selected(labels: &LabelSelector, fields: &FieldSelector, obj: &Value) -> 
 }
 
 /// Lists the objects under the request's scope that match its selectors.
+/// Lists the objects under the request's scope that match its selectors.
 async fn select(ctx: &Ctx<'_>) -> Result<(Vec<Value>, Revision, Option<String>), Status> {
     let (labels, fields) = selectors(ctx.resource, ctx.q)?;
+    select_with(ctx, |kv| {
+        let obj = ctx.load(kv)?;
+        Ok(selected(&labels, &fields, &obj).then_some(obj))
+    })
+    .await
+}
+
+/// The list loop: pages through the store at one revision, keeping what `pick` returns, until
+/// `limit` items or the end; a `continue` token when items remain.
+async fn select_with<T>(
+    ctx: &Ctx<'_>,
+    pick: impl Fn(&KeyValue) -> Result<Option<T>, Status>,
+) -> Result<(Vec<T>, Revision, Option<String>), Status> {
     let prefix = ctx.key("");
     let limit = ctx
         .q
@@ -336,9 +351,8 @@ async fn select(ctx: &Ctx<'_>) -> Result<(Vec<Value>, Revision, Option<String>),
         revision = Some(page.revision);
         start_after = page.items.last().map(|kv| kv.key.clone());
         for kv in &page.items {
-            let obj = ctx.load(kv)?;
-            if selected(&labels, &fields, &obj) {
-                items.push(obj);
+            if let Some(item) = pick(kv)? {
+                items.push(item);
             }
         }
         let full = limit.is_some_and(|l| items.len() >= l);
@@ -361,7 +375,67 @@ async fn select(ctx: &Ctx<'_>) -> Result<(Vec<Value>, Revision, Option<String>),
     }
 }
 
+/// A list body whose items are stored bytes with only their metadata re-encoded.
+#[derive(serde::Serialize)]
+struct RawList<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: String,
+    items: Vec<Box<RawValue>>,
+    kind: String,
+    metadata: &'a Value,
+}
+
+/// A stored object as JSON, with its resourceVersion set, without parsing more than its
+/// metadata; `None` when it does not match the label selector.
+fn raw_item(
+    kv: &KeyValue,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+) -> Result<Option<Box<RawValue>>, Status> {
+    let bad = |e: serde_json::Error| Status::internal(format!("decoding {}: {e}", kv.key));
+    let mut top: std::collections::BTreeMap<String, Box<RawValue>> =
+        serde_json::from_slice(&kv.value).map_err(bad)?;
+    let mut meta: Value = match top.get("metadata") {
+        Some(raw) => serde_json::from_str(raw.get()).map_err(bad)?,
+        None => json!({}),
+    };
+    meta["resourceVersion"] = json!(kv.mod_revision.to_string());
+    let shell = json!({"metadata": meta});
+    if !selected(labels, fields, &shell) {
+        return Ok(None);
+    }
+    let meta = RawValue::from_string(shell["metadata"].to_string()).map_err(bad)?;
+    top.insert("metadata".into(), meta);
+    let bytes = serde_json::to_string(&top).map_err(bad)?;
+    Ok(Some(RawValue::from_string(bytes).map_err(bad)?))
+}
+
 async fn list(ctx: &Ctx<'_>) -> Result<Response<Body>, Status> {
+    let (labels, fields) = selectors(ctx.resource, ctx.q)?;
+    let metadata_only = fields.0.iter().all(|(f, ..)| f.starts_with("metadata."));
+    let same_version = convert::storage_version(ctx.resource) == ctx.resource.api_version();
+    if metadata_only && same_version && !table::wanted(ctx.accept) {
+        // The common case (kubectl -o json/yaml, informers): no full decode and re-encode.
+        let (items, revision, token) =
+            select_with(ctx, |kv| raw_item(kv, &labels, &fields)).await?;
+        let mut meta = json!({"resourceVersion": revision.to_string()});
+        if let Some(token) = token {
+            meta["continue"] = json!(token);
+        }
+        let body = RawList {
+            api_version: ctx.resource.api_version(),
+            items,
+            kind: format!("{}List", ctx.resource.kind),
+            metadata: &meta,
+        };
+        let bytes = serde_json::to_vec(&body).map_err(Status::internal)?;
+        let mut resp = response::bytes(bytes);
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        return Ok(resp);
+    }
     let (items, revision, token) = select(ctx).await?;
     let mut meta = json!({"resourceVersion": revision.to_string()});
     if let Some(token) = token {
