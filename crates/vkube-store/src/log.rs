@@ -198,6 +198,59 @@ pub(crate) trait Append: Send + Sync {
     }
 }
 
+/// A write's outcome: the row it appended and the value it replaced.
+pub(crate) type Written = Result<(Row, Option<KeyValue>)>;
+
+/// A write queued for a group commit (SQLite's writer thread, PostgreSQL's flusher task).
+pub(crate) struct Pending {
+    pub key: String,
+    pub op: Write,
+    pub value: Vec<u8>,
+    pub expires: Option<i64>,
+    pub reply: tokio::sync::oneshot::Sender<Written>,
+}
+
+impl Pending {
+    pub fn new(
+        key: &str,
+        op: Write,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> (Pending, tokio::sync::oneshot::Receiver<Written>) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Pending {
+            key: key.to_string(),
+            op,
+            value,
+            expires: expiry(ttl),
+            reply,
+        };
+        (job, answer)
+    }
+}
+
+/// Answers every write of a batch: each with its own result, or all with the same error when
+/// the batch's transaction did not commit (then none of its writes happened).
+pub(crate) fn answer(
+    backend: &'static str,
+    replies: Vec<tokio::sync::oneshot::Sender<Written>>,
+    outcome: Result<Vec<Written>>,
+) {
+    match outcome {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+        Err(err) => {
+            let message = err.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::backend(backend, &message)));
+            }
+        }
+    }
+}
+
 /// Checks a read revision against the store's current and compacted revisions.
 pub(crate) fn check_read_revision(
     requested: Revision,

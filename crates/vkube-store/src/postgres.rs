@@ -25,7 +25,7 @@ use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls};
 use crate::Store;
 use crate::error::{Result, StoreError, check_key};
 use crate::kv::{Event, KeyValue, ListOptions, ListResult, Revision};
-use crate::log::{self, Append, Expiring, Row, Tasks, Write};
+use crate::log::{self, Append, Expiring, Pending, Row, Tasks, Write};
 use crate::sql;
 use crate::watch::{LogSource, Watch, watch_log};
 
@@ -260,14 +260,7 @@ impl Append for PostgresStore {
         ttl: Option<Duration>,
     ) -> Result<(Row, Option<KeyValue>)> {
         check_key(key)?;
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let job = Pending {
-            key: key.to_string(),
-            op,
-            value,
-            expires: log::expiry(ttl),
-            reply,
-        };
+        let (job, answer) = Pending::new(key, op, value, ttl);
         self.queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -299,15 +292,6 @@ async fn run_flusher(store: Weak<PostgresStore>, queued: Arc<tokio::sync::Notify
     }
 }
 
-/// A write waiting for the next group commit.
-struct Pending {
-    key: String,
-    op: Write,
-    value: Vec<u8>,
-    expires: Option<i64>,
-    reply: tokio::sync::oneshot::Sender<Result<(Row, Option<KeyValue>)>>,
-}
-
 const LOCK_REVISION: &str = "SELECT value FROM vkube_meta WHERE name = 'revision' FOR UPDATE";
 const LATEST_OF_KEYS: &str = "SELECT DISTINCT ON (key) revision, key, deleted, create_revision, prev_revision, version, value \
     FROM vkube_log WHERE key = ANY($1) ORDER BY key, revision DESC";
@@ -317,27 +301,11 @@ const INSERT_ROWS: &str = "INSERT INTO vkube_log \
 
 impl PostgresStore {
     async fn flush(&self, batch: Vec<Pending>) {
-        if std::env::var_os("VKUBE_DEBUG_BATCH").is_some() {
-            eprintln!("batch {}", batch.len());
-        }
         let (jobs, replies): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .map(|p| ((p.key, p.op, p.value, p.expires), p.reply))
             .unzip();
-        match self.commit_batch(jobs).await {
-            Ok(results) => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
-            }
-            // Nothing of the batch committed: every write in it fails alike.
-            Err(err) => {
-                let message = err.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::backend(BACKEND, &message)));
-                }
-            }
-        }
+        log::answer(BACKEND, replies, self.commit_batch(jobs).await);
     }
 
     #[allow(clippy::type_complexity)]

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use crate::Store;
 use crate::error::{Result, StoreError, check_key};
 use crate::kv::{Event, KeyValue, ListOptions, ListResult, Revision};
-use crate::log::{self, Append, Expiring, Row, Tasks, Write};
+use crate::log::{self, Append, Expiring, Pending, Row, Tasks, Write};
 use crate::sql;
 use crate::watch::{LogSource, Watch, watch_log};
 
@@ -229,14 +229,7 @@ impl Append for SqliteStore {
     ) -> Result<(Row, Option<KeyValue>)> {
         check_key(key)?;
         let me = self.me()?;
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let job = Pending {
-            key: key.to_string(),
-            op,
-            value,
-            expires: log::expiry(ttl),
-            reply,
-        };
+        let (job, answer) = Pending::new(key, op, value, ttl);
         me.jobs.send(job).map_err(|_| StoreError::closed(BACKEND))?;
         let (row, prev) = answer
             .await
@@ -248,15 +241,6 @@ impl Append for SqliteStore {
         });
         Ok((row, prev))
     }
-}
-
-/// A write waiting for the next group commit.
-struct Pending {
-    key: String,
-    op: Write,
-    value: Vec<u8>,
-    expires: Option<i64>,
-    reply: tokio::sync::oneshot::Sender<Result<(Row, Option<KeyValue>)>>,
 }
 
 /// The writer thread: takes the first queued write and every other one already queued, commits
@@ -283,58 +267,43 @@ fn spawn_writer(mut conn: Connection) -> Result<std::sync::mpsc::Sender<Pending>
 
 /// Commits a batch of writes in one transaction.
 fn flush(conn: &mut Connection, batch: Vec<Pending>) {
-    {
-        let mut replies = Vec::with_capacity(batch.len());
-        let mut results = Vec::with_capacity(batch.len());
-        let outcome = (|| -> Result<()> {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
-            let mut revision = meta(&tx)?.0;
-            for job in batch {
-                replies.push(job.reply);
-                let latest = latest(&tx, &job.key, Revision::MAX)?;
-                let planned = log::plan(&job.key, job.op, latest, job.value);
-                let Ok((row, prev)) = planned else {
-                    results.push(planned);
-                    continue;
-                };
-                revision += 1;
-                let row = row.at(revision);
-                tx.execute(
-                    sql::INSERT,
-                    params![
-                        row.revision,
-                        row.key,
-                        row.deleted,
-                        row.create_revision,
-                        row.prev_revision,
-                        row.version,
-                        row.value,
-                        job.expires
-                    ],
-                )
-                .map_err(db_err)?;
-                results.push(Ok((row, prev)));
-            }
-            tx.execute(sql::SET_REVISION, [revision]).map_err(db_err)?;
-            tx.commit().map_err(db_err)
-        })();
-        match outcome {
-            Ok(()) => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
-            }
-            // Nothing of the batch committed: every write in it fails alike.
-            Err(err) => {
-                let message = err.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::backend(BACKEND, &message)));
-                }
-            }
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut results = Vec::with_capacity(batch.len());
+    let outcome = (|| -> Result<()> {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let mut revision = meta(&tx)?.0;
+        for job in batch {
+            replies.push(job.reply);
+            let latest = latest(&tx, &job.key, Revision::MAX)?;
+            let planned = log::plan(&job.key, job.op, latest, job.value);
+            let Ok((row, prev)) = planned else {
+                results.push(planned);
+                continue;
+            };
+            revision += 1;
+            let row = row.at(revision);
+            tx.execute(
+                sql::INSERT,
+                params![
+                    row.revision,
+                    row.key,
+                    row.deleted,
+                    row.create_revision,
+                    row.prev_revision,
+                    row.version,
+                    row.value,
+                    job.expires
+                ],
+            )
+            .map_err(db_err)?;
+            results.push(Ok((row, prev)));
         }
-    }
+        tx.execute(sql::SET_REVISION, [revision]).map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    })();
+    log::answer(BACKEND, replies, outcome.map(|()| results));
 }
 
 #[async_trait]
