@@ -80,6 +80,20 @@ impl Ctx<'_> {
         convert::convert(decode(kv)?, &self.resource.api_version())
     }
 
+    /// The stored object `name` (404 when absent): its store record, and the object in the
+    /// version the request addresses. Every read-modify-write loop starts here.
+    pub(crate) async fn current(&self, name: &str) -> Result<(KeyValue, Value), Status> {
+        let kv = self
+            .api
+            .store
+            .get(&self.key(name), None)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| self.not_found(name))?;
+        let obj = self.load(&kv)?;
+        Ok((kv, obj))
+    }
+
     /// The bytes to store for an object, in its storage version.
     pub(crate) fn store_bytes(&self, obj: &Value) -> Result<Vec<u8>, Status> {
         Ok(encode(&convert::convert(
@@ -549,14 +563,7 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
     let key = ctx.key(&name);
     let status_only = ctx.info.subresource == "status";
     loop {
-        let cur = ctx
-            .api
-            .store
-            .get(&key, None)
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| ctx.not_found(&name))?;
-        let old = ctx.load(&cur)?;
+        let (cur, old) = ctx.current(&name).await?;
         let mut obj = match edit {
             Edit::Replace(body) => parse_body(body)?,
             Edit::Patch(body, content_type) => crate::patch::apply(&old, body, content_type)?,
@@ -668,14 +675,7 @@ fn delete_options(body: &Bytes, q: &Query) -> Result<DeleteOptions, Status> {
 async fn delete_one(ctx: &Ctx<'_>, name: &str, opts: &DeleteOptions) -> Result<Value, Status> {
     let key = ctx.key(name);
     loop {
-        let cur = ctx
-            .api
-            .store
-            .get(&key, None)
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| ctx.not_found(name))?;
-        let mut obj = ctx.load(&cur)?;
+        let (cur, mut obj) = ctx.current(name).await?;
         let precondition = |what: &str, want: &str, have: &str| {
             Status::conflict(
                 ctx.resource.plural,

@@ -35,14 +35,7 @@ pub(crate) async fn scale(
     let name = ctx.info.name.clone();
     let key = ctx.key(&name);
     loop {
-        let cur = ctx
-            .api
-            .store
-            .get(&key, None)
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| ctx.not_found(&name))?;
-        let old = ctx.load(&cur)?;
+        let (cur, old) = ctx.current(&name).await?;
         let current = to_scale(&old);
         let wanted = match ctx.info.verb.as_str() {
             "get" => return Ok(response::json(200, &current)),
