@@ -4,11 +4,13 @@
 #![forbid(unsafe_code)]
 
 pub mod convert;
+pub mod defaults;
 pub mod discovery;
 pub mod duplicates;
 pub mod object;
 pub mod openapi;
 pub mod openapi_v2;
+pub mod protobuf;
 pub mod registry;
 pub mod schema;
 pub mod selector;

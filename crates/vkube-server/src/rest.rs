@@ -511,7 +511,27 @@ fn prepare_type(resource: &Resource, obj: &mut Value) {
                 obj["spec"]["finalizers"] = json!(["kubernetes"]);
             }
         }
-        ("", "pods") => obj["status"] = json!({"phase": "Pending"}),
+        ("", "pods") => {
+            let qos = qos_class(&obj["spec"]);
+            obj["status"] = json!({"phase": "Pending", "qosClass": qos});
+        }
+        ("batch", "jobs") if obj["spec"]["manualSelector"] != true => {
+            // Upstream generates the selector from the new uid, and labels the template to match.
+            let uid = obj["metadata"]["uid"].clone();
+            let name = obj["metadata"]["name"].clone();
+            obj["spec"]["selector"] =
+                json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+            let labels = &mut obj["spec"]["template"]["metadata"]["labels"];
+            for (key, value) in [
+                ("batch.kubernetes.io/controller-uid", &uid),
+                ("batch.kubernetes.io/job-name", &name),
+                ("controller-uid", &uid),
+                ("job-name", &name),
+            ] {
+                labels[key] = value.clone();
+            }
+            obj.as_object_mut().map(|m| m.remove("status"));
+        }
         _ if resource.subresource("status").is_some() => {
             if let Some(map) = obj.as_object_mut() {
                 map.remove("status");
@@ -521,11 +541,42 @@ fn prepare_type(resource: &Resource, obj: &mut Value) {
     }
 }
 
+/// A Pod's quality-of-service class, from its containers' requests and limits (defaults applied).
+fn qos_class(spec: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|l| spec[*l].as_array().into_iter().flatten())
+        .collect();
+    let set = |c: &Value, what: &str| {
+        c["resources"][what]
+            .as_object()
+            .is_some_and(|m| !m.is_empty())
+    };
+    if containers
+        .iter()
+        .all(|c| !set(c, "requests") && !set(c, "limits"))
+    {
+        return "BestEffort";
+    }
+    let guaranteed = containers.iter().all(|c| {
+        ["cpu", "memory"].iter().all(|r| {
+            let limit = &c["resources"]["limits"][*r];
+            !limit.is_null() && c["resources"]["requests"][*r] == *limit
+        })
+    });
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
 async fn create(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
     let mut obj = parse_body(body)?;
     object::check_type(ctx.resource, &mut obj)?;
     ctx.validate_fields(&mut obj, Some(body))?;
     object::check_namespace(ctx.resource, &mut obj, &ctx.info.namespace)?;
+    vkube_api::defaults::apply(ctx.resource, &mut obj);
     let name = object::prepare_create(ctx.resource, &mut obj)?;
     check_namespace_open(ctx, &name).await?;
     prepare_type(ctx.resource, &mut obj);
@@ -575,6 +626,7 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
         };
         ctx.validate_fields(&mut obj, raw)?;
         object::check_namespace(ctx.resource, &mut obj, &ctx.info.namespace)?;
+        vkube_api::defaults::apply(ctx.resource, &mut obj);
         let wanted_rv = obj["metadata"]["resourceVersion"]
             .as_str()
             .filter(|v| !v.is_empty())

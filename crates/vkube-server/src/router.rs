@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{Method, Request, Response, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Bytes, Incoming};
 use serde_json::json;
 use vkube_api::{Status, discovery, openapi};
 use vkube_store::Store;
@@ -87,9 +87,10 @@ impl Api {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        if !body.is_empty() && !json_body(&content_type) {
-            return response::status(&Status::unsupported_media_type(&content_type));
-        }
+        let (content_type, body) = match decode_body(&parts.method, content_type, body) {
+            Ok(decoded) => decoded,
+            Err(status) => return response::status(&status),
+        };
         crate::rest::handle(&self, &info, &q, &accept, &content_type, body).await
     }
 
@@ -203,7 +204,39 @@ impl Api {
     }
 }
 
-/// Whether a request body is JSON (or a JSON patch): protobuf and YAML bodies are not decoded.
+/// Turns a protobuf or YAML body of a create or update into JSON, the one format the handlers
+/// read. Patches stay JSON (or apply YAML); other media types get 415.
+fn decode_body(
+    method: &Method,
+    content_type: String,
+    body: Bytes,
+) -> Result<(String, Bytes), Status> {
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    if body.is_empty() || json_body(media) {
+        return Ok((content_type, body));
+    }
+    if *method == Method::PATCH {
+        return Err(Status::unsupported_media_type(&content_type));
+    }
+    let value = match media {
+        vkube_api::protobuf::MEDIA_TYPE => {
+            vkube_api::protobuf::decode_body(&body).map_err(|e| {
+                Status::bad_request(format!("the body of the request could not be decoded: {e}"))
+            })?
+        }
+        "application/yaml" => std::str::from_utf8(&body)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                serde_saphyr::from_str::<serde_json::Value>(text).map_err(|e| e.to_string())
+            })
+            .map_err(|e| Status::bad_request(format!("error converting YAML to JSON: {e}")))?,
+        _ => return Err(Status::unsupported_media_type(&content_type)),
+    };
+    let json = serde_json::to_vec(&value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(("application/json".to_string(), Bytes::from(json)))
+}
+
+/// Whether a request body is JSON (or a JSON patch).
 fn json_body(content_type: &str) -> bool {
     let media = content_type.split(';').next().unwrap_or("").trim();
     media.is_empty()
