@@ -15,7 +15,9 @@ pub mod registry;
 pub mod schema;
 pub mod selector;
 pub mod status;
+pub mod strategy;
 pub mod table;
+pub mod validation;
 
 pub use registry::Resource;
 pub use status::Status;

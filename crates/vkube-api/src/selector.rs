@@ -239,47 +239,50 @@ pub fn parse_labels(input: &str) -> Result<LabelSelector, Status> {
     Ok(LabelSelector(reqs))
 }
 
-/// A qualified name: an optional DNS-subdomain prefix and `/`, then a name of at most 63
-/// alphanumerics, `-`, `_` or `.`, starting and ending alphanumeric.
+/// A label key: a qualified name, in upstream's words when it is not one.
 pub fn validate_key(key: &str) -> Result<(), String> {
-    let (prefix, name) = match key.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    if let Some(p) = prefix {
-        if p.is_empty() || p.len() > 253 || !p.split('.').all(is_dns_label) {
-            return Err(format!(
-                "Invalid value: {key:?}: prefix part must be a DNS-1123 subdomain"
-            ));
-        }
+    match crate::validation::qualified_name(key).first() {
+        Some(why) => Err(format!("Invalid value: {key:?}: {why}")),
+        None => Ok(()),
     }
-    if name.is_empty() || name.len() > 63 || !is_label_name(name) {
-        return Err(format!(
-            "Invalid value: {key:?}: name part must consist of alphanumeric characters, '-', '_' or '.', \
-             and must start and end with an alphanumeric character"
-        ));
-    }
-    Ok(())
 }
 
-/// A label value: empty, or a label name of at most 63 characters.
+/// A label value: empty, or a qualified name part of at most 63 characters.
 pub fn validate_value(value: &str) -> Result<(), String> {
-    if value.is_empty() || (value.len() <= 63 && is_label_name(value)) {
-        Ok(())
-    } else {
-        Err(format!(
-            "Invalid value: {value:?}: a valid label must be an empty string or consist of alphanumeric \
-             characters, '-', '_' or '.', and must start and end with an alphanumeric character"
-        ))
+    match crate::validation::label_value(value).first() {
+        Some(why) => Err(format!("Invalid value: {value:?}: {why}")),
+        None => Ok(()),
     }
 }
 
-fn is_label_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.first().is_some_and(u8::is_ascii_alphanumeric)
-        && b.last().is_some_and(u8::is_ascii_alphanumeric)
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c))
+/// Whether a metav1.LabelSelector (JSON) selects an object with `labels` (a JSON map).
+pub fn label_selector_matches(selector: &Value, labels: &Value) -> bool {
+    let label = |k: &str| labels.get(k).and_then(Value::as_str);
+    let exact = selector["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| label(k) == v.as_str());
+    exact
+        && selector["matchExpressions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|e| {
+                let key = e["key"].as_str().unwrap_or_default();
+                let within = || {
+                    e["values"]
+                        .as_array()
+                        .is_some_and(|vs| vs.iter().any(|v| v.as_str() == label(key)))
+                };
+                match e["operator"].as_str() {
+                    Some("In") => within(),
+                    Some("NotIn") => !within(),
+                    Some("Exists") => label(key).is_some(),
+                    Some("DoesNotExist") => label(key).is_none(),
+                    _ => false,
+                }
+            })
 }
 
 pub(crate) fn is_dns_label(s: &str) -> bool {

@@ -500,77 +500,6 @@ async fn check_namespace_open(ctx: &Ctx<'_>, name: &str) -> Result<(), Status> {
     }
 }
 
-/// What a type sets on create besides metadata, as upstream's PrepareForCreate does.
-fn prepare_type(resource: &Resource, obj: &mut Value) {
-    match (resource.group, resource.plural) {
-        ("", "namespaces") => {
-            let name = obj["metadata"]["name"].clone();
-            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = name;
-            obj["status"] = json!({"phase": "Active"});
-            if obj["spec"]["finalizers"].is_null() {
-                obj["spec"]["finalizers"] = json!(["kubernetes"]);
-            }
-        }
-        ("", "pods") => {
-            let qos = qos_class(&obj["spec"]);
-            obj["status"] = json!({"phase": "Pending", "qosClass": qos});
-        }
-        ("batch", "jobs") if obj["spec"]["manualSelector"] != true => {
-            // Upstream generates the selector from the new uid, and labels the template to match.
-            let uid = obj["metadata"]["uid"].clone();
-            let name = obj["metadata"]["name"].clone();
-            obj["spec"]["selector"] =
-                json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
-            let labels = &mut obj["spec"]["template"]["metadata"]["labels"];
-            for (key, value) in [
-                ("batch.kubernetes.io/controller-uid", &uid),
-                ("batch.kubernetes.io/job-name", &name),
-                ("controller-uid", &uid),
-                ("job-name", &name),
-            ] {
-                labels[key] = value.clone();
-            }
-            obj.as_object_mut().map(|m| m.remove("status"));
-        }
-        _ if resource.subresource("status").is_some() => {
-            if let Some(map) = obj.as_object_mut() {
-                map.remove("status");
-            }
-        }
-        _ => {}
-    }
-}
-
-/// A Pod's quality-of-service class, from its containers' requests and limits (defaults applied).
-fn qos_class(spec: &Value) -> &'static str {
-    let containers: Vec<&Value> = ["containers", "initContainers"]
-        .iter()
-        .flat_map(|l| spec[*l].as_array().into_iter().flatten())
-        .collect();
-    let set = |c: &Value, what: &str| {
-        c["resources"][what]
-            .as_object()
-            .is_some_and(|m| !m.is_empty())
-    };
-    if containers
-        .iter()
-        .all(|c| !set(c, "requests") && !set(c, "limits"))
-    {
-        return "BestEffort";
-    }
-    let guaranteed = containers.iter().all(|c| {
-        ["cpu", "memory"].iter().all(|r| {
-            let limit = &c["resources"]["limits"][*r];
-            !limit.is_null() && c["resources"]["requests"][*r] == *limit
-        })
-    });
-    if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
-}
-
 async fn create(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
     let mut obj = parse_body(body)?;
     object::check_type(ctx.resource, &mut obj)?;
@@ -578,8 +507,9 @@ async fn create(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
     object::check_namespace(ctx.resource, &mut obj, &ctx.info.namespace)?;
     vkube_api::defaults::apply(ctx.resource, &mut obj);
     let name = object::prepare_create(ctx.resource, &mut obj)?;
+    vkube_api::validation::validate(ctx.resource, &obj, None)?;
     check_namespace_open(ctx, &name).await?;
-    prepare_type(ctx.resource, &mut obj);
+    vkube_api::strategy::prepare_for_create(ctx.resource, &mut obj);
     if ctx.dry_run() {
         return Ok(ctx.respond(201, &obj));
     }
@@ -648,6 +578,7 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
             new
         } else {
             object::prepare_update(&old, &mut obj)?;
+            vkube_api::validation::validate(ctx.resource, &obj, Some(&old))?;
             if ctx.resource.subresource("status").is_some() {
                 // The main resource ignores status where a status subresource exists.
                 match old.get("status") {

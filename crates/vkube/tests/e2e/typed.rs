@@ -155,3 +155,27 @@ fn typed_create_commands_store_what_they_say() {
         assert!(!meta.contains("\"\""), "{k}: {meta}");
     }
 }
+
+#[test]
+fn invalid_objects_are_refused_as_kubectl_shows_upstreams_422() {
+    let server = Server::start();
+    for &k in KUBECTLS {
+        let ns = ns_name(k, "invalid");
+        run(&server, k, &["create", "namespace", &ns]);
+        let yaml = format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: bad, namespace: {ns}}}\n\
+             spec:\n  replicas: -1\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    \
+             metadata: {{labels: {{app: db}}}}\n    spec: {{containers: [{{name: web, image: nginx}}]}}\n"
+        );
+        let stderr = apply_file_result(&server, k, &yaml);
+        assert_eq!(
+            stderr,
+            "The Deployment \"bad\" is invalid: \n\
+             * spec.replicas: Invalid value: -1: must be greater than or equal to 0\n\
+             * spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"db\"}: `selector` does not match template `labels`",
+            "{k}"
+        );
+        let out = server.kubectl(k, &["get", "deploy", "bad", "-n", &ns]);
+        assert!(!out.ok, "{k}: nothing was stored");
+    }
+}

@@ -1,0 +1,78 @@
+//! What a type's strategy sets on create besides metadata and defaults, as upstream's
+//! `PrepareForCreate` does: a Namespace's phase and finalizer, a Pod's phase and QoS class, a Job's
+//! generated selector, and no client-written status where a status subresource owns it.
+
+use serde_json::{Value, json};
+
+use crate::Resource;
+
+/// What a type sets on create besides metadata, as upstream's PrepareForCreate does.
+pub fn prepare_for_create(resource: &Resource, obj: &mut Value) {
+    match (resource.group, resource.plural) {
+        ("", "namespaces") => {
+            let name = obj["metadata"]["name"].clone();
+            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = name;
+            obj["status"] = json!({"phase": "Active"});
+            if obj["spec"]["finalizers"].is_null() {
+                obj["spec"]["finalizers"] = json!(["kubernetes"]);
+            }
+        }
+        ("", "pods") => {
+            let qos = qos_class(&obj["spec"]);
+            obj["status"] = json!({"phase": "Pending", "qosClass": qos});
+        }
+        ("batch", "jobs") if obj["spec"]["manualSelector"] != true => {
+            // Upstream generates the selector from the new uid, and labels the template to match.
+            let uid = obj["metadata"]["uid"].clone();
+            let name = obj["metadata"]["name"].clone();
+            obj["spec"]["selector"] =
+                json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+            let labels = &mut obj["spec"]["template"]["metadata"]["labels"];
+            for (key, value) in [
+                ("batch.kubernetes.io/controller-uid", &uid),
+                ("batch.kubernetes.io/job-name", &name),
+                ("controller-uid", &uid),
+                ("job-name", &name),
+            ] {
+                labels[key] = value.clone();
+            }
+            obj.as_object_mut().map(|m| m.remove("status"));
+        }
+        _ if resource.subresource("status").is_some() => {
+            if let Some(map) = obj.as_object_mut() {
+                map.remove("status");
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A Pod's quality-of-service class, from its containers' requests and limits (defaults applied).
+fn qos_class(spec: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|l| spec[*l].as_array().into_iter().flatten())
+        .collect();
+    let set = |c: &Value, what: &str| {
+        c["resources"][what]
+            .as_object()
+            .is_some_and(|m| !m.is_empty())
+    };
+    if containers
+        .iter()
+        .all(|c| !set(c, "requests") && !set(c, "limits"))
+    {
+        return "BestEffort";
+    }
+    let guaranteed = containers.iter().all(|c| {
+        ["cpu", "memory"].iter().all(|r| {
+            let limit = &c["resources"]["limits"][*r];
+            !limit.is_null() && c["resources"]["requests"][*r] == *limit
+        })
+    });
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
