@@ -76,7 +76,8 @@ pub fn invalid_name(rule: NameRule, name: &str) -> Option<String> {
     }
 }
 
-fn cause(reason: &str, field: &str, message: String) -> Cause {
+/// One cause of a 422: its reason, field path and message.
+pub fn cause(reason: &str, field: &str, message: String) -> Cause {
     Cause {
         reason: reason.into(),
         message,

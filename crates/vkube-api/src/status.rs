@@ -84,6 +84,24 @@ impl Status {
         Status::new(409, "Conflict", message).about(name, group, resource)
     }
 
+    /// 429 from the eviction subresource: the pod's disruption budget does not allow it now.
+    pub fn disruption_budget(why: String) -> Status {
+        let mut status = Status::new(
+            429,
+            "TooManyRequests",
+            "Cannot evict pod as it would violate the pod's disruption budget.",
+        );
+        status.details = Some(Box::new(Details {
+            causes: vec![Cause {
+                reason: "DisruptionBudget".into(),
+                message: why,
+                field: String::new(),
+            }],
+            ..Details::default()
+        }));
+        status
+    }
+
     pub const MODIFIED: &'static str = "the object has been modified; please apply your changes to the latest version and try again";
 
     /// An object that fails validation; `causes` are (field, reason, message).

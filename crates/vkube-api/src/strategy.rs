@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::Resource;
+use crate::{Resource, Status};
 
 /// What a type sets on create besides metadata, as upstream's PrepareForCreate does.
 pub fn prepare_for_create(resource: &Resource, obj: &mut Value) {
@@ -75,4 +75,68 @@ fn qos_class(spec: &Value) -> &'static str {
     } else {
         "Burstable"
     }
+}
+
+/// What a write through a subresource may change of the stored object `old`, taken from the
+/// written object `obj`: `status` its status, `finalize` a Namespace's finalizers, `approval` a
+/// CSR's conditions, `ephemeralcontainers` and `resize` their parts of a Pod.
+pub fn apply_part(
+    resource: &Resource,
+    subresource: &str,
+    old: &Value,
+    obj: &Value,
+) -> Result<Value, Status> {
+    let mut new = old.clone();
+    match subresource {
+        "status" => new["status"] = obj["status"].clone(),
+        "finalize" => new["spec"]["finalizers"] = obj["spec"]["finalizers"].clone(),
+        "approval" => new["status"]["conditions"] = obj["status"]["conditions"].clone(),
+        "ephemeralcontainers" => {
+            let before = old["spec"]["ephemeralContainers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let after = obj["spec"]["ephemeralContainers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for c in &before {
+                if !after.contains(c) {
+                    let name = old["metadata"]["name"].as_str().unwrap_or_default();
+                    let message = format!(
+                        "Forbidden: existing ephemeral containers {:?} may not be removed or changed",
+                        c["name"].as_str().unwrap_or_default()
+                    );
+                    let causes = vec![crate::object::cause(
+                        "FieldValueForbidden",
+                        "spec.ephemeralContainers",
+                        message,
+                    )];
+                    return Err(Status::invalid(resource.kind, resource.group, name, causes));
+                }
+            }
+            new["spec"]["ephemeralContainers"] = Value::Array(after);
+        }
+        "resize" => {
+            let wanted = obj["spec"]["containers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for c in new["spec"]["containers"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                if let Some(w) = wanted.iter().find(|w| w["name"] == c["name"]) {
+                    for field in ["resources", "resizePolicy"] {
+                        if !w[field].is_null() {
+                            c[field] = w[field].clone();
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(new)
 }

@@ -134,6 +134,33 @@ async fn reconcile(api: &Api, name: &str) -> Result<bool, StoreError> {
         if !empty_namespace(api, name).await? {
             return Ok(false);
         }
+        // Content gone: drop our own spec finalizer. Others' ("finalize" subresource) and
+        // metadata finalizers keep the namespace Terminating until their owners remove them.
+        let spec_finalizers: Vec<Value> = ns["spec"]["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if spec_finalizers.iter().any(|f| f == "kubernetes") {
+            let mut ns = ns.clone();
+            let rest: Vec<Value> = spec_finalizers
+                .into_iter()
+                .filter(|f| f != "kubernetes")
+                .collect();
+            ns["spec"]["finalizers"] = Value::Array(rest);
+            return match api
+                .store
+                .update(&key, encode(&ns), kv.mod_revision, None)
+                .await
+            {
+                Ok(_) | Err(StoreError::NotFound { .. }) => Ok(true),
+                Err(StoreError::Conflict { .. }) => Ok(false),
+                Err(err) => Err(err),
+            };
+        }
+        let held = |v: &Value| v.as_array().is_some_and(|f| !f.is_empty());
+        if held(&ns["spec"]["finalizers"]) || held(&ns["metadata"]["finalizers"]) {
+            return Ok(true);
+        }
         return match api.store.delete(&key, Some(kv.mod_revision)).await {
             Ok(_) | Err(StoreError::NotFound { .. }) => Ok(true),
             Err(StoreError::Conflict { .. }) => Ok(false),

@@ -8,6 +8,7 @@ mod http_server;
 mod hub;
 pub mod identity;
 mod patch;
+mod pod_actions;
 mod request;
 mod response;
 mod rest;

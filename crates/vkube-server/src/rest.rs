@@ -60,13 +60,25 @@ pub(crate) struct Ctx<'a> {
     pub(crate) api: &'a Api,
     pub(crate) info: &'a RequestInfo,
     pub(crate) resource: &'static Resource,
-    q: &'a Query,
+    pub(crate) q: &'a Query,
     accept: &'a str,
     /// `Warning` headers for the response.
     warnings: std::sync::Mutex<Vec<String>>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// The same request, addressing another resource (the pods a `bindings` request names).
+    pub(crate) fn with_resource(&self, resource: &'static Resource) -> Ctx<'a> {
+        Ctx {
+            api: self.api,
+            info: self.info,
+            resource,
+            q: self.q,
+            accept: self.accept,
+            warnings: Default::default(),
+        }
+    }
+
     pub(crate) fn key(&self, name: &str) -> String {
         self.resource.key(&self.info.namespace, name)
     }
@@ -216,6 +228,7 @@ pub async fn handle(
             "get" => get(&ctx).await,
             "list" => list(&ctx).await,
             "watch" => return crate::watch_stream::watch(api, resource, info, q, accept).await,
+            "create" if resource.kind == "Binding" => crate::pod_actions::bind(&ctx, &body).await,
             "create" => create(&ctx, &body).await,
             "update" => update(&ctx, Edit::Replace(&body)).await,
             "patch" => update(&ctx, Edit::Patch(&body, content_type)).await,
@@ -243,13 +256,13 @@ async fn subresource(
             ctx.resource.plural, ctx.info.name, sub.name
         )));
     }
-    if sub.name == "scale" {
-        return crate::scale::scale(ctx, body, content_type).await;
-    }
-    if sub.name != "status" {
-        // binding, eviction, token, finalize, approval, ephemeralcontainers and resize come
-        // with the issues that need them.
-        return Err(Status::path_not_found());
+    match (sub.name, ctx.info.verb.as_str()) {
+        ("scale", _) => return crate::scale::scale(ctx, body, content_type).await,
+        ("binding", "create") => return crate::pod_actions::bind(ctx, body).await,
+        ("eviction", "create") => return crate::pod_actions::evict(ctx, body).await,
+        ("status" | "finalize" | "approval" | "ephemeralcontainers" | "resize", _) => {}
+        // serviceaccounts/token comes with service-account signing keys (authentication).
+        _ => return Err(Status::path_not_found()),
     }
     match ctx.info.verb.as_str() {
         "get" => get(ctx).await,
@@ -537,12 +550,12 @@ enum Edit<'a> {
     Patch(&'a Bytes, &'a str),
 }
 
-/// PUT and PATCH, on the object or its status: compare-and-swap on the stored revision, retried
+/// PUT and PATCH, on the object or one of its parts (status, finalize, approval, …): compare-and-swap on the stored revision, retried
 /// when the client gave no resourceVersion (an unconditional update).
 async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status> {
     let name = ctx.info.name.clone();
     let key = ctx.key(&name);
-    let status_only = ctx.info.subresource == "status";
+    let part = ctx.info.subresource.as_str();
     loop {
         let (cur, old) = ctx.current(&name).await?;
         let mut obj = match edit {
@@ -571,10 +584,11 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
                 ));
             }
         }
-        let mut new = if status_only {
-            // The status subresource changes status only.
-            let mut new = old.clone();
-            new["status"] = obj["status"].clone();
+        let mut new = if !part.is_empty() {
+            let new = vkube_api::strategy::apply_part(ctx.resource, part, &old, &obj)?;
+            if part != "status" {
+                vkube_api::validation::validate(ctx.resource, &new, Some(&old))?;
+            }
             new
         } else {
             object::prepare_update(&old, &mut obj)?;
@@ -629,13 +643,13 @@ fn finalized(obj: &Value) -> bool {
 }
 
 /// DeleteOptions, from the body or the query.
-struct DeleteOptions {
+pub(crate) struct DeleteOptions {
     uid: Option<String>,
     resource_version: Option<String>,
     dry_run: bool,
 }
 
-fn delete_options(body: &Bytes, q: &Query) -> Result<DeleteOptions, Status> {
+pub(crate) fn delete_options(body: &Bytes, q: &Query) -> Result<DeleteOptions, Status> {
     let opts: Value = if body.is_empty() {
         json!({})
     } else {
@@ -655,7 +669,11 @@ fn delete_options(body: &Bytes, q: &Query) -> Result<DeleteOptions, Status> {
 }
 
 /// Deletes one object: marks it when finalizers (or the namespace lifecycle) must run first.
-async fn delete_one(ctx: &Ctx<'_>, name: &str, opts: &DeleteOptions) -> Result<Value, Status> {
+pub(crate) async fn delete_one(
+    ctx: &Ctx<'_>,
+    name: &str,
+    opts: &DeleteOptions,
+) -> Result<Value, Status> {
     let key = ctx.key(name);
     loop {
         let (cur, mut obj) = ctx.current(name).await?;

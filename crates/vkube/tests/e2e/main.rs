@@ -4,5 +4,6 @@
 mod cli;
 mod harness;
 mod objects;
+mod subresources;
 mod typed;
 mod watches;
