@@ -1,9 +1,10 @@
 //! `/openapi/v2`, which kubectl up to 1.27 fetches (as protobuf only, gnostic's `openapi.v2`
-//! messages) before it validates `-f` input. vkube answers with the operations only: every PATCH
-//! carries `fieldValidation`, so kubectl validates server-side against the v3 schemas. There are
-//! no v2 definitions yet, so kubectl 1.27's `explain` still fails.
+//! messages) for `explain` and before it validates `-f` input. It carries every served kind's
+//! definitions (converted from the v3 schemas) and the PATCH operations: every PATCH takes
+//! `fieldValidation`, so kubectl validates server-side.
 
 use prost::Message;
+use serde_json::Value;
 
 use crate::registry;
 
@@ -15,6 +16,144 @@ struct Document {
     info: Option<Info>,
     #[prost(message, optional, tag = "8")]
     paths: Option<Paths>,
+    #[prost(message, optional, tag = "9")]
+    definitions: Option<NamedSchemas>,
+}
+
+/// gnostic's `Definitions` and `Properties`: a list of named schemas.
+#[derive(Clone, PartialEq, Message)]
+struct NamedSchemas {
+    #[prost(message, repeated, tag = "1")]
+    additional_properties: Vec<NamedSchema>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct NamedSchema {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(message, optional, tag = "2")]
+    value: Option<Schema>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct Schema {
+    #[prost(string, tag = "1")]
+    r#ref: String,
+    #[prost(string, tag = "2")]
+    format: String,
+    #[prost(string, tag = "4")]
+    description: String,
+    #[prost(string, repeated, tag = "19")]
+    required: Vec<String>,
+    #[prost(message, repeated, tag = "20")]
+    r#enum: Vec<Any>,
+    #[prost(message, optional, boxed, tag = "21")]
+    additional_properties: Option<Box<AdditionalProperties>>,
+    #[prost(message, optional, tag = "22")]
+    r#type: Option<TypeItem>,
+    #[prost(message, optional, tag = "23")]
+    items: Option<ItemsItem>,
+    #[prost(message, optional, tag = "25")]
+    properties: Option<NamedSchemas>,
+    #[prost(message, repeated, tag = "31")]
+    vendor_extension: Vec<NamedAny>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct AdditionalProperties {
+    #[prost(message, optional, tag = "1")]
+    schema: Option<Schema>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct TypeItem {
+    #[prost(string, repeated, tag = "1")]
+    value: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ItemsItem {
+    #[prost(message, repeated, tag = "1")]
+    schema: Vec<Schema>,
+}
+
+/// A v3 JSON schema as a v2 gnostic schema: refs point at `#/definitions/`, and a lone `allOf`
+/// (how a described ref is written in v3) becomes the ref itself.
+fn to_v2(v: &Value) -> Schema {
+    let mut schema = Schema::default();
+    let Some(map) = v.as_object() else {
+        return schema;
+    };
+    if let Some(inner) = map
+        .get("allOf")
+        .and_then(Value::as_array)
+        .filter(|a| a.len() == 1)
+    {
+        schema = to_v2(&inner[0]);
+    }
+    let text = |k: &str| {
+        map.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    if let Some(r) = map.get("$ref").and_then(Value::as_str) {
+        schema.r#ref = r.replace("#/components/schemas/", "#/definitions/");
+    }
+    schema.format = text("format");
+    schema.description = text("description");
+    if let Some(t) = map.get("type").and_then(Value::as_str) {
+        schema.r#type = Some(TypeItem {
+            value: vec![t.to_string()],
+        });
+    }
+    schema.required = map
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str().map(str::to_string))
+        .collect();
+    schema.r#enum = map
+        .get("enum")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|e| Any {
+            yaml: e.to_string(),
+        })
+        .collect();
+    if let Some(items) = map.get("items") {
+        schema.items = Some(ItemsItem {
+            schema: vec![to_v2(items)],
+        });
+    }
+    if let Some(props) = map.get("properties").and_then(Value::as_object) {
+        schema.properties = Some(NamedSchemas {
+            additional_properties: props
+                .iter()
+                .map(|(name, p)| NamedSchema {
+                    name: name.clone(),
+                    value: Some(to_v2(p)),
+                })
+                .collect(),
+        });
+    }
+    if let Some(extra) = map.get("additionalProperties").filter(|a| a.is_object()) {
+        schema.additional_properties = Some(Box::new(AdditionalProperties {
+            schema: Some(to_v2(extra)),
+        }));
+    }
+    for (name, value) in map.iter().filter(|(k, _)| k.starts_with("x-kubernetes-")) {
+        // JSON is YAML: gnostic reads extension values as YAML text.
+        schema.vendor_extension.push(NamedAny {
+            name: name.clone(),
+            value: Some(Any {
+                yaml: value.to_string(),
+            }),
+        });
+    }
+    schema
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -152,6 +291,15 @@ pub fn document() -> Vec<u8> {
             version: "v1.33.0".into(),
         }),
         paths: Some(Paths { path: paths }),
+        definitions: Some(NamedSchemas {
+            additional_properties: crate::schema::all_definitions()
+                .iter()
+                .map(|(name, def)| NamedSchema {
+                    name: name.clone(),
+                    value: Some(to_v2(def)),
+                })
+                .collect(),
+        }),
     }
     .encode_to_vec()
 }
@@ -195,5 +343,29 @@ mod tests {
             })
             .collect();
         assert!(names.contains(&"fieldValidation".to_string()));
+        let defs = doc.definitions.unwrap().additional_properties;
+        let deployment = defs
+            .iter()
+            .find(|d| d.name == "io.k8s.api.apps.v1.Deployment")
+            .and_then(|d| d.value.as_ref())
+            .unwrap();
+        assert!(
+            deployment
+                .vendor_extension
+                .iter()
+                .any(|e| e.name == "x-kubernetes-group-version-kind")
+        );
+        let spec = deployment
+            .properties
+            .as_ref()
+            .unwrap()
+            .additional_properties
+            .iter()
+            .find(|p| p.name == "spec")
+            .unwrap();
+        assert_eq!(
+            spec.value.as_ref().unwrap().r#ref,
+            "#/definitions/io.k8s.api.apps.v1.DeploymentSpec"
+        );
     }
 }

@@ -171,6 +171,11 @@ pub fn group_version(group: &str, version: &str) -> Definitions {
     out
 }
 
+/// Every definition of every served kind, with descriptions: the `/openapi/v2` document.
+pub fn all_definitions() -> Definitions {
+    build().definitions
+}
+
 /// The schema a `$ref` (possibly under `allOf`, as schemars wraps a ref that carries a
 /// description) points to, and the Go type name of the definition it came from.
 fn resolve<'a>(mut schema: &'a Value, defs: &'a Definitions) -> (&'a Value, Option<&'a str>) {

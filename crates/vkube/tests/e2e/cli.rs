@@ -99,15 +99,13 @@ fn requests_without_the_admin_certificate_are_unauthorized() {
 fn explain_and_field_validation() {
     let server = Server::start();
     for &k in KUBECTLS {
-        // kubectl 1.27 explains from /openapi/v2 definitions, which vkube does not serve yet.
-        if k != "kubectl.1.27" {
-            let explained = run(&server, k, &["explain", "deployment.spec.replicas"]);
-            assert!(
-                explained.contains("FIELD: replicas <integer>")
-                    && explained.contains("Number of desired pods"),
-                "{k}: {explained}"
-            );
-        }
+        // kubectl 1.27 explains from /openapi/v2 (protobuf), later ones from /openapi/v3.
+        let explained = run(&server, k, &["explain", "deployment.spec.replicas"]);
+        assert!(
+            explained.contains("FIELD: replicas <integer>")
+                && explained.contains("Number of desired pods"),
+            "{k}: {explained}"
+        );
         let ns = ns_name(k, "validation");
         apply_file(
             &server,
