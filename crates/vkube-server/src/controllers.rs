@@ -45,10 +45,43 @@ async fn ensure(
     {
         return Ok(());
     }
+    vkube_api::defaults::apply(resource, &mut obj);
     match api.store.create(&key, encode(&obj), None).await {
         Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
         Err(err) => Err(err),
     }
+}
+
+/// `default/kubernetes`: the Service, Endpoints and EndpointSlice through which pods reach the
+/// API, on the first address of the service range as upstream.
+async fn kubernetes_service(api: &Api) -> Result<(), StoreError> {
+    let ip = crate::services::first_ip();
+    let (host, port) = (api.listen.ip().to_string(), api.listen.port());
+    let labels = json!({"component": "apiserver", "provider": "kubernetes"});
+    let service = json!({
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
+        "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+    });
+    let key = core("services").key("default", "kubernetes");
+    if api.store.get(&key, None).await?.is_none() {
+        let _ = crate::services::claim_ip(api.store.as_ref(), &ip, "default", "kubernetes").await;
+        ensure(api, core("services"), "default", service).await?;
+    }
+    let endpoints = json!({
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": host}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
+    });
+    ensure(api, core("endpoints"), "default", endpoints).await?;
+    let slices = registry::find("discovery.k8s.io", "v1", "endpointslices").expect("registered");
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [host], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+    });
+    ensure(api, slices, "default", slice).await
 }
 
 pub fn namespace_object(name: &str) -> Value {
@@ -63,6 +96,7 @@ pub async fn start(api: Arc<Api>) -> Result<AbortHandle, StoreError> {
     for ns in DEFAULT_NAMESPACES {
         ensure(&api, core("namespaces"), "", namespace_object(ns)).await?;
     }
+    kubernetes_service(&api).await?;
     let task = tokio::spawn(async move {
         loop {
             // Subscribe first, then scan: nothing falls between the two.
@@ -102,6 +136,11 @@ pub async fn start(api: Arc<Api>) -> Result<AbortHandle, StoreError> {
                         Ok(c) => {
                             if let Some(name) = c.key.strip_prefix("/registry/namespaces/") {
                                 pending.insert(name.to_string());
+                            }
+                            if c.key.starts_with("/registry/services/") && c.object.is_none() {
+                                if let Some(svc) = &c.prev {
+                                    crate::services::release(api.store.as_ref(), svc).await;
+                                }
                             }
                         }
                         Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => break,

@@ -131,6 +131,7 @@ pub async fn serve(
         hub: hub.clone(),
         ca_pem: ca.cert_pem.clone(),
         serving: AtomicBool::new(true),
+        listen: config.listen,
     });
     let controllers = crate::controllers::start(api.clone()).await?;
     let compactor = crate::compactor::start(store.clone(), crate::compactor::INTERVAL);

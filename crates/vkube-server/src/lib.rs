@@ -14,6 +14,7 @@ mod response;
 mod rest;
 mod router;
 mod scale;
+mod services;
 mod tls;
 mod watch_stream;
 

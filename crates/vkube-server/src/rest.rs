@@ -526,12 +526,19 @@ async fn create(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
     if ctx.dry_run() {
         return Ok(ctx.respond(201, &obj));
     }
-    match ctx
+    let service = ctx.resource.group.is_empty() && ctx.resource.plural == "services";
+    if service {
+        crate::services::allocate(ctx.api.store.as_ref(), &mut obj).await?;
+    }
+    let created = ctx
         .api
         .store
         .create(&ctx.key(&name), ctx.store_bytes(&obj)?, None)
-        .await
-    {
+        .await;
+    if service && created.is_err() {
+        crate::services::release(ctx.api.store.as_ref(), &obj).await;
+    }
+    match created {
         Ok(kv) => {
             set_resource_version(&mut obj, kv.mod_revision);
             Ok(ctx.respond(201, &obj))
@@ -592,6 +599,9 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
             new
         } else {
             object::prepare_update(&old, &mut obj)?;
+            if ctx.resource.group.is_empty() && ctx.resource.plural == "services" {
+                crate::services::keep_allocated(&old, &mut obj)?;
+            }
             vkube_api::validation::validate(ctx.resource, &obj, Some(&old))?;
             if ctx.resource.subresource("status").is_some() {
                 // The main resource ignores status where a status subresource exists.

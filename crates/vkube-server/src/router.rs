@@ -26,6 +26,8 @@ pub struct Api {
     pub ca_pem: String,
     /// False once shutdown began: /readyz then fails, so load balancers drain this replica.
     pub serving: AtomicBool,
+    /// Where this replica serves: the `kubernetes` Service's endpoint.
+    pub listen: std::net::SocketAddr,
 }
 
 /// Paths anyone may read, as upstream's system:public-info-viewer role allows.

@@ -179,3 +179,124 @@ fn invalid_objects_are_refused_as_kubectl_shows_upstreams_422() {
         assert!(!out.ok, "{k}: nothing was stored");
     }
 }
+
+#[test]
+fn services_get_cluster_ips_and_node_ports_that_are_released_on_delete() {
+    let server = Server::start();
+    for (n, &k) in KUBECTLS.iter().enumerate() {
+        let node_port = (30111 + n).to_string();
+        let port_flag = format!("--node-port={node_port}");
+        let ns = ns_name(k, "svc");
+        run(&server, k, &["create", "namespace", &ns]);
+        let table = lines(&run(
+            &server,
+            k,
+            &["get", "svc", "kubernetes", "-n", "default"],
+        ));
+        assert_eq!(
+            table[0],
+            [
+                "NAME",
+                "TYPE",
+                "CLUSTER-IP",
+                "EXTERNAL-IP",
+                "PORT(S)",
+                "AGE"
+            ],
+            "{k}"
+        );
+        assert_eq!(
+            table[1][..5],
+            ["kubernetes", "ClusterIP", "10.96.0.1", "<none>", "443/TCP"],
+            "{k}"
+        );
+        run(
+            &server,
+            k,
+            &[
+                "create",
+                "service",
+                "nodeport",
+                "np",
+                "-n",
+                &ns,
+                "--tcp=80:8080",
+                &port_flag,
+            ],
+        );
+        let ip = run(
+            &server,
+            k,
+            &[
+                "get",
+                "svc",
+                "np",
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ],
+        );
+        assert!(ip.starts_with("10.") && ip != "10.96.0.1", "{k}: {ip}");
+        assert_eq!(
+            run(
+                &server,
+                k,
+                &[
+                    "get",
+                    "ipaddress",
+                    &ip,
+                    "-o",
+                    "jsonpath={.spec.parentRef.namespace}/{.spec.parentRef.name}"
+                ]
+            ),
+            format!("{ns}/np"),
+            "{k}"
+        );
+        let taken = server.kubectl(
+            k,
+            &[
+                "create",
+                "service",
+                "nodeport",
+                "np2",
+                "-n",
+                &ns,
+                "--tcp=81:8080",
+                &port_flag,
+            ],
+        );
+        assert!(
+            taken.stderr.contains(
+                &format!("spec.ports[0].nodePort: Invalid value: {node_port}: provided port is already allocated")
+            ),
+            "{k}: {}",
+            taken.stderr
+        );
+        run(&server, k, &["delete", "svc", "np", "-n", &ns]);
+        // The controller frees the address and the port once it sees the delete.
+        let mut freed = false;
+        for _ in 0..50 {
+            if !server.kubectl(k, &["get", "ipaddress", &ip]).ok {
+                freed = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(freed, "{k}: {ip} still allocated");
+        run(
+            &server,
+            k,
+            &[
+                "create",
+                "service",
+                "nodeport",
+                "np2",
+                "-n",
+                &ns,
+                "--tcp=81:8080",
+                &port_flag,
+            ],
+        );
+    }
+}
