@@ -409,6 +409,33 @@ pub static RESOURCES: &[Resource] = &[
         ALL,
         &[SCALE, STATUS],
     ),
+    // authentication.k8s.io/v1: reviews, answered and never stored
+    verbs(
+        res(
+            "authentication.k8s.io",
+            "v1",
+            "selfsubjectreviews",
+            "SelfSubjectReview",
+            CLUSTER,
+            &[],
+            &[],
+            &[],
+        ),
+        CREATE,
+    ),
+    verbs(
+        res(
+            "authentication.k8s.io",
+            "v1",
+            "tokenreviews",
+            "TokenReview",
+            CLUSTER,
+            &[],
+            &[],
+            &[],
+        ),
+        CREATE,
+    ),
     // autoscaling/v2 (preferred) and v1
     res(
         "autoscaling",
@@ -748,6 +775,6 @@ mod tests {
         let groups = groups();
         assert_eq!(groups[0], ("", vec!["v1"]));
         assert!(groups.contains(&("autoscaling", vec!["v2", "v1"])));
-        assert_eq!(groups.len(), 15);
+        assert_eq!(groups.len(), 16);
     }
 }

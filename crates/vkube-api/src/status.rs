@@ -144,6 +144,15 @@ impl Status {
             .about(name, group, resource)
     }
 
+    /// A non-resource path the user may not use: `forbidden: User "u" cannot get path "/x"`.
+    pub fn forbidden_path(user: &str, verb: &str, path: &str) -> Status {
+        Status::new(
+            403,
+            "Forbidden",
+            format!("forbidden: User {user:?} cannot {verb} path {path:?}"),
+        )
+    }
+
     pub fn unauthorized() -> Status {
         Status::new(401, "Unauthorized", "Unauthorized")
     }

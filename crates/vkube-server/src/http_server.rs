@@ -16,7 +16,7 @@ use vkube_store::Store;
 
 use crate::identity::{Ca, CertKey, IdentityError, read_pair, write_pair, write_private};
 use crate::router::Api;
-use crate::tls::{self, user_of};
+use crate::tls;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -24,6 +24,31 @@ pub struct Config {
     /// Extra names for the serving certificate (`--tls-san`).
     pub tls_sans: Vec<String>,
     pub data_dir: PathBuf,
+    pub auth: AuthOptions,
+}
+
+/// How requests authenticate besides client certificates.
+#[derive(Clone, Debug)]
+pub struct AuthOptions {
+    /// `--service-account-issuer`.
+    pub service_account_issuer: String,
+    /// `--api-audiences`; empty means the issuer.
+    pub api_audiences: Vec<String>,
+    /// The OIDC issuer of the `--oidc-*` flags.
+    pub oidc: Option<vkube_auth::oidc::JwtConfig>,
+    /// `--anonymous-auth` (default true, as upstream).
+    pub anonymous: bool,
+}
+
+impl Default for AuthOptions {
+    fn default() -> Self {
+        AuthOptions {
+            service_account_issuer: vkube_auth::service_account::DEFAULT_ISSUER.into(),
+            api_audiences: vec![],
+            oidc: None,
+            anonymous: true,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +59,8 @@ pub enum ServeError {
     Tls(#[from] tls::TlsError),
     #[error("store: {0}")]
     Store(#[from] vkube_store::StoreError),
+    #[error("authentication: {0}")]
+    Auth(String),
     #[error("listening on {addr}: {err}")]
     Listen {
         addr: SocketAddr,
@@ -124,6 +151,21 @@ pub async fn serve(
     let kubeconfig = admin_kubeconfig(&ca, &config)?;
     let tls = tokio_rustls::TlsAcceptor::from(tls::server_config(&ca.cert_pem, &serving)?);
 
+    let sa_key = crate::identity::service_account_key(store.as_ref()).await?;
+    let issuer = vkube_auth::service_account::Issuer::new(
+        config.auth.service_account_issuer.clone(),
+        config.auth.api_audiences.clone(),
+        sa_key,
+        store.clone(),
+    );
+    let mut jwt = Vec::new();
+    if let Some(oidc) = &config.auth.oidc {
+        let authenticator = vkube_auth::oidc::JwtAuthenticator::new(oidc.clone())
+            .map_err(|e| ServeError::Auth(e.0))?;
+        authenticator.start();
+        jwt.push(authenticator);
+    }
+    let auth = vkube_auth::chain::Chain::new(Arc::new(issuer), jwt, config.auth.anonymous);
     tokio::task::spawn_blocking(vkube_api::schema::warm);
     let hub = crate::hub::Hub::start(store.clone()).await?;
     let api = Arc::new(Api {
@@ -132,6 +174,7 @@ pub async fn serve(
         ca_pem: ca.cert_pem.clone(),
         serving: AtomicBool::new(true),
         listen: config.listen,
+        auth,
     });
     let controllers = crate::controllers::start(api.clone()).await?;
     let compactor = crate::compactor::start(store.clone(), crate::compactor::INTERVAL);
@@ -172,7 +215,7 @@ pub async fn serve(
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .and_then(user_of);
+                .and_then(|c| vkube_auth::x509::user_of(c.as_ref()));
             let service = service_fn(move |req| {
                 let (api, user) = (api.clone(), user.clone());
                 async move { Ok::<_, std::convert::Infallible>(api.handle(user, req).await) }

@@ -15,6 +15,29 @@ use vkube_store::{Store, StoreError};
 
 /// Where the CA lives in the store.
 pub const CA_KEY: &str = "/vkube/identity/ca";
+/// The service-account signing key (PKCS#8, base64), shared by every replica.
+pub const SA_KEY: &str = "/vkube/identity/service-account-key";
+
+/// The service-account signing key: read from the store, or created there by the first process
+/// (a racing loser adopts the winner's).
+pub async fn service_account_key(
+    store: &dyn Store,
+) -> Result<vkube_auth::keys::SigningKey, IdentityError> {
+    use vkube_auth::keys::SigningKey;
+    if let Some(kv) = store.get(SA_KEY, None).await? {
+        let text = String::from_utf8_lossy(&kv.value);
+        return SigningKey::from_stored(&text).map_err(|e| IdentityError::Corrupt(e.to_string()));
+    }
+    let key = SigningKey::generate().map_err(|e| IdentityError::Corrupt(e.to_string()))?;
+    match store
+        .create(SA_KEY, key.to_stored().into_bytes(), None)
+        .await
+    {
+        Ok(_) => Ok(key),
+        Err(StoreError::AlreadyExists { .. }) => Box::pin(service_account_key(store)).await,
+        Err(err) => Err(err.into()),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {

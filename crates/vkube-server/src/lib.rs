@@ -2,6 +2,8 @@
 //! REST handlers over the store, watches fed by one shared store watch, discovery and health.
 #![forbid(unsafe_code)]
 
+mod authn;
+mod authz;
 mod compactor;
 mod controllers;
 mod http_server;
@@ -12,11 +14,12 @@ mod pod_actions;
 mod request;
 mod response;
 mod rest;
+mod reviews;
 mod router;
 mod scale;
 mod services;
 mod tls;
 mod watch_stream;
 
-pub use http_server::{Config, ServeError, serve};
+pub use http_server::{AuthOptions, Config, ServeError, serve};
 pub use identity::{Ca, CertKey};

@@ -58,6 +58,8 @@ fn name_of(obj: &Value) -> String {
 
 pub(crate) struct Ctx<'a> {
     pub(crate) api: &'a Api,
+    /// Who is asking (after impersonation).
+    pub(crate) user: &'a vkube_auth::UserInfo,
     pub(crate) info: &'a RequestInfo,
     pub(crate) resource: &'static Resource,
     pub(crate) q: &'a Query,
@@ -71,6 +73,7 @@ impl<'a> Ctx<'a> {
     pub(crate) fn with_resource(&self, resource: &'static Resource) -> Ctx<'a> {
         Ctx {
             api: self.api,
+            user: self.user,
             info: self.info,
             resource,
             q: self.q,
@@ -170,7 +173,7 @@ impl<'a> Ctx<'a> {
         self.q.get("dryRun").is_some_and(|v| v == "All")
     }
 
-    fn respond(&self, code: u16, obj: &Value) -> Response<Body> {
+    pub(crate) fn respond(&self, code: u16, obj: &Value) -> Response<Body> {
         let mut resp = if table::wanted(self.accept) {
             let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
             let table = table::table(
@@ -200,6 +203,7 @@ impl<'a> Ctx<'a> {
 
 pub async fn handle(
     api: &Api,
+    user: &vkube_auth::UserInfo,
     info: &RequestInfo,
     q: &Query,
     accept: &str,
@@ -214,6 +218,7 @@ pub async fn handle(
     }
     let ctx = Ctx {
         api,
+        user,
         info,
         resource,
         q,
@@ -229,6 +234,12 @@ pub async fn handle(
             "list" => list(&ctx).await,
             "watch" => return crate::watch_stream::watch(api, resource, info, q, accept).await,
             "create" if resource.kind == "Binding" => crate::pod_actions::bind(&ctx, &body).await,
+            "create" if resource.kind == "SelfSubjectReview" => {
+                crate::reviews::self_subject_review(&ctx)
+            }
+            "create" if resource.kind == "TokenReview" => {
+                crate::reviews::token_review(&ctx, &body).await
+            }
             "create" => create(&ctx, &body).await,
             "update" => update(&ctx, Edit::Replace(&body)).await,
             "patch" => update(&ctx, Edit::Patch(&body, content_type)).await,
@@ -260,8 +271,8 @@ async fn subresource(
         ("scale", _) => return crate::scale::scale(ctx, body, content_type).await,
         ("binding", "create") => return crate::pod_actions::bind(ctx, body).await,
         ("eviction", "create") => return crate::pod_actions::evict(ctx, body).await,
+        ("token", "create") => return crate::reviews::token_request(ctx, body).await,
         ("status" | "finalize" | "approval" | "ephemeralcontainers" | "resize", _) => {}
-        // serviceaccounts/token comes with service-account signing keys (authentication).
         _ => return Err(Status::path_not_found()),
     }
     match ctx.info.verb.as_str() {

@@ -15,7 +15,6 @@ use vkube_store::Store;
 use crate::hub::Hub;
 use crate::request::{RequestInfo, query};
 use crate::response::{self, Body};
-use crate::tls::User;
 
 /// Request bodies above this get 413, as kube-apiserver limits them.
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -26,35 +25,32 @@ pub struct Api {
     pub ca_pem: String,
     /// False once shutdown began: /readyz then fails, so load balancers drain this replica.
     pub serving: AtomicBool,
+    /// The token authenticators (service accounts, OIDC issuers) and the anonymous setting.
+    pub auth: vkube_auth::chain::Chain,
     /// Where this replica serves: the `kubernetes` Service's endpoint.
     pub listen: std::net::SocketAddr,
-}
-
-/// Paths anyone may read, as upstream's system:public-info-viewer role allows.
-fn public(path: &str) -> bool {
-    ["/healthz", "/livez", "/readyz", "/version"]
-        .iter()
-        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
-}
-
-fn is_admin(user: &Option<User>) -> bool {
-    user.as_ref()
-        .is_some_and(|u| u.groups.iter().any(|g| g == "system:masters"))
 }
 
 impl Api {
     pub async fn handle(
         self: Arc<Self>,
-        user: Option<User>,
+        cert_user: Option<vkube_auth::UserInfo>,
         req: Request<Incoming>,
     ) -> Response<Body> {
         let path = req.uri().path().to_string();
-        // Until authentication and RBAC exist, only the admin certificate is let in.
-        if !public(&path) && !is_admin(&user) {
-            return response::status(&Status::unauthorized());
-        }
+        let user = match crate::authn::authenticate(&self, cert_user, req.headers()).await {
+            Ok(u) => u,
+            Err(status) => return response::status(&status),
+        };
+        let user = match crate::authn::impersonate(user, req.headers()) {
+            Ok(u) => u,
+            Err(status) => return response::status(&status),
+        };
         let q = query(req.uri().query());
         let info = RequestInfo::parse(req.method(), &path, &q);
+        if let Err(status) = crate::authz::authorize(&user, &info, req.method(), &path) {
+            return response::status(&status);
+        }
         let accept = req
             .headers()
             .get(header::ACCEPT)
@@ -89,11 +85,15 @@ impl Api {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
+        // An unknown path is 404 before its body is read as anything.
+        if vkube_api::registry::find(&info.group, &info.version, &info.resource).is_none() {
+            return response::status(&Status::path_not_found());
+        }
         let (content_type, body) = match decode_body(&parts.method, content_type, body) {
             Ok(decoded) => decoded,
             Err(status) => return response::status(&status),
         };
-        crate::rest::handle(&self, &info, &q, &accept, &content_type, body).await
+        crate::rest::handle(&self, &user, &info, &q, &accept, &content_type, body).await
     }
 
     async fn non_resource(
@@ -122,6 +122,15 @@ impl Api {
                             )
                         })
                         .collect();
+                    if path.starts_with("/readyz") {
+                        // Issuers do not gate readiness (an unreachable IdP must not take the API
+                        // down), but say why their tokens fail.
+                        for (issuer, health) in self.auth.issuer_health() {
+                            if let Err(why) = health {
+                                body.push_str(&format!("[+]authenticator {issuer} not initialized (its tokens fail until it is): {why}\n"));
+                            }
+                        }
+                    }
                     body.push_str(&format!(
                         "{} check {}\n",
                         path.trim_start_matches('/'),
@@ -168,6 +177,12 @@ impl Api {
                 }
             }
             "/openapi/v3" => response::json(200, &openapi::v3_index()),
+            "/.well-known/openid-configuration" => {
+                response::json(200, &self.auth.service_accounts.discovery_document())
+            }
+            "/openid/v1/jwks" => {
+                response::json(200, &self.auth.service_accounts.key.jwks_document())
+            }
             "/openapi/v2" => {
                 let mut resp = response::bytes(vkube_api::openapi_v2::document());
                 resp.headers_mut().insert(

@@ -24,6 +24,32 @@ struct VclusterYaml {
 #[serde(rename_all = "camelCase", default)]
 struct ControlPlane {
     backing_store: BackingStore,
+    distro: Distro,
+    #[serde(flatten)]
+    other: Other,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Distro {
+    k8s: K8sDistro,
+    #[serde(flatten)]
+    other: Other,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct K8sDistro {
+    api_server: ApiServer,
+    #[serde(flatten)]
+    other: Other,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct ApiServer {
+    /// kube-apiserver flags, `--name=value` each: vkube honours the authentication ones.
+    extra_args: Vec<String>,
     #[serde(flatten)]
     other: Other,
 }
@@ -99,6 +125,8 @@ pub struct Config {
     pub store: Option<StoreUrl>,
     /// Dotted paths of keys vkube does not know or support yet.
     pub unsupported: Vec<String>,
+    /// `controlPlane.distro.k8s.apiServer.extraArgs`.
+    pub api_server_args: Vec<String>,
 }
 
 /// The dotted path of the key on `line` (1-based), from the indentation of the lines above it.
@@ -165,6 +193,12 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
     note("", &yaml.other);
     note("controlPlane", &cp.other);
     note("controlPlane.backingStore", &bs.other);
+    note("controlPlane.distro", &cp.distro.other);
+    note("controlPlane.distro.k8s", &cp.distro.k8s.other);
+    note(
+        "controlPlane.distro.k8s.apiServer",
+        &cp.distro.k8s.api_server.other,
+    );
     note("controlPlane.backingStore.database", &bs.database.other);
     note(
         "controlPlane.backingStore.database.embedded",
@@ -255,6 +289,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
     Ok(Config {
         store: chosen.into_iter().next().and_then(|(_, url)| url),
         unsupported,
+        api_server_args: cp.distro.k8s.api_server.extra_args.clone(),
     })
 }
 
@@ -293,13 +328,26 @@ mod tests {
 
     #[test]
     fn names_unknown_keys() {
-        let c = p("sync:\n  toHost: {}\ncontrolPlane:\n  distro:\n    k8s: {}\n  backingStore:\n    database:\n      embedded:\n        enabled: true\n        foo: 1\n").unwrap();
+        let c = p("sync:\n  toHost: {}\ncontrolPlane:\n  distro:\n    k3s: {}\n  backingStore:\n    database:\n      embedded:\n        enabled: true\n        foo: 1\n").unwrap();
         assert_eq!(
             c.unsupported,
             [
                 "sync",
-                "controlPlane.distro",
+                "controlPlane.distro.k3s",
                 "controlPlane.backingStore.database.embedded.foo"
+            ]
+        );
+    }
+
+    #[test]
+    fn reads_the_api_servers_extra_args() {
+        let c = p("controlPlane:\n  distro:\n    k8s:\n      apiServer:\n        extraArgs:\n        - --oidc-issuer-url=https://login.microsoftonline.com/t/v2.0\n        - --oidc-client-id=abc\n").unwrap();
+        assert!(c.unsupported.is_empty(), "{:?}", c.unsupported);
+        assert_eq!(
+            c.api_server_args,
+            [
+                "--oidc-issuer-url=https://login.microsoftonline.com/t/v2.0",
+                "--oidc-client-id=abc"
             ]
         );
     }

@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a virtual cluster's API server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Inspect the store.
     Store {
         #[command(subcommand)]
@@ -61,9 +61,120 @@ struct ServeArgs {
     /// Extra DNS name or IP address for the serving certificate (repeatable).
     #[arg(long = "tls-san")]
     tls_sans: Vec<String>,
-    /// A vcluster.yaml; today vkube reads its controlPlane.backingStore.
+    /// A vcluster.yaml; vkube reads controlPlane.backingStore and the authentication flags in
+    /// controlPlane.distro.k8s.apiServer.extraArgs.
     #[arg(long)]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+/// kube-apiserver's authentication flags, with its defaults.
+#[derive(clap::Args)]
+struct AuthArgs {
+    /// The `iss` of service-account tokens.
+    #[arg(long, default_value = vkube_auth::service_account::DEFAULT_ISSUER)]
+    service_account_issuer: String,
+    /// Audiences the API accepts in service-account tokens (comma-separated; default the issuer).
+    #[arg(long, value_delimiter = ',')]
+    api_audiences: Vec<String>,
+    /// Whether requests without credentials are served as system:anonymous.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    anonymous_auth: bool,
+    /// OIDC issuer (https) whose ID tokens authenticate users.
+    #[arg(long)]
+    oidc_issuer_url: Option<String>,
+    /// The client id every token's `aud` must hold.
+    #[arg(long)]
+    oidc_client_id: Option<String>,
+    /// The claim that names the user (default `sub`).
+    #[arg(long)]
+    oidc_username_claim: Option<String>,
+    /// Prefix for usernames; default `ISSUER#` unless the claim is `email`; `-` for none.
+    #[arg(long)]
+    oidc_username_prefix: Option<String>,
+    /// The claim that lists the user's groups.
+    #[arg(long)]
+    oidc_groups_claim: Option<String>,
+    /// Prefix for group names.
+    #[arg(long)]
+    oidc_groups_prefix: Option<String>,
+    /// key=value a token's claims must hold (repeatable).
+    #[arg(long)]
+    oidc_required_claim: Vec<String>,
+    /// CA bundle for the issuer (default: the system's roots).
+    #[arg(long)]
+    oidc_ca_file: Option<PathBuf>,
+    /// Allowed signing algorithms (default RS256).
+    #[arg(long, value_delimiter = ',')]
+    oidc_signing_algs: Vec<String>,
+}
+
+impl AuthArgs {
+    /// The authentication options from these flags and a vcluster.yaml's apiServer extraArgs
+    /// (`--name=value` each; flags given on the command line win).
+    fn options(&self, extra_args: &[String]) -> Result<vkube_server::AuthOptions> {
+        let mut flags = vkube_auth::oidc::Flags::default();
+        let mut options = vkube_server::AuthOptions {
+            service_account_issuer: self.service_account_issuer.clone(),
+            api_audiences: self.api_audiences.clone(),
+            oidc: None,
+            anonymous: self.anonymous_auth,
+        };
+        let mut ignored = Vec::new();
+        for arg in extra_args {
+            if flags
+                .set(arg)
+                .map_err(|e| anyhow::anyhow!("extraArgs: {e}"))?
+            {
+                continue;
+            }
+            match arg.split_once('=') {
+                Some(("--service-account-issuer", v)) => {
+                    options.service_account_issuer = v.to_string()
+                }
+                Some(("--api-audiences", v)) => {
+                    options.api_audiences = v.split(',').map(str::to_string).collect()
+                }
+                Some(("--anonymous-auth", v)) => {
+                    options.anonymous = v.parse().map_err(|_| {
+                        anyhow::anyhow!("extraArgs: --anonymous-auth={v}: expected true or false")
+                    })?
+                }
+                _ => ignored.push(arg.clone()),
+            }
+        }
+        if !ignored.is_empty() {
+            eprintln!(
+                "vkube: warning: controlPlane.distro.k8s.apiServer.extraArgs has flags vkube does not support yet, which it ignores: {}",
+                ignored.join(", ")
+            );
+        }
+        let given = [
+            ("issuer-url", &self.oidc_issuer_url),
+            ("client-id", &self.oidc_client_id),
+            ("username-claim", &self.oidc_username_claim),
+            ("username-prefix", &self.oidc_username_prefix),
+            ("groups-claim", &self.oidc_groups_claim),
+            ("groups-prefix", &self.oidc_groups_prefix),
+        ];
+        for (name, value) in given {
+            if let Some(v) = value {
+                flags.set(&format!("--oidc-{name}={v}"))?;
+            }
+        }
+        for claim in &self.oidc_required_claim {
+            flags.set(&format!("--oidc-required-claim={claim}"))?;
+        }
+        if let Some(ca) = &self.oidc_ca_file {
+            flags.set(&format!("--oidc-ca-file={}", ca.display()))?;
+        }
+        if !self.oidc_signing_algs.is_empty() {
+            flags.signing_algs = self.oidc_signing_algs.clone();
+        }
+        options.oidc = flags.to_config()?;
+        Ok(options)
+    }
 }
 
 impl StoreArgs {
@@ -101,8 +212,10 @@ async fn shutdown_signal() {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let mut url = args.store.url()?;
+    let mut extra_args = Vec::new();
     if let Some(file) = &args.config {
         let config = config::load(file)?;
+        extra_args = config.api_server_args.clone();
         if !config.unsupported.is_empty() {
             eprintln!(
                 "vkube: warning: {} has keys vkube does not support yet, which it ignores: {}",
@@ -128,6 +241,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         listen: args.listen,
         tls_sans: args.tls_sans,
         data_dir: args.store.data_dir()?,
+        auth: args.auth.options(&extra_args)?,
     };
     let listen = args.listen;
     vkube_server::serve(
@@ -186,7 +300,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args).await?,
+        Command::Serve(args) => serve(*args).await?,
         Command::Store {
             command: StoreCommand::Status(args),
         } => {

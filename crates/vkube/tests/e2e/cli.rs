@@ -64,38 +64,6 @@ fn version_cluster_info_and_discovery() {
 }
 
 #[test]
-fn requests_without_the_admin_certificate_are_unauthorized() {
-    let server = Server::start();
-    let anonymous = server.dir.path().join("anonymous.kubeconfig");
-    let ca = server.dir.path().join("ca.crt").display().to_string();
-    let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {ca}\n\
-         users:\n- name: nobody\n  user: {{token: not-a-valid-token}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: nobody}}\ncurrent-context: c\n",
-        server.port
-    );
-    std::fs::write(&anonymous, config).unwrap();
-    for &k in KUBECTLS {
-        let out = kubectl_with(k, &anonymous, &["get", "ns"]);
-        assert!(
-            !out.ok
-                && out
-                    .stderr
-                    .contains("error: You must be logged in to the server"),
-            "{k}: {}",
-            out.stderr
-        );
-        // Health stays public, as upstream's system:public-info-viewer allows.
-        let health = kubectl_with(k, &anonymous, &["get", "--raw", "/readyz?verbose"]);
-        assert!(
-            health.stdout.contains("[+]etcd ok") && health.stdout.ends_with("readyz check passed"),
-            "{k}: {}{}",
-            health.stdout,
-            health.stderr
-        );
-    }
-}
-
-#[test]
 fn explain_and_field_validation() {
     let server = Server::start();
     for &k in KUBECTLS {

@@ -1,0 +1,133 @@
+//! Who is asking: the client certificate's user, else the bearer token's (service account or
+//! OIDC issuer), else `system:anonymous` when anonymous requests are allowed — upstream's order.
+//! A token that fails is 401 even where anonymous access would have been allowed. Then
+//! impersonation (`Impersonate-*` headers), which only `system:masters` may use until RBAC.
+
+use http::HeaderMap;
+use vkube_api::Status;
+use vkube_auth::UserInfo;
+
+use crate::router::Api;
+
+/// The bearer token of `Authorization: Bearer …`, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+pub async fn authenticate(
+    api: &Api,
+    cert_user: Option<UserInfo>,
+    headers: &HeaderMap,
+) -> Result<UserInfo, Status> {
+    if let Some(user) = cert_user {
+        return Ok(user);
+    }
+    if let Some(token) = bearer(headers) {
+        return match api.auth.authenticate(token, None).await {
+            Ok(user) => Ok(user),
+            Err(refusal) => {
+                tracing::info!(authenticator = refusal.authenticator, reason = %refusal.reason, "authentication failed");
+                Err(Status::unauthorized())
+            }
+        };
+    }
+    if api.auth.anonymous {
+        Ok(UserInfo::anonymous())
+    } else {
+        Err(Status::unauthorized())
+    }
+}
+
+/// Applies `Impersonate-User`, `-Group`, `-Uid` and `-Extra-*`. Impersonating needs the
+/// `impersonate` verb; until RBAC exists only `system:masters` holds it.
+pub fn impersonate(user: UserInfo, headers: &HeaderMap) -> Result<UserInfo, Status> {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect()
+    };
+    let users = values("impersonate-user");
+    let groups = values("impersonate-group");
+    let uid = values("impersonate-uid");
+    let extra: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(k, v)| {
+            let key = k.as_str().strip_prefix("impersonate-extra-")?;
+            let key = percent_decode(key);
+            Some((key, v.to_str().ok()?.to_string()))
+        })
+        .collect();
+    if users.is_empty() {
+        if !groups.is_empty() || !uid.is_empty() || !extra.is_empty() {
+            return Err(Status::bad_request(
+                "impersonating a group, uid or extra requires impersonating a user (Impersonate-User)",
+            ));
+        }
+        return Ok(user);
+    }
+    let target = &users[0];
+    if !user.is_master() {
+        let (resource, name) = match target.strip_prefix("system:serviceaccount:") {
+            Some(rest) => (
+                "serviceaccounts",
+                rest.split(':').nth(1).unwrap_or_default().to_string(),
+            ),
+            None => ("users", target.clone()),
+        };
+        return Err(Status::forbidden(
+            resource,
+            "",
+            &name,
+            &format!(
+                "User {:?} cannot impersonate resource {resource:?} in API group \"\" at the cluster scope",
+                user.username
+            ),
+        ));
+    }
+    let mut out = UserInfo {
+        username: target.clone(),
+        groups,
+        uid: uid.first().cloned().unwrap_or_default(),
+        ..UserInfo::default()
+    };
+    if let Some(rest) = target.strip_prefix("system:serviceaccount:") {
+        if let Some((ns, _)) = rest.split_once(':') {
+            out.groups.push("system:serviceaccounts".into());
+            out.groups.push(format!("system:serviceaccounts:{ns}"));
+        }
+    }
+    for (k, v) in extra {
+        out.extra.entry(k).or_default().push(v);
+    }
+    Ok(if target == vkube_auth::ANONYMOUS {
+        out
+    } else {
+        out.authenticated()
+    })
+}
+
+/// Header names carry extra keys percent-encoded (`Impersonate-Extra-example.com%2Fscopes`).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

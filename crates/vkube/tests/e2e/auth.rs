@@ -1,0 +1,172 @@
+//! Authentication through kubectl: bad tokens, anonymous requests, service-account tokens from
+//! TokenRequest, and OIDC users of an issuer configured with kube-apiserver's flags.
+
+use crate::harness::*;
+
+/// A kubeconfig with the cluster's CA and a bearer token — no client certificate.
+pub(crate) fn token_kubeconfig(server: &Server, name: &str, token: &str) -> std::path::PathBuf {
+    let path = server.dir.path().join(format!("{name}.kubeconfig"));
+    let ca = server.dir.path().join("ca.crt").display().to_string();
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {ca}\n\
+         users:\n- name: u\n  user: {{token: {token}}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
+        server.port
+    );
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+#[test]
+fn bad_tokens_are_unauthorized_and_anonymous_requests_forbidden() {
+    let server = Server::start();
+    let bad = token_kubeconfig(&server, "bad", "not-a-valid-token");
+    for &k in KUBECTLS {
+        let out = kubectl_with(k, &bad, &["get", "--raw", "/api/v1/namespaces"]);
+        assert!(
+            !out.ok && out.stderr.contains("Unauthorized"),
+            "{k}: {}",
+            out.stderr
+        );
+        // A token that fails is 401 even for health, as upstream.
+        assert!(
+            !kubectl_with(k, &bad, &["get", "--raw", "/readyz"]).ok,
+            "{k}"
+        );
+        // system:anonymous (here by impersonation) may read health, nothing else.
+        let health = run(
+            &server,
+            k,
+            &["get", "--raw", "/readyz?verbose", "--as=system:anonymous"],
+        );
+        assert!(health.ends_with("readyz check passed"), "{k}: {health}");
+        let out = server.kubectl(
+            k,
+            &[
+                "get",
+                "--raw",
+                "/api/v1/namespaces",
+                "--as=system:anonymous",
+            ],
+        );
+        let want = r#"namespaces is forbidden: User "system:anonymous" cannot list resource "namespaces" in API group "" at the cluster scope"#;
+        assert!(out.stderr.contains(want), "{k}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn service_account_tokens_from_token_request() {
+    let server = Server::start();
+    for &k in KUBECTLS {
+        let ns = ns_name(k, "sa");
+        run(&server, k, &["create", "namespace", &ns]);
+        run(&server, k, &["create", "serviceaccount", "bot", "-n", &ns]);
+        let token = run(
+            &server,
+            k,
+            &["create", "token", "bot", "-n", &ns, "--duration=20m"],
+        );
+        let config = token_kubeconfig(&server, &ns, &token);
+        let jsonpath = "jsonpath={.status.userInfo.username} {.status.userInfo.groups}";
+        let who = kubectl_with(k, &config, &["auth", "whoami", "-o", jsonpath]);
+        if k == "kubectl.1.27" {
+            // 1.27 knows only the beta SelfSubjectReview, which 1.33 no longer serves.
+            let want = "the selfsubjectreviews API is not enabled in the cluster";
+            assert!(who.stderr.contains(want), "{k}: {}", who.stderr);
+        } else {
+            let want = format!(
+                r#"system:serviceaccount:{ns}:bot ["system:serviceaccounts","system:serviceaccounts:{ns}","system:authenticated"]"#
+            );
+            assert_eq!(who.stdout, want, "{k}: {}", who.stderr);
+        }
+        let out = kubectl_with(k, &config, &["get", "pods", "-n", &ns]);
+        let want = format!(
+            r#"pods is forbidden: User "system:serviceaccount:{ns}:bot" cannot list resource "pods" in API group "" in the namespace "{ns}""#
+        );
+        assert!(out.stderr.contains(&want), "{k}: {}", out.stderr);
+        let short = server.kubectl(k, &["create", "token", "bot", "-n", &ns, "--duration=5m"]);
+        let want = "spec.expirationSeconds: Invalid value: 300: may not specify a duration less than 10 minutes";
+        assert!(short.stderr.contains(want), "{k}: {}", short.stderr);
+        // Recreating the ServiceAccount (a new uid) ends its old tokens, after the 10 s cache.
+        run(&server, k, &["delete", "serviceaccount", "bot", "-n", &ns]);
+        run(&server, k, &["create", "serviceaccount", "bot", "-n", &ns]);
+        std::thread::sleep(std::time::Duration::from_secs(11));
+        let out = kubectl_with(k, &config, &["get", "--raw", "/version"]);
+        assert!(
+            !out.ok && out.stderr.contains("Unauthorized"),
+            "{k}: {}",
+            out.stderr
+        );
+    }
+}
+
+/// A test OpenID provider on loopback, configured through vcluster.yaml's apiServer extraArgs
+/// (the flags) — and its key rotation seen without a restart.
+#[test]
+fn oidc_users_from_the_flags_in_vcluster_yaml() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let idp = rt.block_on(vkube_auth::testing::TestIdp::start("/tenant/v2.0"));
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("idp-ca.pem");
+    std::fs::write(&ca, &idp.ca_pem).unwrap();
+    let config = dir.path().join("vcluster.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "controlPlane:\n  distro:\n    k8s:\n      apiServer:\n        extraArgs:\n\
+             - --oidc-issuer-url={}\n        - --oidc-client-id=vkube\n        - --oidc-username-claim=email\n\
+             - --oidc-groups-claim=groups\n        - \"--oidc-groups-prefix=oidc:\"\n        - --oidc-ca-file={}\n",
+            idp.issuer,
+            ca.display()
+        )
+        .replace("\n- --", "\n        - --"),
+    )
+    .unwrap();
+    let server = Server::start_with(&["--config", &config.display().to_string()]);
+    let claims = |email: &str| {
+        let mut c = idp.claims("vkube");
+        c["email"] = email.into();
+        c["email_verified"] = true.into();
+        c["groups"] = serde_json::json!(["dev", "ops"]);
+        c["jti"] = "t-1".into();
+        c
+    };
+    for &k in &["kubectl", "kubectl.1.33"] {
+        let token = idp.mint("RS256", &claims("jane@example.com"));
+        let config = crate::auth::token_kubeconfig(&server, "jane", &token);
+        let who = kubectl_with(k, &config, &["auth", "whoami"]);
+        assert_eq!(
+            lines(&who.stdout),
+            lines(
+                "ATTRIBUTE VALUE\nUsername jane@example.com\nGroups [oidc:dev oidc:ops system:authenticated]\n\
+                 Extra: authentication.kubernetes.io/credential-id [JTI=t-1]"
+            ),
+            "{k}: {}",
+            who.stderr
+        );
+        // A wrong audience is 401.
+        let mut other = claims("jane@example.com");
+        other["aud"] = "someone-else".into();
+        let config = crate::auth::token_kubeconfig(&server, "other", &idp.mint("RS256", &other));
+        let out = kubectl_with(k, &config, &["auth", "whoami"]);
+        assert!(
+            !out.ok && out.stderr.contains("Unauthorized"),
+            "{k}: {}",
+            out.stderr
+        );
+    }
+    // The provider rotates its key: the next token is accepted without a restart.
+    idp.rotate("RS256");
+    let token = idp.mint("RS256", &claims("rotated@example.com"));
+    let config = crate::auth::token_kubeconfig(&server, "rotated", &token);
+    let who = kubectl_with(
+        "kubectl",
+        &config,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
+    assert_eq!(who.stdout, "rotated@example.com", "{}", who.stderr);
+}
