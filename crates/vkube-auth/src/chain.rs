@@ -1,16 +1,20 @@
 //! The token authenticator chain run on every request that carries a bearer token: the
 //! service-account issuer, then each JWT issuer (the first that claims the token decides), with
 //! successful results cached for a short time keyed by the token's SHA-256 — never the token.
+//! The JWT issuers can be replaced at run time (the configuration file was reloaded); the
+//! fingerprint of the effective configuration is kept for the HA checks.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
 
 use crate::UserInfo;
 use crate::jwt::Token;
-use crate::oidc::{JwtAuthenticator, Outcome};
+use crate::metrics::{AuthMetrics, hash_label};
+use crate::oidc::file::Anonymous;
+use crate::oidc::{JwtAuthenticator, JwtConfig, Outcome};
 use crate::service_account::{Issuer, TokenError};
 
 /// Upstream caches successful token authentications for 10 s.
@@ -19,10 +23,11 @@ const CACHE_MAX: usize = 10_000;
 
 pub struct Chain {
     pub service_accounts: Arc<Issuer>,
-    pub jwt: Vec<Arc<JwtAuthenticator>>,
-    /// Whether a request without credentials is `system:anonymous` (upstream's default) or 401.
-    pub anonymous: bool,
+    jwt: RwLock<Arc<Vec<Arc<JwtAuthenticator>>>>,
+    anonymous: Anonymous,
+    fingerprint: RwLock<String>,
     cache: Mutex<HashMap<Vec<u8>, (UserInfo, Instant)>>,
+    pub metrics: AuthMetrics,
 }
 
 /// Why a token was refused: for logs and metrics, never for the client.
@@ -33,17 +38,46 @@ pub struct Refusal {
 }
 
 impl Chain {
-    pub fn new(
-        service_accounts: Arc<Issuer>,
-        jwt: Vec<Arc<JwtAuthenticator>>,
-        anonymous: bool,
-    ) -> Chain {
-        Chain {
+    pub fn new(service_accounts: Arc<Issuer>, anonymous: Anonymous, metrics: AuthMetrics) -> Chain {
+        let chain = Chain {
             service_accounts,
-            jwt,
+            jwt: RwLock::new(Arc::new(Vec::new())),
             anonymous,
+            fingerprint: RwLock::new(String::new()),
             cache: Mutex::new(HashMap::new()),
-        }
+            metrics,
+        };
+        chain.set_jwt(Vec::new());
+        chain
+    }
+
+    /// Replaces the JWT issuers (at start, and when the configuration file is reloaded); each is
+    /// started, and cached authentications are dropped.
+    pub fn set_jwt(&self, issuers: Vec<Arc<JwtAuthenticator>>) {
+        let configs: Vec<&JwtConfig> = issuers.iter().map(|j| &j.config).collect();
+        let fingerprint = self.fingerprint_of(&configs);
+        *self.jwt.write().expect("lock") = Arc::new(issuers);
+        self.cache.lock().expect("lock").clear();
+        self.metrics.set_fingerprint(&fingerprint);
+        *self.fingerprint.write().expect("lock") = fingerprint;
+    }
+
+    /// SHA-256 of everything that decides who a request is: the service-account issuer and
+    /// audiences, the anonymous policy, and each JWT issuer's full configuration.
+    fn fingerprint_of(&self, configs: &[&JwtConfig]) -> String {
+        let effective = format!(
+            "sa={:?} aud={:?} anonymous={:?} jwt={configs:?}",
+            self.service_accounts.issuer, self.service_accounts.api_audiences, self.anonymous
+        );
+        hash_label(&effective)
+    }
+
+    pub fn fingerprint(&self) -> String {
+        self.fingerprint.read().expect("lock").clone()
+    }
+
+    pub fn anonymous(&self) -> &Anonymous {
+        &self.anonymous
     }
 
     /// Authenticates a bearer token for the API's audiences, or for `audiences` (TokenReview).
@@ -59,10 +93,9 @@ impl Chain {
             ctx.update(a.as_bytes());
         }
         let key = ctx.finish().as_ref().to_vec();
-        if let Some((user, at)) = self.cache.lock().expect("lock").get(&key) {
-            if at.elapsed() < CACHE_TTL {
-                return Ok(user.clone());
-            }
+        let cached = self.cache.lock().expect("lock").get(&key).cloned();
+        if let Some((user, _)) = cached.filter(|(_, at)| at.elapsed() < CACHE_TTL) {
+            return Ok(user);
         }
         let user = self.authenticate_uncached(token, audiences).await?;
         let mut cache = self.cache.lock().expect("lock");
@@ -91,8 +124,16 @@ impl Chain {
             Err(TokenError::NotMine) => {}
             Err(TokenError::Invalid(why)) => return Err(refuse("serviceaccount", why)),
         }
-        for issuer in &self.jwt {
-            match issuer.authenticate(&parsed).await {
+        let issuers = self.jwt.read().expect("lock").clone();
+        for issuer in issuers.iter() {
+            let started = Instant::now();
+            let outcome = issuer.authenticate(&parsed).await;
+            if outcome != Outcome::NotMine {
+                let ok = matches!(outcome, Outcome::User(_));
+                self.metrics
+                    .jwt(&issuer.config.issuer, ok, started.elapsed());
+            }
+            match outcome {
                 Outcome::NotMine => continue,
                 Outcome::User(user) => return Ok(user),
                 Outcome::Rejected(why) => return Err(refuse("jwt", why)),
@@ -106,7 +147,8 @@ impl Chain {
 
     /// `/readyz` detail: each JWT issuer's state.
     pub fn issuer_health(&self) -> Vec<(String, Result<(), String>)> {
-        self.jwt
+        let issuers = self.jwt.read().expect("lock").clone();
+        issuers
             .iter()
             .map(|j| (j.config.issuer.clone(), j.health()))
             .collect()

@@ -9,7 +9,9 @@ pub mod chain;
 pub mod fetch;
 pub mod jwt;
 pub mod keys;
+pub mod metrics;
 pub mod oidc;
+pub mod reload;
 pub mod service_account;
 #[cfg(any(test, feature = "test-idp"))]
 pub mod testing;

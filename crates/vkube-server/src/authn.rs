@@ -23,6 +23,20 @@ pub async fn authenticate(
     api: &Api,
     cert_user: Option<UserInfo>,
     headers: &HeaderMap,
+    path: &str,
+) -> Result<UserInfo, Status> {
+    let started = std::time::Instant::now();
+    let result = identify(api, cert_user, headers, path).await;
+    let label = if result.is_ok() { "success" } else { "failure" };
+    api.auth.metrics.attempt(label, started.elapsed());
+    result
+}
+
+async fn identify(
+    api: &Api,
+    cert_user: Option<UserInfo>,
+    headers: &HeaderMap,
+    path: &str,
 ) -> Result<UserInfo, Status> {
     if let Some(user) = cert_user {
         return Ok(user);
@@ -36,7 +50,7 @@ pub async fn authenticate(
             }
         };
     }
-    if api.auth.anonymous {
+    if api.auth.anonymous().allows(path) {
         Ok(UserInfo::anonymous())
     } else {
         Err(Status::unauthorized())

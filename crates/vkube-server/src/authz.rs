@@ -45,6 +45,7 @@ pub fn authorize(
         let allowed = read
             && (public_info(path)
                 || (authenticated && discovery(path))
+                || (in_group(user, "system:monitoring") && path == "/metrics")
                 || (in_group(user, "system:serviceaccounts")
                     && matches!(
                         path,

@@ -36,8 +36,11 @@ pub struct AuthOptions {
     pub api_audiences: Vec<String>,
     /// The OIDC issuer of the `--oidc-*` flags.
     pub oidc: Option<vkube_auth::oidc::JwtConfig>,
-    /// `--anonymous-auth` (default true, as upstream).
+    /// `--anonymous-auth` (default true, as upstream); a configuration file's `anonymous`
+    /// section replaces it.
     pub anonymous: bool,
+    /// `--authentication-config`: an AuthenticationConfiguration file, watched for changes.
+    pub authentication_config: Option<PathBuf>,
 }
 
 impl Default for AuthOptions {
@@ -47,6 +50,7 @@ impl Default for AuthOptions {
             api_audiences: vec![],
             oidc: None,
             anonymous: true,
+            authentication_config: None,
         }
     }
 }
@@ -128,6 +132,53 @@ fn admin_kubeconfig(ca: &Ca, config: &Config) -> Result<PathBuf, IdentityError> 
     Ok(path)
 }
 
+/// The authenticator chain: the `--oidc-*` issuer, or the issuers of the configuration file
+/// (then watched for changes).
+fn authentication(
+    config: &Config,
+    issuer: vkube_auth::service_account::Issuer,
+) -> Result<
+    (
+        Arc<vkube_auth::chain::Chain>,
+        Option<tokio::task::JoinHandle<()>>,
+    ),
+    ServeError,
+> {
+    use vkube_auth::oidc::file::Anonymous;
+    let flag_anonymous = if config.auth.anonymous {
+        Anonymous::Enabled
+    } else {
+        Anonymous::Disabled
+    };
+    let metrics = vkube_auth::metrics::AuthMetrics::new(&config.listen.to_string());
+    let auth_err = |e: vkube_auth::oidc::ConfigError| ServeError::Auth(e.0);
+    let Some(path) = &config.auth.authentication_config else {
+        let chain = Arc::new(vkube_auth::chain::Chain::new(
+            Arc::new(issuer),
+            flag_anonymous,
+            metrics,
+        ));
+        if let Some(oidc) = &config.auth.oidc {
+            let authenticator =
+                vkube_auth::oidc::JwtAuthenticator::new(oidc.clone()).map_err(auth_err)?;
+            authenticator.start();
+            chain.set_jwt(vec![authenticator]);
+        }
+        return Ok((chain, None));
+    };
+    let (file, issuers) = vkube_auth::reload::load(path).map_err(auth_err)?;
+    let anonymous = file.anonymous.unwrap_or(flag_anonymous);
+    let chain = Arc::new(vkube_auth::chain::Chain::new(
+        Arc::new(issuer),
+        anonymous,
+        metrics,
+    ));
+    issuers.iter().for_each(|i| i.start());
+    chain.set_jwt(issuers);
+    let watcher = vkube_auth::reload::watch(chain.clone(), path.clone(), Duration::from_secs(1));
+    Ok((chain, Some(watcher)))
+}
+
 /// Serves until `shutdown` resolves. `on_listening` gets the admin kubeconfig's path once the
 /// port is bound.
 pub async fn serve(
@@ -158,14 +209,7 @@ pub async fn serve(
         sa_key,
         store.clone(),
     );
-    let mut jwt = Vec::new();
-    if let Some(oidc) = &config.auth.oidc {
-        let authenticator = vkube_auth::oidc::JwtAuthenticator::new(oidc.clone())
-            .map_err(|e| ServeError::Auth(e.0))?;
-        authenticator.start();
-        jwt.push(authenticator);
-    }
-    let auth = vkube_auth::chain::Chain::new(Arc::new(issuer), jwt, config.auth.anonymous);
+    let (auth, reloader) = authentication(&config, issuer)?;
     tokio::task::spawn_blocking(vkube_api::schema::warm);
     let hub = crate::hub::Hub::start(store.clone()).await?;
     let api = Arc::new(Api {
@@ -174,6 +218,11 @@ pub async fn serve(
         ca_pem: ca.cert_pem.clone(),
         serving: AtomicBool::new(true),
         listen: config.listen,
+        metrics: {
+            let mut registry = prometheus_client::registry::Registry::default();
+            auth.metrics.register(&mut registry);
+            crate::metrics::Metrics::new(registry)
+        },
         auth,
     });
     let controllers = crate::controllers::start(api.clone()).await?;
@@ -232,6 +281,9 @@ pub async fn serve(
     drop(listener);
     controllers.abort();
     compactor.abort();
+    if let Some(r) = reloader {
+        r.abort();
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
     Ok(())
 }

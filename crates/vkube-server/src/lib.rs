@@ -9,6 +9,7 @@ mod controllers;
 mod http_server;
 mod hub;
 pub mod identity;
+mod metrics;
 mod patch;
 mod pod_actions;
 mod request;

@@ -26,19 +26,44 @@ pub struct Api {
     /// False once shutdown began: /readyz then fails, so load balancers drain this replica.
     pub serving: AtomicBool,
     /// The token authenticators (service accounts, OIDC issuers) and the anonymous setting.
-    pub auth: vkube_auth::chain::Chain,
+    pub auth: Arc<vkube_auth::chain::Chain>,
+    /// What `/metrics` reports.
+    pub metrics: crate::metrics::Metrics,
     /// Where this replica serves: the `kubernetes` Service's endpoint.
     pub listen: std::net::SocketAddr,
 }
 
 impl Api {
+    /// Serves one request and records it in the request metrics.
     pub async fn handle(
         self: Arc<Self>,
         cert_user: Option<vkube_auth::UserInfo>,
         req: Request<Incoming>,
     ) -> Response<Body> {
+        let started = std::time::Instant::now();
+        let method = req.method().clone();
+        let q = query(req.uri().query());
+        let info = RequestInfo::parse(&method, req.uri().path(), &q);
+        let dry_run = q.get("dryRun").is_some_and(|v| v == "All");
+        let api = self.clone();
+        let resp = self.serve(cert_user, req).await;
+        api.metrics.observe(
+            &info,
+            &method,
+            dry_run,
+            resp.status().as_u16(),
+            started.elapsed(),
+        );
+        resp
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        cert_user: Option<vkube_auth::UserInfo>,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
         let path = req.uri().path().to_string();
-        let user = match crate::authn::authenticate(&self, cert_user, req.headers()).await {
+        let user = match crate::authn::authenticate(&self, cert_user, req.headers(), &path).await {
             Ok(u) => u,
             Err(status) => return response::status(&status),
         };
@@ -177,6 +202,14 @@ impl Api {
                 }
             }
             "/openapi/v3" => response::json(200, &openapi::v3_index()),
+            "/metrics" => {
+                let mut resp = response::text(200, self.metrics.text());
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                resp
+            }
             "/.well-known/openid-configuration" => {
                 response::json(200, &self.auth.service_accounts.discovery_document())
             }

@@ -78,9 +78,13 @@ struct AuthArgs {
     /// Audiences the API accepts in service-account tokens (comma-separated; default the issuer).
     #[arg(long, value_delimiter = ',')]
     api_audiences: Vec<String>,
-    /// Whether requests without credentials are served as system:anonymous.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    anonymous_auth: bool,
+    /// Whether requests without credentials are served as system:anonymous (default true).
+    #[arg(long, action = clap::ArgAction::Set)]
+    anonymous_auth: Option<bool>,
+    /// An AuthenticationConfiguration file (apiserver.config.k8s.io/v1): JWT issuers with claim
+    /// mappings and CEL rules. Reloaded when it changes. Exclusive with the --oidc-* flags.
+    #[arg(long)]
+    authentication_config: Option<PathBuf>,
     /// OIDC issuer (https) whose ID tokens authenticate users.
     #[arg(long)]
     oidc_issuer_url: Option<String>,
@@ -119,8 +123,10 @@ impl AuthArgs {
             service_account_issuer: self.service_account_issuer.clone(),
             api_audiences: self.api_audiences.clone(),
             oidc: None,
-            anonymous: self.anonymous_auth,
+            anonymous: self.anonymous_auth.unwrap_or(true),
+            authentication_config: self.authentication_config.clone(),
         };
+        let mut anonymous_set = self.anonymous_auth.is_some();
         let mut ignored = Vec::new();
         for arg in extra_args {
             if flags
@@ -137,9 +143,13 @@ impl AuthArgs {
                     options.api_audiences = v.split(',').map(str::to_string).collect()
                 }
                 Some(("--anonymous-auth", v)) => {
+                    anonymous_set = true;
                     options.anonymous = v.parse().map_err(|_| {
                         anyhow::anyhow!("extraArgs: --anonymous-auth={v}: expected true or false")
                     })?
+                }
+                Some(("--authentication-config", v)) if options.authentication_config.is_none() => {
+                    options.authentication_config = Some(PathBuf::from(v))
                 }
                 _ => ignored.push(arg.clone()),
             }
@@ -171,6 +181,24 @@ impl AuthArgs {
         }
         if !self.oidc_signing_algs.is_empty() {
             flags.signing_algs = self.oidc_signing_algs.clone();
+        }
+        if let Some(path) = &options.authentication_config {
+            if !flags.is_empty() {
+                anyhow::bail!(
+                    "authentication-config file and oidc-* flags are mutually exclusive: configure the issuer in {} or with the flags, not both",
+                    path.display()
+                );
+            }
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --authentication-config {}", path.display()))?;
+            let file = vkube_auth::oidc::file::parse(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.0))?;
+            if file.anonymous.is_some() && anonymous_set {
+                anyhow::bail!(
+                    "--anonymous-auth flag cannot be set when anonymous field is configured in authentication configuration file {}",
+                    path.display()
+                );
+            }
         }
         options.oidc = flags.to_config()?;
         Ok(options)

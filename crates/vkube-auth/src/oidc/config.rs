@@ -2,14 +2,31 @@
 
 use std::path::PathBuf;
 
+use super::Expr;
 use crate::jwt::ASYMMETRIC;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+/// Where a user attribute comes from: a claim (with a prefix), or a CEL expression over `claims`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mapping {
+    Claim { claim: String, prefix: String },
+    Expression(Expr),
+}
+
+/// A rule every token of the issuer must pass.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimRule {
+    /// The claim must be a string equal to `value` (`--oidc-required-claim`, `requiredValue`).
+    Required { claim: String, value: String },
+    /// A CEL expression over `claims` that must be true; `message` says why not.
+    Expression { expr: Expr, message: String },
+}
+
 /// The effective configuration of one issuer.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JwtConfig {
     pub issuer: String,
     /// Where discovery is read when it is not under the issuer URL.
@@ -17,11 +34,14 @@ pub struct JwtConfig {
     /// The token's `aud` must hold one of these.
     pub audiences: Vec<String>,
     pub ca_pem: Option<String>,
-    pub username_claim: String,
-    pub username_prefix: String,
-    pub groups_claim: Option<String>,
-    pub groups_prefix: String,
-    pub required_claims: Vec<(String, String)>,
+    pub username: Mapping,
+    pub groups: Option<Mapping>,
+    pub uid: Option<Mapping>,
+    /// `extra` keys and their CEL value expressions.
+    pub extra: Vec<(String, Expr)>,
+    pub claim_rules: Vec<ClaimRule>,
+    /// CEL expressions over `user` that must be true, with their messages.
+    pub user_rules: Vec<(Expr, String)>,
     pub signing_algs: Vec<String>,
 }
 
@@ -90,14 +110,17 @@ impl Flags {
             _ if username_claim == "email" => String::new(),
             _ => format!("{issuer}#"),
         };
-        let mut required_claims = Vec::new();
+        let mut claim_rules = Vec::new();
         for pair in &self.required_claims {
             let (k, v) = pair.split_once('=').ok_or_else(|| {
                 ConfigError(format!(
                     "--oidc-required-claim {pair:?}: expected key=value"
                 ))
             })?;
-            required_claims.push((k.to_string(), v.to_string()));
+            claim_rules.push(ClaimRule::Required {
+                claim: k.to_string(),
+                value: v.to_string(),
+            });
         }
         let signing_algs = if self.signing_algs.is_empty() {
             vec!["RS256".to_string()]
@@ -112,16 +135,28 @@ impl Flags {
             ),
             None => None,
         };
+        let groups = self
+            .groups_claim
+            .clone()
+            .filter(|g| !g.is_empty())
+            .map(|claim| Mapping::Claim {
+                claim,
+                prefix: self.groups_prefix.clone().unwrap_or_default(),
+            });
         Ok(Some(JwtConfig {
             issuer,
             discovery_url: None,
             audiences: vec![client_id],
             ca_pem,
-            username_claim,
-            username_prefix,
-            groups_claim: self.groups_claim.clone().filter(|g| !g.is_empty()),
-            groups_prefix: self.groups_prefix.clone().unwrap_or_default(),
-            required_claims,
+            username: Mapping::Claim {
+                claim: username_claim,
+                prefix: username_prefix,
+            },
+            groups,
+            uid: None,
+            extra: vec![],
+            claim_rules,
+            user_rules: vec![],
             signing_algs,
         }))
     }

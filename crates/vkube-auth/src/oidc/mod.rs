@@ -6,9 +6,12 @@
 //! the JWKS when a token names an unknown key id (rate limited), so a key rotation at the issuer
 //! is seen by every replica on its next token (DESIGN rule 6).
 
-mod config;
+mod cel;
+pub mod config;
+pub mod file;
 mod provider;
 
+pub use cel::Expr;
 pub use config::{ConfigError, Flags, JwtConfig};
 pub use provider::JwtAuthenticator;
 
@@ -22,5 +25,7 @@ pub enum Outcome {
     Rejected(String),
 }
 
+#[cfg(test)]
+mod structured_tests;
 #[cfg(test)]
 mod tests;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
+use super::config::{ClaimRule, Mapping};
 use super::{JwtConfig, Outcome};
 use crate::fetch::Client;
 use crate::jwt::{Jwk, Jwks, JwtError, Token};
@@ -33,6 +34,66 @@ pub struct JwtAuthenticator {
 
 fn reject(why: impl Into<String>) -> Outcome {
     Outcome::Rejected(why.into())
+}
+
+/// A string, or a list of strings, as a list; `null`, `""` and `[]` are empty. `None`: neither.
+fn strings(v: Value) -> Option<Vec<String>> {
+    match v {
+        Value::Null => Some(vec![]),
+        Value::String(s) if s.is_empty() => Some(vec![]),
+        Value::String(s) => Some(vec![s]),
+        Value::Array(items) => items
+            .into_iter()
+            .map(|i| i.as_str().map(str::to_string))
+            .collect(),
+        _ => None,
+    }
+}
+
+/// A single string attribute (uid) from a claim or an expression; `None` when absent or empty.
+fn string_of(
+    mapping: &Mapping,
+    claims: &Map<String, Value>,
+    claims_json: &Value,
+    what: &str,
+) -> Result<Option<String>, String> {
+    let value = match mapping {
+        Mapping::Claim { claim, .. } => claims.get(claim).cloned().unwrap_or(Value::Null),
+        Mapping::Expression(expr) => expr
+            .eval("claims", claims_json)
+            .map_err(|e| format!("oidc: {what} expression: {e}"))?,
+    };
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) if s.is_empty() => Ok(None),
+        Value::String(s) => Ok(Some(s)),
+        _ => Err(format!("oidc: {what} must be a string")),
+    }
+}
+
+fn check_claim_rule(
+    rule: &ClaimRule,
+    claims: &Map<String, Value>,
+    claims_json: &Value,
+) -> Result<(), String> {
+    match rule {
+        ClaimRule::Required { claim, value } => match claims.get(claim) {
+            None => Err(format!(
+                "oidc: required claim {claim} not present in ID token"
+            )),
+            Some(Value::String(v)) if v == value => Ok(()),
+            Some(_) => Err(format!("oidc: required claim {claim} value does not match")),
+        },
+        ClaimRule::Expression { expr, message } => match expr.eval("claims", claims_json) {
+            Ok(Value::Bool(true)) => Ok(()),
+            Ok(_) => Err(format!(
+                "oidc: error evaluating claim validation expression: {message}"
+            )),
+            Err(e) => Err(format!(
+                "oidc: error evaluating claim validation expression: {e}"
+            )),
+        },
+    }
 }
 
 impl JwtAuthenticator {
@@ -185,24 +246,17 @@ impl JwtAuthenticator {
         if let Err(why) = self.check_time_and_audience(claims) {
             return reject(why);
         }
-        for (key, want) in &self.config.required_claims {
-            match claims.get(key) {
-                None => {
-                    return reject(format!(
-                        "oidc: required claim {key} not present in ID token"
-                    ));
-                }
-                Some(Value::String(v)) if v == want => {}
-                Some(_) => {
-                    return reject(format!("oidc: required claim {key} value does not match"));
-                }
+        let claims_json = Value::Object(claims.clone());
+        for rule in &self.config.claim_rules {
+            if let Err(why) = check_claim_rule(rule, claims, &claims_json) {
+                return reject(why);
             }
         }
-        let username = match self.username(claims) {
+        let username = match self.username(claims, &claims_json) {
             Ok(u) => u,
             Err(why) => return reject(why),
         };
-        let groups = match self.groups(claims).await {
+        let groups = match self.groups(claims, &claims_json).await {
             Ok(g) => g,
             Err(why) => return reject(why),
         };
@@ -211,9 +265,52 @@ impl JwtAuthenticator {
             groups,
             ..UserInfo::default()
         };
+        match &self.config.uid {
+            None => {}
+            Some(mapping) => match string_of(mapping, claims, &claims_json, "uid") {
+                Ok(Some(uid)) => user.uid = uid,
+                Ok(None) => {}
+                Err(why) => return reject(why),
+            },
+        }
+        for (key, expr) in &self.config.extra {
+            match expr
+                .eval("claims", &claims_json)
+                .map_err(|e| format!("oidc: extra {key}: {e}"))
+            {
+                Ok(v) => match strings(v) {
+                    Some(values) if !values.is_empty() => {
+                        drop(user.extra.insert(key.clone(), values))
+                    }
+                    Some(_) => {}
+                    None => {
+                        return reject(format!(
+                            "oidc: extra {key}: not a string or a list of strings"
+                        ));
+                    }
+                },
+                Err(why) => return reject(why),
+            }
+        }
         if let Some(jti) = claims.get("jti").and_then(Value::as_str) {
             user.extra
                 .insert(CREDENTIAL_ID.into(), vec![format!("JTI={jti}")]);
+        }
+        if !self.config.user_rules.is_empty() {
+            let user_json = serde_json::to_value(&user).unwrap_or_default();
+            let user_json = serde_json::json!({
+                "username": user_json["username"], "uid": user.uid,
+                "groups": user.groups, "extra": user.extra,
+            });
+            for (expr, message) in &self.config.user_rules {
+                match expr.eval("user", &user_json) {
+                    Ok(Value::Bool(true)) => {}
+                    Ok(_) => {
+                        return reject(format!("oidc: user validation rule failed: {message}"));
+                    }
+                    Err(e) => return reject(format!("oidc: user validation rule: {e}")),
+                }
+            }
         }
         Outcome::User(user.authenticated())
     }
@@ -251,26 +348,54 @@ impl JwtAuthenticator {
         Ok(())
     }
 
-    fn username(&self, claims: &Map<String, Value>) -> Result<String, String> {
-        let claim = &self.config.username_claim;
-        let value = match claims.get(claim) {
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => return Err(format!("oidc: parse username claim {claim}: not a string")),
-            None => return Err(format!("oidc: claim not present: {claim}")),
-        };
-        if claim == "email" {
-            match claims.get("email_verified") {
-                None | Some(Value::Bool(true)) => {}
-                Some(Value::Bool(false)) => return Err("oidc: email not verified".into()),
-                Some(_) => return Err("oidc: parse 'email_verified' claim: not a boolean".into()),
+    fn username(&self, claims: &Map<String, Value>, claims_json: &Value) -> Result<String, String> {
+        match &self.config.username {
+            Mapping::Claim { claim, prefix } => {
+                let value = match claims.get(claim) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(_) => {
+                        return Err(format!("oidc: parse username claim {claim}: not a string"));
+                    }
+                    None => return Err(format!("oidc: claim not present: {claim}")),
+                };
+                if claim == "email" {
+                    match claims.get("email_verified") {
+                        None | Some(Value::Bool(true)) => {}
+                        Some(Value::Bool(false)) => return Err("oidc: email not verified".into()),
+                        Some(_) => {
+                            return Err("oidc: parse 'email_verified' claim: not a boolean".into());
+                        }
+                    }
+                }
+                Ok(format!("{prefix}{value}"))
             }
+            Mapping::Expression(expr) => match expr.eval("claims", claims_json) {
+                Ok(Value::String(s)) if !s.is_empty() => Ok(s),
+                Ok(Value::String(_)) | Ok(Value::Null) => {
+                    Err("oidc: empty username via CEL expression is not allowed".into())
+                }
+                Ok(_) => Err("oidc: username expression must return a string".into()),
+                Err(e) => Err(format!("oidc: username expression: {e}")),
+            },
         }
-        Ok(format!("{}{value}", self.config.username_prefix))
     }
 
-    async fn groups(&self, claims: &Map<String, Value>) -> Result<Vec<String>, String> {
-        let Some(claim) = &self.config.groups_claim else {
-            return Ok(vec![]);
+    async fn groups(
+        &self,
+        claims: &Map<String, Value>,
+        claims_json: &Value,
+    ) -> Result<Vec<String>, String> {
+        let (claim, prefix) = match &self.config.groups {
+            None => return Ok(vec![]),
+            Some(Mapping::Expression(expr)) => {
+                let v = expr
+                    .eval("claims", claims_json)
+                    .map_err(|e| format!("oidc: groups expression: {e}"))?;
+                return strings(v).ok_or_else(|| {
+                    "oidc: groups expression must return a string or a list of strings".into()
+                });
+            }
+            Some(Mapping::Claim { claim, prefix }) => (claim, prefix),
         };
         let value = match claims.get(claim) {
             Some(v) => v.clone(),
@@ -279,23 +404,17 @@ impl JwtAuthenticator {
                 None => return Ok(vec![]),
             },
         };
-        let raw: Vec<String> = match value {
-            Value::String(s) => vec![s],
-            Value::Array(items) => items
-                .into_iter()
-                .map(|i| i.as_str().map(str::to_string).ok_or(()))
-                .collect::<Result<_, _>>()
-                .map_err(|_| format!("oidc: parse groups claim {claim}: not a list of strings"))?,
+        let raw = match value {
+            Value::String(_) | Value::Array(_) => strings(value).ok_or_else(|| {
+                format!("oidc: parse groups claim {claim}: not a list of strings")
+            })?,
             _ => {
                 return Err(format!(
                     "oidc: parse groups claim {claim}: not a string or a list"
                 ));
             }
         };
-        Ok(raw
-            .into_iter()
-            .map(|g| format!("{}{g}", self.config.groups_prefix))
-            .collect())
+        Ok(raw.into_iter().map(|g| format!("{prefix}{g}")).collect())
     }
 
     /// A claim held elsewhere (`_claim_names` / `_claim_sources`): the endpoint answers with a JWT

@@ -24,7 +24,8 @@ fn flags(idp: &TestIdp, extra: &[&str]) -> JwtConfig {
     cfg
 }
 
-async fn ready(cfg: JwtConfig) -> Arc<JwtAuthenticator> {
+/// Starts an authenticator and waits until its issuer is reachable.
+pub(super) async fn ready(cfg: JwtConfig) -> Arc<JwtAuthenticator> {
     let a = JwtAuthenticator::new(cfg).unwrap();
     a.start();
     for _ in 0..200 {
@@ -83,16 +84,31 @@ fn flags_to_config() {
     f.set("--oidc-client-id=k").unwrap();
     let cfg = f.to_config().unwrap().unwrap();
     assert_eq!(
-        (cfg.username_claim.as_str(), cfg.username_prefix.as_str()),
-        ("sub", "https://idp.example#")
+        cfg.username,
+        config::Mapping::Claim {
+            claim: "sub".into(),
+            prefix: "https://idp.example#".into()
+        }
     );
     assert_eq!(cfg.signing_algs, ["RS256"]);
     let mut email = f.clone();
     email.set("--oidc-username-claim=email").unwrap();
-    assert_eq!(email.to_config().unwrap().unwrap().username_prefix, "");
+    assert_eq!(
+        email.to_config().unwrap().unwrap().username,
+        config::Mapping::Claim {
+            claim: "email".into(),
+            prefix: "".into()
+        }
+    );
     let mut dash = f.clone();
     dash.set("--oidc-username-prefix=-").unwrap();
-    assert_eq!(dash.to_config().unwrap().unwrap().username_prefix, "");
+    assert_eq!(
+        dash.to_config().unwrap().unwrap().username,
+        config::Mapping::Claim {
+            claim: "sub".into(),
+            prefix: "".into()
+        }
+    );
     let mut hs = f.clone();
     hs.set("--oidc-signing-algs=HS256").unwrap();
     assert_eq!(

@@ -170,3 +170,98 @@ fn oidc_users_from_the_flags_in_vcluster_yaml() {
     );
     assert_eq!(who.stdout, "rotated@example.com", "{}", who.stderr);
 }
+
+fn auth_config(idp: &vkube_auth::testing::TestIdp, prefix: &str) -> String {
+    let ca: String = idp.ca_pem.lines().map(|l| format!("      {l}\n")).collect();
+    format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt:\n- issuer:\n    url: {}\n    audiences: [vkube]\n    certificateAuthority: |\n{ca}\
+         \x20 claimMappings:\n    username: {{claim: sub, prefix: \"{prefix}\"}}\n    groups: {{expression: \"claims.roles.map(r, 'role:' + r)\"}}\n\
+         \x20 userValidationRules:\n  - expression: \"!user.username.startsWith('system:')\"\n    message: no system users\n",
+        idp.issuer
+    )
+}
+
+fn metric_line(server: &Server, name: &str) -> Vec<String> {
+    run(server, "kubectl", &["get", "--raw", "/metrics"])
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `--authentication-config`: a structured configuration with CEL, reloaded on change; an
+/// invalid new file keeps the old one, and both show in the metrics.
+#[test]
+fn oidc_users_from_an_authentication_config_reloaded_on_change() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let idp = rt.block_on(vkube_auth::testing::TestIdp::start(""));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("authn.yaml");
+    std::fs::write(&file, auth_config(&idp, "oidc:")).unwrap();
+    let server = Server::start_with(&["--authentication-config", &file.display().to_string()]);
+    let mut claims = idp.claims("vkube");
+    claims["roles"] = serde_json::json!(["dev"]);
+    let config = crate::auth::token_kubeconfig(&server, "cfg", &idp.mint("ES256", &claims));
+    let who = || {
+        let out = kubectl_with(
+            "kubectl",
+            &config,
+            &[
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+            ],
+        );
+        out.stdout
+    };
+    assert_eq!(who(), r#"oidc:alice ["role:dev","system:authenticated"]"#);
+    let before = metric_line(&server, "vkube_authentication_config_info");
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert!(before[0].contains("fingerprint=\"sha256:"), "{before:?}");
+    // A user validation rule refuses system: users.
+    let mut system = claims.clone();
+    system["sub"] = "system:admin".into();
+    std::fs::write(&file, auth_config(&idp, "")).unwrap();
+    let mut reloaded = false;
+    for _ in 0..50 {
+        if who() == r#"alice ["role:dev","system:authenticated"]"# {
+            reloaded = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(reloaded, "the new prefix was picked up: {}", who());
+    assert_ne!(
+        metric_line(&server, "vkube_authentication_config_info"),
+        before,
+        "the fingerprint changed"
+    );
+    let bad = crate::auth::token_kubeconfig(&server, "sys", &idp.mint("ES256", &system));
+    assert!(!kubectl_with("kubectl", &bad, &["auth", "whoami"]).ok);
+    // An invalid file is refused and counted; the last good configuration stays.
+    std::fs::write(&file, "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt:\n- issuer: {url: 'http://x'}\n").unwrap();
+    let mut counted = false;
+    for _ in 0..50 {
+        let failures = metric_line(
+            &server,
+            "apiserver_authentication_config_controller_automatic_reloads_total",
+        );
+        if failures.iter().any(|l| l.contains("status=\"failure\"")) {
+            counted = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(counted, "the failed reload is counted");
+    assert_eq!(who(), r#"alice ["role:dev","system:authenticated"]"#);
+    let attempts = metric_line(&server, "authentication_attempts_total");
+    assert!(
+        attempts.iter().any(|l| l.contains("result=\"success\"")),
+        "{attempts:?}"
+    );
+    assert!(
+        attempts.iter().any(|l| l.contains("result=\"failure\"")),
+        "{attempts:?}"
+    );
+}
