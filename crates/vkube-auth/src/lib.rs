@@ -17,6 +17,9 @@ pub mod service_account;
 pub mod testing;
 pub mod x509;
 
+#[cfg(test)]
+mod security_tests;
+
 use std::collections::BTreeMap;
 
 use serde::Serialize;

@@ -97,6 +97,8 @@ struct State {
     claims: HashMap<String, String>,
     down: bool,
     jwks_fetches: usize,
+    /// Requests per path, to prove what was (not) fetched.
+    hits: HashMap<String, usize>,
 }
 
 /// A running test issuer.
@@ -259,6 +261,7 @@ impl TestIdp {
 
 fn serve(state: &Mutex<State>, issuer: &str, path: &str) -> Response<Full<Bytes>> {
     let mut st = state.lock().unwrap();
+    *st.hits.entry(path.to_string()).or_default() += 1;
     let reply = |code: StatusCode, body: String| {
         Response::builder()
             .status(code)
@@ -287,5 +290,35 @@ fn serve(state: &Mutex<State>, issuer: &str, path: &str) -> Response<Full<Bytes>
     match st.claims.get(path) {
         Some(body) => reply(StatusCode::OK, body.clone()),
         None => reply(StatusCode::NOT_FOUND, "{}".into()),
+    }
+}
+
+impl TestIdp {
+    /// Signs `claims` under a header of the test's choosing (`alg`, `kid`, `jku`, …), with the key
+    /// of `key_alg`'s family: for tokens that lie about themselves.
+    pub fn mint_with_header(&self, key_alg: &str, header: &Value, claims: &Value) -> String {
+        let key = self.state.lock().unwrap().keys[family(key_alg)].clone();
+        jwt::encode(header, claims, |input| key.sign(key_alg, input))
+    }
+
+    /// How many requests `path` got.
+    pub fn hits(&self, path: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .hits
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The kid of the published key of `alg`'s family.
+    pub fn kid(&self, alg: &str) -> String {
+        self.state.lock().unwrap().keys[family(alg)].kid.clone()
+    }
+
+    /// The RSA key's public JWK, as the JWKS publishes it.
+    pub fn public_jwk(&self, alg: &str) -> Value {
+        self.state.lock().unwrap().keys[family(alg)].jwk()
     }
 }

@@ -28,4 +28,4 @@ pub enum Outcome {
 #[cfg(test)]
 mod structured_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

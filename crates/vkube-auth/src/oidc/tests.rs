@@ -25,7 +25,7 @@ fn flags(idp: &TestIdp, extra: &[&str]) -> JwtConfig {
 }
 
 /// Starts an authenticator and waits until its issuer is reachable.
-pub(super) async fn ready(cfg: JwtConfig) -> Arc<JwtAuthenticator> {
+pub(crate) async fn ready(cfg: JwtConfig) -> Arc<JwtAuthenticator> {
     let a = JwtAuthenticator::new(cfg).unwrap();
     a.start();
     for _ in 0..200 {
@@ -553,4 +553,45 @@ async fn jti_becomes_the_credential_id() {
     .await;
     let Outcome::User(u) = o else { panic!() };
     assert!(u.extra.is_empty());
+}
+
+#[tokio::test]
+async fn accounts_google_com_without_a_scheme() {
+    let mut cfg = flags(&TestIdp::start("").await, &[]);
+    cfg.issuer = "https://accounts.google.com".into();
+    let a = JwtAuthenticator::new(cfg).unwrap();
+    let idp = TestIdp::start("").await;
+    let t = idp.mint(
+        "RS256",
+        &with(idp.claims(CLIENT), json!({"iss": "accounts.google.com"})),
+    );
+    // Claimed by the https://accounts.google.com issuer (then refused here: never initialized).
+    assert_ne!(verdict(&a, &t).await, Outcome::NotMine);
+}
+
+#[tokio::test]
+async fn azure_ad_v1_and_v2_shapes() {
+    // v1: https://sts.windows.net/TENANT/ (trailing slash), upn; v2: …/v2.0, preferred_username.
+    for (path, claim) in [
+        ("/tenant-id/", "upn"),
+        ("/tenant-id/v2.0", "preferred_username"),
+    ] {
+        let idp = TestIdp::start(path).await;
+        let a = ready(flags(
+            &idp,
+            &[
+                &format!("--oidc-username-claim={claim}"),
+                "--oidc-username-prefix=azure:",
+                "--oidc-groups-claim=groups",
+            ],
+        ))
+        .await;
+        let guid = "3f2a1c5e-0000-4000-8000-000000000001";
+        let c = with(
+            idp.claims(CLIENT),
+            json!({claim: "jane@contoso.com", "oid": "oid-1", "groups": [guid]}),
+        );
+        let o = verdict(&a, &idp.mint("RS256", &c)).await;
+        assert_eq!(user(&o), ("azure:jane@contoso.com", vec![guid]), "{path}");
+    }
 }
