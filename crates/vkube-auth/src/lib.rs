@@ -11,6 +11,7 @@ pub mod jwt;
 pub mod keys;
 pub mod metrics;
 pub mod oidc;
+pub mod rbac;
 pub mod reload;
 pub mod service_account;
 #[cfg(any(test, feature = "test-idp"))]
