@@ -1,7 +1,8 @@
 //! ClusterIP and NodePort allocation for Services, as kube-apiserver 1.33 does it: each allocated
 //! IP is an `IPAddress` object (networking.k8s.io/v1) named after the address, so the store's
 //! create-if-absent makes an allocation exclusive across every replica. NodePorts are claimed the
-//! same way under `/vkube/nodeports/`. Released when the Service is deleted (the controller sees
+//! same way under `/registry/servicenodeports/` (under `/registry/` so the watch that tracks the
+//! store revision sees them). Released when the Service is deleted (the controller sees
 //! the delete event) and carried over when an update leaves them unset.
 
 use std::net::Ipv4Addr;
@@ -190,7 +191,7 @@ async fn claim_port(
     let owner = json!({"namespace": namespace, "name": name}).to_string();
     match store
         .create(
-            &format!("/vkube/nodeports/{port}"),
+            &format!("/registry/servicenodeports/{port}"),
             owner.into_bytes(),
             None,
         )
@@ -273,7 +274,7 @@ pub async fn release(store: &dyn Store, svc: &Value) {
         .flatten()
         .filter_map(|p| p["nodePort"].as_u64())
     {
-        let key = format!("/vkube/nodeports/{port}");
+        let key = format!("/registry/servicenodeports/{port}");
         if let Ok(Some(kv)) = store.get(&key, None).await {
             let owner: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
             if owner["namespace"] == namespace && owner["name"] == name {
