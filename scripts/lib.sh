@@ -40,6 +40,21 @@ ensure_tools() {
   if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
     rustup component add rustfmt clippy >&2
   fi
+  ensure_idp
+}
+
+# The test OpenID provider (npm oidc-provider, tests/idp) needs Node.js >= 20.19.
+ensure_idp() {
+  local root
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  command -v node >/dev/null || apt_install nodejs npm
+  if ! node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)'; then
+    log "Node.js $(node --version) is too old for tests/idp (oidc-provider 9 needs >= 20.19): install a newer Node.js"
+    return 1
+  fi
+  if [ ! -d "$root/tests/idp/node_modules/oidc-provider" ]; then
+    npm ci --prefix "$root/tests/idp" --no-audit --no-fund >&2
+  fi
 }
 
 free_port() {

@@ -265,3 +265,118 @@ fn oidc_users_from_an_authentication_config_reloaded_on_change() {
         "{attempts:?}"
     );
 }
+
+/// A real third-party OpenID provider (npm `oidc-provider`, tests/idp) over HTTPS on loopback:
+/// ID tokens minted through its authorization-code flow, then a key rotation at the provider.
+#[test]
+fn oidc_provider_tokens_and_key_rotation() {
+    let idp_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/idp");
+    assert!(
+        idp_dir.join("node_modules/oidc-provider").exists(),
+        "tests/idp is not installed: run `npm ci --prefix tests/idp` (scripts/test does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_file, key_file) = (dir.path().join("idp.crt"), dir.path().join("idp.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let signing = dir.path().join("signing.json");
+    let port = free_port();
+    let start_provider = || {
+        let mut child = std::process::Command::new("node")
+            .arg(idp_dir.join("provider.mjs"))
+            .args(["--port", &port.to_string()])
+            .args([
+                "--cert",
+                &cert_file.display().to_string(),
+                "--key",
+                &key_file.display().to_string(),
+            ])
+            .args(["--signing-key", &signing.display().to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("node is on PATH");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert!(
+            line.starts_with("ready https://127.0.0.1:"),
+            "provider said {line:?}"
+        );
+        KillOnDrop(child)
+    };
+    let issuer = format!("https://127.0.0.1:{port}");
+    let login = |user: &str| {
+        let out = std::process::Command::new("node")
+            .arg(idp_dir.join("login.mjs"))
+            .args([
+                "--issuer",
+                &issuer,
+                "--ca",
+                &cert_file.display().to_string(),
+                "--user",
+                user,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "login: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let provider = start_provider();
+    let server = Server::start_with(&[
+        &format!("--oidc-issuer-url={issuer}"),
+        "--oidc-client-id=vkube",
+        "--oidc-username-claim=email",
+        "--oidc-groups-claim=groups",
+        &format!("--oidc-ca-file={}", cert_file.display()),
+    ]);
+    let whoami = |token: &str, name: &str| {
+        let config = crate::auth::token_kubeconfig(&server, name, token);
+        kubectl_with(
+            "kubectl",
+            &config,
+            &[
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+            ],
+        )
+    };
+    let out = whoami(&login("alice"), "alice");
+    assert_eq!(
+        out.stdout, r#"alice@example.com ["dev","ops","system:authenticated"]"#,
+        "{}",
+        out.stderr
+    );
+    // Rotate: a new signing key, same issuer; vkube refetches the JWKS for the unknown kid.
+    drop(provider);
+    std::fs::remove_file(&signing).unwrap();
+    let _provider = start_provider();
+    let out = whoami(&login("bob"), "bob");
+    assert_eq!(
+        out.stdout, r#"bob@example.com ["dev","ops","system:authenticated"]"#,
+        "{}",
+        out.stderr
+    );
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
