@@ -380,3 +380,18 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn whoami_with_the_admin_client_certificate() {
+    let server = Server::start();
+    for &k in &["kubectl", "kubectl.1.33"] {
+        let out = run(&server, k, &["auth", "whoami"]);
+        assert_eq!(
+            lines(&out),
+            lines(
+                "ATTRIBUTE VALUE\nUsername kubernetes-admin\nGroups [system:masters system:authenticated]"
+            ),
+            "{k}"
+        );
+    }
+}
