@@ -436,6 +436,59 @@ pub static RESOURCES: &[Resource] = &[
         ),
         CREATE,
     ),
+    // authorization.k8s.io/v1: reviews, answered and never stored
+    verbs(
+        res(
+            "authorization.k8s.io",
+            "v1",
+            "localsubjectaccessreviews",
+            "LocalSubjectAccessReview",
+            NS,
+            &[],
+            &[],
+            &[],
+        ),
+        CREATE,
+    ),
+    verbs(
+        res(
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectaccessreviews",
+            "SelfSubjectAccessReview",
+            CLUSTER,
+            &[],
+            &[],
+            &[],
+        ),
+        CREATE,
+    ),
+    verbs(
+        res(
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectrulesreviews",
+            "SelfSubjectRulesReview",
+            CLUSTER,
+            &[],
+            &[],
+            &[],
+        ),
+        CREATE,
+    ),
+    verbs(
+        res(
+            "authorization.k8s.io",
+            "v1",
+            "subjectaccessreviews",
+            "SubjectAccessReview",
+            CLUSTER,
+            &[],
+            &[],
+            &[],
+        ),
+        CREATE,
+    ),
     // autoscaling/v2 (preferred) and v1
     res(
         "autoscaling",
@@ -775,6 +828,6 @@ mod tests {
         let groups = groups();
         assert_eq!(groups[0], ("", vec!["v1"]));
         assert!(groups.contains(&("autoscaling", vec!["v2", "v1"])));
-        assert_eq!(groups.len(), 16);
+        assert_eq!(groups.len(), 17);
     }
 }

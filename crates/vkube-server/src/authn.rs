@@ -1,7 +1,7 @@
 //! Who is asking: the client certificate's user, else the bearer token's (service account or
 //! OIDC issuer), else `system:anonymous` when anonymous requests are allowed — upstream's order.
 //! A token that fails is 401 even where anonymous access would have been allowed. Then
-//! impersonation (`Impersonate-*` headers), which only `system:masters` may use until RBAC.
+//! impersonation (`Impersonate-*` headers), authorized with the `impersonate` verb.
 
 use http::HeaderMap;
 use vkube_api::Status;
@@ -59,7 +59,11 @@ async fn identify(
 
 /// Applies `Impersonate-User`, `-Group`, `-Uid` and `-Extra-*`. Impersonating needs the
 /// `impersonate` verb; until RBAC exists only `system:masters` holds it.
-pub fn impersonate(user: UserInfo, headers: &HeaderMap) -> Result<UserInfo, Status> {
+pub async fn impersonate(
+    api: &Api,
+    user: UserInfo,
+    headers: &HeaderMap,
+) -> Result<UserInfo, Status> {
     let values = |name: &str| -> Vec<String> {
         headers
             .get_all(name)
@@ -87,23 +91,52 @@ pub fn impersonate(user: UserInfo, headers: &HeaderMap) -> Result<UserInfo, Stat
         return Ok(user);
     }
     let target = &users[0];
-    if !user.is_master() {
-        let (resource, name) = match target.strip_prefix("system:serviceaccount:") {
-            Some(rest) => (
-                "serviceaccounts",
-                rest.split(':').nth(1).unwrap_or_default().to_string(),
-            ),
-            None => ("users", target.clone()),
-        };
-        return Err(Status::forbidden(
-            resource,
-            "",
-            &name,
-            &format!(
-                "User {:?} cannot impersonate resource {resource:?} in API group \"\" at the cluster scope",
-                user.username
-            ),
+    // Each impersonated attribute needs the `impersonate` verb on it (upstream's checks).
+    let mut wanted: Vec<(&str, String, String, String)> = Vec::new();
+    match target
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|r| r.split_once(':'))
+    {
+        Some((ns, name)) => wanted.push(("", "serviceaccounts".into(), ns.into(), name.into())),
+        None => wanted.push(("", "users".into(), String::new(), target.clone())),
+    }
+    for g in &groups {
+        wanted.push(("", "groups".into(), String::new(), g.clone()));
+    }
+    for u in &uid {
+        wanted.push((
+            "authentication.k8s.io",
+            "uids".into(),
+            String::new(),
+            u.clone(),
         ));
+    }
+    for (k, _) in &extra {
+        wanted.push((
+            "authentication.k8s.io",
+            format!("userextras/{k}"),
+            String::new(),
+            String::new(),
+        ));
+    }
+    for (group, resource, namespace, name) in wanted {
+        let (resource, subresource) = match resource.split_once('/') {
+            Some((r, s)) => (r.to_string(), s.to_string()),
+            None => (resource, String::new()),
+        };
+        let a = vkube_auth::rbac::Attributes {
+            verb: "impersonate".into(),
+            resource_request: true,
+            group: group.into(),
+            resource,
+            subresource,
+            name,
+            namespace,
+            path: String::new(),
+        };
+        if api.authorizer.decide(&user, &a).await == vkube_auth::rbac::Decision::Deny {
+            return Err(crate::authz::forbidden(&user, &a));
+        }
     }
     let mut out = UserInfo {
         username: target.clone(),
@@ -120,7 +153,11 @@ pub fn impersonate(user: UserInfo, headers: &HeaderMap) -> Result<UserInfo, Stat
     for (k, v) in extra {
         out.extra.entry(k).or_default().push(v);
     }
+    // As upstream: an impersonated anonymous user is unauthenticated, anyone else authenticated.
     Ok(if target == vkube_auth::ANONYMOUS {
+        if !out.groups.iter().any(|g| g == vkube_auth::UNAUTHENTICATED) {
+            out.groups.push(vkube_auth::UNAUTHENTICATED.into());
+        }
         out
     } else {
         out.authenticated()

@@ -1,87 +1,290 @@
-//! Authorization until RBAC lands (issue 6): `system:masters` may do anything; everyone gets what
-//! upstream's bootstrap policy grants to all — health and version (system:public-info-viewer),
-//! discovery and OpenAPI to authenticated users (system:discovery), `kubectl auth whoami`
-//! (system:basic-user) — and service accounts the issuer discovery documents. Everything else is
-//! Forbidden, in upstream's words, so a non-admin user is refused rather than silently allowed.
+//! Authorization: `system:masters` may do anything (no RBAC lookup, as upstream); everyone else is
+//! decided by RBAC over a view of the RBAC objects fed by the server's one store watch. The view
+//! knows the revision it reflects, and a deny first waits (at most `STALE_DENY_WAIT`) until the
+//! view has reached the store's current revision, then decides again: a grant written through any
+//! replica is honoured by every replica on the next request (DESIGN rule 3).
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use http::Method;
 use vkube_api::Status;
 use vkube_auth::UserInfo;
+use vkube_auth::rbac::{Attributes, Decision, Rbac, is_rbac_key};
+use vkube_store::{ListOptions, Revision, Store, StoreError};
 
+use crate::hub::Hub;
 use crate::request::RequestInfo;
 
-fn public_info(path: &str) -> bool {
-    ["/healthz", "/livez", "/readyz", "/version"]
-        .iter()
-        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+/// How long a deny may wait for the view to catch up with the store.
+pub const STALE_DENY_WAIT: Duration = Duration::from_secs(2);
+
+pub struct Authorizer {
+    pub rbac: Rbac,
+    /// The store revision the view reflects.
+    revision: tokio::sync::watch::Sender<Revision>,
+    store: Arc<dyn Store>,
 }
 
-fn discovery(path: &str) -> bool {
-    path == "/api"
-        || path == "/apis"
-        || path.starts_with("/api/")
-        || path.starts_with("/apis/")
-        || path == "/openapi/v2"
-        || path == "/openapi/v3"
-        || path.starts_with("/openapi/v3/")
+const PREFIXES: &[&str] = &[
+    "/registry/clusterroles/",
+    "/registry/clusterrolebindings/",
+    "/registry/roles/",
+    "/registry/rolebindings/",
+];
+
+impl Authorizer {
+    /// Loads the RBAC objects at the store's current revision, then follows the hub.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+    ) -> Result<Arc<Authorizer>, StoreError> {
+        let authorizer = Arc::new(Authorizer {
+            rbac: Rbac::new(),
+            revision: tokio::sync::watch::channel(0).0,
+            store: store.clone(),
+        });
+        let at = authorizer.load().await?;
+        let this = authorizer.clone();
+        tokio::spawn(async move { this.follow(hub, at).await });
+        Ok(authorizer)
+    }
+
+    async fn load(&self) -> Result<Revision, StoreError> {
+        let at = self.store.current_revision().await?;
+        for prefix in PREFIXES {
+            let options = ListOptions {
+                revision: Some(at),
+                ..ListOptions::default()
+            };
+            for kv in self.store.list(prefix, options).await?.items {
+                let obj: Option<serde_json::Value> = serde_json::from_slice(&kv.value).ok();
+                self.rbac.apply(&kv.key, obj.as_ref());
+            }
+        }
+        self.revision.send_replace(at);
+        Ok(at)
+    }
+
+    async fn follow(self: Arc<Self>, hub: Arc<Hub>, mut at: Revision) {
+        loop {
+            let Ok((past, mut rx)) = hub.subscribe(at) else {
+                // Fell out of the hub's window: load afresh.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                match self.load().await {
+                    Ok(now) => at = now,
+                    Err(err) => tracing::warn!(%err, "authorizer: reloading RBAC objects failed"),
+                }
+                continue;
+            };
+            for change in past {
+                self.take(&change);
+                at = change.revision;
+            }
+            while let Ok(change) = rx.recv().await {
+                self.take(&change);
+                at = change.revision;
+            }
+        }
+    }
+
+    fn take(&self, change: &crate::hub::Change) {
+        if is_rbac_key(&change.key) {
+            self.rbac.apply(&change.key, change.object.as_ref());
+        }
+        self.revision.send_replace(change.revision);
+    }
+
+    /// The revision the view reflects.
+    pub fn revision(&self) -> Revision {
+        *self.revision.borrow()
+    }
+
+    /// Decides, waiting for the view to catch up before a deny.
+    pub async fn decide(&self, user: &UserInfo, a: &Attributes) -> Decision {
+        if user.is_master() {
+            return Decision::Allow("system:masters".into());
+        }
+        let first = self.rbac.authorize(user, a);
+        if first != Decision::Deny {
+            return first;
+        }
+        let Ok(now) = self.store.current_revision().await else {
+            return first;
+        };
+        if self.revision() >= now {
+            return first;
+        }
+        let mut rx = self.revision.subscribe();
+        let _ = tokio::time::timeout(STALE_DENY_WAIT, rx.wait_for(|r| *r >= now)).await;
+        self.rbac.authorize(user, a)
+    }
 }
 
-fn in_group(user: &UserInfo, group: &str) -> bool {
-    user.groups.iter().any(|g| g == group)
+/// What a request asks, in the authorizer's terms.
+pub fn attributes(info: &RequestInfo, method: &Method, path: &str) -> Attributes {
+    if info.is_resource && !info.resource.is_empty() {
+        Attributes {
+            verb: info.verb.clone(),
+            resource_request: true,
+            group: info.group.clone(),
+            resource: info.resource.clone(),
+            subresource: info.subresource.clone(),
+            name: info.name.clone(),
+            namespace: info.namespace.clone(),
+            path: path.to_string(),
+        }
+    } else {
+        Attributes {
+            verb: method.as_str().to_lowercase(),
+            path: path.to_string(),
+            ..Attributes::default()
+        }
+    }
 }
 
-pub fn authorize(
+pub async fn authorize(
+    authorizer: &Authorizer,
     user: &UserInfo,
     info: &RequestInfo,
     method: &Method,
     path: &str,
 ) -> Result<(), Status> {
-    if user.is_master() {
-        return Ok(());
+    let a = attributes(info, method, path);
+    match authorizer.decide(user, &a).await {
+        Decision::Allow(_) => Ok(()),
+        Decision::Deny if a.resource_request => Err(forbidden(user, &a)),
+        Decision::Deny => Err(Status::forbidden_path(&user.username, &a.verb, path)),
     }
-    let authenticated = in_group(user, vkube_auth::AUTHENTICATED);
-    if !info.is_resource || info.resource.is_empty() {
-        let read = *method == Method::GET || *method == Method::HEAD;
-        let allowed = read
-            && (public_info(path)
-                || (authenticated && discovery(path))
-                || (in_group(user, "system:monitoring") && path == "/metrics")
-                || (in_group(user, "system:serviceaccounts")
-                    && matches!(
-                        path,
-                        "/.well-known/openid-configuration" | "/openid/v1/jwks"
-                    )));
-        if allowed {
-            return Ok(());
-        }
-        let verb = method.as_str().to_lowercase();
-        return Err(Status::forbidden_path(&user.username, &verb, path));
-    }
-    let allowed = authenticated
-        && info.verb == "create"
-        && info.group == "authentication.k8s.io"
-        && info.resource == "selfsubjectreviews";
-    if allowed {
-        return Ok(());
-    }
-    Err(forbidden(user, info))
 }
 
 /// `pods "x" is forbidden: User "u" cannot get resource "pods" in API group "" in the namespace "ns"`
-pub fn forbidden(user: &UserInfo, info: &RequestInfo) -> Status {
-    let resource = if info.subresource.is_empty() {
-        info.resource.clone()
+pub fn forbidden(user: &UserInfo, a: &Attributes) -> Status {
+    let resource = if a.subresource.is_empty() {
+        a.resource.clone()
     } else {
-        format!("{}/{}", info.resource, info.subresource)
+        format!("{}/{}", a.resource, a.subresource)
     };
-    let scope = if info.namespace.is_empty() {
+    let scope = if a.namespace.is_empty() {
         "at the cluster scope".to_string()
     } else {
-        format!("in the namespace {:?}", info.namespace)
+        format!("in the namespace {:?}", a.namespace)
     };
     let why = format!(
         "User {:?} cannot {} resource {resource:?} in API group {:?} {scope}",
-        user.username, info.verb, info.group
+        user.username, a.verb, a.group
     );
-    Status::forbidden(&info.resource, &info.group, &info.name, &why)
+    Status::forbidden(&a.resource, &a.group, &a.name, &why)
+}
+
+/// A rule as upstream prints it in escalation errors: `{APIGroups:["apps"], Resources:["deployments"], Verbs:["get"]}`.
+fn describe(r: &vkube_auth::rbac::PolicyRule) -> String {
+    let list = |v: &[String]| {
+        format!(
+            "[{}]",
+            v.iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    };
+    let mut parts = Vec::new();
+    if !r.api_groups.is_empty() {
+        parts.push(format!("APIGroups:{}", list(&r.api_groups)));
+    }
+    if !r.resources.is_empty() {
+        parts.push(format!("Resources:{}", list(&r.resources)));
+    }
+    if !r.resource_names.is_empty() {
+        parts.push(format!("ResourceNames:{}", list(&r.resource_names)));
+    }
+    if !r.non_resource_urls.is_empty() {
+        parts.push(format!("NonResourceURLs:{}", list(&r.non_resource_urls)));
+    }
+    parts.push(format!("Verbs:{}", list(&r.verbs)));
+    format!("{{{}}}", parts.join(", "))
+}
+
+/// Escalation prevention for writes of Roles, ClusterRoles and their bindings: a user may only
+/// grant what it holds, unless it has `escalate` on the role (or `bind` on the role a binding
+/// names). `system:masters` skips the check.
+pub async fn check_escalation(
+    authorizer: &Authorizer,
+    user: &UserInfo,
+    resource: &vkube_api::Resource,
+    obj: &serde_json::Value,
+) -> Result<(), Status> {
+    if resource.group != "rbac.authorization.k8s.io" || user.is_master() {
+        return Ok(());
+    }
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let namespace = obj["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (verb, role_resource, role_name, wanted) = match resource.kind {
+        "Role" | "ClusterRole" => {
+            let rules: Vec<vkube_auth::rbac::PolicyRule> =
+                serde_json::from_value(obj["rules"].clone()).unwrap_or_default();
+            ("escalate", resource.plural, name.clone(), rules)
+        }
+        _ => {
+            let role_ref: vkube_auth::rbac::RoleRef =
+                match serde_json::from_value(obj["roleRef"].clone()) {
+                    Ok(r) => r,
+                    Err(_) => return Ok(()),
+                };
+            let plural = if role_ref.kind == "Role" {
+                "roles"
+            } else {
+                "clusterroles"
+            };
+            let rules = authorizer
+                .rbac
+                .role_rules(&namespace, &role_ref)
+                .unwrap_or_default();
+            ("bind", plural, role_ref.name, rules)
+        }
+    };
+    let allowed_verb = Attributes {
+        verb: verb.into(),
+        resource_request: true,
+        group: "rbac.authorization.k8s.io".into(),
+        resource: role_resource.into(),
+        name: role_name,
+        namespace: namespace.clone(),
+        ..Attributes::default()
+    };
+    if authorizer.decide(user, &allowed_verb).await != Decision::Deny {
+        return Ok(());
+    }
+    let owned = authorizer.rbac.rules_for(user, &namespace);
+    let missing: Vec<String> = wanted
+        .iter()
+        .flat_map(|r| vkube_auth::rbac::uncovered(&owned, r))
+        .map(|r| describe(&r))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let groups = user
+        .groups
+        .iter()
+        .map(|g| format!("{g:?}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let why = format!(
+        "user {:?} (groups=[{groups}]) is attempting to grant RBAC permissions not currently held:\n{}",
+        user.username,
+        missing.join("\n")
+    );
+    Err(Status::forbidden(
+        resource.plural,
+        resource.group,
+        &name,
+        &why,
+    ))
 }

@@ -52,6 +52,20 @@ async fn ensure(
     }
 }
 
+/// Aggregates until nothing changes (edit aggregates view, admin aggregates edit).
+async fn aggregate_all(api: &Api) {
+    for _ in 0..5 {
+        match crate::rbac_policy::aggregate(api).await {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(%err, "clusterrole aggregation");
+                return;
+            }
+        }
+    }
+}
+
 /// `default/kubernetes`: the Service, Endpoints and EndpointSlice through which pods reach the
 /// API, on the first address of the service range as upstream.
 async fn kubernetes_service(api: &Api) -> Result<(), StoreError> {
@@ -97,6 +111,8 @@ pub async fn start(api: Arc<Api>) -> Result<AbortHandle, StoreError> {
         ensure(&api, core("namespaces"), "", namespace_object(ns)).await?;
     }
     kubernetes_service(&api).await?;
+    crate::rbac_policy::reconcile_bootstrap(&api).await?;
+    aggregate_all(&api).await;
     let task = tokio::spawn(async move {
         loop {
             // Subscribe first, then scan: nothing falls between the two.
@@ -136,6 +152,9 @@ pub async fn start(api: Arc<Api>) -> Result<AbortHandle, StoreError> {
                         Ok(c) => {
                             if let Some(name) = c.key.strip_prefix("/registry/namespaces/") {
                                 pending.insert(name.to_string());
+                            }
+                            if c.key.starts_with("/registry/clusterroles/") {
+                                aggregate_all(&api).await;
                             }
                             if c.key.starts_with("/registry/services/") && c.object.is_none() {
                                 if let Some(svc) = &c.prev {

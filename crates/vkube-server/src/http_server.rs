@@ -212,12 +212,14 @@ pub async fn serve(
     let (auth, reloader) = authentication(&config, issuer)?;
     tokio::task::spawn_blocking(vkube_api::schema::warm);
     let hub = crate::hub::Hub::start(store.clone()).await?;
+    let authorizer = crate::authz::Authorizer::start(store.clone(), hub.clone()).await?;
     let api = Arc::new(Api {
         store: store.clone(),
         hub: hub.clone(),
         ca_pem: ca.cert_pem.clone(),
         serving: AtomicBool::new(true),
         listen: config.listen,
+        authorizer,
         metrics: {
             let mut registry = prometheus_client::registry::Registry::default();
             auth.metrics.register(&mut registry);

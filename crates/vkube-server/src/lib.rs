@@ -12,6 +12,7 @@ pub mod identity;
 mod metrics;
 mod patch;
 mod pod_actions;
+mod rbac_policy;
 mod request;
 mod response;
 mod rest;

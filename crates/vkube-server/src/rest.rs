@@ -234,6 +234,12 @@ pub async fn handle(
             "list" => list(&ctx).await,
             "watch" => return crate::watch_stream::watch(api, resource, info, q, accept).await,
             "create" if resource.kind == "Binding" => crate::pod_actions::bind(&ctx, &body).await,
+            "create" if resource.kind.ends_with("SubjectAccessReview") => {
+                crate::reviews::access_review(&ctx, &body).await
+            }
+            "create" if resource.kind == "SelfSubjectRulesReview" => {
+                crate::reviews::rules_review(&ctx, &body)
+            }
             "create" if resource.kind == "SelfSubjectReview" => {
                 crate::reviews::self_subject_review(&ctx)
             }
@@ -532,6 +538,7 @@ async fn create(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
     vkube_api::defaults::apply(ctx.resource, &mut obj);
     let name = object::prepare_create(ctx.resource, &mut obj)?;
     vkube_api::validation::validate(ctx.resource, &obj, None)?;
+    crate::authz::check_escalation(&ctx.api.authorizer, ctx.user, ctx.resource, &obj).await?;
     check_namespace_open(ctx, &name).await?;
     vkube_api::strategy::prepare_for_create(ctx.resource, &mut obj);
     if ctx.dry_run() {
@@ -614,6 +621,8 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
                 crate::services::keep_allocated(&old, &mut obj)?;
             }
             vkube_api::validation::validate(ctx.resource, &obj, Some(&old))?;
+            crate::authz::check_escalation(&ctx.api.authorizer, ctx.user, ctx.resource, &obj)
+                .await?;
             if ctx.resource.subresource("status").is_some() {
                 // The main resource ignores status where a status subresource exists.
                 match old.get("status") {

@@ -194,3 +194,148 @@ async fn bound_object(
         uid,
     })
 }
+
+/// The attributes a SubjectAccessReview spec asks about: exactly one of resource and
+/// non-resource attributes.
+fn review_attributes(spec: &Value, kind: &str) -> Result<vkube_auth::rbac::Attributes, Status> {
+    let (res, non) = (&spec["resourceAttributes"], &spec["nonResourceAttributes"]);
+    let invalid = |field: &str, message: &str| {
+        Status::invalid(
+            kind,
+            "authorization.k8s.io",
+            "",
+            vec![cause("FieldValueInvalid", field, message.to_string())],
+        )
+    };
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    match (res.is_object(), non.is_object()) {
+        (true, true) => Err(invalid(
+            "spec.resourceAttributes",
+            "Invalid value: \"\": cannot be specified in combination with nonResourceAttributes",
+        )),
+        (false, false) => Err(invalid(
+            "spec",
+            "Invalid value: \"\": exactly one of nonResourceAttributes or resourceAttributes must be specified",
+        )),
+        (true, false) => Ok(vkube_auth::rbac::Attributes {
+            verb: s(&res["verb"]),
+            resource_request: true,
+            group: s(&res["group"]),
+            resource: s(&res["resource"]),
+            subresource: s(&res["subresource"]),
+            name: s(&res["name"]),
+            namespace: s(&res["namespace"]),
+            path: String::new(),
+        }),
+        (false, true) => Ok(vkube_auth::rbac::Attributes {
+            verb: s(&non["verb"]),
+            path: s(&non["path"]),
+            ..Default::default()
+        }),
+    }
+}
+
+async fn access_status(ctx: &Ctx<'_>, user: &UserInfo, a: &vkube_auth::rbac::Attributes) -> Value {
+    match ctx.api.authorizer.decide(user, a).await {
+        vkube_auth::rbac::Decision::Allow(reason) if reason == "system:masters" => {
+            json!({"allowed": true})
+        }
+        vkube_auth::rbac::Decision::Allow(reason) => json!({"allowed": true, "reason": reason}),
+        vkube_auth::rbac::Decision::Deny => json!({"allowed": false}),
+    }
+}
+
+/// POST `selfsubjectaccessreviews`, `subjectaccessreviews` and `localsubjectaccessreviews`.
+pub(crate) async fn access_review(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
+    let mut review = parse_body(body)?;
+    let kind = ctx.resource.kind;
+    let spec = review["spec"].clone();
+    let mut a = review_attributes(&spec, kind)?;
+    let user = match kind {
+        "SelfSubjectAccessReview" => ctx.user.clone(),
+        _ => {
+            let strings = |v: &Value| -> Vec<String> {
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            };
+            let user = UserInfo {
+                username: spec["user"].as_str().unwrap_or_default().to_string(),
+                uid: spec["uid"].as_str().unwrap_or_default().to_string(),
+                groups: strings(&spec["groups"]),
+                extra: spec["extra"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), strings(v)))
+                    .collect(),
+            };
+            if user.username.is_empty() && user.groups.is_empty() {
+                return Err(Status::invalid(
+                    kind,
+                    "authorization.k8s.io",
+                    "",
+                    vec![cause(
+                        "FieldValueInvalid",
+                        "spec.user",
+                        "Invalid value: \"\": at least one of user or group must be specified"
+                            .into(),
+                    )],
+                ));
+            }
+            user
+        }
+    };
+    if kind == "LocalSubjectAccessReview" {
+        let ns = &ctx.info.namespace;
+        if !a.namespace.is_empty() && a.namespace != *ns {
+            return Err(Status::invalid(
+                kind,
+                "authorization.k8s.io",
+                "",
+                vec![cause(
+                    "FieldValueInvalid",
+                    "spec.resourceAttributes.namespace",
+                    format!(
+                        "Invalid value: {:?}: must match metadata.namespace",
+                        a.namespace
+                    ),
+                )],
+            ));
+        }
+        a.namespace = ns.clone();
+    }
+    review["status"] = access_status(ctx, &user, &a).await;
+    review["metadata"]["creationTimestamp"] = Value::Null;
+    Ok(ctx.respond(201, &review))
+}
+
+/// POST `selfsubjectrulesreviews`: what the caller may do in a namespace.
+pub(crate) fn rules_review(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
+    let mut review = parse_body(body)?;
+    let namespace = review["spec"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let rules = ctx.api.authorizer.rbac.rules_for(ctx.user, &namespace);
+    let (mut resource_rules, mut non_resource_rules) = (Vec::new(), Vec::new());
+    for r in rules {
+        if !r.non_resource_urls.is_empty() {
+            non_resource_rules
+                .push(json!({"verbs": r.verbs, "nonResourceURLs": r.non_resource_urls}));
+        }
+        if !r.resources.is_empty() {
+            let mut rule =
+                json!({"verbs": r.verbs, "apiGroups": r.api_groups, "resources": r.resources});
+            if !r.resource_names.is_empty() {
+                rule["resourceNames"] = json!(r.resource_names);
+            }
+            resource_rules.push(rule);
+        }
+    }
+    review["status"] = json!({"resourceRules": resource_rules, "nonResourceRules": non_resource_rules, "incomplete": false});
+    review["metadata"]["creationTimestamp"] = Value::Null;
+    Ok(ctx.respond(201, &review))
+}

@@ -27,6 +27,8 @@ pub struct Api {
     pub serving: AtomicBool,
     /// The token authenticators (service accounts, OIDC issuers) and the anonymous setting.
     pub auth: Arc<vkube_auth::chain::Chain>,
+    /// RBAC over the watch-fed view of roles and bindings.
+    pub authorizer: Arc<crate::authz::Authorizer>,
     /// What `/metrics` reports.
     pub metrics: crate::metrics::Metrics,
     /// Where this replica serves: the `kubernetes` Service's endpoint.
@@ -67,13 +69,15 @@ impl Api {
             Ok(u) => u,
             Err(status) => return response::status(&status),
         };
-        let user = match crate::authn::impersonate(user, req.headers()) {
+        let user = match crate::authn::impersonate(&self, user, req.headers()).await {
             Ok(u) => u,
             Err(status) => return response::status(&status),
         };
         let q = query(req.uri().query());
         let info = RequestInfo::parse(req.method(), &path, &q);
-        if let Err(status) = crate::authz::authorize(&user, &info, req.method(), &path) {
+        if let Err(status) =
+            crate::authz::authorize(&self.authorizer, &user, &info, req.method(), &path).await
+        {
             return response::status(&status);
         }
         let accept = req
