@@ -3,8 +3,9 @@
 //! with p50/p99 latency and RSS under load, on SQLite and on etcd. Requests go over one HTTP/2
 //! connection with the admin client certificate, as client-go sends them.
 //!
-//! The peer (kube-apiserver on the same etcd) is not measured yet: its build script comes with
-//! the measurement issue. Run it through `bench/serve`.
+//! The peer is upstream kube-apiserver 1.33 (built by `scripts/build-upstream`, started by
+//! `scripts/upstream-apiserver`) on an etcd of its own, measured the same way in the same run; its
+//! RSS column adds etcd's, as a cluster needs both. Run it through `bench/serve`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,6 +34,18 @@ struct Args {
     /// Scale the load profile's counts down (1 = vcluster's profile).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
+    /// `scripts/upstream-apiserver`, to measure kube-apiserver; omitted: no peer column.
+    #[arg(long)]
+    upstream: Option<PathBuf>,
+}
+
+/// What a run measures.
+#[derive(Clone)]
+enum Target {
+    /// vkube serve on this store (`None`: embedded SQLite).
+    Vkube(Option<String>),
+    /// kube-apiserver on this etcd (`http://…`), under a fresh key prefix each start.
+    Upstream { script: PathBuf, etcd: String },
 }
 
 struct Server {
@@ -40,6 +53,8 @@ struct Server {
     port: u16,
     dir: tempfile::TempDir,
 }
+
+static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -66,31 +81,41 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
-/// Starts `vkube serve` and returns it with the time until /readyz answered ok.
-async fn start(vkube: &Path, store: Option<&str>) -> Result<(Server, Duration)> {
+/// Starts the target and returns it with the time until /readyz answered ok.
+async fn start(vkube: &Path, target: &Target) -> Result<(Server, Duration)> {
     let dir = tempfile::tempdir()?;
     let port = free_port();
-    let mut cmd = Command::new(vkube);
-    cmd.args([
-        "serve",
-        "--data-dir",
-        &dir.path().display().to_string(),
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-    ]);
-    if let Some(store) = store {
-        cmd.args(["--store", store]);
-    }
+    let mut cmd = match target {
+        Target::Vkube(store) => {
+            let mut cmd = Command::new(vkube);
+            cmd.args(["serve", "--data-dir", &dir.path().display().to_string()]);
+            cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+            if let Some(store) = store {
+                cmd.args(["--store", store]);
+            }
+            cmd
+        }
+        Target::Upstream { script, etcd } => {
+            let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut cmd = Command::new(script);
+            cmd.args([&dir.path().display().to_string(), &port.to_string(), etcd]);
+            cmd.env(
+                "VKUBE_UPSTREAM_APISERVER_FLAGS",
+                format!("--etcd-prefix=/peer-{}-{n}", std::process::id()),
+            );
+            cmd
+        }
+    };
     let started = Instant::now();
     let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .context("start vkube serve")?;
+        .context("start the server")?;
     let server = Server { child, port, dir };
     loop {
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("vkube serve not ready after 30 s");
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("server not ready after 60 s");
         }
         if server.dir.path().join("admin.kubeconfig").exists() {
             if let Ok(client) = Client::connect(&server).await {
@@ -105,10 +130,12 @@ async fn start(vkube: &Path, store: Option<&str>) -> Result<(Server, Duration)> 
     }
 }
 
-/// One HTTP/2 connection with the admin certificate from the kubeconfig.
+/// One HTTP/2 connection with the admin credential of the kubeconfig (vkube's client
+/// certificate, or kube-apiserver's bearer token).
 #[derive(Clone)]
 struct Client {
     sender: Arc<Mutex<SendRequest<Full<Bytes>>>>,
+    token: Option<String>,
 }
 
 fn kubeconfig_field(config: &str, field: &str) -> Result<Vec<u8>> {
@@ -123,20 +150,29 @@ impl Client {
     async fn connect(server: &Server) -> Result<Client> {
         let config = std::fs::read_to_string(server.dir.path().join("admin.kubeconfig"))?;
         let ca = kubeconfig_field(&config, "certificate-authority-data")?;
-        let cert = kubeconfig_field(&config, "client-certificate-data")?;
-        let key = kubeconfig_field(&config, "client-key-data")?;
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(&ca) {
             roots.add(c?)?;
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(&cert).collect::<Result<Vec<_>, _>>()?,
-                PrivateKeyDer::from_pem_slice(&key)?,
-            )?;
+            .with_root_certificates(roots);
+        let token = config
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("token: "))
+            .map(|t| t.trim().to_string());
+        let mut tls = match &token {
+            Some(_) => builder.with_no_client_auth(),
+            None => {
+                let cert = kubeconfig_field(&config, "client-certificate-data")?;
+                let key = kubeconfig_field(&config, "client-key-data")?;
+                builder.with_client_auth_cert(
+                    CertificateDer::pem_slice_iter(&cert).collect::<Result<Vec<_>, _>>()?,
+                    PrivateKeyDer::from_pem_slice(&key)?,
+                )?
+            }
+        };
         tls.alpn_protocols = vec![b"h2".to_vec()];
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await?;
         tcp.set_nodelay(true)?;
@@ -149,6 +185,7 @@ impl Client {
         tokio::spawn(conn);
         Ok(Client {
             sender: Arc::new(Mutex::new(sender)),
+            token,
         })
     }
 
@@ -158,7 +195,11 @@ impl Client {
         path: &str,
         body: Option<String>,
     ) -> Result<(u16, String)> {
-        let req = http::Request::builder()
+        let mut req = http::Request::builder();
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
             .method(method)
             .uri(format!("https://localhost{path}"))
             .header("content-type", "application/json")
@@ -286,18 +327,20 @@ struct Run {
     errors: usize,
 }
 
-async fn run(args: &Args, store: Option<&str>) -> Result<Run> {
+async fn run(args: &Args, target: &Target, extra_pid: Option<u32>) -> Result<Run> {
     let mut startups = Vec::new();
     for _ in 0..5 {
-        let (server, t) = start(&args.vkube, store).await?;
+        let (server, t) = start(&args.vkube, target).await?;
         startups.push(t);
         drop(server);
     }
     startups.sort();
-    let (server, _) = start(&args.vkube, store).await?;
+    let (server, _) = start(&args.vkube, target).await?;
     let pid = server.child.id();
+    // The peer's RSS includes its etcd's: a cluster needs both.
+    let rss = move || rss_mib(pid) + extra_pid.map_or(0.0, rss_mib);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_rss = rss_mib(pid);
+    let idle_rss = rss();
     let client = Client::connect(&server).await?;
     let lat = Arc::new(Mutex::new(Latencies::default()));
     let errors = Arc::new(Mutex::new(0));
@@ -307,7 +350,7 @@ async fn run(args: &Args, store: Option<&str>) -> Result<Run> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let r = rss_mib(pid);
+                let r = rss();
                 let mut p = peak.lock().await;
                 *p = p.max(r);
             }
@@ -339,6 +382,46 @@ async fn run(args: &Args, store: Option<&str>) -> Result<Run> {
     })
 }
 
+/// An etcd of the peer's own, on loopback, so its memory is the peer's alone.
+fn start_etcd(dir: &Path) -> Result<(Child, String)> {
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{client}");
+    let child = Command::new("etcd")
+        .args([
+            "--name",
+            "peer",
+            "--data-dir",
+            &dir.join("etcd").display().to_string(),
+        ])
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ])
+        .args([
+            "--initial-cluster",
+            &format!("peer=http://127.0.0.1:{peer}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start etcd for the peer (is etcd on PATH?)")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+        if Instant::now() > deadline {
+            bail!("the peer's etcd did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((child, url))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -348,43 +431,96 @@ async fn main() -> Result<()> {
         std::process::id()
     );
     eprintln!("measuring vkube serve on sqlite");
-    let sqlite = run(&args, None).await?;
+    let sqlite = run(&args, &Target::Vkube(None), None).await?;
     eprintln!("measuring vkube serve on etcd");
-    let on_etcd = run(&args, Some(&etcd)).await?;
-    let runs = [("vkube, SQLite", &sqlite), ("vkube, etcd", &on_etcd)];
-    println!(
-        "| figure | {} | {} | kube-apiserver + etcd |",
-        runs[0].0, runs[1].0
-    );
-    println!("|---|---:|---:|---:|");
-    let row = |label: &str, f: &dyn Fn(&Run) -> String| {
-        println!(
-            "| {label} | {} | {} | not measured yet |",
-            f(runs[0].1),
-            f(runs[1].1)
-        );
-    };
-    row("start → /readyz (ms, median of 5)", &|r| {
-        format!("{:.0}", r.startup_ms)
-    });
-    row("idle RSS (MiB)", &|r| format!("{:.1}", r.idle_rss));
-    row("peak RSS under load (MiB)", &|r| {
-        format!("{:.1}", r.load_rss)
-    });
-    row("load p50 (ms)", &|r| format!("{:.2}", r.p50));
-    row("load p99 (ms)", &|r| format!("{:.2}", r.p99));
-    for op in ["create", "get", "list", "update", "delete"] {
-        row(&format!("{op} p50 / p99 (ms)"), &|r| {
-            let (p50, p99) = r.ops.get(op).copied().unwrap_or_default();
-            format!("{p50:.2} / {p99:.2}")
-        });
+    let on_etcd = run(&args, &Target::Vkube(Some(etcd)), None).await?;
+    let mut runs = vec![("vkube, SQLite", sqlite), ("vkube, etcd", on_etcd)];
+    let peer_dir = tempfile::tempdir()?;
+    let mut peer_etcd = None;
+    if let Some(script) = &args.upstream {
+        eprintln!("measuring kube-apiserver on its own etcd");
+        let (child, url) = start_etcd(peer_dir.path())?;
+        let pid = child.id();
+        peer_etcd = Some(child);
+        let target = Target::Upstream {
+            script: script.clone(),
+            etcd: url,
+        };
+        runs.push((
+            "kube-apiserver + etcd",
+            run(&args, &target, Some(pid)).await?,
+        ));
     }
-    row("requests / non-2xx", &|r| {
-        format!("{} / {}", r.requests, r.errors)
-    });
+    if let Some(mut c) = peer_etcd {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let header: Vec<&str> = runs.iter().map(|(n, _)| *n).collect();
+    let mut header_line = format!("| figure | {} |", header.join(" | "));
+    if runs.len() == 3 {
+        header_line.push_str(" vkube SQLite / upstream |");
+    }
+    println!("{header_line}");
+    println!(
+        "|---|{}",
+        "---:|".repeat(header.len() + usize::from(runs.len() == 3))
+    );
+    let row = |label: &str, f: &dyn Fn(&Run) -> String, ratio: Option<&dyn Fn(&Run) -> f64>| {
+        let cells: Vec<String> = runs.iter().map(|(_, r)| f(r)).collect();
+        let mut line = format!("| {label} | {} |", cells.join(" | "));
+        if runs.len() == 3 {
+            let shown = match ratio {
+                Some(g) if g(&runs[2].1) > 0.0 => format!("{:.3}", g(&runs[0].1) / g(&runs[2].1)),
+                _ => String::new(),
+            };
+            line.push_str(&format!(" {shown} |"));
+        }
+        println!("{line}");
+    };
+    row(
+        "start → /readyz (ms, median of 5)",
+        &|r| format!("{:.0}", r.startup_ms),
+        Some(&|r| r.startup_ms),
+    );
+    row(
+        "idle RSS (MiB)",
+        &|r| format!("{:.1}", r.idle_rss),
+        Some(&|r| r.idle_rss),
+    );
+    row(
+        "peak RSS under load (MiB)",
+        &|r| format!("{:.1}", r.load_rss),
+        Some(&|r| r.load_rss),
+    );
+    row(
+        "load p50 (ms)",
+        &|r| format!("{:.2}", r.p50),
+        Some(&|r| r.p50),
+    );
+    row(
+        "load p99 (ms)",
+        &|r| format!("{:.2}", r.p99),
+        Some(&|r| r.p99),
+    );
+    for op in ["create", "get", "list", "update", "delete"] {
+        let get = move |r: &Run| r.ops.get(op).copied().unwrap_or_default();
+        row(
+            &format!("{op} p50 / p99 (ms)"),
+            &|r| {
+                let (p50, p99) = get(r);
+                format!("{p50:.2} / {p99:.2}")
+            },
+            Some(&|r| get(r).1),
+        );
+    }
+    row(
+        "requests / non-2xx",
+        &|r| format!("{} / {}", r.requests, r.errors),
+        None,
+    );
     println!();
     println!(
-        "Load: {} then {} secrets (scale {}), at 30 then 200 requests/s; half creates, the rest gets, lists (limit=500), updates and deletes; one HTTP/2 connection.",
+        "Load: {} then {} secrets (scale {}), at 30 then 200 requests/s; half creates, the rest gets, lists (limit=500), updates and deletes; one HTTP/2 connection. The ratio column is vkube on SQLite over kube-apiserver + etcd (p99 for the per-operation rows).",
         (300.0 * args.scale) as usize,
         (5000.0 * args.scale) as usize,
         args.scale

@@ -112,11 +112,12 @@ impl Authorizer {
         let Ok(now) = self.store.current_revision().await else {
             return first;
         };
-        if self.revision() >= now {
-            return first;
+        if self.revision() < now {
+            let mut rx = self.revision.subscribe();
+            let _ = tokio::time::timeout(STALE_DENY_WAIT, rx.wait_for(|r| *r >= now)).await;
         }
-        let mut rx = self.revision.subscribe();
-        let _ = tokio::time::timeout(STALE_DENY_WAIT, rx.wait_for(|r| *r >= now)).await;
+        // Decide again even when the view is already there: it may have caught up while the
+        // store was asked, after the first decision read it.
         self.rbac.authorize(user, a)
     }
 }

@@ -5,6 +5,9 @@ mod auth;
 mod cli;
 mod harness;
 mod objects;
+mod rbac;
+#[path = "../../../vkube-store/tests/common/servers.rs"]
+mod servers;
 mod subresources;
 mod typed;
 mod watches;
