@@ -7,7 +7,7 @@
 pub mod bootstrap;
 pub mod rules;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::RwLock;
 
 use serde::Deserialize;
@@ -66,8 +66,9 @@ struct State {
     roles: HashMap<(String, String), Vec<PolicyRule>>,
     cluster_roles: HashMap<String, Vec<PolicyRule>>,
     bindings: HashMap<String, Binding>,
-    /// Subject key → store keys of the bindings naming it.
-    by_subject: HashMap<String, HashSet<String>>,
+    /// (binding namespace, empty for ClusterRoleBindings; subject key) → store keys of the
+    /// bindings naming it, in key order: a decision in namespace N reads two entries per subject.
+    by_subject: HashMap<(String, String), BTreeSet<String>>,
 }
 
 /// Why a request is allowed.
@@ -147,9 +148,12 @@ impl Rbac {
             "rolebindings" | "clusterrolebindings" => {
                 if let Some(old) = st.bindings.remove(key) {
                     for s in &old.subjects {
-                        let k = subject_key(s, &old.namespace);
+                        let k = (old.namespace.clone(), subject_key(s, &old.namespace));
                         if let Some(set) = st.by_subject.get_mut(&k) {
                             set.remove(key);
+                            if set.is_empty() {
+                                st.by_subject.remove(&k);
+                            }
                         }
                     }
                 }
@@ -164,7 +168,7 @@ impl Rbac {
                     };
                     for s in &binding.subjects {
                         st.by_subject
-                            .entry(subject_key(s, ns))
+                            .entry((ns.to_string(), subject_key(s, ns)))
                             .or_default()
                             .insert(key.to_string());
                     }
@@ -254,30 +258,37 @@ impl State {
         namespace: &str,
         mut f: impl FnMut(&Binding, &Subject, &[PolicyRule]) -> bool,
     ) {
-        let mut keys: Vec<String> = vec![format!("User:{}", user.username)];
-        keys.extend(user.groups.iter().map(|g| format!("Group:{g}")));
-        let mut candidates: Vec<&Binding> = keys
-            .iter()
-            .filter_map(|k| self.by_subject.get(k))
-            .flatten()
-            .filter_map(|key| self.bindings.get(key))
-            .filter(|b| b.namespace.is_empty() || b.namespace == namespace)
-            .collect();
-        candidates.sort_by_key(|b| (!b.namespace.is_empty(), b.name.clone()));
-        candidates.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
-        for b in candidates {
-            let Some(subject) = b
-                .subjects
-                .iter()
-                .find(|s| keys.contains(&subject_key(s, &b.namespace)))
-            else {
-                continue;
-            };
-            let Some(rules) = self.role(&b.namespace, &b.role_ref) else {
-                continue;
-            };
-            if f(b, subject, rules) {
-                return;
+        let mut subjects: Vec<String> = Vec::with_capacity(user.groups.len() + 1);
+        subjects.push(format!("User:{}", user.username));
+        subjects.extend(user.groups.iter().map(|g| format!("Group:{g}")));
+        // ClusterRoleBindings first, then the namespace's RoleBindings, each in key order.
+        let scopes: &[&str] = if namespace.is_empty() {
+            &[""]
+        } else {
+            &["", namespace]
+        };
+        for scope in scopes {
+            let mut keys: BTreeSet<&String> = BTreeSet::new();
+            for s in &subjects {
+                if let Some(set) = self.by_subject.get(&(scope.to_string(), s.clone())) {
+                    keys.extend(set.iter());
+                }
+            }
+            for key in keys {
+                let Some(b) = self.bindings.get(key) else {
+                    continue;
+                };
+                let matched = b
+                    .subjects
+                    .iter()
+                    .find(|s| subjects.contains(&subject_key(s, &b.namespace)));
+                let Some(subject) = matched else { continue };
+                let Some(rules) = self.role(&b.namespace, &b.role_ref) else {
+                    continue;
+                };
+                if f(b, subject, rules) {
+                    return;
+                }
             }
         }
     }

@@ -299,3 +299,107 @@ fn no_stale_deny_on_postgres() {
     )));
     no_stale_deny_across_two_processes(&url, 1000);
 }
+
+/// ClusterRole aggregation follows the labelled roles as they come and go, and the review APIs
+/// refuse malformed specs as upstream does.
+#[test]
+fn aggregation_and_review_validation() {
+    let server = Server::start();
+    let k = "kubectl";
+    let role = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: widgets-view\n  labels: {rbac.authorization.k8s.io/aggregate-to-view: \"true\"}\nrules:\n- {apiGroups: [example.com], resources: [widgets], verbs: [get, list]}\n";
+    apply_file(&server, k, role, "create");
+    let view_has = |resource: &str| {
+        let mut seen = false;
+        for _ in 0..50 {
+            let rules = run(
+                &server,
+                k,
+                &[
+                    "get",
+                    "clusterrole",
+                    "view",
+                    "-o",
+                    "jsonpath={.rules[*].resources}",
+                ],
+            );
+            seen = rules.contains(resource);
+            if seen {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        seen
+    };
+    assert!(view_has("widgets"), "view aggregates the new role");
+    // edit and admin aggregate view, so they follow too.
+    let admin = run(
+        &server,
+        k,
+        &[
+            "get",
+            "clusterrole",
+            "admin",
+            "-o",
+            "jsonpath={.rules[*].resources}",
+        ],
+    );
+    assert!(admin.contains("widgets"), "{admin}");
+    run(&server, k, &["delete", "clusterrole", "widgets-view"]);
+    let mut gone = false;
+    for _ in 0..50 {
+        let rules = run(
+            &server,
+            k,
+            &[
+                "get",
+                "clusterrole",
+                "view",
+                "-o",
+                "jsonpath={.rules[*].resources}",
+            ],
+        );
+        if !rules.contains("widgets") {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(gone, "view drops the deleted role's rules");
+
+    let both = "apiVersion: authorization.k8s.io/v1\nkind: SubjectAccessReview\nspec:\n  user: jane\n  resourceAttributes: {verb: get, resource: pods}\n  nonResourceAttributes: {verb: get, path: /api}\n";
+    let file = server.dir.path().join("sar.yaml");
+    std::fs::write(&file, both).unwrap();
+    let out = server.kubectl(k, &["create", "-f", &file.display().to_string()]);
+    assert!(
+        out.stderr
+            .contains("cannot be specified in combination with nonResourceAttributes"),
+        "{}",
+        out.stderr
+    );
+    let nobody = "apiVersion: authorization.k8s.io/v1\nkind: SubjectAccessReview\nspec:\n  resourceAttributes: {verb: get, resource: pods}\n";
+    std::fs::write(&file, nobody).unwrap();
+    let out = server.kubectl(k, &["create", "-f", &file.display().to_string()]);
+    assert!(
+        out.stderr
+            .contains("at least one of user or group must be specified"),
+        "{}",
+        out.stderr
+    );
+    let ok = "apiVersion: authorization.k8s.io/v1\nkind: SubjectAccessReview\nspec:\n  user: jane\n  groups: [system:authenticated]\n  nonResourceAttributes: {verb: get, path: /apis/apps}\n";
+    std::fs::write(&file, ok).unwrap();
+    let out = run(
+        &server,
+        k,
+        &[
+            "create",
+            "-f",
+            &file.display().to_string(),
+            "-o",
+            "jsonpath={.status.allowed} {.status.reason}",
+        ],
+    );
+    assert_eq!(
+        out,
+        r#"true RBAC: allowed by ClusterRoleBinding "system:discovery" of ClusterRole "system:discovery" to Group "system:authenticated""#
+    );
+}
