@@ -14,14 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
-use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::sync::Mutex;
+
+mod common;
+use common::{Client, Server, free_port, rss_mib};
 
 #[derive(Parser)]
 struct Args {
@@ -48,38 +45,7 @@ enum Target {
     Upstream { script: PathBuf, etcd: String },
 }
 
-struct Server {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
 static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
 
 /// Starts the target and returns it with the time until /readyz answered ok.
 async fn start(vkube: &Path, target: &Target) -> Result<(Server, Duration)> {
@@ -127,89 +93,6 @@ async fn start(vkube: &Path, target: &Target) -> Result<(Server, Duration)> {
             }
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-/// One HTTP/2 connection with the admin credential of the kubeconfig (vkube's client
-/// certificate, or kube-apiserver's bearer token).
-#[derive(Clone)]
-struct Client {
-    sender: Arc<Mutex<SendRequest<Full<Bytes>>>>,
-    token: Option<String>,
-}
-
-fn kubeconfig_field(config: &str, field: &str) -> Result<Vec<u8>> {
-    let line = config
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(&format!("{field}: ")))
-        .context(field.to_string())?;
-    Ok(base64::engine::general_purpose::STANDARD.decode(line.trim())?)
-}
-
-impl Client {
-    async fn connect(server: &Server) -> Result<Client> {
-        let config = std::fs::read_to_string(server.dir.path().join("admin.kubeconfig"))?;
-        let ca = kubeconfig_field(&config, "certificate-authority-data")?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&ca) {
-            roots.add(c?)?;
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots);
-        let token = config
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("token: "))
-            .map(|t| t.trim().to_string());
-        let mut tls = match &token {
-            Some(_) => builder.with_no_client_auth(),
-            None => {
-                let cert = kubeconfig_field(&config, "client-certificate-data")?;
-                let key = kubeconfig_field(&config, "client-key-data")?;
-                builder.with_client_auth_cert(
-                    CertificateDer::pem_slice_iter(&cert).collect::<Result<Vec<_>, _>>()?,
-                    PrivateKeyDer::from_pem_slice(&key)?,
-                )?
-            }
-        };
-        tls.alpn_protocols = vec![b"h2".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await?;
-        tcp.set_nodelay(true)?;
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-            .connect(ServerName::try_from("localhost")?, tcp)
-            .await?;
-        let (sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await?;
-        tokio::spawn(conn);
-        Ok(Client {
-            sender: Arc::new(Mutex::new(sender)),
-            token,
-        })
-    }
-
-    async fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<String>,
-    ) -> Result<(u16, String)> {
-        let mut req = http::Request::builder();
-        if let Some(t) = &self.token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let req = req
-            .method(method)
-            .uri(format!("https://localhost{path}"))
-            .header("content-type", "application/json")
-            .header("accept", "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let mut sender = self.sender.lock().await.clone();
-        let resp = sender.send_request(req).await?;
-        let code = resp.status().as_u16();
-        let body = resp.into_body().collect().await?.to_bytes();
-        Ok((code, String::from_utf8_lossy(&body).into_owned()))
     }
 }
 
