@@ -16,17 +16,17 @@ pub fn apply(resource: &Resource, obj: &mut Value) {
                 pod_only(spec);
             }
         }
-        ("", "PodTemplate") => template(&mut obj["template"]),
+        ("", "PodTemplate") => template(obj.get_mut("template")),
         ("", "ReplicationController") => {
             let spec = &mut obj["spec"];
             set(spec, "replicas", json!(1));
-            template(&mut spec["template"]);
+            template(spec.get_mut("template"));
         }
         ("", "Secret") => set(obj, "type", json!("Opaque")),
         ("", "Service") => service(&mut obj["spec"]),
         ("", "Endpoints") => {
-            for subset in items(&mut obj["subsets"]) {
-                protocols(&mut subset["ports"]);
+            for subset in items(obj, "subsets") {
+                protocols(subset, "ports");
             }
         }
         ("", "PersistentVolumeClaim") => set(&mut obj["spec"], "volumeMode", json!("Filesystem")),
@@ -39,7 +39,7 @@ pub fn apply(resource: &Resource, obj: &mut Value) {
         ("apps", "ReplicaSet") => {
             let spec = &mut obj["spec"];
             set(spec, "replicas", json!(1));
-            template(&mut spec["template"]);
+            template(spec.get_mut("template"));
         }
         ("apps", "StatefulSet") => stateful_set(&mut obj["spec"]),
         ("apps", "DaemonSet") => {
@@ -51,7 +51,7 @@ pub fn apply(resource: &Resource, obj: &mut Value) {
                 set(rolling, "maxSurge", json!(0));
             }
             set(spec, "revisionHistoryLimit", json!(10));
-            template(&mut spec["template"]);
+            template(spec.get_mut("template"));
         }
         ("batch", "Job") => job(&mut obj["spec"]),
         ("batch", "CronJob") => {
@@ -60,20 +60,22 @@ pub fn apply(resource: &Resource, obj: &mut Value) {
             set(spec, "suspend", json!(false));
             set(spec, "successfulJobsHistoryLimit", json!(3));
             set(spec, "failedJobsHistoryLimit", json!(1));
-            job(&mut spec["jobTemplate"]["spec"]);
+            if let Some(job_spec) = spec.get_mut("jobTemplate").and_then(|t| t.get_mut("spec")) {
+                job(job_spec);
+            }
         }
         ("autoscaling", "HorizontalPodAutoscaler") => {
             set(&mut obj["spec"], "minReplicas", json!(1))
         }
         ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
-            for subject in items(&mut obj["subjects"]) {
+            for subject in items(obj, "subjects") {
                 if matches!(subject["kind"].as_str(), Some("User" | "Group")) {
                     set(subject, "apiGroup", json!("rbac.authorization.k8s.io"));
                 }
             }
         }
         ("networking.k8s.io", "NetworkPolicy") => network_policy(&mut obj["spec"]),
-        ("discovery.k8s.io", "EndpointSlice") => protocols(&mut obj["ports"]),
+        ("discovery.k8s.io", "EndpointSlice") => protocols(obj, "ports"),
         ("scheduling.k8s.io", "PriorityClass") => {
             set(obj, "preemptionPolicy", json!("PreemptLowerPriority"))
         }
@@ -95,7 +97,7 @@ pub fn apply(resource: &Resource, obj: &mut Value) {
             "admissionregistration.k8s.io",
             kind @ ("ValidatingWebhookConfiguration" | "MutatingWebhookConfiguration"),
         ) => {
-            for hook in items(&mut obj["webhooks"]) {
+            for hook in items(obj, "webhooks") {
                 webhook(hook, kind.starts_with("Mutating"));
             }
         }
@@ -116,18 +118,24 @@ fn set(obj: &mut Value, key: &str, value: Value) {
     }
 }
 
-fn items(list: &mut Value) -> impl Iterator<Item = &mut Value> {
-    list.as_array_mut().into_iter().flatten()
+/// The items of `parent[key]`, when it is a list. Never creates the key: serde_json's `v["k"]`
+/// on a `&mut` inserts a null, which would then be stored.
+fn items<'a>(parent: &'a mut Value, key: &str) -> impl Iterator<Item = &'a mut Value> {
+    parent
+        .get_mut(key)
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
 }
 
-fn protocols(ports: &mut Value) {
-    for port in items(ports) {
+fn protocols(parent: &mut Value, key: &str) {
+    for port in items(parent, key) {
         set(port, "protocol", json!("TCP"));
     }
 }
 
-fn template(t: &mut Value) {
-    if let Some(spec) = t.get_mut("spec") {
+fn template(t: Option<&mut Value>) {
+    if let Some(spec) = t.and_then(|t| t.get_mut("spec")) {
         pod_spec(spec);
     }
 }
@@ -143,11 +151,11 @@ fn pod_spec(spec: &mut Value) {
     set(spec, "securityContext", json!({}));
     set(spec, "schedulerName", json!("default-scheduler"));
     for list in ["initContainers", "containers", "ephemeralContainers"] {
-        for c in items(&mut spec[list]) {
+        for c in items(spec, list) {
             container(c);
         }
     }
-    for volume in items(&mut spec["volumes"]) {
+    for volume in items(spec, "volumes") {
         volume_source(volume);
     }
 }
@@ -168,7 +176,7 @@ fn container(c: &mut Value) {
         "Always"
     };
     set(c, "imagePullPolicy", json!(policy));
-    protocols(&mut c["ports"]);
+    protocols(c, "ports");
     for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
         if c[probe].is_object() {
             let p = &mut c[probe];
@@ -182,7 +190,7 @@ fn container(c: &mut Value) {
             }
         }
     }
-    for env in items(&mut c["env"]) {
+    for env in items(c, "env") {
         if env["valueFrom"]["fieldRef"].is_object() {
             set(&mut env["valueFrom"]["fieldRef"], "apiVersion", json!("v1"));
         }
@@ -199,8 +207,8 @@ fn volume_source(v: &mut Value) {
             set(s, "defaultMode", json!(420));
         }
     }
-    if let Some(fields) = map.get_mut("downwardAPI").map(|d| &mut d["items"]) {
-        for item in items(fields) {
+    if let Some(downward) = map.get_mut("downwardAPI") {
+        for item in items(downward, "items") {
             if item["fieldRef"].is_object() {
                 set(&mut item["fieldRef"], "apiVersion", json!("v1"));
             }
@@ -219,7 +227,7 @@ fn pod_only(spec: &mut Value) {
     }
     set(spec, "enableServiceLinks", json!(true));
     for list in ["containers", "initContainers"] {
-        for c in items(&mut spec[list]) {
+        for c in items(spec, list) {
             // Limits without requests become the requests.
             let limits = c["resources"]["limits"].clone();
             if let Some(limits) = limits.as_object() {
@@ -274,7 +282,7 @@ fn service(spec: &mut Value) {
     if spec["type"] == "LoadBalancer" {
         set(spec, "allocateLoadBalancerNodePorts", json!(true));
     }
-    for port in items(&mut spec["ports"]) {
+    for port in items(spec, "ports") {
         set(port, "protocol", json!("TCP"));
         let number = port["port"].clone();
         set(port, "targetPort", number);
@@ -291,7 +299,7 @@ fn deployment(spec: &mut Value) {
     }
     set(spec, "revisionHistoryLimit", json!(10));
     set(spec, "progressDeadlineSeconds", json!(600));
-    template(&mut spec["template"]);
+    template(spec.get_mut("template"));
 }
 
 fn stateful_set(spec: &mut Value) {
@@ -309,10 +317,10 @@ fn stateful_set(spec: &mut Value) {
     let retention = &mut spec["persistentVolumeClaimRetentionPolicy"];
     set(retention, "whenDeleted", json!("Retain"));
     set(retention, "whenScaled", json!("Retain"));
-    for claim in items(&mut spec["volumeClaimTemplates"]) {
+    for claim in items(spec, "volumeClaimTemplates") {
         set(&mut claim["spec"], "volumeMode", json!("Filesystem"));
     }
-    template(&mut spec["template"]);
+    template(spec.get_mut("template"));
 }
 
 fn job(spec: &mut Value) {
@@ -334,7 +342,7 @@ fn job(spec: &mut Value) {
     if spec["podFailurePolicy"].is_null() {
         set(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
     }
-    template(&mut spec["template"]);
+    template(spec.get_mut("template"));
 }
 
 fn network_policy(spec: &mut Value) {
@@ -346,8 +354,8 @@ fn network_policy(spec: &mut Value) {
         spec["policyTypes"] = Value::Array(types);
     }
     for direction in ["ingress", "egress"] {
-        for rule in items(&mut spec[direction]) {
-            protocols(&mut rule["ports"]);
+        for rule in items(spec, direction) {
+            protocols(rule, "ports");
         }
     }
 }
@@ -361,7 +369,7 @@ fn webhook(hook: &mut Value, mutating: bool) {
     if mutating {
         set(hook, "reinvocationPolicy", json!("Never"));
     }
-    for rule in items(&mut hook["rules"]) {
+    for rule in items(hook, "rules") {
         set(rule, "scope", json!("*"));
     }
     if hook["clientConfig"]["service"].is_object() {
@@ -416,6 +424,25 @@ mod tests {
         assert_eq!(pulls, ["Always", "IfNotPresent", "IfNotPresent"]);
         assert_eq!(pod["containers"][0]["ports"][0]["protocol"], "TCP");
         assert_eq!(pod["containers"][0]["terminationMessagePolicy"], "File");
+    }
+
+    #[test]
+    fn absent_lists_stay_absent() {
+        let d = defaulted(
+            "apps",
+            "deployments",
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x"}]}}}}),
+        );
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        for key in ["ports", "env", "volumeMounts"] {
+            assert!(c.get(key).is_none(), "{key} appeared: {c}");
+        }
+        let cron = defaulted(
+            "batch",
+            "cronjobs",
+            json!({"spec": {"schedule": "* * * * *"}}),
+        );
+        assert!(cron["spec"].get("jobTemplate").is_none(), "{cron}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod registry;
 pub mod schema;
 pub mod selector;
 pub mod status;
+pub mod strategic;
 pub mod strategy;
 pub mod table;
 pub mod validation;

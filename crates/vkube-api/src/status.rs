@@ -192,6 +192,17 @@ impl Status {
         )
     }
 
+    /// A patch type the resource does not take (strategic merge patch on a custom resource).
+    pub fn unsupported_patch(content_type: &str) -> Status {
+        Status::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {content_type:?})"
+            ),
+        )
+    }
+
     /// A request whose content the server understood but cannot apply (422 without causes).
     pub fn unprocessable(message: impl Into<String>) -> Status {
         Status::new(422, "Invalid", message)

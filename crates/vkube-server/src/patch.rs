@@ -1,6 +1,6 @@
-//! The patch formats: JSON patch (RFC 6902), merge patch (RFC 7386), and strategic merge patch
-//! where it means what a merge patch means (no lists, no directives). The rest of strategic merge
-//! and server-side apply are refused with 415 until they are built.
+//! The patch formats: JSON patch (RFC 6902), merge patch (RFC 7386) and strategic merge patch
+//! (`vkube_api::strategic`, built-in kinds). Server-side apply is refused with 415 until it is
+//! built.
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -25,13 +25,21 @@ pub(crate) fn apply(old: &Value, body: &Bytes, content_type: &str) -> Result<Val
             })?;
         }
         "application/strategic-merge-patch+json" => {
-            // Without lists or directives a strategic merge patch means what a merge patch means.
-            if has_list_or_directive(&patch) {
-                return Err(Status::unsupported(
-                    "strategic merge patches with lists or $-directives are not supported yet; use a merge patch (kubectl --type=merge) or a JSON patch (--type=json)",
-                ));
-            }
-            json_patch::merge(&mut doc, &patch);
+            let api_version = old["apiVersion"].as_str().unwrap_or_default();
+            let kind = old["kind"].as_str().unwrap_or_default();
+            doc = vkube_api::strategic::apply(old, &patch, api_version, kind).map_err(
+                |e| match e {
+                    // Upstream accepts no strategic merge patch for custom resources.
+                    vkube_api::strategic::PatchError::UnknownKind(_) => {
+                        Status::unsupported_patch(media)
+                    }
+                    vkube_api::strategic::PatchError::Invalid(why) => {
+                        Status::unprocessable(format!(
+                            "the server rejected our request due to an error in our request: {why}"
+                        ))
+                    }
+                },
+            )?;
         }
         "application/apply-patch+yaml" => {
             return Err(Status::unsupported(
@@ -41,14 +49,4 @@ pub(crate) fn apply(old: &Value, body: &Bytes, content_type: &str) -> Result<Val
         other => return Err(Status::unsupported_media_type(other)),
     }
     Ok(doc)
-}
-
-fn has_list_or_directive(v: &Value) -> bool {
-    match v {
-        Value::Array(_) => true,
-        Value::Object(m) => m
-            .iter()
-            .any(|(k, v)| k.starts_with('$') || has_list_or_directive(v)),
-        _ => false,
-    }
 }

@@ -112,6 +112,9 @@ struct Field {
     pointer: bool,
     omitempty: bool,
     inline: bool,
+    /// The strategic-merge-patch strategy (`merge`, `replace`, `retainKeys`, `merge,retainKeys`).
+    patch_strategy: &'static str,
+    patch_merge_key: &'static str,
 }
 
 #[derive(Debug, Default)]
@@ -154,7 +157,11 @@ impl Schema {
                     schema.messages.entry(current.clone()).or_default().array =
                         rest.first() == Some(&"array");
                 }
-                [number, json, ty, flags] => {
+                [number, json, ty, flags, patch @ ..] => {
+                    let (patch_strategy, patch_merge_key) = match patch.first() {
+                        Some(p) => p.split_once(':').unwrap_or((p, "")),
+                        None => ("", ""),
+                    };
                     let (map, ty) = match ty.strip_prefix("map:") {
                         Some(value) => (true, value),
                         None => (false, *ty),
@@ -175,6 +182,8 @@ impl Schema {
                         pointer: flags.contains('p'),
                         omitempty: flags.contains('o'),
                         inline: flags.contains('i'),
+                        patch_strategy,
+                        patch_merge_key,
                     };
                     let number = number.parse().expect("k8s.schema: a field number");
                     let message = schema
@@ -199,6 +208,20 @@ impl Schema {
             .get(&(group, version))
             .and_then(|pkg| in_package(pkg))
             .or_else(|| in_package(META))
+    }
+
+    /// The field of `message` whose JSON name is `json`, looking through inline fields.
+    fn json_field(&self, message: &str, json: &str) -> Option<&Field> {
+        let m = self.messages.get(message)?;
+        m.fields.values().find(|f| f.json == json).or_else(|| {
+            m.fields
+                .values()
+                .filter(|f| f.inline)
+                .find_map(|f| match f.ty {
+                    Type::Message(inner) => self.json_field(inner, json),
+                    _ => None,
+                })
+        })
     }
 
     /// Decodes one message to JSON as Go's encoding/json would write the decoded Go value.
@@ -458,6 +481,38 @@ fn fraction(n: u64, div: u64) -> String {
     let digits = div.ilog10() as usize;
     let frac = format!("{frac:0digits$}");
     format!("{whole}.{}", frac.trim_end_matches('0'))
+}
+
+/// What strategic merge patch needs to know of one field of a built-in type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PatchField {
+    /// The message (Go struct) of the field's values, for objects, lists of objects and map values.
+    pub message: Option<&'static str>,
+    pub list: bool,
+    pub map: bool,
+    pub strategy: &'static str,
+    pub merge_key: &'static str,
+}
+
+/// The message of a built-in kind (`apps/v1`, `Deployment`), if vkube knows its wire shape.
+pub fn kind_message(api_version: &str, kind: &str) -> Option<&'static str> {
+    schema().message_for(api_version, kind)
+}
+
+/// The strategic-merge-patch view of field `json` of `message`.
+pub fn patch_field(message: &str, json: &str) -> Option<PatchField> {
+    let f = schema().json_field(message, json)?;
+    let message = match f.ty {
+        Type::Message(m) => Some(m),
+        _ => None,
+    };
+    Some(PatchField {
+        message,
+        list: f.repeated,
+        map: f.map,
+        strategy: f.patch_strategy,
+        merge_key: f.patch_merge_key,
+    })
 }
 
 #[cfg(test)]

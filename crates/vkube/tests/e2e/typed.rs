@@ -300,3 +300,93 @@ fn services_get_cluster_ips_and_node_ports_that_are_released_on_delete() {
         );
     }
 }
+
+/// Client-side apply through strategic merge patches: a change inside a list (an image, an env
+/// entry removed, a container dropped) and `kubectl set`, `diff` and `patch` with directives.
+#[test]
+fn apply_set_diff_and_strategic_patches() {
+    let server = Server::start();
+    for &k in KUBECTLS {
+        let ns = ns_name(k, "apply");
+        run(&server, k, &["create", "namespace", &ns]);
+        let v1 = format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers:\n      - {{name: web, image: 'nginx:1.25', env: [{{name: A, value: '1'}}, {{name: B, value: '2'}}]}}\n      - {{name: side, image: busybox}}\n"
+        );
+        assert_eq!(
+            apply_file(&server, k, &v1, "apply"),
+            "deployment.apps/web created",
+            "{k}"
+        );
+        assert_eq!(
+            apply_file(&server, k, &v1, "apply"),
+            "deployment.apps/web unchanged",
+            "{k}"
+        );
+        let v2 = v1
+            .replace("nginx:1.25", "nginx:1.27")
+            .replace(", {name: B, value: '2'}", "")
+            .replace("      - {name: side, image: busybox}\n", "");
+        assert_eq!(
+            apply_file(&server, k, &v2, "apply"),
+            "deployment.apps/web configured",
+            "{k}"
+        );
+        let get = |path: &str| {
+            run(
+                &server,
+                k,
+                &[
+                    "get",
+                    "deploy",
+                    "web",
+                    "-n",
+                    &ns,
+                    "-o",
+                    &format!("jsonpath={path}"),
+                ],
+            )
+        };
+        assert_eq!(
+            get(
+                "{.spec.template.spec.containers[*].name} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].env}"
+            ),
+            r#"web nginx:1.27 [{"name":"A","value":"1"}]"#,
+            "{k}"
+        );
+        run(
+            &server,
+            k,
+            &["set", "image", "deploy/web", "web=nginx:1.28", "-n", &ns],
+        );
+        run(&server, k, &["set", "env", "deploy/web", "C=3", "-n", &ns]);
+        assert_eq!(
+            get(
+                "{.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].env[*].name}"
+            ),
+            "nginx:1.28 A C",
+            "{k}"
+        );
+        let patch = r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","env":[{"name":"A","$patch":"delete"}]}]}}}}"#;
+        run(
+            &server,
+            k,
+            &["patch", "deploy", "web", "-n", &ns, "-p", patch],
+        );
+        assert_eq!(
+            get("{.spec.template.spec.containers[0].env[*].name}"),
+            "C",
+            "{k}"
+        );
+        // kubectl diff against the server's dry run: the file's image differs from the live one.
+        let file = server.dir.path().join(format!("{ns}-v2.yaml"));
+        std::fs::write(&file, &v2).unwrap();
+        let diff = server.kubectl(k, &["diff", "-f", &file.display().to_string()]);
+        assert!(
+            diff.stdout.contains("-        image: nginx:1.28")
+                && diff.stdout.contains("+        image: nginx:1.27"),
+            "{k}: {}{}",
+            diff.stdout,
+            diff.stderr
+        );
+    }
+}
