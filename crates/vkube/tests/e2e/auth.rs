@@ -300,6 +300,7 @@ fn oidc_provider_tokens_and_key_rotation() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("node is on PATH");
+        watch_parent(child.id());
         let mut line = String::new();
         std::io::BufRead::read_line(
             &mut std::io::BufReader::new(child.stdout.take().unwrap()),

@@ -28,6 +28,21 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// Kills `child` once this test process is gone: a test process killed mid-run (or the harness
+/// exiting without running destructors) must not leave servers behind.
+pub(crate) fn watch_parent(child: u32) {
+    let script = format!(
+        "while kill -0 {parent} 2>/dev/null && kill -0 {child} 2>/dev/null; do sleep 1; done; kill {child} 2>/dev/null",
+        parent = std::process::id()
+    );
+    let _ = Command::new("sh")
+        .args(["-c", &format!("({script}) &")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
 impl Server {
     pub(crate) fn start() -> Server {
         Server::start_with(&[])
@@ -49,6 +64,7 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start vkube serve");
+        watch_parent(child.id());
         let mut server = Server { child, port, dir };
         let stdout = server.child.stdout.take().unwrap();
         let line = BufReader::new(stdout)
