@@ -106,13 +106,22 @@ pub fn namespace_object(name: &str) -> Value {
     })
 }
 
-pub async fn start(api: Arc<Api>) -> Result<AbortHandle, StoreError> {
+/// What must exist before a replica reports ready: the default namespaces, the `kubernetes`
+/// Service and the bootstrap RBAC policy. Every replica does it at start; each step is an
+/// idempotent create-if-absent or compare-and-swap, so replicas starting together agree.
+pub async fn bootstrap(api: &Api) -> Result<(), StoreError> {
     for ns in DEFAULT_NAMESPACES {
-        ensure(&api, core("namespaces"), "", namespace_object(ns)).await?;
+        ensure(api, core("namespaces"), "", namespace_object(ns)).await?;
     }
-    kubernetes_service(&api).await?;
-    crate::rbac_policy::reconcile_bootstrap(&api).await?;
-    aggregate_all(&api).await;
+    kubernetes_service(api).await?;
+    crate::rbac_policy::reconcile_bootstrap(api).await?;
+    aggregate_all(api).await;
+    Ok(())
+}
+
+/// The controllers' loop (namespace lifecycle, per-namespace defaults, ClusterRole aggregation,
+/// Service IP release), run by the leader only.
+pub fn start(api: Arc<Api>) -> AbortHandle {
     let task = tokio::spawn(async move {
         loop {
             // Subscribe first, then scan: nothing falls between the two.
@@ -168,7 +177,7 @@ pub async fn start(api: Arc<Api>) -> Result<AbortHandle, StoreError> {
             }
         }
     });
-    Ok(task.abort_handle())
+    task.abort_handle()
 }
 
 async fn namespaces(api: &Api) -> Result<BTreeSet<String>, StoreError> {

@@ -25,6 +25,9 @@ pub struct Config {
     pub tls_sans: Vec<String>,
     pub data_dir: PathBuf,
     pub auth: AuthOptions,
+    /// This replica's identity in leader election (`vkube-N`).
+    pub replica: String,
+    pub leader: crate::leader::Timing,
 }
 
 /// How requests authenticate besides client certificates.
@@ -220,6 +223,7 @@ pub async fn serve(
         serving: AtomicBool::new(true),
         listen: config.listen,
         authorizer,
+        leader: std::sync::OnceLock::new(),
         metrics: {
             let mut registry = prometheus_client::registry::Registry::default();
             auth.metrics.register(&mut registry);
@@ -227,8 +231,20 @@ pub async fn serve(
         },
         auth,
     });
-    let controllers = crate::controllers::start(api.clone()).await?;
-    let compactor = crate::compactor::start(store.clone(), crate::compactor::INTERVAL);
+    crate::controllers::bootstrap(&api).await?;
+    let elector =
+        crate::leader::Elector::new(store.clone(), config.replica.clone(), config.leader.clone());
+    let election = elector.start();
+    let leader_work = {
+        let (api, store) = (api.clone(), store.clone());
+        crate::leader::while_leader(elector.clone(), move || {
+            vec![
+                crate::controllers::start(api.clone()),
+                crate::compactor::start(store.clone(), crate::compactor::INTERVAL),
+            ]
+        })
+    };
+    api.leader.set(elector.clone()).ok();
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -281,8 +297,8 @@ pub async fn serve(
     // Drain: report not ready, stop accepting, give open requests a moment to finish.
     api.serving.store(false, Ordering::Relaxed);
     drop(listener);
-    controllers.abort();
-    compactor.abort();
+    leader_work.abort();
+    election.abort();
     if let Some(r) = reloader {
         r.abort();
     }

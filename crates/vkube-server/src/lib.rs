@@ -9,6 +9,7 @@ mod controllers;
 mod http_server;
 mod hub;
 pub mod identity;
+pub mod leader;
 mod metrics;
 mod patch;
 mod pod_actions;

@@ -38,6 +38,7 @@ fn histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Mutex<Registry>,
+    leader: prometheus_client::metrics::gauge::Gauge,
     requests: Family<RequestLabels, Counter>,
     durations: Family<DurationLabels, Histogram, fn() -> Histogram>,
 }
@@ -69,8 +70,15 @@ impl Metrics {
             "Response latency distribution in seconds for each verb, dry run value, group, version, resource, subresource, scope and component.",
             durations.clone(),
         );
+        let leader = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "vkube_leader",
+            "1 while this replica holds the controllers' lease.",
+            leader.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            leader,
             requests,
             durations,
         }
@@ -107,6 +115,10 @@ impl Metrics {
             code: code.to_string(),
         };
         self.requests.get_or_create(&r).inc();
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     pub fn text(&self) -> String {

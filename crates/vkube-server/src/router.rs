@@ -29,6 +29,8 @@ pub struct Api {
     pub auth: Arc<vkube_auth::chain::Chain>,
     /// RBAC over the watch-fed view of roles and bindings.
     pub authorizer: Arc<crate::authz::Authorizer>,
+    /// Leader election (set once started): leader-only work and `vkube_leader`.
+    pub leader: std::sync::OnceLock<Arc<crate::leader::Elector>>,
     /// What `/metrics` reports.
     pub metrics: crate::metrics::Metrics,
     /// Where this replica serves: the `kubernetes` Service's endpoint.
@@ -207,6 +209,8 @@ impl Api {
             }
             "/openapi/v3" => response::json(200, &openapi::v3_index()),
             "/metrics" => {
+                self.metrics
+                    .set_leader(self.leader.get().is_some_and(|l| l.is_leader()));
                 let mut resp = response::text(200, self.metrics.text());
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,

@@ -25,6 +25,27 @@ struct VclusterYaml {
 struct ControlPlane {
     backing_store: BackingStore,
     distro: Distro,
+    stateful_set: StatefulSet,
+    #[serde(flatten)]
+    other: Other,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct StatefulSet {
+    high_availability: HighAvailability,
+    #[serde(flatten)]
+    other: Other,
+}
+
+/// vcluster's `controlPlane.statefulSet.highAvailability` (durations in seconds).
+#[derive(Deserialize, Default, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HighAvailability {
+    pub replicas: Option<u32>,
+    pub lease_duration: Option<u64>,
+    pub renew_deadline: Option<u64>,
+    pub retry_period: Option<u64>,
     #[serde(flatten)]
     other: Other,
 }
@@ -119,7 +140,7 @@ struct EtcdTlsFiles {
 }
 
 /// What a vcluster.yaml asks of vkube.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub struct Config {
     /// The store it names, if any (`None`: the embedded default).
     pub store: Option<StoreUrl>,
@@ -127,6 +148,8 @@ pub struct Config {
     pub unsupported: Vec<String>,
     /// `controlPlane.distro.k8s.apiServer.extraArgs`.
     pub api_server_args: Vec<String>,
+    /// `controlPlane.statefulSet.highAvailability`.
+    pub high_availability: HighAvailability,
 }
 
 /// The dotted path of the key on `line` (1-based), from the indentation of the lines above it.
@@ -194,6 +217,11 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
     note("controlPlane", &cp.other);
     note("controlPlane.backingStore", &bs.other);
     note("controlPlane.distro", &cp.distro.other);
+    note("controlPlane.statefulSet", &cp.stateful_set.other);
+    note(
+        "controlPlane.statefulSet.highAvailability",
+        &cp.stateful_set.high_availability.other,
+    );
     note("controlPlane.distro.k8s", &cp.distro.k8s.other);
     note(
         "controlPlane.distro.k8s.apiServer",
@@ -290,6 +318,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         store: chosen.into_iter().next().and_then(|(_, url)| url),
         unsupported,
         api_server_args: cp.distro.k8s.api_server.extra_args.clone(),
+        high_availability: cp.stateful_set.high_availability.clone(),
     })
 }
 

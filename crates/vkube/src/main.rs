@@ -67,6 +67,33 @@ struct ServeArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     auth: AuthArgs,
+    #[command(flatten)]
+    ha: HaArgs,
+}
+
+/// Replicas and leader election (vcluster's controlPlane.statefulSet.highAvailability).
+#[derive(clap::Args)]
+struct HaArgs {
+    /// How many replicas serve this virtual cluster (each one a `vkube serve`).
+    #[arg(long)]
+    replicas: Option<u32>,
+    /// This replica's index (default: N of a StatefulSet pod name NAME-N in POD_NAME or HOSTNAME, else 0).
+    #[arg(long)]
+    replica_id: Option<u32>,
+    /// Seconds a leader's lease is valid (default 3).
+    #[arg(long)]
+    lease_duration: Option<u64>,
+    /// Seconds a leader keeps trying to renew before it steps down (default 2).
+    #[arg(long)]
+    renew_deadline: Option<u64>,
+    /// Seconds between election rounds (default 1).
+    #[arg(long)]
+    retry_period: Option<u64>,
+}
+
+/// N of a StatefulSet pod name `NAME-N`.
+fn ordinal_of(name: &str) -> Option<u32> {
+    name.rsplit_once('-').and_then(|(_, n)| n.parse().ok())
 }
 
 /// kube-apiserver's authentication flags, with its defaults.
@@ -241,9 +268,11 @@ async fn shutdown_signal() {
 async fn serve(args: ServeArgs) -> Result<()> {
     let mut url = args.store.url()?;
     let mut extra_args = Vec::new();
+    let mut ha = config::HighAvailability::default();
     if let Some(file) = &args.config {
         let config = config::load(file)?;
         extra_args = config.api_server_args.clone();
+        ha = config.high_availability.clone();
         if !config.unsupported.is_empty() {
             eprintln!(
                 "vkube: warning: {} has keys vkube does not support yet, which it ignores: {}",
@@ -261,6 +290,46 @@ async fn serve(args: ServeArgs) -> Result<()> {
             url = store;
         }
     }
+    let replicas = args.ha.replicas.or(ha.replicas).unwrap_or(1);
+    if replicas > 1 && matches!(url, StoreUrl::Sqlite { .. } | StoreUrl::Memory) {
+        anyhow::bail!(
+            "{replicas} replicas on embedded SQLite: embedded SQLite keeps one database per replica, so replicas would disagree (for example on RBAC); use controlPlane.backingStore.etcd.embedded or an external etcd/PostgreSQL"
+        );
+    }
+    let replica_id = args
+        .ha
+        .replica_id
+        .or_else(|| {
+            std::env::var("POD_NAME")
+                .ok()
+                .as_deref()
+                .and_then(ordinal_of)
+        })
+        .or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .as_deref()
+                .and_then(ordinal_of)
+        })
+        .unwrap_or(0);
+    let seconds = |flag: Option<u64>, yaml: Option<u64>, default: u64| {
+        std::time::Duration::from_secs(flag.or(yaml).unwrap_or(default))
+    };
+    let leader = vkube_server::leader::Timing {
+        lease_duration: seconds(args.ha.lease_duration, ha.lease_duration, 3),
+        renew_deadline: seconds(args.ha.renew_deadline, ha.renew_deadline, 2),
+        retry_period: seconds(args.ha.retry_period, ha.retry_period, 1),
+    };
+    if leader.renew_deadline >= leader.lease_duration
+        || leader.retry_period >= leader.renew_deadline
+    {
+        anyhow::bail!(
+            "leader election needs retryPeriod < renewDeadline < leaseDuration (got {:?} < {:?} < {:?})",
+            leader.retry_period,
+            leader.renew_deadline,
+            leader.lease_duration
+        );
+    }
     let shown = redact(&url);
     let store = vkube_store::open_url(&url)
         .await
@@ -270,6 +339,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tls_sans: args.tls_sans,
         data_dir: args.store.data_dir()?,
         auth: args.auth.options(&extra_args)?,
+        replica: format!("vkube-{replica_id}"),
+        leader,
     };
     let listen = args.listen;
     vkube_server::serve(

@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod ha;
 mod harness;
 mod objects;
 mod rbac;
