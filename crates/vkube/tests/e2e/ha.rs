@@ -78,13 +78,7 @@ fn the_leader_killed_another_takes_over() {
             ]))
         })
         .collect();
-    let any = |r: &Vec<Option<Server>>| {
-        r.iter()
-            .flatten()
-            .next()
-            .map(holder)
-            .unwrap_or_default()
-    };
+    let any = |r: &Vec<Option<Server>>| r.iter().flatten().next().map(holder).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(10);
     while any(&replicas).is_empty() {
         assert!(Instant::now() < deadline, "no leader elected");
