@@ -135,6 +135,15 @@ fn admin_kubeconfig(ca: &Ca, config: &Config) -> Result<PathBuf, IdentityError> 
     Ok(path)
 }
 
+/// The address other replicas and `vkube check` reach this one at.
+fn advertised(config: &Config) -> std::net::SocketAddr {
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
+
 /// The authenticator chain: the `--oidc-*` issuer, or the issuers of the configuration file
 /// (then watched for changes).
 fn authentication(
@@ -224,6 +233,7 @@ pub async fn serve(
         listen: config.listen,
         authorizer,
         leader: std::sync::OnceLock::new(),
+        divergent: Default::default(),
         metrics: {
             let mut registry = prometheus_client::registry::Registry::default();
             auth.metrics.register(&mut registry);
@@ -245,6 +255,11 @@ pub async fn serve(
         })
     };
     api.leader.set(elector.clone()).ok();
+    let heartbeat = crate::replicas::start(
+        api.clone(),
+        config.replica.clone(),
+        format!("https://{}", advertised(&config)),
+    );
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -298,6 +313,7 @@ pub async fn serve(
     api.serving.store(false, Ordering::Relaxed);
     drop(listener);
     leader_work.abort();
+    heartbeat.abort();
     election.abort();
     if let Some(r) = reloader {
         r.abort();

@@ -14,6 +14,7 @@ mod metrics;
 mod patch;
 mod pod_actions;
 mod rbac_policy;
+pub mod replicas;
 mod request;
 mod response;
 mod rest;

@@ -39,6 +39,7 @@ fn histogram() -> Histogram {
 pub struct Metrics {
     registry: Mutex<Registry>,
     leader: prometheus_client::metrics::gauge::Gauge,
+    divergent: prometheus_client::metrics::gauge::Gauge,
     requests: Family<RequestLabels, Counter>,
     durations: Family<DurationLabels, Histogram, fn() -> Histogram>,
 }
@@ -76,9 +77,16 @@ impl Metrics {
             "1 while this replica holds the controllers' lease.",
             leader.clone(),
         );
+        let divergent = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "vkube_replica_config_divergent",
+            "1 while this replica's authentication configuration differs from the one most replicas share.",
+            divergent.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             leader,
+            divergent,
             requests,
             durations,
         }
@@ -115,6 +123,10 @@ impl Metrics {
             code: code.to_string(),
         };
         self.requests.get_or_create(&r).inc();
+    }
+
+    pub fn set_divergent(&self, divergent: bool) {
+        self.divergent.set(i64::from(divergent));
     }
 
     pub fn set_leader(&self, leading: bool) {

@@ -31,6 +31,8 @@ pub struct Api {
     pub authorizer: Arc<crate::authz::Authorizer>,
     /// Leader election (set once started): leader-only work and `vkube_leader`.
     pub leader: std::sync::OnceLock<Arc<crate::leader::Elector>>,
+    /// Why this replica's configuration disagrees with the others' (then it is not ready).
+    pub divergent: std::sync::RwLock<Option<String>>,
     /// What `/metrics` reports.
     pub metrics: crate::metrics::Metrics,
     /// Where this replica serves: the `kubernetes` Service's endpoint.
@@ -153,6 +155,9 @@ impl Api {
                             )
                         })
                         .collect();
+                    if let Some(why) = self.divergent.read().expect("lock").clone() {
+                        body.push_str(&format!("config-agreement: {why}\n"));
+                    }
                     if path.starts_with("/readyz") {
                         // Issuers do not gate readiness (an unreachable IdP must not take the API
                         // down), but say why their tokens fail.
@@ -208,6 +213,10 @@ impl Api {
                 }
             }
             "/openapi/v3" => response::json(200, &openapi::v3_index()),
+            "/vkube/replicas" => match crate::replicas::list(self).await {
+                Ok(members) => response::json(200, &serde_json::json!({"replicas": members})),
+                Err(err) => response::status(&Status::service_unavailable(err.to_string())),
+            },
             "/metrics" => {
                 self.metrics
                     .set_leader(self.leader.get().is_some_and(|l| l.is_leader()));
@@ -257,6 +266,10 @@ impl Api {
             };
             checks.push(("informer-sync", synced));
             checks.push(("shutdown", self.serving.load(Ordering::Relaxed)));
+            checks.push((
+                "config-agreement",
+                self.divergent.read().expect("lock").is_none(),
+            ));
         }
         checks
     }

@@ -4,6 +4,7 @@
 //! inspects the store.
 #![forbid(unsafe_code)]
 
+mod check;
 mod config;
 
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run a virtual cluster's API server.
     Serve(Box<ServeArgs>),
+    /// Ask every replica directly and compare their answers (exits 1 on any disagreement).
+    Check(check::CheckArgs),
     /// Inspect the store.
     Store {
         #[command(subcommand)]
@@ -400,6 +403,11 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(*args).await?,
+        Command::Check(args) => {
+            if !check::run(args).await? {
+                std::process::exit(1);
+            }
+        }
         Command::Store {
             command: StoreCommand::Status(args),
         } => {

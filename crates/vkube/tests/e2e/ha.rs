@@ -129,3 +129,73 @@ fn the_leader_killed_another_takes_over() {
     }
     assert!(seen, "the namespace controller runs on the new leader");
 }
+
+/// Drift: one replica started with another `--oidc-client-id` goes NotReady, says why, and
+/// `vkube check` names it.
+#[test]
+fn a_replica_with_drifted_config_is_not_ready_and_check_names_it() {
+    let store = format!(
+        "etcd://{}?prefix=/drift-{}",
+        crate::servers::etcd_endpoints(),
+        std::process::id()
+    );
+    let replica = |id: usize, client: &str| {
+        Server::start_until(
+            &[
+                "--store",
+                &store,
+                "--replicas",
+                "3",
+                "--replica-id",
+                &id.to_string(),
+                "--oidc-issuer-url=https://127.0.0.1:9/unreachable",
+                &format!("--oidc-client-id={client}"),
+            ],
+            "/livez",
+        )
+    };
+    let replicas = [
+        replica(0, "vkube"),
+        replica(1, "vkube"),
+        replica(2, "other"),
+    ];
+    let readyz = |s: &Server| s.kubectl("kubectl", &["get", "--raw", "/readyz?verbose"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = readyz(&replicas[2]);
+        if !out.ok || out.stdout.contains("[-]config-agreement") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the drifted replica stayed ready"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(readyz(&replicas[0]).ok, "the agreeing replicas stay ready");
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_vkube"))
+        .args([
+            "check",
+            "--kubeconfig",
+            &replicas[0].kubeconfig().display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr),
+    );
+    eprintln!("{stdout}{stderr}");
+    assert!(!check.status.success(), "vkube check must fail on drift");
+    let table = lines(&stdout);
+    assert_eq!(table[0][..4], ["REPLICA", "VERSION", "READY", "LEADER"]);
+    assert_eq!(table.len(), 4, "one row per replica: {stdout}");
+    assert!(
+        stderr.contains("vkube-2") && stderr.contains("disagrees on fingerprint"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("kubernetes-admin [system:masters system:authenticated]"),
+        "{stdout}"
+    );
+}

@@ -49,6 +49,12 @@ impl Server {
     }
 
     pub(crate) fn start_with(extra: &[&str]) -> Server {
+        Server::start_until(extra, "/readyz")
+    }
+
+    /// Starts a server and waits until `check` (`/readyz`, or `/livez` for one expected to be
+    /// unready) answers ok.
+    pub(crate) fn start_until(extra: &[&str], check: &str) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_vkube"))
@@ -78,7 +84,7 @@ impl Server {
         );
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let out = server.kubectl("kubectl", &["get", "--raw", "/readyz"]);
+            let out = server.kubectl("kubectl", &["get", "--raw", check]);
             if out.ok && out.stdout == "ok" {
                 return server;
             }

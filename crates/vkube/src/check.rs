@@ -1,0 +1,394 @@
+//! `vkube check`: asks every replica directly — found in the store's membership through any
+//! replica, or given as addresses — and prints one row per replica: version, ready, leader, how
+//! far its view is behind the most advanced replica, its configuration fingerprint, who it says
+//! the credential is, and a few `can-i` answers. Exits non-zero on any disagreement, naming the
+//! odd replica. This is the seed's "test OIDC on every instance", built in.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{Value, json};
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// A kubeconfig for any replica (its CA and credential are used for every replica).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: PathBuf,
+    /// A bearer token to check instead of the kubeconfig's credential (e.g. a user's OIDC token).
+    #[arg(long)]
+    token: Option<String>,
+    /// host:port of each replica; default: the membership the first replica reports.
+    #[arg(long, value_delimiter = ',')]
+    addresses: Vec<String>,
+    /// `VERB RESOURCE[.GROUP] [NAMESPACE]` to ask every replica (repeatable).
+    #[arg(long = "can-i")]
+    can_i: Vec<String>,
+}
+
+struct Credential {
+    ca: Vec<u8>,
+    cert: Option<(Vec<u8>, Vec<u8>)>,
+    token: Option<String>,
+    server: String,
+}
+
+fn field(config: &str, name: &str) -> Option<String> {
+    config.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix(&format!("{name}: "))
+            .map(|v| v.trim().to_string())
+    })
+}
+
+fn decoded(config: &str, name: &str) -> Result<Vec<u8>> {
+    let v = field(config, name).with_context(|| format!("the kubeconfig has no {name}"))?;
+    Ok(base64::engine::general_purpose::STANDARD.decode(v)?)
+}
+
+impl Credential {
+    fn load(args: &CheckArgs) -> Result<Credential> {
+        let config = std::fs::read_to_string(&args.kubeconfig)
+            .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+        let token = args.token.clone().or_else(|| field(&config, "token"));
+        let cert = match token {
+            Some(_) => None,
+            None => Some((
+                decoded(&config, "client-certificate-data")?,
+                decoded(&config, "client-key-data")?,
+            )),
+        };
+        Ok(Credential {
+            ca: decoded(&config, "certificate-authority-data")?,
+            cert,
+            token,
+            server: field(&config, "server").context("the kubeconfig has no server")?,
+        })
+    }
+}
+
+/// One HTTPS connection to one replica.
+struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    token: Option<String>,
+    authority: String,
+}
+
+impl Conn {
+    async fn open(cred: &Credential, authority: &str) -> Result<Conn> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&cred.ca) {
+            roots.add(c?)?;
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+        let tls = match &cred.cert {
+            Some((cert, key)) => builder.with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert).collect::<Result<Vec<_>, _>>()?,
+                PrivateKeyDer::from_pem_slice(key)?,
+            )?,
+            None => builder.with_no_client_auth(),
+        };
+        let (host, port) = authority
+            .rsplit_once(':')
+            .context("an address is host:port")?;
+        let tcp = tokio::net::TcpStream::connect((host, port.parse::<u16>()?))
+            .await
+            .with_context(|| format!("connecting to {authority}"))?;
+        let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())?;
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(name, tcp)
+            .await?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(Conn {
+            sender,
+            token: cred.token.clone(),
+            authority: authority.to_string(),
+        })
+    }
+
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, String)> {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.authority)
+            .header("content-type", "application/json")
+            .header("accept", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        self.sender.ready().await?;
+        let resp = self
+            .sender
+            .send_request(req.body(Full::new(Bytes::from(body)))?)
+            .await?;
+        let code = resp.status().as_u16();
+        let text = resp.into_body().collect().await?.to_bytes();
+        Ok((code, String::from_utf8_lossy(&text).into_owned()))
+    }
+}
+
+/// One row of the table.
+#[derive(Default)]
+struct Row {
+    replica: String,
+    version: String,
+    ready: String,
+    leader: String,
+    revision: i64,
+    fingerprint: String,
+    whoami: String,
+    can_i: Vec<String>,
+}
+
+fn parse_can_i(spec: &str) -> Value {
+    let parts: Vec<&str> = spec.split_whitespace().collect();
+    let (resource, group) = parts
+        .get(1)
+        .map(|r| r.split_once('.').unwrap_or((r, "")))
+        .unwrap_or(("", ""));
+    json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+           "spec": {"resourceAttributes": {"verb": parts.first().copied().unwrap_or(""), "resource": resource,
+                    "group": group, "namespace": parts.get(2).copied().unwrap_or("")}}})
+}
+
+async fn ask(cred: &Credential, address: &str, members: &[Value], can_i: &[String]) -> Row {
+    let mut row = Row {
+        replica: address.to_string(),
+        ..Row::default()
+    };
+    let mut conn = match Conn::open(cred, address).await {
+        Ok(c) => c,
+        Err(e) => {
+            row.ready = format!("unreachable: {e}");
+            return row;
+        }
+    };
+    if let Ok((200, body)) = conn.send("GET", "/version", None).await {
+        row.version = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v["gitVersion"].as_str().map(str::to_string))
+            .unwrap_or_default();
+    }
+    row.ready = match conn.send("GET", "/readyz", None).await {
+        Ok((200, _)) => "yes".into(),
+        Ok((code, body)) => format!("no ({code}: {})", body.lines().next().unwrap_or_default()),
+        Err(e) => format!("no ({e})"),
+    };
+    let me = members
+        .iter()
+        .find(|m| m["address"].as_str().is_some_and(|a| a.ends_with(address)));
+    if let Some(m) = me {
+        row.replica = format!("{} {address}", m["id"].as_str().unwrap_or_default());
+        row.leader = if m["leader"] == true {
+            "yes".into()
+        } else {
+            "no".into()
+        };
+        row.revision = m["revision"].as_i64().unwrap_or(0);
+        row.fingerprint = m["fingerprint"]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .take(19)
+            .collect();
+    }
+    let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
+    row.whoami = match conn
+        .send(
+            "POST",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            Some(review),
+        )
+        .await
+    {
+        Ok((201, body)) => {
+            let v: Value = serde_json::from_str(&body).unwrap_or_default();
+            let u = &v["status"]["userInfo"];
+            let groups: Vec<&str> = u["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            format!(
+                "{} [{}]",
+                u["username"].as_str().unwrap_or_default(),
+                groups.join(" ")
+            )
+        }
+        Ok((code, _)) => format!("HTTP {code}"),
+        Err(e) => format!("error: {e}"),
+    };
+    for spec in can_i {
+        let answer = match conn
+            .send(
+                "POST",
+                "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                Some(parse_can_i(spec)),
+            )
+            .await
+        {
+            Ok((201, body)) => {
+                let v: Value = serde_json::from_str(&body).unwrap_or_default();
+                if v["status"]["allowed"] == true {
+                    "yes".to_string()
+                } else {
+                    "no".to_string()
+                }
+            }
+            Ok((code, _)) => format!("HTTP {code}"),
+            Err(e) => format!("error: {e}"),
+        };
+        row.can_i.push(answer);
+    }
+    row
+}
+
+pub async fn run(args: CheckArgs) -> Result<bool> {
+    let cred = Credential::load(&args)?;
+    let first = cred
+        .server
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_string();
+    // The membership, from the first replica (its records come from the shared store).
+    let members: Vec<Value> = match Conn::open(&cred, &first).await {
+        Ok(mut c) => match c.send("GET", "/vkube/replicas", None).await {
+            Ok((200, body)) => serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v["replicas"].as_array().cloned())
+                .unwrap_or_default(),
+            _ => vec![],
+        },
+        Err(_) => vec![],
+    };
+    let mut addresses = args.addresses.clone();
+    if addresses.is_empty() {
+        addresses = members
+            .iter()
+            .filter_map(|m| {
+                m["address"]
+                    .as_str()
+                    .map(|a| a.trim_start_matches("https://").to_string())
+            })
+            .collect();
+        addresses.sort();
+    }
+    if addresses.is_empty() {
+        bail!("no replicas found: {first} listed none; pass --addresses host:port,...");
+    }
+    let can_i = if args.can_i.is_empty() {
+        vec![
+            "list pods default".to_string(),
+            "create deployments.apps default".to_string(),
+            "get nodes".to_string(),
+        ]
+    } else {
+        args.can_i.clone()
+    };
+    let mut rows = Vec::new();
+    for a in &addresses {
+        rows.push(ask(&cred, a, &members, &can_i).await);
+    }
+    let newest = rows.iter().map(|r| r.revision).max().unwrap_or(0);
+    let mut header = vec![
+        "REPLICA",
+        "VERSION",
+        "READY",
+        "LEADER",
+        "REV LAG",
+        "FINGERPRINT",
+        "WHOAMI",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect::<Vec<_>>();
+    header.extend(can_i.iter().map(|c| format!("CAN-I {c}")));
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut cells = vec![
+                r.replica.clone(),
+                r.version.clone(),
+                r.ready.clone(),
+                r.leader.clone(),
+                (newest - r.revision).to_string(),
+                r.fingerprint.clone(),
+                r.whoami.clone(),
+            ];
+            cells.extend(r.can_i.iter().cloned());
+            cells
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            table
+                .iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("   ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(&header));
+    for r in &table {
+        println!("{}", line(r));
+    }
+    // Disagreements: any column that should be equal, and readiness.
+    let mut odd = Vec::new();
+    for (i, name) in [(1, "version"), (5, "fingerprint"), (6, "whoami")]
+        .into_iter()
+        .chain((0..can_i.len()).map(|k| (7 + k, "can-i")))
+    {
+        let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+        for r in &table {
+            *counts.entry(r[i].as_str()).or_default() += 1;
+        }
+        if counts.len() > 1 {
+            let majority = counts
+                .iter()
+                .max_by_key(|(_, n)| **n)
+                .map(|(v, _)| *v)
+                .unwrap_or_default();
+            for r in table.iter().filter(|r| r[i] != majority) {
+                odd.push(format!(
+                    "{} disagrees on {name}: {:?} where the others say {majority:?}",
+                    r[0], r[i]
+                ));
+            }
+        }
+    }
+    for r in table.iter().filter(|r| r[2] != "yes") {
+        odd.push(format!("{} is not ready: {}", r[0], r[2]));
+    }
+    for o in &odd {
+        eprintln!("vkube check: {o}");
+    }
+    Ok(odd.is_empty())
+}
