@@ -147,8 +147,9 @@ fn can_i_for_an_oidc_group_and_escalation_refusals() {
 
 /// A minimal HTTPS client holding the admin certificate of a kubeconfig, for thousands of requests
 /// where spawning kubectl would take minutes.
-struct Api {
+pub(crate) struct Api {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    token: Option<String>,
 }
 
 fn field(config: &str, name: &str) -> Vec<u8> {
@@ -163,26 +164,40 @@ fn field(config: &str, name: &str) -> Vec<u8> {
 }
 
 impl Api {
-    async fn connect(kubeconfig: &std::path::Path, port: u16) -> Api {
+    pub(crate) async fn connect(kubeconfig: &std::path::Path, port: u16) -> Api {
+        Api::connect_as(kubeconfig, port, None).await
+    }
+
+    /// With `token`, the request carries it and no client certificate.
+    pub(crate) async fn connect_as(
+        kubeconfig: &std::path::Path,
+        port: u16,
+        token: Option<String>,
+    ) -> Api {
         let config = std::fs::read_to_string(kubeconfig).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(&field(&config, "certificate-authority-data")) {
             roots.add(c.unwrap()).unwrap();
         }
-        let cert = field(&config, "client-certificate-data");
-        let key = field(&config, "client-key-data");
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(&cert)
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap(),
-                PrivateKeyDer::from_pem_slice(&key).unwrap(),
-            )
-            .unwrap();
+            .with_root_certificates(roots);
+        let tls = if token.is_some() {
+            builder.with_no_client_auth()
+        } else {
+            let cert = field(&config, "client-certificate-data");
+            let key = field(&config, "client-key-data");
+            builder
+                .with_client_auth_cert(
+                    CertificateDer::pem_slice_iter(&cert)
+                        .collect::<Result<Vec<_>, _>>()
+                        .unwrap(),
+                    PrivateKeyDer::from_pem_slice(&key).unwrap(),
+                )
+                .unwrap()
+        };
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();
@@ -196,10 +211,10 @@ impl Api {
                 .await
                 .unwrap();
         tokio::spawn(conn);
-        Api { sender }
+        Api { sender, token }
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &mut self,
         method: &str,
         path: &str,
@@ -213,6 +228,9 @@ impl Api {
             .header("content-type", "application/json");
         if let Some(u) = as_user {
             req = req.header("impersonate-user", u);
+        }
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
         }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
@@ -402,4 +420,119 @@ fn aggregation_and_review_validation() {
         out,
         r#"true RBAC: allowed by ClusterRoleBinding "system:discovery" of ClusterRole "system:discovery" to Group "system:authenticated""#
     );
+}
+
+/// The seed scenario (issue 8): three replicas on one store, an OIDC user whose group is bound by
+/// a ClusterRoleBinding, 3000 requests round-robin while RoleBindings come and go: every replica
+/// allows every request, and every replica says the same `whoami`.
+fn seed_scenario(store: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let idp = rt.block_on(vkube_auth::testing::TestIdp::start("/tenant/v2.0"));
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("idp.pem");
+    std::fs::write(&ca, &idp.ca_pem).unwrap();
+    let flags = |id: usize| {
+        vec![
+            "--store".to_string(),
+            store.to_string(),
+            "--replicas".into(),
+            "3".into(),
+            "--replica-id".into(),
+            id.to_string(),
+            format!("--oidc-issuer-url={}", idp.issuer),
+            "--oidc-client-id=vkube".into(),
+            "--oidc-username-claim=preferred_username".into(),
+            "--oidc-groups-claim=groups".into(),
+            format!("--oidc-ca-file={}", ca.display()),
+        ]
+    };
+    let replicas: Vec<Server> = (0..3)
+        .map(|i| {
+            let f = flags(i);
+            Server::start_with(&f.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .collect();
+    let group = "0f0c2f0e-aaaa-4bbb-8ccc-000000000001";
+    run(
+        &replicas[0],
+        "kubectl",
+        &[
+            "create",
+            "clusterrolebinding",
+            "team-view",
+            "--clusterrole=view",
+            &format!("--group={group}"),
+        ],
+    );
+    let mut claims = idp.claims("vkube");
+    claims["preferred_username"] = "jane@contoso.com".into();
+    claims["groups"] = serde_json::json!([group]);
+    claims["exp"] = (vkube_auth::unix_now() + 3600).into();
+    let token = idp.mint("RS256", &claims);
+    rt.block_on(async {
+        let mut users = Vec::new();
+        for r in &replicas {
+            users.push(Api::connect_as(&r.kubeconfig(), r.port, Some(token.clone())).await);
+        }
+        let mut whoami = Vec::new();
+        for u in users.iter_mut() {
+            let review = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
+            let (code, body) = u.send("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", Some(review.into()), None).await;
+            assert_eq!(code, 201, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            whoami.push(v["status"]["userInfo"].to_string());
+        }
+        assert!(whoami.iter().all(|w| *w == whoami[0]), "replicas disagree on whoami: {whoami:?}");
+        // RoleBindings created and deleted meanwhile, through every replica.
+        let kubeconfig = replicas[0].kubeconfig();
+        let ports: Vec<u16> = replicas.iter().map(|r| r.port).collect();
+        let churn = tokio::spawn(async move {
+            let mut admins = Vec::new();
+            for p in &ports {
+                admins.push(Api::connect(&kubeconfig, *p).await);
+            }
+            for i in 0..150 {
+                let a = &mut admins[i % 3];
+                let body = format!(
+                    r#"{{"metadata":{{"name":"churn-{i}"}},"roleRef":{{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"edit"}},"subjects":[{{"apiGroup":"rbac.authorization.k8s.io","kind":"User","name":"someone-{i}"}}]}}"#
+                );
+                let (code, _) = a.send("POST", "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings", Some(body), None).await;
+                assert_eq!(code, 201);
+                if i >= 2 {
+                    let path = format!("/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/churn-{}", i - 2);
+                    let (code, _) = a.send("DELETE", &path, None, None).await;
+                    assert_eq!(code, 200);
+                }
+            }
+        });
+        let mut denied = Vec::new();
+        for i in 0..3000 {
+            let (code, body) = users[i % 3].send("GET", "/api/v1/namespaces/default/configmaps", None, None).await;
+            if code != 200 {
+                denied.push(format!("request {i} via replica {}: {code} {body}", i % 3));
+            }
+        }
+        churn.await.unwrap();
+        assert!(denied.is_empty(), "{} of 3000 decisions diverged: {:?}", denied.len(), &denied[..denied.len().min(3)]);
+        eprintln!("{store}: 3000/3000 allowed round-robin over 3 replicas during RoleBinding churn; whoami {}", whoami[0]);
+    });
+}
+
+#[test]
+fn seed_scenario_on_etcd() {
+    seed_scenario(&format!(
+        "etcd://{}?prefix=/seed-{}",
+        crate::servers::etcd_endpoints(),
+        std::process::id()
+    ));
+}
+
+#[test]
+fn seed_scenario_on_postgres() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = rt.block_on(crate::servers::postgres_database(&format!(
+        "seed{}",
+        std::process::id()
+    )));
+    seed_scenario(&url);
 }
