@@ -1,5 +1,7 @@
 //! What the benchmarks share: a server process that is killed when dropped, RSS readings, and an
 //! HTTP/2 client holding the kubeconfig's credential (client certificate or bearer token).
+//! Each benchmark binary uses part of it.
+#![allow(dead_code)]
 
 use std::sync::Arc;
 
