@@ -40,6 +40,7 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     leader: prometheus_client::metrics::gauge::Gauge,
     divergent: prometheus_client::metrics::gauge::Gauge,
+    lag: prometheus_client::metrics::gauge::Gauge,
     requests: Family<RequestLabels, Counter>,
     durations: Family<DurationLabels, Histogram, fn() -> Histogram>,
 }
@@ -83,10 +84,17 @@ impl Metrics {
             "1 while this replica's authentication configuration differs from the one most replicas share.",
             divergent.clone(),
         );
+        let lag = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "vkube_cache_revision_lag",
+            "Store revisions this replica's watch-fed view (RBAC, hub) is behind the store, read at scrape time.",
+            lag.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             leader,
             divergent,
+            lag,
             requests,
             durations,
         }
@@ -123,6 +131,10 @@ impl Metrics {
             code: code.to_string(),
         };
         self.requests.get_or_create(&r).inc();
+    }
+
+    pub fn set_lag(&self, revisions: i64) {
+        self.lag.set(revisions.max(0));
     }
 
     pub fn set_divergent(&self, divergent: bool) {

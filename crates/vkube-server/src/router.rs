@@ -220,6 +220,9 @@ impl Api {
             "/metrics" => {
                 self.metrics
                     .set_leader(self.leader.get().is_some_and(|l| l.is_leader()));
+                if let Ok(now) = self.store.current_revision().await {
+                    self.metrics.set_lag(now - self.authorizer.revision());
+                }
                 let mut resp = response::text(200, self.metrics.text());
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,

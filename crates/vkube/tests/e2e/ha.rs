@@ -199,3 +199,113 @@ fn a_replica_with_drifted_config_is_not_ready_and_check_names_it() {
         "{stdout}"
     );
 }
+
+/// Fault: kill -9 of the leader in the middle of a write load through every replica. No
+/// acknowledged write may be missing afterwards, and the survivors must list the same objects.
+fn leader_killed_under_writes(store: &str) {
+    let mut replicas: Vec<Option<Server>> = (0..3)
+        .map(|i| {
+            Some(Server::start_with(&[
+                "--store",
+                store,
+                "--replicas",
+                "3",
+                "--replica-id",
+                &i.to_string(),
+            ]))
+        })
+        .collect();
+    let first = replicas[0].as_ref().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while holder(first).is_empty() {
+        assert!(Instant::now() < deadline, "no leader elected");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let leader: usize = holder(first).trim_start_matches("vkube-").parse().unwrap();
+    let kubeconfig = first.kubeconfig();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut clients = Vec::new();
+        for r in replicas.iter().flatten() {
+            clients.push(crate::rbac::Api::connect(&kubeconfig, r.port).await);
+        }
+        let mut acknowledged = Vec::new();
+        let mut killed_at = None;
+        let mut recovered_after = None;
+        for i in 0..600 {
+            if i == 200 {
+                drop(replicas[leader].take()); // SIGKILL
+                killed_at = Some(Instant::now());
+            }
+            let via = i % 3;
+            let body = format!(r#"{{"metadata":{{"name":"cm-{i}"}},"data":{{"n":"{i}"}}}}"#);
+            if let Ok((201, _)) = clients[via].try_send("POST", "/api/v1/namespaces/default/configmaps", Some(body), None).await {
+                acknowledged.push(format!("cm-{i}"));
+                if let (Some(at), None) = (killed_at, recovered_after) {
+                    recovered_after = Some(at.elapsed());
+                }
+            }
+        }
+        assert!(acknowledged.len() >= 400, "writes through the survivors went on: {}", acknowledged.len());
+        let mut lists = Vec::new();
+        for (i, c) in clients.iter_mut().enumerate() {
+            if i == leader {
+                continue;
+            }
+            let (code, body) = c.send("GET", "/api/v1/namespaces/default/configmaps", None, None).await;
+            assert_eq!(code, 200);
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let mut names: Vec<String> = v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|i| i["metadata"]["name"].as_str().map(str::to_string))
+                .filter(|n| n.starts_with("cm-"))
+                .collect();
+            names.sort();
+            lists.push(names);
+        }
+        let mut want = acknowledged.clone();
+        want.sort();
+        for names in &lists {
+            let missing: Vec<_> = want.iter().filter(|n| !names.contains(n)).collect();
+            assert!(missing.is_empty(), "acknowledged writes missing: {missing:?}");
+        }
+        assert_eq!(lists[0], lists[1], "the survivors disagree");
+        eprintln!(
+            "{store}: leader vkube-{leader} killed after 200 of 600 writes; {} acknowledged, none missing; first acknowledged write after the kill {:?}",
+            acknowledged.len(),
+            recovered_after
+        );
+    });
+    // The controllers came back on a survivor.
+    let survivor = replicas.iter().flatten().next().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = holder(survivor);
+        if !now.is_empty() && now != format!("vkube-{leader}") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new leader");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn fault_leader_killed_under_writes_on_etcd() {
+    leader_killed_under_writes(&format!(
+        "etcd://{}?prefix=/fault-{}",
+        crate::servers::etcd_endpoints(),
+        std::process::id()
+    ));
+}
+
+#[test]
+fn fault_leader_killed_under_writes_on_postgres() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = rt.block_on(crate::servers::postgres_database(&format!(
+        "fault{}",
+        std::process::id()
+    )));
+    leader_killed_under_writes(&url);
+}

@@ -6,7 +6,7 @@ mod cli;
 mod ha;
 mod harness;
 mod objects;
-mod rbac;
+pub(crate) mod rbac;
 #[path = "../../../vkube-store/tests/common/servers.rs"]
 mod servers;
 mod subresources;

@@ -221,6 +221,17 @@ impl Api {
         body: Option<String>,
         as_user: Option<&str>,
     ) -> (u16, String) {
+        self.try_send(method, path, body, as_user).await.unwrap()
+    }
+
+    /// As `send`, but a dead connection is an error, not a panic (fault tests).
+    pub(crate) async fn try_send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        as_user: Option<&str>,
+    ) -> Result<(u16, String), String> {
         let mut req = http::Request::builder()
             .method(method)
             .uri(path)
@@ -235,11 +246,20 @@ impl Api {
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .unwrap();
-        self.sender.ready().await.unwrap();
-        let resp = self.sender.send_request(req).await.unwrap();
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let resp = self
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string())?;
         let code = resp.status().as_u16();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (code, String::from_utf8_lossy(&body).into_owned())
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((code, String::from_utf8_lossy(&body).into_owned()))
     }
 }
 
