@@ -195,18 +195,21 @@ async fn bound_object(
     })
 }
 
+/// A 422 for an access review's spec.
+fn invalid_review(kind: &str, field: &str, message: String) -> Status {
+    Status::invalid(
+        kind,
+        "authorization.k8s.io",
+        "",
+        vec![cause("FieldValueInvalid", field, message)],
+    )
+}
+
 /// The attributes a SubjectAccessReview spec asks about: exactly one of resource and
 /// non-resource attributes.
 fn review_attributes(spec: &Value, kind: &str) -> Result<vkube_auth::rbac::Attributes, Status> {
     let (res, non) = (&spec["resourceAttributes"], &spec["nonResourceAttributes"]);
-    let invalid = |field: &str, message: &str| {
-        Status::invalid(
-            kind,
-            "authorization.k8s.io",
-            "",
-            vec![cause("FieldValueInvalid", field, message.to_string())],
-        )
-    };
+    let invalid = |field: &str, message: &str| invalid_review(kind, field, message.to_string());
     let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
     match (res.is_object(), non.is_object()) {
         (true, true) => Err(invalid(
@@ -273,16 +276,10 @@ pub(crate) async fn access_review(ctx: &Ctx<'_>, body: &Bytes) -> Result<Respons
                     .collect(),
             };
             if user.username.is_empty() && user.groups.is_empty() {
-                return Err(Status::invalid(
+                return Err(invalid_review(
                     kind,
-                    "authorization.k8s.io",
-                    "",
-                    vec![cause(
-                        "FieldValueInvalid",
-                        "spec.user",
-                        "Invalid value: \"\": at least one of user or group must be specified"
-                            .into(),
-                    )],
+                    "spec.user",
+                    "Invalid value: \"\": at least one of user or group must be specified".into(),
                 ));
             }
             user
@@ -291,18 +288,13 @@ pub(crate) async fn access_review(ctx: &Ctx<'_>, body: &Bytes) -> Result<Respons
     if kind == "LocalSubjectAccessReview" {
         let ns = &ctx.info.namespace;
         if !a.namespace.is_empty() && a.namespace != *ns {
-            return Err(Status::invalid(
+            return Err(invalid_review(
                 kind,
-                "authorization.k8s.io",
-                "",
-                vec![cause(
-                    "FieldValueInvalid",
-                    "spec.resourceAttributes.namespace",
-                    format!(
-                        "Invalid value: {:?}: must match metadata.namespace",
-                        a.namespace
-                    ),
-                )],
+                "spec.resourceAttributes.namespace",
+                format!(
+                    "Invalid value: {:?}: must match metadata.namespace",
+                    a.namespace
+                ),
             ));
         }
         a.namespace = ns.clone();
