@@ -106,6 +106,40 @@ fn build() -> Schemas {
     Schemas { definitions, kinds }
 }
 
+/// Upstream's `x-kubernetes-patch-strategy` / `x-kubernetes-patch-merge-key` on the properties
+/// that have them (in the `/openapi` documents only: the validation schemas do not need them),
+/// from the same Go struct tags strategic merge patch uses (definitions are named
+/// `io.k8s.api.core.v1.PodSpec`, wire messages `k8s.io.api.core.v1.PodSpec`).
+fn patch_extensions(definitions: &mut Definitions) {
+    for (name, def) in definitions.iter_mut() {
+        let Some(rest) = name.strip_prefix("io.k8s.") else {
+            continue;
+        };
+        let message = format!("k8s.io.{rest}");
+        let Some(props) = def.get_mut("properties").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        for (prop, schema) in props.iter_mut() {
+            let Some(field) = crate::protobuf::patch_field(&message, prop) else {
+                continue;
+            };
+            if field.strategy.is_empty() {
+                continue;
+            }
+            let Some(obj) = schema.as_object_mut() else {
+                continue;
+            };
+            obj.insert("x-kubernetes-patch-strategy".into(), json!(field.strategy));
+            if !field.merge_key.is_empty() {
+                obj.insert(
+                    "x-kubernetes-patch-merge-key".into(),
+                    json!(field.merge_key),
+                );
+            }
+        }
+    }
+}
+
 /// Builds the validation schemas now (milliseconds) instead of on the first write.
 pub fn warm() {
     schemas();
@@ -175,12 +209,15 @@ pub fn group_version(group: &str, version: &str) -> Definitions {
             closure(name, &s.definitions, &mut out);
         }
     }
+    patch_extensions(&mut out);
     out
 }
 
 /// Every definition of every served kind, with descriptions: the `/openapi/v2` document.
 pub fn all_definitions() -> Definitions {
-    build().definitions
+    let mut definitions = build().definitions;
+    patch_extensions(&mut definitions);
+    definitions
 }
 
 /// The schema a `$ref` (possibly under `allOf`, as schemars wraps a ref that carries a
@@ -400,5 +437,10 @@ mod tests {
         );
         assert!(defs.contains_key("io.k8s.api.core.v1.PodSpec"));
         assert!(check("example.com", "v1", "Widget", &mut json!({})).is_none());
+        let containers = &defs["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
+        assert_eq!(containers["x-kubernetes-patch-strategy"], "merge");
+        assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");
+        let volumes = &defs["io.k8s.api.core.v1.PodSpec"]["properties"]["volumes"];
+        assert_eq!(volumes["x-kubernetes-patch-strategy"], "merge,retainKeys");
     }
 }
