@@ -110,11 +110,20 @@ pub fn namespace_object(name: &str) -> Value {
 /// Service and the bootstrap RBAC policy. Every replica does it at start; each step is an
 /// idempotent create-if-absent or compare-and-swap, so replicas starting together agree.
 pub async fn bootstrap(api: &Api) -> Result<(), StoreError> {
-    for ns in DEFAULT_NAMESPACES {
-        ensure(api, core("namespaces"), "", namespace_object(ns)).await?;
-    }
-    kubernetes_service(api).await?;
-    crate::rbac_policy::reconcile_bootstrap(api).await?;
+    // All at once, so the store's group commit writes them together (start → ready time).
+    let namespaces = futures_util::future::join_all(
+        DEFAULT_NAMESPACES
+            .iter()
+            .map(|ns| ensure(api, core("namespaces"), "", namespace_object(ns))),
+    );
+    let (namespaces, service, policy) = tokio::join!(
+        namespaces,
+        kubernetes_service(api),
+        crate::rbac_policy::reconcile_bootstrap(api)
+    );
+    namespaces.into_iter().collect::<Result<Vec<_>, _>>()?;
+    service?;
+    policy?;
     aggregate_all(api).await;
     Ok(())
 }

@@ -25,45 +25,57 @@ pub async fn reconcile_bootstrap(api: &Api) -> Result<(), StoreError> {
                 .into_iter()
                 .map(|o| (rbac("clusterrolebindings"), o)),
         );
-    for (resource, want) in objects {
-        let name = want["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let key = resource.key("", &name);
-        loop {
-            match api.store.get(&key, None).await? {
-                None => {
-                    let mut obj = want.clone();
-                    if object::prepare_create(resource, &mut obj).is_err() {
-                        break;
-                    }
-                    match api
-                        .store
-                        .create(&key, obj.to_string().into_bytes(), None)
-                        .await
-                    {
-                        Ok(_) => break,
-                        Err(StoreError::AlreadyExists { .. }) => continue,
-                        Err(e) => return Err(e),
-                    }
+    // Concurrently: the store's group commit then writes them in one or two transactions.
+    let results = futures_util::future::join_all(
+        objects.map(|(resource, want)| reconcile_one(api, resource, want)),
+    )
+    .await;
+    results.into_iter().collect()
+}
+
+/// Creates `want`, or adds what the stored object lacks of it.
+async fn reconcile_one(
+    api: &Api,
+    resource: &'static vkube_api::Resource,
+    want: Value,
+) -> Result<(), StoreError> {
+    let name = want["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let key = resource.key("", &name);
+    loop {
+        match api.store.get(&key, None).await? {
+            None => {
+                let mut obj = want.clone();
+                if object::prepare_create(resource, &mut obj).is_err() {
+                    break;
                 }
-                Some(kv) => {
-                    let Ok(have) = serde_json::from_slice::<Value>(&kv.value) else {
-                        break;
-                    };
-                    let Some(fixed) = bootstrap::reconcile(&have, &want) else {
-                        break;
-                    };
-                    match api
-                        .store
-                        .update(&key, fixed.to_string().into_bytes(), kv.mod_revision, None)
-                        .await
-                    {
-                        Ok(_) => break,
-                        Err(StoreError::Conflict { .. }) => continue,
-                        Err(e) => return Err(e),
-                    }
+                match api
+                    .store
+                    .create(&key, obj.to_string().into_bytes(), None)
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(StoreError::AlreadyExists { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Some(kv) => {
+                let Ok(have) = serde_json::from_slice::<Value>(&kv.value) else {
+                    break;
+                };
+                let Some(fixed) = bootstrap::reconcile(&have, &want) else {
+                    break;
+                };
+                match api
+                    .store
+                    .update(&key, fixed.to_string().into_bytes(), kv.mod_revision, None)
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(e),
                 }
             }
         }
