@@ -88,7 +88,25 @@ pub fn apply_part(
 ) -> Result<Value, Status> {
     let mut new = old.clone();
     match subresource {
-        "status" => new["status"] = obj["status"].clone(),
+        "status" => {
+            new["status"] = obj["status"].clone();
+            // Upstream's status strategies reset the spec, not the metadata: annotations (and
+            // labels, except on the apps workloads) written through `/status` are kept.
+            let mut carried = vec!["annotations"];
+            if resource.group != "apps" {
+                carried.push("labels");
+            }
+            for field in carried {
+                match obj["metadata"].get(field) {
+                    Some(v) if !v.is_null() => new["metadata"][field] = v.clone(),
+                    _ => drop(
+                        new["metadata"]
+                            .as_object_mut()
+                            .and_then(|m| m.remove(field)),
+                    ),
+                }
+            }
+        }
         "finalize" => new["spec"]["finalizers"] = obj["spec"]["finalizers"].clone(),
         "approval" => new["status"]["conditions"] = obj["status"]["conditions"].clone(),
         "ephemeralcontainers" => {
