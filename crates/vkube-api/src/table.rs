@@ -13,6 +13,15 @@ pub fn wanted(accept: &str) -> bool {
         .any(|part| part.contains("as=Table") && part.contains("g=meta.k8s.io"))
 }
 
+/// Whether the client accepts nothing but a Table: resources without a table conversion (the
+/// reviews) answer such a request 406, as upstream does.
+pub fn only(accept: &str) -> bool {
+    wanted(accept)
+        && accept
+            .split(',')
+            .all(|part| part.contains("as=Table") || part.trim().is_empty())
+}
+
 /// k8s.io/apimachinery's `HumanDuration`: "5s", "3m12s", "4h", "2d3h", "1y40d".
 pub fn human_duration(secs: i64) -> String {
     if secs < -1 {
@@ -483,6 +492,14 @@ pub fn table(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_table_is_a_table_without_fallback() {
+        let table = "application/json;as=Table;v=v1;g=meta.k8s.io";
+        assert!(only(table));
+        assert!(!only(&format!("{table},application/json")));
+        assert!(!only("application/json"));
+    }
 
     #[test]
     fn human_durations_match_upstream() {

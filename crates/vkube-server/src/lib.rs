@@ -10,6 +10,7 @@ mod http_server;
 mod hub;
 pub mod identity;
 pub mod leader;
+mod list;
 mod metrics;
 mod patch;
 mod pod_actions;

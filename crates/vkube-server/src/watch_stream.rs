@@ -14,9 +14,10 @@ use tokio::sync::{broadcast, mpsc};
 use vkube_api::{Resource, Status, convert, table};
 use vkube_store::{ListOptions, Revision};
 
+use crate::list::selected;
 use crate::request::{RequestInfo, is_true};
 use crate::response::{self, Body};
-use crate::rest::{decode, selected, store_status};
+use crate::rest::{decode, store_status};
 use crate::router::Api;
 
 fn line(kind: &str, object: &Value) -> Bytes {

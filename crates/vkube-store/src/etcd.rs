@@ -290,6 +290,28 @@ impl Store for EtcdStore {
         }
     }
 
+    async fn count(&self, prefix: &str, options: ListOptions) -> Result<usize> {
+        if let Some(rev) = options.revision.filter(|r| *r <= 0) {
+            return Err(self.revision_err_for_nonpositive(rev).await);
+        }
+        let end = match prefix_end(prefix) {
+            Some(end) => self.full(&end).into_bytes(),
+            None => range_end(self.prefix.as_bytes()),
+        };
+        let start = match &options.start_after {
+            Some(after) if after.as_str() >= prefix => format!("{}{after}\0", self.prefix),
+            _ => self.full(prefix),
+        };
+        let mut get = GetOptions::new().with_range(end).with_count_only();
+        if let Some(rev) = options.revision {
+            get = get.with_revision(rev);
+        }
+        match self.kv().get(start, Some(get)).await {
+            Ok(resp) => Ok(usize::try_from(resp.count()).unwrap_or(0)),
+            Err(err) => Err(self.revision_err(err, options.revision.unwrap_or(0)).await),
+        }
+    }
+
     async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<KeyValue> {
         check_key(key)?;
         let full = self.full(key);

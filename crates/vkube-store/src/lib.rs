@@ -48,6 +48,17 @@ pub trait Store: Send + Sync + 'static {
     /// Keys under `prefix` in key order, read at one revision (the current one unless given).
     async fn list(&self, prefix: &str, options: ListOptions) -> Result<ListResult>;
 
+    /// How many live keys a list with these options would return, ignoring its `limit`: a
+    /// paged list's `remainingItemCount`. Backends that can count without reading values
+    /// override it.
+    async fn count(&self, prefix: &str, options: ListOptions) -> Result<usize> {
+        let all = ListOptions {
+            limit: None,
+            ..options
+        };
+        Ok(self.list(prefix, all).await?.items.len())
+    }
+
     /// Creates `key`; fails with [`StoreError::AlreadyExists`] if it exists. With a TTL, the key is
     /// deleted (a normal delete event) once the TTL has passed.
     async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<KeyValue>;

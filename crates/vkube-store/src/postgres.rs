@@ -422,6 +422,24 @@ impl Store for PostgresStore {
         Ok(sql::page(rows, options.limit, at))
     }
 
+    async fn count(&self, prefix: &str, options: ListOptions) -> Result<usize> {
+        let (lower, exclusive, upper) = sql::range(prefix, options.start_after.as_deref());
+        let statement = sql::pg(&sql::count(exclusive, upper.is_some()));
+        let params = |at: Revision| -> Params {
+            let mut p: Params = vec![Box::new(at), Box::new(lower)];
+            if let Some(upper) = upper {
+                p.push(Box::new(upper));
+            }
+            p
+        };
+        let (rows, ..) = self
+            .read_at(&statement, options.revision, params, |r| {
+                r.try_get::<_, i64>(0).map_err(db_err)
+            })
+            .await?;
+        Ok(rows.first().map_or(0, |n| usize::try_from(*n).unwrap_or(0)))
+    }
+
     async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<KeyValue> {
         self.append_create(key, value, ttl).await
     }

@@ -45,6 +45,18 @@ pub fn list(lower_exclusive: bool, upper: bool) -> String {
     )
 }
 
+/// The number of rows [`list`] would return without a limit: `?1` the revision, `?2` the
+/// lower bound, `?3` the upper.
+pub fn count(lower_exclusive: bool, upper: bool) -> String {
+    format!(
+        "SELECT COUNT(*) FROM vkube_log l WHERE key {} ?2 {} \
+         AND revision = (SELECT MAX(m.revision) FROM vkube_log m WHERE m.key = l.key AND m.revision <= ?1) \
+         AND deleted = 0",
+        if lower_exclusive { ">" } else { ">=" },
+        if upper { "AND key < ?3" } else { "" },
+    )
+}
+
 /// Rows above revision `?1` in a key range, with each row's previous row; at most `?2`.
 pub fn events(upper: bool) -> String {
     format!(

@@ -348,6 +348,25 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn count(&self, prefix: &str, options: ListOptions) -> Result<usize> {
+        let (lower, exclusive, upper) = sql::range(prefix, options.start_after.as_deref());
+        self.read(move |tx| {
+            let (current, compacted) = meta(tx)?;
+            let at = sql::at(options.revision, current);
+            log::check_read_revision(at, current, compacted)?;
+            let mut stmt = tx
+                .prepare_cached(&sql::count(exclusive, upper.is_some()))
+                .map_err(db_err)?;
+            let n: i64 = match &upper {
+                Some(upper) => stmt.query_row(params![at, lower, upper], |r| r.get(0)),
+                None => stmt.query_row(params![at, lower], |r| r.get(0)),
+            }
+            .map_err(db_err)?;
+            Ok(usize::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
     async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<KeyValue> {
         self.append_create(key, value, ttl).await
     }

@@ -263,6 +263,17 @@ pub async fn list_pagination_at_a_fixed_revision_while_writes_continue(f: Fixtur
         assert_eq!(page.revision, at);
         start_after = page.items.last().map(|kv| kv.key.clone());
         paged.extend(page.items);
+        // What remains after this page, counted at the same revision (`remainingItemCount`).
+        let rest = ListOptions {
+            revision: Some(at),
+            limit: None,
+            start_after: start_after.clone(),
+        };
+        assert_eq!(
+            s.count("/pg/", rest).await.unwrap(),
+            snapshot.len() - paged.len(),
+            "count after {start_after:?}"
+        );
         if !page.more {
             break;
         }

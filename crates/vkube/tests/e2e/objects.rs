@@ -477,6 +477,26 @@ fn pages_and_body_limits() {
             .expect("a continue token")
             .to_string();
         assert_eq!(page["items"].as_array().unwrap().len(), 2, "{k}");
+        // Upstream counts what remains when nothing is filtered out, and only then.
+        assert_eq!(page["metadata"]["remainingItemCount"], 3, "{k}: {page}");
+        let filtered: serde_json::Value = serde_json::from_str(&run(
+            &server,
+            k,
+            &[
+                "get",
+                "--raw",
+                &format!("/api/v1/namespaces/{ns}/secrets?limit=2&fieldSelector=metadata.name!=s0"),
+            ],
+        ))
+        .unwrap();
+        assert!(
+            filtered["metadata"]["continue"].is_string(),
+            "{k}: {filtered}"
+        );
+        assert!(
+            filtered["metadata"].get("remainingItemCount").is_none(),
+            "{k}: {filtered}"
+        );
         let rest: serde_json::Value = serde_json::from_str(&run(
             &server,
             k,
@@ -495,6 +515,7 @@ fn pages_and_body_limits() {
             .collect();
         assert_eq!(rest_names, ["s2", "s3", "s4"], "{k}");
         assert!(rest["metadata"].get("continue").is_none(), "{k}");
+        assert!(rest["metadata"].get("remainingItemCount").is_none(), "{k}");
         // Bodies over 3 MiB get 413.
         let big = format!(
             "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: big\n  namespace: {ns}\ndata:\n  blob: {}\n",

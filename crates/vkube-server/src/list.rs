@@ -1,0 +1,263 @@
+//! Lists: paging through the store at one revision with `limit`/`continue`, label and field
+//! selectors, and the fast path that re-encodes only each stored object's metadata.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use http::Response;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use vkube_api::selector::{self, FieldSelector, LabelSelector};
+use vkube_api::{Resource, Status, convert, table};
+use vkube_store::{KeyValue, ListOptions, Revision, StoreError};
+
+use crate::response::{self, Body};
+use crate::rest::{Ctx, store_status};
+
+type Query = HashMap<String, String>;
+
+/// The opaque `continue` token: the revision the list is pinned to and the last key returned.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Continue {
+    v: String,
+    rv: Revision,
+    start: String,
+}
+
+const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
+
+pub(crate) fn selectors(
+    resource: &Resource,
+    q: &Query,
+) -> Result<(LabelSelector, FieldSelector), Status> {
+    let labels = selector::parse_labels(q.get("labelSelector").map_or("", String::as_str))?;
+    let fields = selector::parse_fields(
+        q.get("fieldSelector").map_or("", String::as_str),
+        selector::selectable_fields(resource.group, resource.plural),
+    )?;
+    Ok((labels, fields))
+}
+
+pub fn selected(labels: &LabelSelector, fields: &FieldSelector, obj: &Value) -> bool {
+    labels.matches_object(obj) && fields.matches(|f| selector::field_value(obj, f))
+}
+
+/// Lists the objects under the request's scope that match its selectors.
+pub(crate) async fn select(ctx: &Ctx<'_>) -> Result<Selected<Value>, Status> {
+    let (labels, fields) = selectors(ctx.resource, ctx.q)?;
+    let every = labels.0.is_empty() && fields.0.is_empty();
+    select_with(ctx, every, |kv| {
+        let obj = ctx.load(kv)?;
+        Ok(selected(&labels, &fields, &obj).then_some(obj))
+    })
+    .await
+}
+
+/// One page of a list.
+pub(crate) struct Selected<T> {
+    pub(crate) items: Vec<T>,
+    pub(crate) revision: Revision,
+    /// The `continue` token, when items remain.
+    pub(crate) token: Option<String>,
+    /// How many items remain after this page: known only when nothing is filtered out (no
+    /// selectors), as upstream reports `remainingItemCount`.
+    pub(crate) remaining: Option<usize>,
+}
+
+impl<T> Selected<T> {
+    /// The list's metadata.
+    fn meta(&self) -> Value {
+        let mut meta = json!({"resourceVersion": self.revision.to_string()});
+        if let Some(token) = &self.token {
+            meta["continue"] = json!(token);
+        }
+        if let Some(remaining) = self.remaining {
+            meta["remainingItemCount"] = json!(remaining);
+        }
+        meta
+    }
+}
+
+/// The list loop: pages through the store at one revision, keeping what `pick` returns, until
+/// `limit` items or the end; a `continue` token when items remain. `every`: `pick` keeps every
+/// item, so the store can count the remainder.
+async fn select_with<T>(
+    ctx: &Ctx<'_>,
+    every: bool,
+    pick: impl Fn(&KeyValue) -> Result<Option<T>, Status>,
+) -> Result<Selected<T>, Status> {
+    let prefix = ctx.key("");
+    let limit = ctx
+        .q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
+    let (mut revision, mut start_after) = (None, None);
+    if let Some(token) = ctx.q.get("continue").filter(|t| !t.is_empty()) {
+        let bad = || {
+            Status::bad_request(
+                "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+            )
+        };
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(token)
+            .map_err(|_| bad())?;
+        let token: Continue = serde_json::from_slice(&raw).map_err(|_| bad())?;
+        revision = Some(token.rv);
+        start_after = Some(format!("{prefix}{}", token.start));
+    } else if let Some(rv) = ctx
+        .q
+        .get("resourceVersion")
+        .filter(|v| !v.is_empty() && *v != "0")
+    {
+        let rv: Revision = rv
+            .parse()
+            .map_err(|_| Status::bad_request(format!("invalid resource version: {rv}")))?;
+        if ctx
+            .q
+            .get("resourceVersionMatch")
+            .is_some_and(|m| m == "Exact")
+        {
+            revision = Some(rv);
+        }
+    }
+    let continued = start_after.is_some();
+    let mut items = Vec::new();
+    loop {
+        let want = limit.map(|l| l - items.len());
+        let options = ListOptions {
+            revision,
+            limit: want,
+            start_after: start_after.clone(),
+        };
+        let page = match ctx.api.store.list(&prefix, options).await {
+            Ok(page) => page,
+            Err(StoreError::Compacted { .. }) if continued => {
+                return Err(Status::expired(CONTINUE_EXPIRED));
+            }
+            Err(err) => return Err(store_status(err)),
+        };
+        revision = Some(page.revision);
+        start_after = page.items.last().map(|kv| kv.key.clone());
+        for kv in &page.items {
+            if let Some(item) = pick(kv)? {
+                items.push(item);
+            }
+        }
+        let full = limit.is_some_and(|l| items.len() >= l);
+        if !page.more {
+            return Ok(Selected {
+                items,
+                revision: page.revision,
+                token: None,
+                remaining: None,
+            });
+        }
+        if full {
+            let remaining = if every {
+                let rest = ListOptions {
+                    revision: Some(page.revision),
+                    limit: None,
+                    start_after: start_after.clone(),
+                };
+                Some(
+                    ctx.api
+                        .store
+                        .count(&prefix, rest)
+                        .await
+                        .map_err(store_status)?,
+                )
+            } else {
+                None
+            };
+            let token = Continue {
+                v: "meta.k8s.io/v1".into(),
+                rv: page.revision,
+                start: start_after
+                    .unwrap_or_default()
+                    .trim_start_matches(&prefix)
+                    .to_string(),
+            };
+            let token = base64::engine::general_purpose::STANDARD
+                .encode(serde_json::to_vec(&token).unwrap_or_default());
+            return Ok(Selected {
+                items,
+                revision: page.revision,
+                token: Some(token),
+                remaining: remaining.filter(|n| *n > 0),
+            });
+        }
+    }
+}
+
+/// A list body whose items are stored bytes with only their metadata re-encoded.
+#[derive(serde::Serialize)]
+struct RawList<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: String,
+    items: Vec<Box<RawValue>>,
+    kind: String,
+    metadata: &'a Value,
+}
+
+/// A stored object as JSON, with its resourceVersion set, without parsing more than its
+/// metadata; `None` when it does not match the label selector.
+fn raw_item(
+    kv: &KeyValue,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+) -> Result<Option<Box<RawValue>>, Status> {
+    let bad = |e: serde_json::Error| Status::internal(format!("decoding {}: {e}", kv.key));
+    let mut top: std::collections::BTreeMap<String, Box<RawValue>> =
+        serde_json::from_slice(&kv.value).map_err(bad)?;
+    let mut meta: Value = match top.get("metadata") {
+        Some(raw) => serde_json::from_str(raw.get()).map_err(bad)?,
+        None => json!({}),
+    };
+    meta["resourceVersion"] = json!(kv.mod_revision.to_string());
+    let shell = json!({"metadata": meta});
+    if !selected(labels, fields, &shell) {
+        return Ok(None);
+    }
+    let meta = RawValue::from_string(shell["metadata"].to_string()).map_err(bad)?;
+    top.insert("metadata".into(), meta);
+    let bytes = serde_json::to_string(&top).map_err(bad)?;
+    Ok(Some(RawValue::from_string(bytes).map_err(bad)?))
+}
+
+pub(crate) async fn list(ctx: &Ctx<'_>) -> Result<Response<Body>, Status> {
+    let (labels, fields) = selectors(ctx.resource, ctx.q)?;
+    let metadata_only = fields.0.iter().all(|(f, ..)| f.starts_with("metadata."));
+    let same_version = convert::storage_version(ctx.resource) == ctx.resource.api_version();
+    if metadata_only && same_version && !table::wanted(ctx.accept) {
+        // The common case (kubectl -o json/yaml, informers): no full decode and re-encode.
+        let every = labels.0.is_empty() && fields.0.is_empty();
+        let page = select_with(ctx, every, |kv| raw_item(kv, &labels, &fields)).await?;
+        let meta = page.meta();
+        let body = RawList {
+            api_version: ctx.resource.api_version(),
+            items: page.items,
+            kind: format!("{}List", ctx.resource.kind),
+            metadata: &meta,
+        };
+        let bytes = serde_json::to_vec(&body).map_err(Status::internal)?;
+        let mut resp = response::bytes(bytes);
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        return Ok(resp);
+    }
+    let page = select(ctx).await?;
+    let (meta, items) = (page.meta(), page.items);
+    if table::wanted(ctx.accept) {
+        return Ok(response::json(
+            200,
+            &table::table(ctx.resource, &items, meta, ctx.include()),
+        ));
+    }
+    Ok(response::json(
+        200,
+        &json!({"kind": format!("{}List", ctx.resource.kind), "apiVersion": ctx.resource.api_version(), "metadata": meta, "items": items}),
+    ))
+}
