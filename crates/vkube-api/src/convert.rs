@@ -10,6 +10,9 @@ use crate::registry::{RESOURCES, Resource};
 
 /// The apiVersion the objects of `resource`'s storage are kept in: its first registry row's.
 pub fn storage_version(resource: &Resource) -> String {
+    if let Some(d) = crate::registry::custom::definition(resource) {
+        return d.storage_version.clone();
+    }
     RESOURCES
         .iter()
         .find(|r| r.storage == resource.storage)
@@ -29,10 +32,22 @@ pub fn convert(obj: Value, to: &str) -> Result<Value, Status> {
         ("Event", "events.k8s.io/v1", "v1") => Ok(rename(obj, to, EVENT_FIELDS, true)),
         ("HorizontalPodAutoscaler", "autoscaling/v2", "autoscaling/v1") => Ok(hpa_to_v1(obj)),
         ("HorizontalPodAutoscaler", "autoscaling/v1", "autoscaling/v2") => Ok(hpa_to_v2(obj)),
+        // A CRD's versions convert with the `None` strategy: only apiVersion changes.
+        _ if crate::registry::custom::has_kind(group_of(&from), &kind)
+            && group_of(&from) == group_of(to) =>
+        {
+            let mut obj = obj;
+            obj["apiVersion"] = json!(to);
+            Ok(obj)
+        }
         _ => Err(Status::internal(format!(
             "no conversion of {kind} from {from} to {to}"
         ))),
     }
+}
+
+fn group_of(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(g, _)| g)
 }
 
 /// Core v1 Event field → events.k8s.io/v1 field.

@@ -10,6 +10,7 @@ use crate::Resource;
 /// Applies the defaults of `resource`'s kind to `obj` in place.
 pub fn apply(resource: &Resource, obj: &mut Value) {
     match (resource.group, resource.kind) {
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => crd(obj),
         ("", "Pod") => {
             if let Some(spec) = obj.get_mut("spec") {
                 pod_spec(spec);
@@ -106,6 +107,23 @@ pub fn apply(resource: &Resource, obj: &mut Value) {
 }
 
 /// Sets `obj[key]` when it is absent or null; `obj` becomes an object if it was null.
+/// apiextensions v1's SetDefaults: singular and listKind from the kind, the `None` conversion.
+fn crd(obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
+        return;
+    };
+    let kind = spec["names"]["kind"].as_str().unwrap_or_default().to_string();
+    if let Some(names) = spec.get_mut("names").filter(|n| n.is_object()) {
+        if names["singular"].as_str().is_none_or(str::is_empty) {
+            names["singular"] = json!(kind.to_ascii_lowercase());
+        }
+        if !kind.is_empty() && names["listKind"].as_str().is_none_or(str::is_empty) {
+            names["listKind"] = json!(format!("{kind}List"));
+        }
+    }
+    set(spec, "conversion", json!({"strategy": "None"}));
+}
+
 fn set(obj: &mut Value, key: &str, value: Value) {
     if obj.is_null() {
         *obj = Value::Object(Map::new());

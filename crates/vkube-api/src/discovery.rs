@@ -111,6 +111,7 @@ pub fn aggregated(core: bool, version: &str) -> Value {
                 .iter()
                 .map(|v| {
                     let resources: Vec<Value> = registry::in_group_version(group, v)
+                        .into_iter()
                         .map(|r| {
                             let subresources: Vec<Value> = r
                                 .subresources

@@ -214,7 +214,8 @@ pub fn prepare_create(resource: &Resource, obj: &mut Value) -> Result<String, St
 /// types whose controllers report an observedGeneration); ConfigMaps, Secrets, Namespaces and
 /// the like have none.
 pub fn tracks_generation(resource: &Resource) -> bool {
-    matches!(
+    resource.custom
+        || matches!(
         (resource.group, resource.plural),
         ("apps", _)
             | ("batch", _)
@@ -223,6 +224,7 @@ pub fn tracks_generation(resource: &Resource) -> bool {
             | ("networking.k8s.io", "ingresses" | "networkpolicies")
             | ("", "replicationcontrollers")
             | ("admissionregistration.k8s.io", _)
+            | ("apiextensions.k8s.io", _)
     )
 }
 

@@ -166,6 +166,11 @@ impl Status {
     }
 
     /// 404 for a path that names no resource.
+    /// 405 with a reason of the server's, e.g. a create while a CRD is terminating.
+    pub fn method_not_allowed_because(message: impl Into<String>) -> Status {
+        Status::new(405, "MethodNotAllowed", message)
+    }
+
     pub fn path_not_found() -> Status {
         Status::new(
             404,

@@ -38,6 +38,17 @@ pub fn prepare_for_create(resource: &Resource, obj: &mut Value) {
             }
             obj.as_object_mut().map(|m| m.remove("status"));
         }
+        ("apiextensions.k8s.io", "customresourcedefinitions") => {
+            // Upstream starts a CRD's status afresh, with the storage version stored.
+            let stored: Vec<Value> = obj["spec"]["versions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|v| v["storage"] == true)
+                .map(|v| v["name"].clone())
+                .collect();
+            obj["status"] = json!({"acceptedNames": {"plural": "", "kind": ""}, "storedVersions": stored});
+        }
         _ if resource.subresource("status").is_some() => {
             if let Some(map) = obj.as_object_mut() {
                 map.remove("status");
@@ -92,9 +103,13 @@ pub fn apply_part(
             new["status"] = obj["status"].clone();
             // Upstream's status strategies reset the spec, not the metadata: annotations (and
             // labels, except on the apps workloads) written through `/status` are kept.
+            // Custom resources keep none: their status strategy copies the old object whole.
             let mut carried = vec!["annotations"];
             if resource.group != "apps" {
                 carried.push("labels");
+            }
+            if resource.custom {
+                carried.clear();
             }
             for field in carried {
                 match obj["metadata"].get(field) {

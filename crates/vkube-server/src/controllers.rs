@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::AbortHandle;
 use vkube_api::object;
-use vkube_api::registry::{self, RESOURCES, Resource};
+use vkube_api::registry::{self, Resource};
 use vkube_store::{ListOptions, StoreError};
 
 use crate::rest::{decode, encode};
@@ -262,33 +262,41 @@ async fn reconcile(api: &Api, name: &str) -> Result<bool, StoreError> {
 /// Returns whether the namespace is empty.
 async fn empty_namespace(api: &Api, namespace: &str) -> Result<bool, StoreError> {
     let mut empty = true;
-    let storages: BTreeSet<&str> = RESOURCES
-        .iter()
+    let storages: BTreeSet<&str> = registry::all()
+        .into_iter()
         .filter(|r| r.namespaced)
         .map(|r| r.storage)
         .collect();
     for storage in storages {
         let prefix = format!("/registry/{storage}/{namespace}/");
-        for kv in api.store.list(&prefix, ListOptions::default()).await?.items {
-            let Ok(mut obj) = decode(&kv) else { continue };
-            let finalizers = obj["metadata"]["finalizers"]
-                .as_array()
-                .is_some_and(|f| !f.is_empty());
-            if !finalizers {
-                match api.store.delete(&kv.key, Some(kv.mod_revision)).await {
-                    Ok(_) | Err(StoreError::NotFound { .. }) => continue,
-                    Err(StoreError::Conflict { .. }) => {}
-                    Err(err) => return Err(err),
-                }
-            } else if !obj["metadata"]["deletionTimestamp"].is_string() {
-                obj["metadata"]["deletionTimestamp"] = json!(object::now());
-                let _ = api
-                    .store
-                    .update(&kv.key, encode(&obj), kv.mod_revision, None)
-                    .await;
+        empty &= empty_prefix(api, &prefix).await?;
+    }
+    Ok(empty)
+}
+
+/// Deletes every object under a key prefix; objects with finalizers are marked deleted and
+/// left to their finalizers' owners. Returns whether nothing was left.
+pub(crate) async fn empty_prefix(api: &Api, prefix: &str) -> Result<bool, StoreError> {
+    let mut empty = true;
+    for kv in api.store.list(prefix, ListOptions::default()).await?.items {
+        let Ok(mut obj) = decode(&kv) else { continue };
+        let finalizers = obj["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        if !finalizers {
+            match api.store.delete(&kv.key, Some(kv.mod_revision)).await {
+                Ok(_) | Err(StoreError::NotFound { .. }) => continue,
+                Err(StoreError::Conflict { .. }) => {}
+                Err(err) => return Err(err),
             }
-            empty = false;
+        } else if !obj["metadata"]["deletionTimestamp"].is_string() {
+            obj["metadata"]["deletionTimestamp"] = json!(object::now());
+            let _ = api
+                .store
+                .update(&kv.key, encode(&obj), kv.mod_revision, None)
+                .await;
         }
+        empty = false;
     }
     Ok(empty)
 }

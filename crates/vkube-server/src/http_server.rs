@@ -225,9 +225,11 @@ pub async fn serve(
     tokio::task::spawn_blocking(vkube_api::schema::warm);
     let hub = crate::hub::Hub::start(store.clone()).await?;
     let authorizer = crate::authz::Authorizer::start(store.clone(), hub.clone()).await?;
+    let crds = crate::crds::CrdView::start(store.clone(), hub.clone()).await?;
     let api = Arc::new(Api {
         store: store.clone(),
         hub: hub.clone(),
+        crds,
         ca_pem: ca.cert_pem.clone(),
         serving: AtomicBool::new(true),
         listen: config.listen,
@@ -250,6 +252,7 @@ pub async fn serve(
         crate::leader::while_leader(elector.clone(), move || {
             vec![
                 crate::controllers::start(api.clone()),
+                crate::crds::start(api.clone()),
                 crate::compactor::start(store.clone(), crate::compactor::INTERVAL),
             ]
         })

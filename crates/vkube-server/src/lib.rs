@@ -6,6 +6,7 @@ mod authn;
 mod authz;
 mod compactor;
 mod controllers;
+mod crds;
 mod http_server;
 mod hub;
 pub mod identity;

@@ -334,7 +334,17 @@ async fn check_namespace_open(ctx: &Ctx<'_>, name: &str) -> Result<(), Status> {
     }
 }
 
+fn is_crd(r: &Resource) -> bool {
+    r.group == "apiextensions.k8s.io" && r.plural == "customresourcedefinitions"
+}
+
 async fn create(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
+    let definition = vkube_api::registry::custom::definition(ctx.resource);
+    if definition.as_ref().is_some_and(|d| d.terminating) {
+        return Err(Status::method_not_allowed_because(
+            "create not allowed while custom resource definition is terminating",
+        ));
+    }
     let mut obj = parse_body(body)?;
     object::check_type(ctx.resource, &mut obj)?;
     ctx.validate_fields(&mut obj, Some(body))?;
@@ -372,6 +382,25 @@ async fn create(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
         )),
         Err(err) => Err(store_status(err)),
     }
+}
+
+/// A custom resource's generation counts changes to anything but its metadata (and its status,
+/// when a status subresource owns it), as upstream's custom resource strategy does.
+fn custom_generation(resource: &Resource, old: &Value, obj: &mut Value) {
+    let status_owned = resource.subresource("status").is_some();
+    let content = |v: &Value| -> Value {
+        let mut v = v.clone();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("metadata");
+            if status_owned {
+                m.remove("status");
+            }
+        }
+        v
+    };
+    let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
+    let changed = content(old) != content(obj);
+    obj["metadata"]["generation"] = json!(if changed { generation + 1 } else { generation });
 }
 
 enum Edit<'a> {
@@ -421,6 +450,9 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
             new
         } else {
             object::prepare_update(&old, &mut obj)?;
+            if ctx.resource.custom {
+                custom_generation(ctx.resource, &old, &mut obj);
+            }
             if ctx.resource.group.is_empty() && ctx.resource.plural == "services" {
                 crate::services::keep_allocated(&old, &mut obj)?;
             }
@@ -537,6 +569,15 @@ pub(crate) async fn delete_one(
             }
         }
         let is_namespace = ctx.resource.group.is_empty() && ctx.resource.plural == "namespaces";
+        if is_crd(ctx.resource) && !obj["metadata"]["deletionTimestamp"].is_string() {
+            // A CRD's objects are deleted before it (upstream's cleanup finalizer).
+            let finalizers = &mut obj["metadata"]["finalizers"];
+            match finalizers.as_array_mut() {
+                Some(f) if f.iter().any(|f| f == crate::crds::CLEANUP_FINALIZER) => {}
+                Some(f) => f.push(json!(crate::crds::CLEANUP_FINALIZER)),
+                None => *finalizers = json!([crate::crds::CLEANUP_FINALIZER]),
+            }
+        }
         let has_finalizers = obj["metadata"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty());

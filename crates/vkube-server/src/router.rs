@@ -29,6 +29,8 @@ pub struct Api {
     pub auth: Arc<vkube_auth::chain::Chain>,
     /// RBAC over the watch-fed view of roles and bindings.
     pub authorizer: Arc<crate::authz::Authorizer>,
+    /// The custom resources of the established CRDs, fed by the same watch.
+    pub crds: Arc<crate::crds::CrdView>,
     /// Leader election (set once started): leader-only work and `vkube_leader`.
     pub leader: std::sync::OnceLock<Arc<crate::leader::Elector>>,
     /// Why this replica's configuration disagrees with the others' (then it is not ready).
@@ -119,7 +121,10 @@ impl Api {
             .unwrap_or("")
             .to_string();
         // An unknown path is 404 before its body is read as anything.
-        if vkube_api::registry::find(&info.group, &info.version, &info.resource).is_none() {
+        if vkube_api::registry::find(&info.group, &info.version, &info.resource).is_none()
+            && !(self.crds.catch_up().await
+                && vkube_api::registry::find(&info.group, &info.version, &info.resource).is_some())
+        {
             return response::status(&Status::path_not_found());
         }
         let (content_type, body) = match decode_body(&parts.method, content_type, body) {

@@ -3,7 +3,7 @@
 
 use super::{Resource, Subresource};
 
-const ALL_VERBS: &[&str] = &[
+pub(super) const ALL_VERBS: &[&str] = &[
     "create",
     "delete",
     "deletecollection",
@@ -43,8 +43,8 @@ const fn kubelet(
         kubelet: true,
     }
 }
-const STATUS: Subresource = sub("status", GET_PATCH_UPDATE);
-const SCALE: Subresource = Subresource {
+pub(super) const STATUS: Subresource = sub("status", GET_PATCH_UPDATE);
+pub(super) const SCALE: Subresource = Subresource {
     name: "scale",
     kind: Some(("autoscaling", "v1", "Scale")),
     verbs: GET_PATCH_UPDATE,
@@ -73,6 +73,7 @@ const fn res(
         categories,
         subresources,
         storage: plural,
+        custom: false,
     }
 }
 
@@ -295,6 +296,20 @@ pub static RESOURCES: &[Resource] = &[
         &[],
         API_EXTENSIONS,
         &[],
+    ),
+    // apiextensions.k8s.io/v1
+    stored(
+        res(
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
+            CLUSTER,
+            &["crd", "crds"],
+            API_EXTENSIONS,
+            &[STATUS],
+        ),
+        "apiextensions.k8s.io/customresourcedefinitions",
     ),
     // apps/v1
     res(

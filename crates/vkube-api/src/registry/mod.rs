@@ -19,6 +19,8 @@ pub struct Resource {
     pub subresources: &'static [Subresource],
     /// Where objects live: `/registry/<storage>/[<namespace>/]<name>`.
     pub storage: &'static str,
+    /// Defined by a CustomResourceDefinition: [`custom::definition`] has the rest.
+    pub custom: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -42,7 +44,10 @@ impl Resource {
     }
 
     pub fn singular(&self) -> String {
-        self.kind.to_ascii_lowercase()
+        match custom::definition(self) {
+            Some(d) => d.singular.clone(),
+            None => self.kind.to_ascii_lowercase(),
+        }
     }
 
     pub fn subresource(&self, name: &str) -> Option<&'static Subresource> {
@@ -66,19 +71,29 @@ impl Resource {
 }
 
 mod builtin;
+pub mod custom;
 pub use builtin::RESOURCES;
 
-/// Looks a resource up by its path coordinates.
+/// Looks a resource up by its path coordinates: built-in, else defined by a CRD.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
     RESOURCES
         .iter()
         .find(|r| r.group == group && r.version == version && r.plural == plural)
+        .or_else(|| custom::find(group, version, plural))
 }
 
-/// The served groups, each with its versions, preferred first, in discovery order.
+/// Every served resource: the built-in ones, then those of the established CRDs.
+pub fn all() -> Vec<&'static Resource> {
+    let mut all: Vec<&'static Resource> = RESOURCES.iter().collect();
+    all.extend(custom::resources());
+    all
+}
+
+/// The served groups, each with its versions, preferred first, in discovery order (built-in
+/// groups, then CRD groups by name with their versions in Kubernetes version priority).
 pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
     let mut groups: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
-    for r in RESOURCES {
+    for r in all() {
         match groups.iter_mut().find(|(g, _)| *g == r.group) {
             Some((_, versions)) if !versions.contains(&r.version) => versions.push(r.version),
             Some(_) => {}
@@ -89,13 +104,11 @@ pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
 }
 
 /// The resources of one group-version.
-pub fn in_group_version<'a>(
-    group: &'a str,
-    version: &'a str,
-) -> impl Iterator<Item = &'static Resource> + 'a {
-    RESOURCES
-        .iter()
-        .filter(move |r| r.group == group && r.version == version)
+pub fn in_group_version(group: &str, version: &str) -> Vec<&'static Resource> {
+    all()
+        .into_iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect()
 }
 
 #[cfg(test)]
@@ -149,6 +162,6 @@ mod tests {
         let groups = groups();
         assert_eq!(groups[0], ("", vec!["v1"]));
         assert!(groups.contains(&("autoscaling", vec!["v2", "v1"])));
-        assert_eq!(groups.len(), 17);
+        assert_eq!(groups.len(), 18);
     }
 }
