@@ -4,11 +4,13 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
@@ -19,6 +21,37 @@ pub struct Server {
     pub child: std::process::Child,
     pub port: u16,
     pub dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Waits until /readyz answers "ok" and returns the client that saw it. Both vkube and
+    /// `scripts/upstream-apiserver` write admin.kubeconfig before the server listens.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<Client> {
+        let started = Instant::now();
+        loop {
+            if self.dir.path().join("admin.kubeconfig").exists() {
+                if let Ok(client) = Client::connect(self).await {
+                    if let Ok((200, body)) = client.request("GET", "/readyz", None).await {
+                        if body == "ok" {
+                            return Ok(client);
+                        }
+                    }
+                }
+            }
+            if started.elapsed() > timeout {
+                bail!("server not ready after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// The `p` quantile of sorted samples, in milliseconds (0 when there are none).
+pub fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3
 }
 
 impl Drop for Server {
@@ -118,6 +151,27 @@ impl Client {
         path: &str,
         body: Option<String>,
     ) -> Result<(u16, String)> {
+        let resp = self.send(method, path, body).await?;
+        let code = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((code, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// A GET whose body is read as it arrives (a watch).
+    pub async fn stream(&self, path: &str) -> Result<Incoming> {
+        let resp = self.send("GET", path, None).await?;
+        if resp.status() != 200 {
+            bail!("GET {path}: {}", resp.status());
+        }
+        Ok(resp.into_body())
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<http::Response<Incoming>> {
         let mut req = http::Request::builder();
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
@@ -129,9 +183,6 @@ impl Client {
             .header("accept", "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         let mut sender = self.sender.lock().await.clone();
-        let resp = sender.send_request(req).await?;
-        let code = resp.status().as_u16();
-        let body = resp.into_body().collect().await?.to_bytes();
-        Ok((code, String::from_utf8_lossy(&body).into_owned()))
+        Ok(sender.send_request(req).await?)
     }
 }

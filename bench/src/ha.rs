@@ -32,20 +32,11 @@ async fn replica(vkube: &str, store: &str, id: usize, n: usize) -> Result<Server
         .stderr(std::process::Stdio::null())
         .spawn()?;
     let server = Server { child, port, dir };
-    let started = Instant::now();
-    loop {
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("replica {id} not ready");
-        }
-        if server.dir.path().join("admin.kubeconfig").exists() {
-            if let Ok(c) = Client::connect(&server).await {
-                if let Ok((200, _)) = c.request("GET", "/readyz", None).await {
-                    return Ok(server);
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    server
+        .wait_ready(Duration::from_secs(30))
+        .await
+        .with_context(|| format!("replica {id}"))?;
+    Ok(server)
 }
 
 async fn holder(client: &Client) -> String {

@@ -102,16 +102,9 @@ async fn end_to_end(vkube: &str) -> anyhow::Result<()> {
         .stderr(std::process::Stdio::null())
         .spawn()?;
     let server = common::Server { child, port, dir };
-    let admin = loop {
-        if server.dir.path().join("admin.kubeconfig").exists() {
-            if let Ok(c) = common::Client::connect(&server).await {
-                if let Ok((200, _)) = c.request("GET", "/readyz", None).await {
-                    break c;
-                }
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let admin = server
+        .wait_ready(std::time::Duration::from_secs(30))
+        .await?;
     let binding = r#"{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRoleBinding","metadata":{"name":"devs-view"},"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"view"},"subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"Group","name":"dev"}]}"#;
     let (code, body) = admin
         .request(
