@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod convert;
+pub mod crd;
 pub mod defaults;
 pub mod discovery;
 pub mod duplicates;

@@ -25,7 +25,8 @@ pub struct FieldError {
 pub struct Errors(pub Vec<FieldError>);
 
 impl Errors {
-    fn push(&mut self, reason: &'static str, field: &str, message: String) {
+    /// An error whose message the caller has already worded (deduplicated like the others).
+    pub fn push(&mut self, reason: &'static str, field: &str, message: String) {
         let e = FieldError {
             reason,
             field: field.to_string(),
@@ -108,7 +109,7 @@ fn with_detail(body: &str, detail: &str) -> String {
 }
 
 /// A bad value as Go's `field.Error` prints it: strings quoted, numbers and booleans bare.
-fn go_value(v: &Value) -> String {
+pub fn go_value(v: &Value) -> String {
     match v {
         Value::String(s) => format!("{s:?}"),
         Value::Null => "null".into(),
