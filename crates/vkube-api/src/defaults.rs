@@ -112,7 +112,10 @@ fn crd(obj: &mut Value) {
     let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
         return;
     };
-    let kind = spec["names"]["kind"].as_str().unwrap_or_default().to_string();
+    let kind = spec["names"]["kind"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     if let Some(names) = spec.get_mut("names").filter(|n| n.is_object()) {
         if names["singular"].as_str().is_none_or(str::is_empty) {
             names["singular"] = json!(kind.to_ascii_lowercase());

@@ -5,6 +5,7 @@
 
 pub mod convert;
 pub mod crd;
+pub mod custom_objects;
 pub mod defaults;
 pub mod discovery;
 pub mod duplicates;

@@ -216,16 +216,16 @@ pub fn prepare_create(resource: &Resource, obj: &mut Value) -> Result<String, St
 pub fn tracks_generation(resource: &Resource) -> bool {
     resource.custom
         || matches!(
-        (resource.group, resource.plural),
-        ("apps", _)
-            | ("batch", _)
-            | ("autoscaling", _)
-            | ("policy", "poddisruptionbudgets")
-            | ("networking.k8s.io", "ingresses" | "networkpolicies")
-            | ("", "replicationcontrollers")
-            | ("admissionregistration.k8s.io", _)
-            | ("apiextensions.k8s.io", _)
-    )
+            (resource.group, resource.plural),
+            ("apps", _)
+                | ("batch", _)
+                | ("autoscaling", _)
+                | ("policy", "poddisruptionbudgets")
+                | ("networking.k8s.io", "ingresses" | "networkpolicies")
+                | ("", "replicationcontrollers")
+                | ("admissionregistration.k8s.io", _)
+                | ("apiextensions.k8s.io", _)
+        )
 }
 
 /// Carries over what an update may not change, and raises `generation` when the spec changed.

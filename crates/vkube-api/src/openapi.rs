@@ -1,10 +1,13 @@
 //! OpenAPI v3 documents: per group-version, the operations (every PATCH takes `fieldValidation`,
-//! so kubectl validates server-side) and the kinds' schemas (so `kubectl explain` works). The
-//! schemas do not carry upstream's patch-strategy extensions yet.
+//! so kubectl validates server-side) and the kinds' schemas (so `kubectl explain` works), for the
+//! built-in kinds and the established CRDs' kinds alike.
 
 use serde_json::{Value, json};
 
-use crate::registry::{self, Resource};
+use crate::registry::{self, Resource, custom};
+
+const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
+const LIST_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta";
 
 /// The path of a group-version in the index: `api/v1` or `apis/G/V`.
 fn gv_path(group: &str, version: &str) -> String {
@@ -21,7 +24,9 @@ pub fn v3_index() -> Value {
     for (group, versions) in registry::groups() {
         for version in versions {
             let path = gv_path(group, version);
-            let url = format!("/openapi/v3/{path}?hash={}", crate::discovery::hash(&path));
+            // A custom group-version's document changes with its CRDs: its hash says so.
+            let key = format!("{path}{}", custom::fingerprint(group, version));
+            let url = format!("/openapi/v3/{path}?hash={}", crate::discovery::hash(&key));
             paths.insert(path, json!({"serverRelativeURL": url}));
         }
     }
@@ -86,9 +91,68 @@ pub fn v3_group_version(path: &str) -> Option<Value> {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.33.0"},
         "paths": paths,
-        "components": {"schemas": crate::schema::group_version(group, version)},
+        "components": {"schemas": schemas(group, version)},
     }))
 }
+
+fn schemas(group: &str, version: &str) -> serde_json::Map<String, Value> {
+    let mut schemas = crate::schema::group_version(group, version);
+    let custom = custom_definitions(group, version);
+    if !custom.is_empty() {
+        schemas.extend(crate::schema::definitions_for(&[OBJECT_META, LIST_META]));
+        schemas.extend(custom);
+    }
+    schemas
+}
+
+/// The definition name of a custom kind, as upstream names it: the group reversed, then the
+/// version and the kind (`com.example.stable.v1.CronTab`).
+pub fn custom_name(group: &str, version: &str, kind: &str) -> String {
+    let reversed: Vec<&str> = group.split('.').rev().collect();
+    format!("{}.{version}.{kind}", reversed.join("."))
+}
+
+/// The schemas of the custom kinds (and their lists) served in a group-version: each version's
+/// `openAPIV3Schema` (or an object that keeps every field, when it has none) with `apiVersion`,
+/// `kind` and `metadata` filled in as upstream publishes them.
+pub fn custom_definitions(group: &str, version: &str) -> serde_json::Map<String, Value> {
+    let mut out = serde_json::Map::new();
+    let meta_ref = |name: &str| json!({"$ref": format!("#/components/schemas/{name}")});
+    for r in registry::in_group_version(group, version) {
+        let Some(d) = custom::definition(r) else {
+            continue;
+        };
+        let mut schema = d.schema().cloned().unwrap_or_else(
+            || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+        );
+        let props = &mut schema["properties"];
+        props["apiVersion"] = json!({"type": "string", "description": API_VERSION_DOC});
+        props["kind"] = json!({"type": "string", "description": KIND_DOC});
+        props["metadata"] = meta_ref(OBJECT_META);
+        schema["type"] = json!("object");
+        schema["x-kubernetes-group-version-kind"] =
+            json!([{"group": group, "kind": r.kind, "version": version}]);
+        let name = custom_name(group, version, r.kind);
+        let list = json!({
+            "type": "object",
+            "required": ["items"],
+            "description": format!("{} is a list of {}", d.list_kind, r.kind),
+            "properties": {
+                "apiVersion": {"type": "string", "description": API_VERSION_DOC},
+                "items": {"type": "array", "items": meta_ref(&name), "description": format!("List of {}. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md", r.plural)},
+                "kind": {"type": "string", "description": KIND_DOC},
+                "metadata": meta_ref(LIST_META),
+            },
+            "x-kubernetes-group-version-kind": [{"group": group, "kind": d.list_kind, "version": version}],
+        });
+        out.insert(custom_name(group, version, &d.list_kind), list);
+        out.insert(name, schema);
+    }
+    out
+}
+
+const API_VERSION_DOC: &str = "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources";
+const KIND_DOC: &str = "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds";
 
 #[cfg(test)]
 mod tests {

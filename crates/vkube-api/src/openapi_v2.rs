@@ -253,7 +253,13 @@ fn query_param(name: &str) -> ParametersItem {
 /// The protobuf document.
 pub fn document() -> Vec<u8> {
     let mut paths = Vec::new();
-    for r in registry::RESOURCES {
+    let mut definitions = crate::schema::all_definitions();
+    for (group, versions) in registry::groups() {
+        for version in versions {
+            definitions.extend(crate::openapi::custom_definitions(group, version));
+        }
+    }
+    for r in registry::all() {
         let base = if r.group.is_empty() {
             format!("/api/{}", r.version)
         } else {
@@ -292,7 +298,7 @@ pub fn document() -> Vec<u8> {
         }),
         paths: Some(Paths { path: paths }),
         definitions: Some(NamedSchemas {
-            additional_properties: crate::schema::all_definitions()
+            additional_properties: definitions
                 .iter()
                 .map(|(name, def)| NamedSchema {
                     name: name.clone(),

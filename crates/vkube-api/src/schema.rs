@@ -104,6 +104,14 @@ fn build() -> Schemas {
             );
         }
     }
+    // apiextensions' `JSON` (a CRD schema's `default`, `example`, `enum` values) is any JSON
+    // value; schemars calls it an object.
+    if let Some(json) = definitions
+        .get_mut("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSON")
+        .and_then(Value::as_object_mut)
+    {
+        json.remove("type");
+    }
     Schemas { definitions, kinds }
 }
 
@@ -162,7 +170,16 @@ fn strip_descriptions(v: &mut Value) {
     match v {
         Value::Object(m) => {
             m.remove("description");
-            m.values_mut().for_each(strip_descriptions);
+            for (key, child) in m.iter_mut() {
+                if key == "properties" {
+                    // A map of field names: a field may be called `description`.
+                    if let Some(fields) = child.as_object_mut() {
+                        fields.values_mut().for_each(strip_descriptions);
+                    }
+                } else {
+                    strip_descriptions(child);
+                }
+            }
         }
         Value::Array(a) => a.iter_mut().for_each(strip_descriptions),
         _ => {}
@@ -211,6 +228,16 @@ pub fn group_version(group: &str, version: &str) -> Definitions {
         }
     }
     patch_extensions(&mut out);
+    out
+}
+
+/// The named definitions and what they reference (ObjectMeta for the custom kinds' documents).
+pub fn definitions_for(names: &[&str]) -> Definitions {
+    let s = &build();
+    let mut out = Map::new();
+    for name in names {
+        closure(name, &s.definitions, &mut out);
+    }
     out
 }
 
@@ -316,6 +343,24 @@ pub fn check(group: &str, version: &str, kind: &str, obj: &mut Value) -> Option<
         unknown: found.unknown,
         wrong_types: found.wrong_types,
     })
+}
+
+/// Drops the fields ObjectMeta does not have from a custom object's `metadata` (at `path`), as
+/// upstream's decoding into ObjectMeta does; returns their paths.
+pub fn prune_metadata(meta: &mut Value, path: &str) -> Vec<String> {
+    let s = schemas();
+    let Some(def) = s
+        .definitions
+        .get("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")
+    else {
+        return Vec::new();
+    };
+    let mut found = Findings {
+        unknown: Vec::new(),
+        wrong_types: Vec::new(),
+    };
+    prune(def, &s.definitions, meta, path, "ObjectMeta", &mut found);
+    found.unknown
 }
 
 /// Where a walk reports: unknown fields (dropped) and values of the wrong type.

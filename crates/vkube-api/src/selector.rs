@@ -342,6 +342,18 @@ impl LabelSelector {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FieldSelector(pub Vec<(String, bool, String)>);
 
+/// Parses a resource's `fieldSelector`: the fields of its built-in list, or those its CRD
+/// declares in `selectableFields`.
+pub fn parse_fields_for(resource: &crate::Resource, input: &str) -> Result<FieldSelector, Status> {
+    match crate::registry::custom::definition(resource) {
+        Some(d) => {
+            let fields: Vec<&str> = d.selectable_fields.iter().map(String::as_str).collect();
+            parse_fields(input, &fields)
+        }
+        None => parse_fields(input, selectable_fields(resource.group, resource.plural)),
+    }
+}
+
 /// Parses `fieldSelector`; `supported` lists the fields the resource can select on besides
 /// `metadata.name` and `metadata.namespace`. `resource` names the resource in errors.
 pub fn parse_fields(input: &str, supported: &[&str]) -> Result<FieldSelector, Status> {

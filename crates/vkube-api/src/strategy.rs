@@ -47,7 +47,8 @@ pub fn prepare_for_create(resource: &Resource, obj: &mut Value) {
                 .filter(|v| v["storage"] == true)
                 .map(|v| v["name"].clone())
                 .collect();
-            obj["status"] = json!({"acceptedNames": {"plural": "", "kind": ""}, "storedVersions": stored});
+            obj["status"] =
+                json!({"acceptedNames": {"plural": "", "kind": ""}, "storedVersions": stored});
         }
         _ if resource.subresource("status").is_some() => {
             if let Some(map) = obj.as_object_mut() {

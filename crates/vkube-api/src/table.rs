@@ -458,6 +458,10 @@ pub fn table(
     include: Include,
 ) -> Value {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if let Some(d) = crate::registry::custom::definition(resource).filter(|d| !d.columns.is_empty())
+    {
+        return custom_table(&d.columns, objects, list_metadata, include, now);
+    }
     let cols = columns(resource.kind);
     let definitions: Vec<Value> = cols
         .iter()
@@ -469,15 +473,8 @@ pub fn table(
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
-            let mut row = json!({"cells": cols.iter().map(|Col(_, _, _, cell)| cell(o, now)).collect::<Vec<_>>()});
-            match include {
-                Include::None => {}
-                Include::Metadata => {
-                    row["object"] = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]})
-                }
-                Include::Object => row["object"] = o.clone(),
-            }
-            row
+            let cells: Vec<Value> = cols.iter().map(|Col(_, _, _, cell)| cell(o, now)).collect();
+            row(o, cells, include)
         })
         .collect();
     json!({
@@ -487,6 +484,84 @@ pub fn table(
         "columnDefinitions": definitions,
         "rows": rows,
     })
+}
+
+fn row(o: &Value, cells: Vec<Value>, include: Include) -> Value {
+    let mut row = json!({ "cells": cells });
+    match include {
+        Include::None => {}
+        Include::Metadata => {
+            row["object"] = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]})
+        }
+        Include::Object => row["object"] = o.clone(),
+    }
+    row
+}
+
+const NAME_DOC: &str = "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names";
+
+/// A custom resource's table: Name, then its CRD's `additionalPrinterColumns`, each cell the
+/// first value its JSONPath finds, typed as upstream's CRD table convertor types it (a `date`
+/// shows as an age).
+fn custom_table(
+    columns: &[Value],
+    objects: &[Value],
+    list_metadata: Value,
+    include: Include,
+    now: i64,
+) -> Value {
+    let mut definitions = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": NAME_DOC, "priority": 0}),
+    ];
+    for c in columns {
+        definitions.push(json!({
+            "name": c["name"], "type": c["type"], "format": c["format"].as_str().unwrap_or_default(),
+            "description": c["description"].as_str().unwrap_or_default(),
+            "priority": c["priority"].as_i64().unwrap_or(0),
+        }));
+    }
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| {
+            let mut cells = vec![o["metadata"]["name"].clone()];
+            for c in columns {
+                let path = c["jsonPath"].as_str().unwrap_or_default();
+                let found = crate::crd::jsonpath::eval(path, o).unwrap_or_default();
+                cells.push(match found.first() {
+                    None => Value::Null,
+                    Some(v) => typed_cell(c["type"].as_str().unwrap_or("string"), v, now),
+                });
+            }
+            row(o, cells, include)
+        })
+        .collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_metadata,
+        "columnDefinitions": definitions,
+        "rows": rows,
+    })
+}
+
+fn typed_cell(kind: &str, v: &Value, now: i64) -> Value {
+    match kind {
+        "integer" => v.as_i64().map_or(Value::Null, |n| json!(n)),
+        "number" => v.as_f64().map_or(Value::Null, |n| json!(n)),
+        "boolean" => v.as_bool().map_or(Value::Null, |b| json!(b)),
+        "date" => match v
+            .as_str()
+            .map(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339))
+        {
+            Some(Ok(t)) => json!(human_duration(now - t.unix_timestamp())),
+            _ => Value::Null,
+        },
+        _ => match v {
+            Value::String(s) => json!(s),
+            Value::Null => Value::Null,
+            other => json!(crate::validation::go_value(other)),
+        },
+    }
 }
 
 #[cfg(test)]

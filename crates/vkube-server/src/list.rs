@@ -31,10 +31,8 @@ pub(crate) fn selectors(
     q: &Query,
 ) -> Result<(LabelSelector, FieldSelector), Status> {
     let labels = selector::parse_labels(q.get("labelSelector").map_or("", String::as_str))?;
-    let fields = selector::parse_fields(
-        q.get("fieldSelector").map_or("", String::as_str),
-        selector::selectable_fields(resource.group, resource.plural),
-    )?;
+    let fields =
+        selector::parse_fields_for(resource, q.get("fieldSelector").map_or("", String::as_str))?;
     Ok((labels, fields))
 }
 

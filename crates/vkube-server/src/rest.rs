@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::Response;
 use serde_json::{Value, json};
 use vkube_api::object::{self, set_resource_version};
+use vkube_api::registry::custom;
 use vkube_api::{Resource, Status, convert, registry, schema, table};
 use vkube_store::{KeyValue, StoreError};
 
@@ -118,7 +119,13 @@ impl<'a> Ctx<'a> {
     /// refused (Strict) or reported in `Warning` headers (Warn).
     fn validate_fields(&self, obj: &mut Value, body: Option<&[u8]>) -> Result<(), Status> {
         let r = self.resource;
-        let problems = schema::check(r.group, r.version, r.kind, obj).unwrap_or_default();
+        let problems = match custom::definition(r) {
+            Some(d) => schema::Problems {
+                unknown: vkube_api::custom_objects::prune(&d, obj),
+                wrong_types: Vec::new(),
+            },
+            None => schema::check(r.group, r.version, r.kind, obj).unwrap_or_default(),
+        };
         let cannot = |why: String| {
             Status::bad_request(format!(
                 "{kind} in version \"{version}\" cannot be handled as a {kind}: {why}",
@@ -159,6 +166,22 @@ impl<'a> Ctx<'a> {
                     .extend(listed);
                 Ok(())
             }
+        }
+    }
+
+    /// Defaulting: upstream's SetDefaults for a built-in kind, the schema's for a custom one.
+    fn default(&self, obj: &mut Value) {
+        match custom::definition(self.resource) {
+            Some(d) => vkube_api::custom_objects::default(&d, obj),
+            None => vkube_api::defaults::apply(self.resource, obj),
+        }
+    }
+
+    /// Validation: the built-in kind's, or the custom kind's schema and rules.
+    fn validate(&self, obj: &Value, old: Option<&Value>) -> Result<(), Status> {
+        match custom::definition(self.resource) {
+            Some(d) => vkube_api::custom_objects::validate(&d, obj, old),
+            None => vkube_api::validation::validate(self.resource, obj, old),
         }
     }
 
@@ -349,9 +372,9 @@ async fn create(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
     object::check_type(ctx.resource, &mut obj)?;
     ctx.validate_fields(&mut obj, Some(body))?;
     object::check_namespace(ctx.resource, &mut obj, &ctx.info.namespace)?;
-    vkube_api::defaults::apply(ctx.resource, &mut obj);
+    ctx.default(&mut obj);
     let name = object::prepare_create(ctx.resource, &mut obj)?;
-    vkube_api::validation::validate(ctx.resource, &obj, None)?;
+    ctx.validate(&obj, None)?;
     crate::authz::check_escalation(&ctx.api.authorizer, ctx.user, ctx.resource, &obj).await?;
     check_namespace_open(ctx, &name).await?;
     vkube_api::strategy::prepare_for_create(ctx.resource, &mut obj);
@@ -427,7 +450,7 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
         };
         ctx.validate_fields(&mut obj, raw)?;
         object::check_namespace(ctx.resource, &mut obj, &ctx.info.namespace)?;
-        vkube_api::defaults::apply(ctx.resource, &mut obj);
+        ctx.default(&mut obj);
         let wanted_rv = obj["metadata"]["resourceVersion"]
             .as_str()
             .filter(|v| !v.is_empty())
@@ -444,8 +467,8 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
         }
         let mut new = if !part.is_empty() {
             let new = vkube_api::strategy::apply_part(ctx.resource, part, &old, &obj)?;
-            if part != "status" {
-                vkube_api::validation::validate(ctx.resource, &new, Some(&old))?;
+            if part != "status" || ctx.resource.custom {
+                ctx.validate(&new, Some(&old))?;
             }
             new
         } else {
@@ -456,7 +479,7 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
             if ctx.resource.group.is_empty() && ctx.resource.plural == "services" {
                 crate::services::keep_allocated(&old, &mut obj)?;
             }
-            vkube_api::validation::validate(ctx.resource, &obj, Some(&old))?;
+            ctx.validate(&obj, Some(&old))?;
             crate::authz::check_escalation(&ctx.api.authorizer, ctx.user, ctx.resource, &obj)
                 .await?;
             if ctx.resource.subresource("status").is_some() {

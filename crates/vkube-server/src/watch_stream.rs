@@ -74,9 +74,9 @@ pub async fn watch(
     };
     let (labels, fields) = match (
         vkube_api::selector::parse_labels(q.get("labelSelector").map_or("", String::as_str)),
-        vkube_api::selector::parse_fields(
+        vkube_api::selector::parse_fields_for(
+            resource,
             q.get("fieldSelector").map_or("", String::as_str),
-            vkube_api::selector::selectable_fields(resource.group, resource.plural),
         ),
     ) {
         (Ok(l), Ok(f)) => (l, f),

@@ -71,9 +71,10 @@ fn write() -> std::sync::RwLockWriteGuard<'static, Table> {
 
 /// Whether a CRD's condition of this type is True.
 pub fn condition(crd: &Value, kind: &str) -> bool {
-    crd["status"]["conditions"]
-        .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == kind && c["status"] == "True"))
+    crd["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == kind && c["status"] == "True")
+    })
 }
 
 fn leak(s: &str) -> &'static str {
@@ -149,7 +150,12 @@ pub fn install(crd: &Value) {
                     subs.push(SCALE);
                 }
                 let leaked_list = |l: &[String]| -> &'static [&'static str] {
-                    Box::leak(l.iter().map(|s| leak(s)).collect::<Vec<_>>().into_boxed_slice())
+                    Box::leak(
+                        l.iter()
+                            .map(|s| leak(s))
+                            .collect::<Vec<_>>()
+                            .into_boxed_slice(),
+                    )
                 };
                 let r: &'static Resource = Box::leak(Box::new(Resource {
                     group: leak(group),
@@ -210,6 +216,31 @@ pub fn clear() {
     let mut t = write();
     t.by_crd.clear();
     t.generation += 1;
+}
+
+/// A digest of what a group-version's CRDs define (empty when none): the same on every replica
+/// that has the same CRDs, so documents' `?hash=` keys agree across replicas.
+pub fn fingerprint(group: &str, version: &str) -> String {
+    let t = read();
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut any = false;
+    for d in t.by_crd.values().flatten() {
+        let r = d.resource;
+        if r.group != group || r.version != version {
+            continue;
+        }
+        any = true;
+        let text = format!("{}|{}|{}|{}", d.crd, r.kind, d.list_kind, d.version);
+        for b in text.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    if any {
+        format!("#{h:016x}")
+    } else {
+        String::new()
+    }
 }
 
 /// A counter raised on every change of the table.
@@ -321,7 +352,10 @@ mod tests {
         assert!(r.custom && r.namespaced);
         assert_eq!(r.storage, "example.com/widgets");
         assert!(r.subresource("status").is_some());
-        assert!(find("example.com", "v2alpha1", "widgets").is_none(), "not served");
+        assert!(
+            find("example.com", "v2alpha1", "widgets").is_none(),
+            "not served"
+        );
         let d = definition(find("example.com", "v1beta1", "widgets").unwrap()).unwrap();
         assert_eq!(d.storage_version, "example.com/v1");
         assert_eq!(d.list_kind, "WidgetList");
@@ -333,23 +367,45 @@ mod tests {
         assert_eq!(versions, ["v1", "v1beta1"]);
         // Re-installing an unchanged definition reuses the interned resource.
         install(&crd("widget", true));
-        assert!(std::ptr::eq(r, find("example.com", "v1", "widgets").unwrap()));
+        assert!(std::ptr::eq(
+            r,
+            find("example.com", "v1", "widgets").unwrap()
+        ));
         install(&crd("widget", false));
-        assert!(find("example.com", "v1", "widgets").is_none(), "not established");
+        assert!(
+            find("example.com", "v1", "widgets").is_none(),
+            "not established"
+        );
     }
 
     #[test]
     fn version_priority_matches_upstream() {
         let mut v = vec![
-            "v1alpha1", "foo1", "v10", "v2", "v11beta2", "v10beta3", "v3beta1", "v12alpha1",
-            "v1", "foo10",
+            "v1alpha1",
+            "foo1",
+            "v10",
+            "v2",
+            "v11beta2",
+            "v10beta3",
+            "v3beta1",
+            "v12alpha1",
+            "v1",
+            "foo10",
         ];
         v.sort_by(|a, b| version_order(a, b));
         assert_eq!(
             v,
             [
-                "v10", "v2", "v1", "v11beta2", "v10beta3", "v3beta1", "v12alpha1", "v1alpha1",
-                "foo1", "foo10"
+                "v10",
+                "v2",
+                "v1",
+                "v11beta2",
+                "v10beta3",
+                "v3beta1",
+                "v12alpha1",
+                "v1alpha1",
+                "foo1",
+                "foo10"
             ]
         );
     }

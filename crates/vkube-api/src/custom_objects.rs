@@ -1,0 +1,129 @@
+//! What a write of a custom resource goes through, in the order of upstream's custom resource
+//! handler: unknown fields pruned (and reported as `fieldValidation` asks), defaults applied, then
+//! the structural schema and the `x-kubernetes-validations` rules checked. A version's schema and
+//! rules are compiled once per definition and shared by every request.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde_json::Value;
+
+use crate::crd::rules::Rules;
+use crate::crd::schema::{self, Schema};
+use crate::registry::custom::Definition;
+use crate::status::{Cause, Status};
+use crate::validation::Errors;
+
+/// A version's schema and rules, compiled.
+pub struct Compiled {
+    schema: Option<Schema>,
+    rules: Option<Rules>,
+    /// Why the schema or a rule did not compile: every write is refused with it.
+    broken: Option<String>,
+}
+
+/// Compiled definitions, by the identity of the [`Definition`] they came from (a new install
+/// of a CRD makes new definitions, so a stale entry is never hit again; the cache is bounded).
+fn compiled(d: &Arc<Definition>) -> Arc<Compiled> {
+    type Cache = Mutex<Vec<(usize, Arc<Compiled>)>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let id = Arc::as_ptr(d) as usize;
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some((_, c)) = cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(k, _)| *k == id)
+    {
+        return c.clone();
+    }
+    let c = Arc::new(compile(d));
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.len() >= 256 {
+        cache.remove(0);
+    }
+    cache.push((id, c.clone()));
+    c
+}
+
+fn compile(d: &Definition) -> Compiled {
+    let Some(raw) = d.schema() else {
+        return Compiled {
+            schema: None,
+            rules: None,
+            broken: None,
+        };
+    };
+    let schema = match Schema::parse(raw) {
+        Ok(s) => s,
+        Err(why) => {
+            return Compiled {
+                schema: None,
+                rules: None,
+                broken: Some(why),
+            };
+        }
+    };
+    let (rules, broken) = match Rules::compile(&schema) {
+        Ok(r) => (Some(r), None),
+        Err(why) => (None, Some(why.join("; "))),
+    };
+    Compiled {
+        schema: Some(schema),
+        rules,
+        broken,
+    }
+}
+
+/// Drops the fields the schema does not declare; returns their paths (`spec.colour`).
+pub fn prune(d: &Arc<Definition>, obj: &mut Value) -> Vec<String> {
+    let c = compiled(d);
+    let mut unknown = Vec::new();
+    if let Some(meta) = obj.get_mut("metadata") {
+        unknown.extend(crate::schema::prune_metadata(meta, "metadata"));
+    }
+    if let Some(s) = &c.schema {
+        unknown.extend(schema::prune(s, obj));
+    }
+    unknown
+}
+
+/// Applies the schema's defaults.
+pub fn default(d: &Arc<Definition>, obj: &mut Value) {
+    if let Some(s) = &compiled(d).schema {
+        schema::apply_defaults(s, obj);
+    }
+}
+
+/// The schema and rule checks: 422 with one cause per problem, as upstream.
+pub fn validate(d: &Arc<Definition>, obj: &Value, old: Option<&Value>) -> Result<(), Status> {
+    let c = compiled(d);
+    let r = d.resource;
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    if let Some(why) = &c.broken {
+        return Err(Status::internal(format!(
+            "the schema of {}/{} {} does not compile: {why}",
+            r.group, r.version, r.kind
+        )));
+    }
+    let mut errs = Errors::default();
+    crate::validation::metadata(&obj["metadata"], "metadata", &mut errs);
+    if let Some(s) = &c.schema {
+        schema::validate(s, obj, &mut errs);
+    }
+    if let Some(rules) = &c.rules {
+        rules.validate(obj, old, &mut errs);
+    }
+    if errs.0.is_empty() {
+        return Ok(());
+    }
+    let causes = errs
+        .0
+        .into_iter()
+        .map(|e| Cause {
+            reason: e.reason.into(),
+            message: e.message,
+            field: e.field,
+        })
+        .collect();
+    Err(Status::invalid(r.kind, r.group, name, causes))
+}
