@@ -4,6 +4,7 @@
 //! The server crate wires these into the custom resource handlers.
 
 pub mod definition;
+mod definition_schema;
 pub mod jsonpath;
 pub mod rules;
 pub mod schema;
