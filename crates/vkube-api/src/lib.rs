@@ -9,6 +9,7 @@ pub mod custom_objects;
 pub mod defaults;
 pub mod discovery;
 pub mod duplicates;
+pub mod managed_fields;
 pub mod object;
 pub mod openapi;
 pub mod openapi_v2;

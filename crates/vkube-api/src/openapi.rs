@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::registry::{self, Resource, custom};
 
 const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
-const LIST_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta";
+pub(crate) const LIST_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta";
 
 /// The path of a group-version in the index: `api/v1` or `apis/G/V`.
 fn gv_path(group: &str, version: &str) -> String {

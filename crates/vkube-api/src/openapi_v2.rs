@@ -259,6 +259,10 @@ pub fn document() -> Vec<u8> {
             definitions.extend(crate::openapi::custom_definitions(group, version));
         }
     }
+    // The custom kinds' lists reference ListMeta, which no built-in kind does.
+    for (name, def) in crate::schema::definitions_for(&[crate::openapi::LIST_META]) {
+        definitions.entry(name).or_insert(def);
+    }
     for r in registry::all() {
         let base = if r.group.is_empty() {
             format!("/api/{}", r.version)

@@ -94,6 +94,8 @@ fn build() -> Schemas {
         "storage.k8s.io" "v1" "StorageClass" => storage::v1::StorageClass,
         "storage.k8s.io" "v1" "VolumeAttachment" => storage::v1::VolumeAttachment,
     );
+    // The custom kinds' lists reference ListMeta, which no built-in kind's schema does.
+    generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta>();
     let mut definitions: Definitions = generator.take_definitions(true).into_iter().collect();
     // kubectl finds a kind's schema by this extension.
     for ((group, version, kind), name) in &kinds {

@@ -102,6 +102,16 @@ impl Status {
         status
     }
 
+    /// 409 of a server-side apply that would change fields other managers own.
+    pub fn apply_conflict(message: String, causes: Vec<Cause>) -> Status {
+        let mut status = Status::new(409, "Conflict", message);
+        status.details = Some(Box::new(Details {
+            causes,
+            ..Details::default()
+        }));
+        status
+    }
+
     pub const MODIFIED: &'static str = "the object has been modified; please apply your changes to the latest version and try again";
 
     /// An object that fails validation; `causes` are (field, reason, message).

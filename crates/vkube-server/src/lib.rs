@@ -2,6 +2,7 @@
 //! REST handlers over the store, watches fed by one shared store watch, discovery and health.
 #![forbid(unsafe_code)]
 
+mod apply;
 mod authn;
 mod authz;
 mod compactor;
@@ -26,6 +27,7 @@ mod scale;
 mod services;
 mod tls;
 mod watch_stream;
+mod yaml;
 
 pub use http_server::{AuthOptions, Config, ServeError, serve};
 pub use identity::{Ca, CertKey};

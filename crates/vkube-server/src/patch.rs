@@ -1,6 +1,5 @@
 //! The patch formats: JSON patch (RFC 6902), merge patch (RFC 7386) and strategic merge patch
-//! (`vkube_api::strategic`, built-in kinds). Server-side apply is refused with 415 until it is
-//! built.
+//! (`vkube_api::strategic`, built-in kinds). Server-side apply is `crate::apply`'s.
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -40,11 +39,6 @@ pub(crate) fn apply(old: &Value, body: &Bytes, content_type: &str) -> Result<Val
                     }
                 },
             )?;
-        }
-        "application/apply-patch+yaml" => {
-            return Err(Status::unsupported(
-                "server-side apply is not supported yet; use client-side kubectl apply",
-            ));
         }
         other => return Err(Status::unsupported_media_type(other)),
     }

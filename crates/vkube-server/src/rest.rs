@@ -362,15 +362,25 @@ fn is_crd(r: &Resource) -> bool {
 }
 
 async fn create(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
+    create_object(ctx, parse_body(body)?, Some(body), false).await
+}
+
+/// A create; `raw`: the body as sent (for duplicate fields); `applied`: by a server-side
+/// apply, whose managedFields are already set.
+async fn create_object(
+    ctx: &Ctx<'_>,
+    mut obj: Value,
+    raw: Option<&[u8]>,
+    applied: bool,
+) -> Result<Response<Body>, Status> {
     let definition = vkube_api::registry::custom::definition(ctx.resource);
     if definition.as_ref().is_some_and(|d| d.terminating) {
         return Err(Status::method_not_allowed_because(
             "create not allowed while custom resource definition is terminating",
         ));
     }
-    let mut obj = parse_body(body)?;
     object::check_type(ctx.resource, &mut obj)?;
-    ctx.validate_fields(&mut obj, Some(body))?;
+    ctx.validate_fields(&mut obj, raw)?;
     object::check_namespace(ctx.resource, &mut obj, &ctx.info.namespace)?;
     ctx.default(&mut obj);
     let name = object::prepare_create(ctx.resource, &mut obj)?;
@@ -378,6 +388,9 @@ async fn create(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
     crate::authz::check_escalation(&ctx.api.authorizer, ctx.user, ctx.resource, &obj).await?;
     check_namespace_open(ctx, &name).await?;
     vkube_api::strategy::prepare_for_create(ctx.resource, &mut obj);
+    if !applied {
+        crate::apply::track(ctx, None, &mut obj);
+    }
     if ctx.dry_run() {
         return Ok(ctx.respond(201, &obj));
     }
@@ -437,10 +450,26 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
     let name = ctx.info.name.clone();
     let key = ctx.key(&name);
     let part = ctx.info.subresource.as_str();
+    let applying = matches!(edit, Edit::Patch(_, ct) if crate::apply::is_apply(ct));
     loop {
-        let (cur, old) = ctx.current(&name).await?;
+        let (cur, old) = match ctx.current(&name).await {
+            // An apply to an object that does not exist creates it.
+            Err(s) if s.code == 404 && applying && part.is_empty() => {
+                let Edit::Patch(body, _) = edit else {
+                    return Err(s);
+                };
+                let applied = crate::apply::applied(ctx, body)?;
+                let obj = crate::apply::merge(ctx, None, &applied)?;
+                return create_object(ctx, obj, None, true).await;
+            }
+            other => other?,
+        };
         let mut obj = match edit {
             Edit::Replace(body) => parse_body(body)?,
+            Edit::Patch(body, _) if applying => {
+                let applied = crate::apply::applied(ctx, body)?;
+                crate::apply::merge(ctx, Some(&old), &applied)?
+            }
             Edit::Patch(body, content_type) => crate::patch::apply(&old, body, content_type)?,
         };
         object::check_type(ctx.resource, &mut obj)?;
@@ -491,6 +520,9 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
             }
             obj
         };
+        if !applying {
+            crate::apply::track(ctx, Some(&old), &mut new);
+        }
         set_resource_version(&mut new, cur.mod_revision);
         if new == old || ctx.dry_run() {
             return Ok(ctx.respond(200, &new));

@@ -79,7 +79,23 @@ impl Api {
             Ok(u) => u,
             Err(status) => return response::status(&status),
         };
-        let q = query(req.uri().query());
+        let mut q = query(req.uri().query());
+        // Writes without a fieldManager are recorded under the client's name, as upstream
+        // derives it from the User-Agent (`kubectl/v1.33.0 (…)` → `kubectl`).
+        if let Some(agent) = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+        {
+            let name: String = agent
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .take(128)
+                .collect();
+            q.insert(crate::apply::AGENT_MANAGER.into(), name);
+        }
         let info = RequestInfo::parse(req.method(), &path, &q);
         if let Err(status) =
             crate::authz::authorize(&self.authorizer, &user, &info, req.method(), &path).await
@@ -305,9 +321,7 @@ fn decode_body(
         }
         "application/yaml" => std::str::from_utf8(&body)
             .map_err(|e| e.to_string())
-            .and_then(|text| {
-                serde_saphyr::from_str::<serde_json::Value>(text).map_err(|e| e.to_string())
-            })
+            .and_then(crate::yaml::to_json)
             .map_err(|e| Status::bad_request(format!("error converting YAML to JSON: {e}")))?,
         _ => return Err(Status::unsupported_media_type(&content_type)),
     };

@@ -132,6 +132,9 @@ pub fn validate(resource: &Resource, obj: &Value, old: Option<&Value>) -> Result
     let mut errs = Errors::default();
     metadata(&obj["metadata"], "metadata", &mut errs);
     types::validate(resource, obj, old, &mut errs);
+    if resource.group == "apiextensions.k8s.io" && resource.kind == "CustomResourceDefinition" {
+        errs.0.extend(crate::crd::definition::validate(obj, old).0);
+    }
     if errs.0.is_empty() {
         return Ok(());
     }

@@ -221,7 +221,7 @@ fn a_crd_and_its_objects_through_kubectl() {
         run(&server, k, &["patch", "vcert", "web", "-n", &ns, "--type=merge", "-p", r#"{"spec":{"issuer":"selfsigned"}}"#]);
         run(&server, k, &["patch", "vcert", "web", "-n", &ns, "--type=json", "-p", r#"[{"op":"test","path":"/spec/issuer","value":"selfsigned"},{"op":"replace","path":"/spec/issuer","value":"letsencrypt"}]"#]);
         let out = server.kubectl(k, &["patch", "vcert", "web", "-n", &ns, "--type=strategic", "-p", r#"{"spec":{"issuer":"selfsigned"}}"#]);
-        assert!(!out.ok && out.stderr.contains("strategic merge patch is not supported"), "{k}: {}", out.stderr);
+        assert!(!out.ok && out.stderr.contains("application/strategic-merge-patch+json is not supported"), "{k}: {}", out.stderr);
 
         // Deleting the CRD deletes its objects, and the resource leaves discovery.
         run(&server, k, &["delete", "crd", &crd, "--timeout=30s"]);

@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod crds;
 mod ha;
 mod harness;
 mod objects;
