@@ -1,7 +1,8 @@
 //! YAML request bodies as JSON. A body that is JSON (what kubectl sends even as
-//! `application/apply-patch+yaml`) is read as JSON, exactly; real YAML is read with YAML 1.2's
-//! booleans only, so a key or value spelled `y`, `no` or `on` stays a string (serde-saphyr's
-//! default, YAML 1.1, would turn even a quoted `"y"` key into `true`).
+//! `application/apply-patch+yaml`) is read as JSON, exactly and fast; real YAML is read with
+//! YAML 1.2's booleans only, so a value spelled `yes` or `on` meant for a string field stays one.
+//! (Upstream reads YAML bodies as YAML 1.1, where an unquoted `y:` key becomes `"true"`; kubectl
+//! does the same to the files it reads, before vkube sees them.)
 
 use serde_json::Value;
 
