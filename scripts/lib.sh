@@ -41,6 +41,18 @@ ensure_tools() {
     rustup component add rustfmt clippy >&2
   fi
   ensure_idp
+  ensure_pyclient
+}
+
+# The Python `kubernetes` client, the third-party client of the e2e suite (tests/clients), in a
+# venv of its own; exports VKUBE_PYTHON.
+ensure_pyclient() {
+  local venv=${VKUBE_CACHE:-$HOME/.cache/vkube}/pyclient
+  if ! "$venv/bin/python" -c 'import kubernetes' 2>/dev/null; then
+    python3 -m venv "$venv" >&2 || { apt_install python3-venv && python3 -m venv "$venv" >&2; }
+    "$venv/bin/pip" install -q 'kubernetes==31.0.0' >&2
+  fi
+  export VKUBE_PYTHON="$venv/bin/python"
 }
 
 # The test OpenID provider (npm oidc-provider, tests/idp) needs Node.js >= 20.19.

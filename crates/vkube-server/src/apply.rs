@@ -90,7 +90,11 @@ pub fn applied(ctx: &Ctx<'_>, body: &Bytes) -> Result<Value, Status> {
 /// The object an apply makes of `live` (`None`: it does not exist yet), or upstream's 409.
 pub fn merge(ctx: &Ctx<'_>, live: Option<&Value>, applied: &Value) -> Result<Value, Status> {
     let def = definition(ctx);
-    let force = ctx.q.get("force").is_some_and(|f| f == "true");
+    // Go's ParseBool, as upstream decodes query parameters (the Python client sends `True`).
+    let force = ctx
+        .q
+        .get("force")
+        .is_some_and(|f| matches!(f.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"));
     managed_fields::apply(
         live,
         applied,

@@ -4,6 +4,7 @@
 mod apply;
 mod auth;
 mod cli;
+mod clients;
 mod crds;
 mod ha;
 mod harness;
