@@ -309,3 +309,78 @@ fn fault_leader_killed_under_writes_on_postgres() {
     )));
     leader_killed_under_writes(&url);
 }
+
+/// A CRD created through one replica is served by every replica within a second (each
+/// replica's registry follows the store watch), and leaves every replica's discovery within a
+/// second of its deletion.
+#[test]
+fn a_crd_is_served_by_every_replica_within_a_second() {
+    let store = format!(
+        "etcd://{}?prefix=/ha-crd-{}",
+        crate::servers::etcd_endpoints(),
+        std::process::id()
+    );
+    let replicas: Vec<Server> = (0..3)
+        .map(|i| {
+            Server::start_with(&[
+                "--store",
+                &store,
+                "--replicas",
+                "3",
+                "--replica-id",
+                &i.to_string(),
+            ])
+        })
+        .collect();
+    let crd = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: gizmos.ha.vkube-test.example.com\nspec:\n  group: ha.vkube-test.example.com\n  scope: Namespaced\n  names: {plural: gizmos, kind: Gizmo}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}\n";
+    let serves = |r: &Server| {
+        r.kubectl(
+            "kubectl",
+            &["get", "--raw", "/apis/ha.vkube-test.example.com/v1"],
+        )
+        .ok
+    };
+    apply_file(&replicas[0], "kubectl", crd, "create");
+    let created = Instant::now();
+    for (i, r) in replicas.iter().enumerate() {
+        while !serves(r) {
+            assert!(
+                created.elapsed() < Duration::from_secs(1),
+                "replica {i} does not serve the CRD a second after its create"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    eprintln!(
+        "CRD served by all 3 replicas {:?} after its create",
+        created.elapsed()
+    );
+    // An object written through one replica reads back through another.
+    apply_file(
+        &replicas[1],
+        "kubectl",
+        "apiVersion: ha.vkube-test.example.com/v1\nkind: Gizmo\nmetadata: {name: g1, namespace: default}\nspec: {size: 3}\n",
+        "create",
+    );
+    let size = run(
+        &replicas[2],
+        "kubectl",
+        &["get", "gizmos", "g1", "-o", "jsonpath={.spec.size}"],
+    );
+    assert_eq!(size, "3");
+    run(
+        &replicas[2],
+        "kubectl",
+        &["delete", "crd", "gizmos.ha.vkube-test.example.com"],
+    );
+    let deleted = Instant::now();
+    for (i, r) in replicas.iter().enumerate() {
+        while serves(r) {
+            assert!(
+                deleted.elapsed() < Duration::from_secs(1),
+                "replica {i} still serves the CRD a second after its deletion"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
