@@ -68,13 +68,7 @@ pub fn apply(resource: &Resource, obj: &mut Value) {
         ("autoscaling", "HorizontalPodAutoscaler") => {
             set(&mut obj["spec"], "minReplicas", json!(1))
         }
-        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
-            for subject in items(obj, "subjects") {
-                if matches!(subject["kind"].as_str(), Some("User" | "Group")) {
-                    set(subject, "apiGroup", json!("rbac.authorization.k8s.io"));
-                }
-            }
-        }
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => binding(obj),
         ("networking.k8s.io", "NetworkPolicy") => network_policy(&mut obj["spec"]),
         ("discovery.k8s.io", "EndpointSlice") => protocols(obj, "ports"),
         ("scheduling.k8s.io", "PriorityClass") => {
@@ -125,6 +119,24 @@ fn crd(obj: &mut Value) {
         }
     }
     set(spec, "conversion", json!({"strategy": "None"}));
+}
+
+/// rbac v1's SetDefaults: the roleRef's apiGroup, and the apiGroup of User and Group subjects.
+fn binding(obj: &mut Value) {
+    const RBAC: &str = "rbac.authorization.k8s.io";
+    if let Some(role_ref) = obj.get_mut("roleRef").filter(|r| r.is_object()) {
+        if role_ref["apiGroup"].as_str().is_none_or(str::is_empty) {
+            role_ref["apiGroup"] = json!(RBAC);
+        }
+    }
+    for subject in items(obj, "subjects") {
+        let kind = subject["kind"].as_str().unwrap_or_default();
+        if matches!(kind, "User" | "Group")
+            && subject["apiGroup"].as_str().is_none_or(str::is_empty)
+        {
+            subject["apiGroup"] = json!(RBAC);
+        }
+    }
 }
 
 fn set(obj: &mut Value, key: &str, value: Value) {
@@ -410,6 +422,19 @@ mod tests {
             .unwrap();
         apply(resource, &mut obj);
         obj
+    }
+
+    #[test]
+    fn bindings_default_their_api_groups() {
+        let b = defaulted(
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            json!({"roleRef": {"apiGroup": "", "kind": "Role", "name": "r"},
+                   "subjects": [{"kind": "User", "name": "u"}, {"kind": "ServiceAccount", "name": "s", "namespace": "n"}]}),
+        );
+        assert_eq!(b["roleRef"]["apiGroup"], "rbac.authorization.k8s.io");
+        assert_eq!(b["subjects"][0]["apiGroup"], "rbac.authorization.k8s.io");
+        assert!(b["subjects"][1].get("apiGroup").is_none());
     }
 
     #[test]

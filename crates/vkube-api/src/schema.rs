@@ -55,6 +55,7 @@ fn build() -> Schemas {
         "admissionregistration.k8s.io" "v1" "ValidatingAdmissionPolicy" => admissionregistration::v1::ValidatingAdmissionPolicy,
         "admissionregistration.k8s.io" "v1" "ValidatingAdmissionPolicyBinding" => admissionregistration::v1::ValidatingAdmissionPolicyBinding,
         "admissionregistration.k8s.io" "v1" "ValidatingWebhookConfiguration" => admissionregistration::v1::ValidatingWebhookConfiguration,
+        "apiregistration.k8s.io" "v1" "APIService" => k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService,
         "apiextensions.k8s.io" "v1" "CustomResourceDefinition" => k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
         "apps" "v1" "ControllerRevision" => apps::v1::ControllerRevision,
         "apps" "v1" "DaemonSet" => apps::v1::DaemonSet,

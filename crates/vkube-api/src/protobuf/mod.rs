@@ -100,6 +100,7 @@ enum Type {
     Int64,
     Bool,
     Bytes,
+    Double,
     Message(&'static str),
 }
 
@@ -172,6 +173,7 @@ impl Schema {
                         "int64" => Type::Int64,
                         "bool" => Type::Bool,
                         "bytes" => Type::Bytes,
+                        "double" => Type::Double,
                         other => Type::Message(other),
                     };
                     let field = Field {
@@ -325,6 +327,7 @@ impl Schema {
             )),
             (Type::Message(name), wire::Value::Bytes(b)) => self.decode(name, b),
             (Type::Int32 | Type::Int64 | Type::Bool, wire::Value::Varint(v)) => Ok(scalar(ty, v)),
+            (Type::Double, wire::Value::Fixed64(bits)) => Ok(double(f64::from_bits(bits))),
             _ => Err(ProtobufError::Malformed(
                 "a wire type that does not match the field's type",
             )),
@@ -333,6 +336,9 @@ impl Schema {
 
     /// The apimachinery types whose JSON is not their protobuf structure.
     fn special(&self, name: &str, data: &[u8]) -> Result<Option<Value>, ProtobufError> {
+        if let Some(short) = name.strip_prefix(EXTENSIONS) {
+            return self.extensions_special(short, data);
+        }
         let Some(short) = name.strip_prefix("k8s.io.apimachinery.pkg.") else {
             return Ok(None);
         };
@@ -378,6 +384,64 @@ impl Schema {
             _ => return Ok(None),
         };
         Ok(Some(value))
+    }
+}
+
+impl Schema {
+    /// apiextensions' types with a JSON form of their own: `JSON` (any value, as raw JSON), and
+    /// the schema-or-something unions, which are the schema when it is set.
+    fn extensions_special(&self, short: &str, data: &[u8]) -> Result<Option<Value>, ProtobufError> {
+        let schema = || format!("{EXTENSIONS}JSONSchemaProps");
+        let fields = || Fields::new(data).collect::<Result<Vec<_>, _>>();
+        let value = match short {
+            "JSON" => match fields()?.into_iter().find(|(n, _)| *n == 1) {
+                Some((_, wire::Value::Bytes(raw))) => embedded(raw)?,
+                _ => Value::Null,
+            },
+            "JSONSchemaPropsOrArray" | "JSONSchemaPropsOrBool" | "JSONSchemaPropsOrStringArray" => {
+                let schema_field = if short == "JSONSchemaPropsOrBool" {
+                    2
+                } else {
+                    1
+                };
+                let mut one = None;
+                let mut many = Vec::new();
+                let mut allows = false;
+                for (n, v) in fields()? {
+                    match (n, v) {
+                        (n, wire::Value::Bytes(b)) if n == schema_field => {
+                            one = Some(self.decode(&schema(), b)?);
+                        }
+                        (2, wire::Value::Bytes(b)) if short == "JSONSchemaPropsOrArray" => {
+                            many.push(self.decode(&schema(), b)?);
+                        }
+                        (2, wire::Value::Bytes(b)) => {
+                            many.push(Value::String(utf8(b, "property")?))
+                        }
+                        (1, wire::Value::Varint(v)) => allows = v != 0,
+                        _ => {}
+                    }
+                }
+                match (one, short) {
+                    (Some(s), _) => s,
+                    (None, "JSONSchemaPropsOrBool") => Value::Bool(allows),
+                    (None, _) => Value::Array(many),
+                }
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(value))
+    }
+}
+
+const EXTENSIONS: &str = "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1.";
+
+/// A protobuf double as JSON: integral values as integers, as Go's encoder writes them.
+fn double(f: f64) -> Value {
+    if f.fract() == 0.0 && f.abs() < 9.0e15 {
+        Value::from(f as i64)
+    } else {
+        serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
     }
 }
 

@@ -213,3 +213,45 @@ fn bad_bodies_are_errors_never_panics() {
         let _ = decode_body(&full[..n]);
     }
 }
+
+#[test]
+fn a_crd_schema_decodes_its_unions_and_json_values() {
+    use super::wire::encode::bytes as b;
+    let props = |ty: &str| {
+        let mut p = Vec::new();
+        string(&mut p, 5, ty);
+        p
+    };
+    // spec.size: {type: integer, default: 3, maximum: 10.5}
+    let mut size = props("integer");
+    let mut default = Vec::new();
+    b(&mut default, 1, b"3");
+    b(&mut size, 8, &default);
+    size.push((9 << 3) | 1);
+    size.extend(10.5f64.to_bits().to_le_bytes());
+    // additionalProperties: false (JSONSchemaPropsOrBool, no schema)
+    let mut or_bool = Vec::new();
+    int(&mut or_bool, 1, 0);
+    let mut spec = props("object");
+    b(&mut spec, 29, &entry("size", &size));
+    b(&mut spec, 30, &or_bool);
+    // items of a list: JSONSchemaPropsOrArray with one schema
+    let mut or_array = Vec::new();
+    b(&mut or_array, 1, &props("string"));
+    let mut list = props("array");
+    b(&mut list, 24, &or_array);
+    b(&mut spec, 29, &entry("tags", &list));
+    let v = schema()
+        .decode(
+            "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1.JSONSchemaProps",
+            &spec,
+        )
+        .unwrap();
+    assert_eq!(
+        v,
+        json!({"type": "object", "additionalProperties": false, "properties": {
+            "size": {"type": "integer", "default": 3, "maximum": 10.5},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        }})
+    );
+}

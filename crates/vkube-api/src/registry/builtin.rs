@@ -256,6 +256,20 @@ pub static RESOURCES: &[Resource] = &[
         ),
         "services/specs",
     ),
+    // apiregistration.k8s.io/v1: APIService objects, stored; nothing is proxied to them
+    stored(
+        res(
+            "apiregistration.k8s.io",
+            "v1",
+            "apiservices",
+            "APIService",
+            CLUSTER,
+            &[],
+            API_EXTENSIONS,
+            &[STATUS],
+        ),
+        "apiregistration.k8s.io/apiservices",
+    ),
     // admissionregistration.k8s.io/v1
     res(
         "admissionregistration.k8s.io",

@@ -162,6 +162,6 @@ mod tests {
         let groups = groups();
         assert_eq!(groups[0], ("", vec!["v1"]));
         assert!(groups.contains(&("autoscaling", vec!["v2", "v1"])));
-        assert_eq!(groups.len(), 18);
+        assert_eq!(groups.len(), 19);
     }
 }
