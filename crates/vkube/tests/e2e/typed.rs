@@ -366,6 +366,27 @@ fn apply_set_diff_and_strategic_patches() {
             "nginx:1.28 A C",
             "{k}"
         );
+        run(
+            &server,
+            k,
+            &[
+                "set",
+                "resources",
+                "deploy/web",
+                "-c=web",
+                "-n",
+                &ns,
+                "--limits=cpu=200m,memory=256Mi",
+                "--requests=cpu=100m",
+            ],
+        );
+        assert_eq!(
+            get(
+                "{.spec.template.spec.containers[0].resources.limits.cpu} {.spec.template.spec.containers[0].resources.limits.memory} {.spec.template.spec.containers[0].resources.requests.cpu}"
+            ),
+            "200m 256Mi 100m",
+            "{k}"
+        );
         let patch = r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","env":[{"name":"A","$patch":"delete"}]}]}}}}"#;
         run(
             &server,
