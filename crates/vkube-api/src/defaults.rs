@@ -23,7 +23,10 @@ pub fn apply(resource: &Resource, obj: &mut Value) {
             set(spec, "replicas", json!(1));
             template(spec.get_mut("template"));
         }
-        ("", "Secret") => set(obj, "type", json!("Opaque")),
+        ("", "Secret") => {
+            string_data(obj);
+            set(obj, "type", json!("Opaque"));
+        }
         ("", "Service") => service(&mut obj["spec"]),
         ("", "Endpoints") => {
             for subset in items(obj, "subsets") {
@@ -119,6 +122,23 @@ fn crd(obj: &mut Value) {
         }
     }
     set(spec, "conversion", json!({"strategy": "None"}));
+}
+
+/// A Secret's `stringData` is write-only: upstream's conversion merges it into `data` (base64,
+/// its keys winning) and drops it, before validation, so it is never stored or returned.
+fn string_data(obj: &mut Value) {
+    use base64::Engine;
+    let Some(Value::Object(strings)) = obj.as_object_mut().and_then(|o| o.remove("stringData"))
+    else {
+        return;
+    };
+    if !obj["data"].is_object() {
+        obj["data"] = json!({});
+    }
+    for (k, v) in strings {
+        let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+        obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+    }
 }
 
 /// rbac v1's SetDefaults: the roleRef's apiGroup, and the apiGroup of User and Group subjects.
@@ -422,6 +442,19 @@ mod tests {
             .unwrap();
         apply(resource, &mut obj);
         obj
+    }
+
+    #[test]
+    fn secret_string_data_is_merged_into_data() {
+        let s = defaulted(
+            "",
+            "secrets",
+            json!({"data": {"a": "eA==", "b": "eA=="}, "stringData": {"b": "s3cret", "c": ""}}),
+        );
+        assert_eq!(
+            s,
+            json!({"type": "Opaque", "data": {"a": "eA==", "b": "czNjcmV0", "c": ""}})
+        );
     }
 
     #[test]
