@@ -33,13 +33,23 @@ const SUBDOMAIN_ERR: &str = "a lowercase RFC 1123 subdomain must consist of lowe
 const LABEL_ERR: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
 const DNS1035_ERR: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
 
+/// One dot-separated part of an RFC 1123 subdomain: a DNS label without the 63-character limit,
+/// which upstream's subdomain regex does not impose on the parts (only 253 for the whole).
+fn is_subdomain_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    b.first().is_some_and(alnum)
+        && b.last().is_some_and(alnum)
+        && b.iter().all(|c| alnum(c) || *c == b'-')
+}
+
 /// The reason `name` is not a valid name under `rule`, in upstream's words.
 pub fn invalid_name(rule: NameRule, name: &str) -> Option<String> {
     match rule {
         NameRule::Subdomain => {
             if name.len() > 253 {
                 Some("must be no more than 253 characters".into())
-            } else if !name.split('.').all(is_dns_label) {
+            } else if !name.split('.').all(is_subdomain_part) {
                 Some(SUBDOMAIN_ERR.into())
             } else {
                 None
@@ -276,6 +286,10 @@ mod tests {
     #[test]
     fn names_follow_each_types_rule() {
         assert_eq!(invalid_name(NameRule::Subdomain, "a.b-c"), None);
+        // Only the whole name has a limit (253), not its parts (as upstream's regex).
+        assert_eq!(invalid_name(NameRule::Subdomain, &"a".repeat(253)), None);
+        assert!(invalid_name(NameRule::Subdomain, &"a".repeat(254)).is_some());
+        assert!(invalid_name(NameRule::Subdomain, "a..b").is_some());
         assert!(
             invalid_name(NameRule::Subdomain, "Bad_")
                 .unwrap()

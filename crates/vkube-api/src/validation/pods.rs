@@ -8,7 +8,8 @@ use super::Errors;
 use crate::object::{NameRule, invalid_name};
 
 const PROTOCOLS: &[&str] = &["SCTP", "TCP", "UDP"];
-const RESTART_POLICIES: &[&str] = &["Always", "Never", "OnFailure"];
+/// In upstream's order, which its message keeps.
+const RESTART_POLICIES: &[&str] = &["Always", "OnFailure", "Never"];
 const DNS_POLICIES: &[&str] = &["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"];
 const PULL_POLICIES: &[&str] = &["Always", "IfNotPresent", "Never"];
 
@@ -157,16 +158,16 @@ fn container(
     names: &mut HashSet<String>,
     errs: &mut Errors,
 ) {
-    unique_label(&c["name"], &format!("{path}.name"), names, errs);
+    // Upstream's order: the name, image, ports, env, mounts, pull policy; duplicates last.
+    let name = c["name"].as_str().unwrap_or_default();
+    if name.is_empty() {
+        errs.required(&format!("{path}.name"), "");
+    } else if let Some(why) = invalid_name(NameRule::Label, name) {
+        errs.invalid(&format!("{path}.name"), &c["name"], &why);
+    }
     if c["image"].as_str().is_none_or(|i| i.trim().is_empty()) {
         errs.required(&format!("{path}.image"), "");
     }
-    one_of(
-        &c["imagePullPolicy"],
-        &format!("{path}.imagePullPolicy"),
-        PULL_POLICIES,
-        errs,
-    );
     let mut port_names = HashSet::new();
     for (i, p) in c["ports"].as_array().into_iter().flatten().enumerate() {
         let at = format!("{path}.ports[{i}]");
@@ -202,6 +203,11 @@ fn container(
             Some(_) => {}
         }
     }
+    for (i, e) in c["env"].as_array().into_iter().flatten().enumerate() {
+        if e["name"].as_str().is_none_or(str::is_empty) {
+            errs.required(&format!("{path}.env[{i}].name"), "");
+        }
+    }
     for (i, m) in c["volumeMounts"]
         .as_array()
         .into_iter()
@@ -219,9 +225,13 @@ fn container(
             errs.required(&format!("{at}.mountPath"), "");
         }
     }
-    for (i, e) in c["env"].as_array().into_iter().flatten().enumerate() {
-        if e["name"].as_str().is_none_or(str::is_empty) {
-            errs.required(&format!("{path}.env[{i}].name"), "");
-        }
+    one_of(
+        &c["imagePullPolicy"],
+        &format!("{path}.imagePullPolicy"),
+        PULL_POLICIES,
+        errs,
+    );
+    if !name.is_empty() && !names.insert(name.to_string()) {
+        errs.duplicate(&format!("{path}.name"), &c["name"]);
     }
 }

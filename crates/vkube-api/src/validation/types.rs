@@ -231,10 +231,10 @@ fn job(spec: &Value, path: &str, errs: &mut Errors) {
     template(&spec["template"], &tpath, selector, errs);
     let policy = &spec["template"]["spec"]["restartPolicy"];
     if !matches!(policy.as_str(), Some("OnFailure" | "Never")) && !spec["template"].is_null() {
-        errs.not_supported(
+        // Upstream says Required whatever the value.
+        errs.required(
             &format!("{tpath}.spec.restartPolicy"),
-            policy,
-            &["OnFailure", "Never"],
+            r#"valid values: "OnFailure", "Never""#,
         );
     }
 }
@@ -271,15 +271,13 @@ fn cron_schedule(schedule: &Value, errs: &mut Errors) {
         let why = if spec.starts_with('@') {
             format!("unrecognized descriptor: {spec}")
         } else if fields != 5 {
-            format!("expected exactly 5 fields, found {fields}: {spec}")
+            // robfig/cron prints the fields as a Go slice.
+            let list = spec.split_whitespace().collect::<Vec<_>>().join(" ");
+            format!("expected exactly 5 fields, found {fields}: [{list}]")
         } else {
             format!("failed to parse: {spec}")
         };
-        errs.invalid(
-            "spec.schedule",
-            schedule,
-            &format!("unparseable schedule: {why}"),
-        );
+        errs.invalid("spec.schedule", schedule, &why);
     }
 }
 
@@ -352,7 +350,6 @@ fn service(spec: &Value, errs: &mut Errors) {
 /// ConfigMap and Secret keys, their size, and `immutable`.
 fn data(obj: &Value, secret: bool, old: Option<&Value>, errs: &mut Errors) {
     let mut size = 0usize;
-    let mut keys = HashSet::new();
     let binary = if secret { None } else { Some("binaryData") };
     for field in std::iter::once("data")
         .chain(binary)
@@ -363,10 +360,9 @@ fn data(obj: &Value, secret: bool, old: Option<&Value>, errs: &mut Errors) {
             for msg in config_key(key) {
                 errs.invalid(&at, &json!(key), &msg);
             }
-            if field == "binaryData" && keys.contains(key) {
-                errs.invalid(&at, &json!(key), "duplicate of key present in data");
+            if field == "data" && !secret && obj["binaryData"].get(key).is_some() {
+                errs.invalid(&at, &json!(key), "duplicate of key present in binaryData");
             }
-            keys.insert(key.clone());
             size += key.len() + value.as_str().map_or(0, str::len);
         }
     }
