@@ -231,13 +231,19 @@ fn merge_list(
     let mut result: Vec<Value> = orig.to_vec();
     if key.is_empty() {
         // A merge list of scalars: a union, the patch's new values after the original ones.
-        for item in p.iter().filter(|i| !i.is_object()) {
+        let scalars: Vec<Value> = p.iter().filter(|i| !i.is_object()).cloned().collect();
+        for item in &scalars {
             if !result.contains(item) {
                 result.push(item.clone());
             }
         }
-        return Ok(result);
+        return Ok(upstream_order(result, &scalars, orig, key));
     }
+    let named: Vec<Value> = p
+        .iter()
+        .filter(|i| i.get(PATCH).is_none())
+        .cloned()
+        .collect();
     for item in p {
         let Some(obj) = item.as_object() else {
             return Err(invalid(format!(
@@ -264,7 +270,47 @@ fn merge_list(
             (None, None) => {}
         }
     }
-    Ok(result)
+    Ok(upstream_order(result, &named, orig, key))
+}
+
+/// The order upstream's mergeSlice leaves a merged list in (normalizeElementOrder): the items the
+/// patch names, in the patch's order, interleaved with the others in the original's order, an
+/// original item going first only when the patch item it meets was in the original after it. So
+/// an item the patch adds lands before the original items not named in the patch.
+fn upstream_order(
+    merged: Vec<Value>,
+    patch: &[Value],
+    original: &[Value],
+    key: &str,
+) -> Vec<Value> {
+    let id = |v: &Value| {
+        if key.is_empty() {
+            Some(v.clone())
+        } else {
+            v.get(key).cloned()
+        }
+    };
+    let pos = |list: &[Value], v: &Value| {
+        let wanted = id(v);
+        list.iter().position(|x| id(x) == wanted)
+    };
+    let (mut named, mut others): (Vec<Value>, Vec<Value>) =
+        merged.into_iter().partition(|v| pos(patch, v).is_some());
+    named.sort_by_key(|v| pos(patch, v));
+    others.sort_by_key(|v| pos(original, v));
+    let mut out = Vec::with_capacity(named.len() + others.len());
+    let (mut named, mut others) = (named.into_iter().peekable(), others.into_iter().peekable());
+    while let Some(next) = match (others.peek(), named.peek()) {
+        (Some(o), Some(n)) => match (pos(original, o), pos(original, n)) {
+            (Some(a), Some(b)) if a < b => others.next(),
+            _ => named.next(),
+        },
+        (Some(_), None) => others.next(),
+        (None, _) => named.next(),
+    } {
+        out.push(next);
+    }
+    out
 }
 
 /// `$setElementOrder`: the listed items first, in that order; the others after, as they were.

@@ -29,14 +29,16 @@ fn lists_of_objects_merge_by_key() {
     );
     assert_eq!(
         containers(&out),
-        &json!([{"name": "a", "image": "a:2", "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}]}, {"name": "b", "image": "b:1"}])
+        // An item the patch adds goes before the original items the patch does not name (as
+        // kube-apiserver orders it; difftest patch/strategic-env-merge-and-delete).
+        &json!([{"name": "a", "image": "a:2", "env": [{"name": "Y", "value": "2"}, {"name": "X", "value": "1"}]}, {"name": "b", "image": "b:1"}])
     );
     let added = patched(
         &orig,
         json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "c:1"}]}}}}),
     );
     assert_eq!(containers(&added).as_array().unwrap().len(), 3);
-    assert_eq!(containers(&added)[2]["name"], "c");
+    assert_eq!(containers(&added)[0]["name"], "c");
 }
 
 #[test]
@@ -78,8 +80,8 @@ fn nulls_scalar_lists_and_replaced_lists() {
         json!({"metadata": {"labels": {"a": null}, "finalizers": ["z"]}}),
     );
     assert_eq!(out["metadata"]["labels"], json!({"b": "2"}));
-    // finalizers are `patchStrategy:"merge"`: a union.
-    assert_eq!(out["metadata"]["finalizers"], json!(["x", "y", "z"]));
+    // finalizers are `patchStrategy:"merge"`: a union, the new value first (as upstream).
+    assert_eq!(out["metadata"]["finalizers"], json!(["z", "x", "y"]));
     // args have no strategy: replaced.
     let out = patched(
         &orig,
@@ -91,6 +93,24 @@ fn nulls_scalar_lists_and_replaced_lists() {
         json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["x"]}}),
     );
     assert_eq!(out["metadata"]["finalizers"], json!(["y"]));
+}
+
+#[test]
+fn merged_lists_keep_upstreams_order() {
+    // Named items in the patch's order; an original item before a named one only if it came
+    // first in the original.
+    let orig = deploy(json!([{"name": "a"}, {"name": "b"}, {"name": "c"}, {"name": "d"}]));
+    let out = patched(
+        &orig,
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "c:2"}, {"name": "e"}, {"name": "b", "$patch": "delete"}]}}}}),
+    );
+    let names: Vec<&str> = containers(&out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "c", "e", "d"]);
 }
 
 #[test]
@@ -126,7 +146,7 @@ fn ports_by_container_port_and_map_fields() {
     let c = &out["spec"]["containers"][0];
     assert_eq!(
         c["ports"],
-        json!([{"containerPort": 80, "name": "http"}, {"containerPort": 443, "name": "https"}])
+        json!([{"containerPort": 443, "name": "https"}, {"containerPort": 80, "name": "http"}])
     );
     assert_eq!(c["resources"]["limits"], json!({"cpu": "2"}));
 }
