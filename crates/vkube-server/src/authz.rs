@@ -131,7 +131,11 @@ pub fn attributes(info: &RequestInfo, method: &Method, path: &str) -> Attributes
             group: info.group.clone(),
             resource: info.resource.clone(),
             subresource: info.subresource.clone(),
-            name: info.name.clone(),
+            name: if info.name.is_empty() {
+                info.selected_name.clone()
+            } else {
+                info.name.clone()
+            },
             namespace: info.namespace.clone(),
             path: path.to_string(),
         }

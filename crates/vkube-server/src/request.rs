@@ -17,6 +17,10 @@ pub struct RequestInfo {
     pub resource: String,
     pub name: String,
     pub subresource: String,
+    /// The one name a list or watch selects with `fieldSelector=metadata.name=…`: upstream's
+    /// RequestInfoFactory makes it the request's name for authorization, so a Role with
+    /// `resourceNames` allows `kubectl get cm x -w`. Empty otherwise.
+    pub selected_name: String,
     /// Path segments after `/api` or `/apis`, for discovery requests.
     pub parts: Vec<String>,
 }
@@ -108,8 +112,26 @@ impl RequestInfo {
             _ => "",
         }
         .to_string();
+        if !watch && matches!(info.verb.as_str(), "list" | "watch") {
+            info.selected_name = query
+                .get("fieldSelector")
+                .and_then(|f| exact_name(f))
+                .unwrap_or_default();
+        }
         info
     }
+}
+
+/// The value of a `metadata.name=` (or `==`) term of a field selector, if it is a valid path
+/// segment (as upstream's `RequiresExactMatch` and `IsValidPathSegmentName`).
+fn exact_name(selector: &str) -> Option<String> {
+    let name = selector.split(',').find_map(|term| {
+        let rest = term.trim().strip_prefix("metadata.name")?;
+        let value = rest.strip_prefix("==").or_else(|| rest.strip_prefix('='))?;
+        (!value.starts_with('=')).then_some(value)
+    })?;
+    let invalid = name.is_empty() || name == "." || name == ".." || name.contains(['/', '%', '\\']);
+    (!invalid).then(|| name.to_string())
 }
 
 #[cfg(test)]
@@ -172,5 +194,37 @@ mod tests {
         );
         let i = parse(Method::GET, "/healthz");
         assert!(!i.is_resource);
+    }
+
+    #[test]
+    fn a_list_of_one_name_is_authorized_as_that_name() {
+        let named = |path| parse(Method::GET, path).selected_name;
+        assert_eq!(
+            named("/api/v1/namespaces/ns/configmaps?fieldSelector=metadata.name%3Dx"),
+            "x"
+        );
+        assert_eq!(
+            named(
+                "/api/v1/namespaces/ns/configmaps?watch=1&fieldSelector=a%3Db,metadata.name%3D%3Dx"
+            ),
+            "x"
+        );
+        assert_eq!(
+            named("/api/v1/namespaces/ns/configmaps?fieldSelector=metadata.name!%3Dx"),
+            ""
+        );
+        assert_eq!(
+            named("/api/v1/namespaces/ns/configmaps?fieldSelector=metadata.name%3D.."),
+            ""
+        );
+        // Not for the legacy /watch/ paths, nor for a get.
+        assert_eq!(
+            named("/api/v1/watch/namespaces/ns/configmaps?fieldSelector=metadata.name%3Dx"),
+            ""
+        );
+        assert_eq!(
+            named("/api/v1/namespaces/ns/configmaps/y?fieldSelector=metadata.name%3Dx"),
+            ""
+        );
     }
 }
