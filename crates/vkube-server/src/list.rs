@@ -8,6 +8,8 @@ use http::Response;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use vkube_api::selector::{self, FieldSelector, LabelSelector};
+use vkube_api::status::Cause;
+use vkube_api::validation::Errors;
 use vkube_api::{Resource, Status, convert, table};
 use vkube_store::{KeyValue, ListOptions, Revision, StoreError};
 
@@ -204,6 +206,7 @@ fn raw_item(
     kv: &KeyValue,
     labels: &LabelSelector,
     fields: &FieldSelector,
+    typed: bool,
 ) -> Result<Option<Box<RawValue>>, Status> {
     let bad = |e: serde_json::Error| Status::internal(format!("decoding {}: {e}", kv.key));
     let mut top: std::collections::BTreeMap<String, Box<RawValue>> =
@@ -219,18 +222,107 @@ fn raw_item(
     }
     let meta = RawValue::from_string(shell["metadata"].to_string()).map_err(bad)?;
     top.insert("metadata".into(), meta);
+    if typed {
+        top.remove("apiVersion");
+        top.remove("kind");
+    }
     let bytes = serde_json::to_string(&top).map_err(bad)?;
     Ok(Some(RawValue::from_string(bytes).map_err(bad)?))
 }
 
+/// Upstream's ValidateListOptions: the combinations of `resourceVersionMatch`, `continue` and
+/// `sendInitialEvents` a list (or, with `watch`, a watch) refuses with 422.
+pub(crate) fn validate_options(q: &HashMap<String, String>, watch: bool) -> Result<(), Status> {
+    let mut errs = Errors::default();
+    let present = |k: &str| q.get(k).is_some_and(|v| !v.is_empty());
+    let matching = q.get("resourceVersionMatch").map_or("", String::as_str);
+    let field = "resourceVersionMatch";
+    if watch {
+        if q.contains_key("sendInitialEvents") && matching != "NotOlderThan" {
+            errs.forbidden(
+                field,
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            );
+        }
+        if !matching.is_empty() {
+            if !q.contains_key("sendInitialEvents") {
+                errs.forbidden(
+                    field,
+                    "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+                );
+            }
+            if matching != "NotOlderThan" {
+                errs.not_supported(field, &json!(matching), &["NotOlderThan"]);
+            }
+            if present("continue") {
+                errs.forbidden(
+                    field,
+                    "resourceVersionMatch is forbidden when continue is provided",
+                );
+            }
+        }
+    } else {
+        if !matching.is_empty() {
+            if !present("resourceVersion") {
+                errs.forbidden(
+                    field,
+                    "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                );
+            }
+            if present("continue") {
+                errs.forbidden(
+                    field,
+                    "resourceVersionMatch is forbidden when continue is provided",
+                );
+            }
+            if matching != "Exact" && matching != "NotOlderThan" {
+                errs.not_supported(field, &json!(matching), &["Exact", "NotOlderThan", ""]);
+            }
+            if matching == "Exact" && q.get("resourceVersion").is_some_and(|v| v == "0") {
+                errs.forbidden(
+                    field,
+                    "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+                );
+            }
+        }
+        if q.contains_key("sendInitialEvents") {
+            errs.forbidden(
+                "sendInitialEvents",
+                "sendInitialEvents is forbidden for list",
+            );
+        }
+    }
+    if errs.0.is_empty() {
+        return Ok(());
+    }
+    let causes = errs
+        .0
+        .into_iter()
+        .map(|e| Cause {
+            reason: e.reason.into(),
+            message: e.message,
+            field: e.field,
+        })
+        .collect();
+    Err(Status::invalid("ListOptions", "meta.k8s.io", "", causes))
+}
+
+/// Upstream's typed lists carry no apiVersion/kind in their items; custom resources' lists
+/// (unstructured) do.
+fn typed(resource: &Resource) -> bool {
+    vkube_api::registry::custom::definition(resource).is_none()
+}
+
 pub(crate) async fn list(ctx: &Ctx<'_>) -> Result<Response<Body>, Status> {
+    validate_options(ctx.q, false)?;
     let (labels, fields) = selectors(ctx.resource, ctx.q)?;
+    let typed = typed(ctx.resource);
     let metadata_only = fields.0.iter().all(|(f, ..)| f.starts_with("metadata."));
     let same_version = convert::storage_version(ctx.resource) == ctx.resource.api_version();
     if metadata_only && same_version && !table::wanted(ctx.accept) {
         // The common case (kubectl -o json/yaml, informers): no full decode and re-encode.
         let every = labels.0.is_empty() && fields.0.is_empty();
-        let page = select_with(ctx, every, |kv| raw_item(kv, &labels, &fields)).await?;
+        let page = select_with(ctx, every, |kv| raw_item(kv, &labels, &fields, typed)).await?;
         let meta = page.meta();
         let body = RawList {
             api_version: ctx.resource.api_version(),
@@ -247,12 +339,18 @@ pub(crate) async fn list(ctx: &Ctx<'_>) -> Result<Response<Body>, Status> {
         return Ok(resp);
     }
     let page = select(ctx).await?;
-    let (meta, items) = (page.meta(), page.items);
+    let (meta, mut items) = (page.meta(), page.items);
     if table::wanted(ctx.accept) {
         return Ok(response::json(
             200,
             &table::table(ctx.resource, &items, meta, ctx.include()),
         ));
+    }
+    if typed {
+        for item in items.iter_mut().filter_map(Value::as_object_mut) {
+            item.remove("apiVersion");
+            item.remove("kind");
+        }
     }
     Ok(response::json(
         200,

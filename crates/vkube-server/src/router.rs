@@ -143,6 +143,11 @@ impl Api {
         {
             return response::status(&Status::path_not_found());
         }
+        // Objects are created on their collection; a named path has no POST (subresources such
+        // as binding, eviction and token do).
+        if parts.method == Method::POST && !info.name.is_empty() && info.subresource.is_empty() {
+            return response::status(&Status::method_not_allowed());
+        }
         let (content_type, body) = match decode_body(&parts.method, content_type, body) {
             Ok(decoded) => decoded,
             Err(status) => return response::status(&status),

@@ -72,7 +72,10 @@ pub async fn watch(
             None => obj.clone(),
         }
     };
-    let (labels, fields) = match (
+    if let Err(status) = crate::list::validate_options(q, true) {
+        return response::status(&status);
+    }
+    let (labels, mut fields) = match (
         vkube_api::selector::parse_labels(q.get("labelSelector").map_or("", String::as_str)),
         vkube_api::selector::parse_fields_for(
             resource,
@@ -82,6 +85,12 @@ pub async fn watch(
         (Ok(l), Ok(f)) => (l, f),
         (Err(s), _) | (_, Err(s)) => return response::status(&s),
     };
+    // The legacy `/watch/…/NAME` path watches that one object.
+    if !info.name.is_empty() {
+        fields
+            .0
+            .push(("metadata.name".into(), true, info.name.clone()));
+    }
     let prefix = resource.key(&info.namespace, "");
     // A single-object watch (fieldSelector=metadata.name=x) is an ordinary selector here.
     let rv = q.get("resourceVersion").cloned().unwrap_or_default();
@@ -185,8 +194,9 @@ pub async fn watch(
                 (None, Some(o)) => Some(("ADDED", o.clone())),
                 (Some(_), Some(o)) => Some(("MODIFIED", o.clone())),
                 (Some(p), None) => {
-                    // Deleted, or no longer selected: either way gone from this watch.
-                    let mut gone = object.clone().unwrap_or_else(|| p.clone());
+                    // Deleted, or no longer selected: either way gone from this watch, shown
+                    // as it was last selected, at the change's revision (as upstream's cacher).
+                    let mut gone = p.clone();
                     gone["metadata"]["resourceVersion"] = json!(change.revision.to_string());
                     Some(("DELETED", gone))
                 }
