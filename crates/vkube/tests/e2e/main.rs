@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod clients;
 mod crds;
+mod difftest;
 mod ha;
 mod harness;
 mod objects;
