@@ -1,7 +1,10 @@
 //! etcd v3: native Range, Txn and Watch. The vkube revision *is* the etcd revision, so this backend
 //! adds no bookkeeping of its own; writes are single transactions whose compare clauses encode
 //! create / compare-and-swap / conditional delete. Keys live under a prefix, so several virtual
-//! clusters can share one etcd. TTLs use etcd leases.
+//! clusters can share one etcd. TTLs use etcd leases. With several endpoints the first is
+//! preferred and the others serve while it cannot (`failover`).
+
+mod failover;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use crate::Store;
 use crate::error::{Result, StoreError, check_key};
 use crate::kv::{Event, EventKind, KeyValue, ListOptions, ListResult, Revision, prefix_end};
 use crate::watch::Watch;
+use failover::{Endpoints, Kind};
 
 const BACKEND: &str = "etcd";
 
@@ -30,7 +34,7 @@ pub struct EtcdTls {
 }
 
 pub struct EtcdStore {
-    client: Client,
+    endpoints: Arc<Endpoints>,
     prefix: String,
 }
 
@@ -49,7 +53,8 @@ fn read_pem(path: &PathBuf) -> Result<Vec<u8>> {
 }
 
 impl EtcdStore {
-    /// Connects to `endpoints` (`host:port`, or URLs); every key is stored under `prefix`.
+    /// Connects to `endpoints` (`host:port`, or URLs), the first preferred; every key is stored
+    /// under `prefix`.
     pub async fn connect(
         endpoints: &[String],
         prefix: &str,
@@ -68,7 +73,10 @@ impl EtcdStore {
             .collect();
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            // A member cut off from its leader refuses requests (and ends watches) at once, so
+            // they move to another endpoint instead of waiting on it.
+            .with_require_leader(true);
         if let Some(tls) = tls {
             let mut config = TlsOptions::new();
             if let Some(ca) = &tls.ca_file {
@@ -88,11 +96,15 @@ impl EtcdStore {
             }
             options = options.with_tls(config);
         }
-        let client = Client::connect(&endpoints, Some(options))
-            .await
-            .map_err(etcd_err)?;
+        let mut clients = Vec::new();
+        for endpoint in endpoints {
+            let client = Client::connect([&endpoint], Some(options.clone()))
+                .await
+                .map_err(etcd_err)?;
+            clients.push((endpoint, client));
+        }
         let store = EtcdStore {
-            client,
+            endpoints: Endpoints::new(clients),
             prefix: prefix.to_string(),
         };
         // Fail now, not on first use, when no endpoint answers.
@@ -100,10 +112,29 @@ impl EtcdStore {
         Ok(Arc::new(store))
     }
 
-    fn kv(&self) -> etcd_client::KvClient {
-        self.client
-            .kv_client()
-            .max_decoding_message_size(MAX_RESPONSE)
+    /// A Range on whichever endpoint serves.
+    async fn get_on_any(
+        &self,
+        key: String,
+        options: GetOptions,
+    ) -> std::result::Result<etcd_client::GetResponse, etcd_client::Error> {
+        self.endpoints
+            .call(Kind::Read, |c| {
+                let (key, options) = (key.clone(), options.clone());
+                async move { kv(&c).get(key, Some(options)).await }
+            })
+            .await
+    }
+
+    /// A transaction, sent to another endpoint only when it surely never reached one.
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse> {
+        self.endpoints
+            .call(Kind::Write, |c| {
+                let txn = txn.clone();
+                async move { kv(&c).txn(txn).await }
+            })
+            .await
+            .map_err(etcd_err)
     }
 
     fn full(&self, key: &str) -> String {
@@ -134,14 +165,18 @@ impl EtcdStore {
 
     /// etcd reports its compaction revision only to a watcher that starts below it.
     async fn compact_revision(&self) -> Result<Revision> {
+        let key = self.full("\u{1}compaction-probe");
         let mut stream = self
-            .client
-            .watch_client()
-            .max_decoding_message_size(MAX_RESPONSE)
-            .watch(
-                self.full("\u{1}compaction-probe"),
-                Some(WatchOptions::new().with_start_revision(1)),
-            )
+            .endpoints
+            .call(Kind::Read, |c| {
+                let key = key.clone();
+                async move {
+                    c.watch_client()
+                        .max_decoding_message_size(MAX_RESPONSE)
+                        .watch(key, Some(WatchOptions::new().with_start_revision(1)))
+                        .await
+                }
+            })
             .await
             .map_err(etcd_err)?;
         let probe = async {
@@ -160,10 +195,12 @@ impl EtcdStore {
     async fn lease(&self, ttl: Option<Duration>) -> Result<Option<PutOptions>> {
         let Some(ttl) = ttl else { return Ok(None) };
         let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        // A lease nobody uses expires by itself, so a grant may be sent again elsewhere.
         let lease = self
-            .client
-            .lease_client()
-            .grant(secs.max(1) as i64, None)
+            .endpoints
+            .call(Kind::Read, |c| async move {
+                c.lease_client().grant(secs.max(1) as i64, None).await
+            })
             .await
             .map_err(etcd_err)?;
         Ok(Some(PutOptions::new().with_lease(lease.id())))
@@ -200,6 +237,10 @@ fn convert(prefix: &str, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
     })
 }
 
+fn kv(client: &Client) -> etcd_client::KvClient {
+    client.kv_client().max_decoding_message_size(MAX_RESPONSE)
+}
+
 /// The end of etcd's key range for everything under `prefix` (bytewise); "\0" means "to the end".
 fn range_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -226,7 +267,7 @@ impl Store for EtcdStore {
             }
             options = options.with_revision(rev);
         }
-        match self.kv().get(self.full(key), Some(options)).await {
+        match self.get_on_any(self.full(key), options).await {
             Ok(resp) => resp.kvs().first().map(|kv| self.kv_of(kv)).transpose(),
             Err(err) => Err(self.revision_err(err, revision.unwrap_or(0)).await),
         }
@@ -256,7 +297,7 @@ impl Store for EtcdStore {
             if let Some(rev) = revision {
                 get = get.with_revision(rev);
             }
-            let resp = match self.kv().get(start.clone(), Some(get)).await {
+            let resp = match self.get_on_any(start.clone(), get).await {
                 Ok(resp) => resp,
                 Err(err) => return Err(self.revision_err(err, revision.unwrap_or(0)).await),
             };
@@ -306,7 +347,7 @@ impl Store for EtcdStore {
         if let Some(rev) = options.revision {
             get = get.with_revision(rev);
         }
-        match self.kv().get(start, Some(get)).await {
+        match self.get_on_any(start, get).await {
             Ok(resp) => Ok(usize::try_from(resp.count()).unwrap_or(0)),
             Err(err) => Err(self.revision_err(err, options.revision.unwrap_or(0)).await),
         }
@@ -319,7 +360,7 @@ impl Store for EtcdStore {
         let txn = Txn::new()
             .when([Compare::create_revision(full.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(full.clone(), value.clone(), put)]);
-        let resp = self.kv().txn(txn).await.map_err(etcd_err)?;
+        let resp = self.txn(txn).await?;
         if !resp.succeeded() {
             return Err(StoreError::AlreadyExists {
                 key: key.to_string(),
@@ -352,7 +393,7 @@ impl Store for EtcdStore {
             ])
             .and_then([TxnOp::put(full.clone(), value.clone(), Some(put))])
             .or_else([TxnOp::get(full, None)]);
-        let resp = self.kv().txn(txn).await.map_err(etcd_err)?;
+        let resp = self.txn(txn).await?;
         let responses = resp.op_responses();
         if !resp.succeeded() {
             return Err(match self.failed_get(&responses)? {
@@ -399,7 +440,7 @@ impl Store for EtcdStore {
                 Some(DeleteOptions::new().with_prev_key()),
             )])
             .or_else([TxnOp::get(full, None)]);
-        let resp = self.kv().txn(txn).await.map_err(etcd_err)?;
+        let resp = self.txn(txn).await?;
         let responses = resp.op_responses();
         if !resp.succeeded() {
             return Err(match (self.failed_get(&responses)?, expected) {
@@ -430,10 +471,9 @@ impl Store for EtcdStore {
 
     async fn current_revision(&self) -> Result<Revision> {
         let resp = self
-            .kv()
-            .get(
+            .get_on_any(
                 self.full("\u{1}revision-probe"),
-                Some(GetOptions::new().with_count_only()),
+                GetOptions::new().with_count_only(),
             )
             .await
             .map_err(etcd_err)?;
@@ -448,14 +488,14 @@ impl Store for EtcdStore {
                 current,
             });
         }
-        match self
-            .kv()
-            .compact(
-                revision,
-                Some(etcd_client::CompactionOptions::new().with_physical()),
-            )
-            .await
-        {
+        let compaction = self
+            .endpoints
+            .call(Kind::Read, |c| async move {
+                let options = etcd_client::CompactionOptions::new().with_physical();
+                kv(&c).compact(revision, Some(options)).await
+            })
+            .await;
+        match compaction {
             Ok(_) => Ok(()),
             Err(err) => Err(self.revision_err(err, revision).await),
         }
@@ -466,7 +506,7 @@ impl Store for EtcdStore {
         // when events after `from` may be gone: the same rule as the log-backed stores.
         if from > 0 {
             let probe = GetOptions::new().with_revision(from).with_count_only();
-            if let Err(err) = self.kv().get(self.full(prefix), Some(probe)).await {
+            if let Err(err) = self.get_on_any(self.full(prefix), probe).await {
                 let err = self.revision_err(err, from).await;
                 if !matches!(err, StoreError::FutureRevision { .. }) {
                     return Err(err);
@@ -483,11 +523,12 @@ impl Store for EtcdStore {
         }
         let (tx, rx) = mpsc::channel(512);
         let watcher = EtcdWatcher {
-            client: self.client.clone(),
+            endpoints: self.endpoints.clone(),
             store_prefix: self.prefix.clone(),
             prefix: prefix.to_string(),
             last: from,
             tx,
+            failures: 0,
         };
         let task = tokio::spawn(watcher.run());
         Ok(Watch::new(rx, task.abort_handle()))
@@ -513,16 +554,17 @@ impl EtcdStore {
 /// One watch: re-opens etcd's stream after a transport error, from the last revision delivered,
 /// so the consumer sees no gap and no duplicate.
 struct EtcdWatcher {
-    client: Client,
+    endpoints: Arc<Endpoints>,
     store_prefix: String,
     prefix: String,
     last: Revision,
     tx: mpsc::Sender<Result<Event>>,
+    /// Transport errors in a row; the watch gives up after 20 without a response between them.
+    failures: u32,
 }
 
 impl EtcdWatcher {
     async fn run(mut self) {
-        let mut failures = 0u32;
         loop {
             match self.stream().await {
                 Ok(Some(err)) => {
@@ -531,14 +573,16 @@ impl EtcdWatcher {
                 }
                 Ok(None) => return,
                 Err(err) => {
-                    failures += 1;
-                    if failures > 20 {
+                    self.failures += 1;
+                    if self.failures > 20 {
                         let _ = self.tx.send(Err(err)).await;
                         return;
                     }
                     tracing::warn!(%err, "etcd watch broke; resuming");
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(10))))
-                        .await;
+                    tokio::time::sleep(Duration::from_millis(
+                        100 * u64::from(self.failures.min(10)),
+                    ))
+                    .await;
                 }
             }
         }
@@ -556,14 +600,15 @@ impl EtcdWatcher {
             .with_range(end)
             .with_start_revision(self.last + 1)
             .with_prev_key();
-        let mut stream = self
-            .client
+        let (at, client) = self.endpoints.current();
+        let opened = client
             .watch_client()
             .max_decoding_message_size(MAX_RESPONSE)
             .watch(full, Some(options))
-            .await
-            .map_err(etcd_err)?;
-        while let Some(resp) = stream.message().await.map_err(etcd_err)? {
+            .await;
+        let mut stream = opened.map_err(|e| self.broke(at, e))?;
+        while let Some(resp) = stream.message().await.map_err(|e| self.broke(at, e))? {
+            self.failures = 0;
             if resp.compact_revision() > 0 {
                 return Ok(Some(StoreError::Compacted {
                     requested: self.last,
@@ -584,13 +629,24 @@ impl EtcdWatcher {
                 }
             }
             if resp.canceled() {
+                // For instance "no leader": the member lost its cluster, another may not have.
+                self.endpoints.failed(at);
                 return Err(StoreError::backend(
                     BACKEND,
                     format!("watch canceled: {}", resp.cancel_reason()),
                 ));
             }
         }
+        self.endpoints.failed(at);
         Err(StoreError::backend(BACKEND, "watch stream ended"))
+    }
+
+    /// A transport error on endpoint `at`: the next attempt goes to another endpoint.
+    fn broke(&self, at: usize, err: etcd_client::Error) -> StoreError {
+        if failover::retryable(&err, Kind::Read) {
+            self.endpoints.failed(at);
+        }
+        etcd_err(err)
     }
 
     fn event(&self, event: &etcd_client::Event) -> Result<Event> {

@@ -1,5 +1,5 @@
-//! `--config vcluster.yaml`: the keys of vcluster's config that vkube honours today, the backing
-//! store. Every other key is named in one warning (never ignored silently), and a file that is
+//! `--config vcluster.yaml`: the keys of vcluster's config that vkube honours today: the backing
+//! store, high availability and the API server's authentication flags. Every other key is named in one warning (never ignored silently), and a file that is
 //! not valid YAML or has a wrong type is an error naming the line and the key.
 
 use std::collections::BTreeMap;
@@ -113,10 +113,26 @@ struct DatabaseExternal {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
 struct Etcd {
-    embedded: Enabled,
+    embedded: EtcdEmbedded,
     external: EtcdExternal,
     #[serde(flatten)]
     other: Other,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct EtcdEmbedded {
+    enabled: bool,
+    /// Flags for each member's etcd, `--name=value` each.
+    extra_args: Vec<String>,
+    #[serde(flatten)]
+    other: Other,
+}
+
+/// `controlPlane.backingStore.etcd.embedded`: each replica runs one member of an etcd cluster.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct EmbeddedEtcd {
+    pub extra_args: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -142,8 +158,10 @@ struct EtcdTlsFiles {
 /// What a vcluster.yaml asks of vkube.
 #[derive(Debug, PartialEq)]
 pub struct Config {
-    /// The store it names, if any (`None`: the embedded default).
+    /// The store it names, if any (`None`: the embedded default, or embedded etcd).
     pub store: Option<StoreUrl>,
+    /// `controlPlane.backingStore.etcd.embedded`, when enabled.
+    pub embedded_etcd: Option<EmbeddedEtcd>,
     /// Dotted paths of keys vkube does not know or support yet.
     pub unsupported: Vec<String>,
     /// `controlPlane.distro.k8s.apiServer.extraArgs`.
@@ -275,10 +293,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         ));
     }
     if bs.etcd.embedded.enabled {
-        bail!(
-            "{}: controlPlane.backingStore.etcd.embedded is not supported yet; use database.embedded (one replica), database.external (PostgreSQL) or etcd.external",
-            file.display()
-        );
+        chosen.push(("controlPlane.backingStore.etcd.embedded", None));
     }
     if bs.etcd.external.enabled {
         let endpoint = bs.etcd.external.endpoint.trim();
@@ -314,8 +329,12 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
             names.join(" and ")
         );
     }
+    let embedded_etcd = bs.etcd.embedded.enabled.then(|| EmbeddedEtcd {
+        extra_args: bs.etcd.embedded.extra_args.clone(),
+    });
     Ok(Config {
         store: chosen.into_iter().next().and_then(|(_, url)| url),
+        embedded_etcd,
         unsupported,
         api_server_args: cp.distro.k8s.api_server.extra_args.clone(),
         high_availability: cp.stateful_set.high_availability.clone(),
@@ -341,6 +360,12 @@ mod tests {
         assert_eq!(p("controlPlane:\n  backingStore:\n    database:\n      embedded:\n        enabled: true\n").unwrap().store, None);
         let pg = p("controlPlane:\n  backingStore:\n    database:\n      external:\n        enabled: true\n        dataSource: postgres://u@db:5432/v\n").unwrap();
         assert!(matches!(pg.store, Some(StoreUrl::Postgres { .. })));
+        let embedded = p("controlPlane:\n  backingStore:\n    etcd:\n      embedded:\n        enabled: true\n        extraArgs: [--snapshot-count=5000]\n").unwrap();
+        assert_eq!((embedded.store, embedded.unsupported.len()), (None, 0));
+        assert_eq!(
+            embedded.embedded_etcd.unwrap().extra_args,
+            ["--snapshot-count=5000"]
+        );
         let etcd = p("controlPlane:\n  backingStore:\n    etcd:\n      external:\n        enabled: true\n        endpoint: etcd-0:2379\n        tls:\n          caFile: /ca.pem\n").unwrap();
         match etcd.store {
             Some(StoreUrl::Etcd {
@@ -393,6 +418,12 @@ mod tests {
         assert!(err.contains("line"), "{err}");
         let err = p("controlPlane:\n  backingStore:\n    database:\n      embedded: {enabled: true}\n      external: {enabled: true, dataSource: postgres://x@h/d}\n").unwrap_err().to_string();
         assert!(err.contains("more than one backing store"), "{err}");
+        let err = p("controlPlane:\n  backingStore:\n    etcd:\n      embedded: {enabled: true}\n      external: {enabled: true, endpoint: e:2379}\n").unwrap_err().to_string();
+        assert!(
+            err.contains("more than one backing store")
+                && err.contains("etcd.embedded and controlPlane.backingStore.etcd.external"),
+            "{err}"
+        );
         let err = p("controlPlane:\n  backingStore:\n    database:\n      external: {enabled: true, dataSource: mysql://x@h/d}\n").unwrap_err().to_string();
         assert!(err.contains("vkube supports PostgreSQL"), "{err}");
     }

@@ -6,6 +6,7 @@
 
 mod check;
 mod config;
+mod embedded_etcd;
 
 use std::path::PathBuf;
 
@@ -72,6 +73,73 @@ struct ServeArgs {
     auth: AuthArgs,
     #[command(flatten)]
     ha: HaArgs,
+    #[command(flatten)]
+    etcd: EmbeddedEtcdArgs,
+}
+
+/// Embedded etcd (vcluster's controlPlane.backingStore.etcd.embedded): each replica runs one
+/// member of an etcd cluster and keeps the state there.
+#[derive(clap::Args)]
+struct EmbeddedEtcdArgs {
+    /// Run and supervise one etcd member per replica, its data in the data dir's `etcd/`.
+    #[arg(long, conflicts_with = "store")]
+    etcd_embedded: bool,
+    /// The etcd binary (default: `etcd` on PATH).
+    #[arg(long, env = "VKUBE_ETCD_BINARY", default_value = "etcd")]
+    etcd_binary: PathBuf,
+    /// The peer URL of each replica's member, in replica order or as N=URL (comma-separated).
+    /// Default with one replica: http://LISTEN-ADDRESS:2380.
+    #[arg(long, value_delimiter = ',')]
+    etcd_peers: Vec<String>,
+    /// The client URL of each replica's member, likewise (default: each peer URL's host, port 2379).
+    #[arg(long, value_delimiter = ',')]
+    etcd_clients: Vec<String>,
+}
+
+impl EmbeddedEtcdArgs {
+    /// This replica's member, from the replica list.
+    fn options(
+        &self,
+        replicas: u32,
+        replica: u32,
+        data_dir: &std::path::Path,
+        listen: std::net::SocketAddr,
+        extra_args: Vec<String>,
+    ) -> Result<embedded_etcd::Options> {
+        let replicas = replicas as usize;
+        if replica as usize >= replicas {
+            anyhow::bail!("--replica-id {replica} with {replicas} replicas: ids run from 0");
+        }
+        let peers = if self.etcd_peers.is_empty() && replicas == 1 {
+            let ip = match listen.ip() {
+                ip if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+                ip => ip,
+            };
+            vec![format!("http://{}", std::net::SocketAddr::new(ip, 2380))]
+        } else if self.etcd_peers.is_empty() {
+            anyhow::bail!(
+                "embedded etcd with {replicas} replicas needs every member's peer URL: --etcd-peers http://HOST-0:2380,http://HOST-1:2380,…"
+            );
+        } else {
+            embedded_etcd::parse_urls("etcd-peers", &self.etcd_peers, replicas)?
+        };
+        let clients = if self.etcd_clients.is_empty() {
+            peers
+                .iter()
+                .map(|p| embedded_etcd::client_url_of(p))
+                .collect::<Result<_>>()?
+        } else {
+            embedded_etcd::parse_urls("etcd-clients", &self.etcd_clients, replicas)?
+        };
+        Ok(embedded_etcd::Options {
+            binary: self.etcd_binary.clone(),
+            dir: data_dir.join("etcd"),
+            replica: replica as usize,
+            peers,
+            clients,
+            extra_args,
+        })
+    }
 }
 
 /// Replicas and leader election (vcluster's controlPlane.statefulSet.highAvailability).
@@ -272,6 +340,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let mut url = args.store.url()?;
     let mut extra_args = Vec::new();
     let mut ha = config::HighAvailability::default();
+    let mut embedded = args.etcd.etcd_embedded.then(config::EmbeddedEtcd::default);
     if let Some(file) = &args.config {
         let config = config::load(file)?;
         extra_args = config.api_server_args.clone();
@@ -283,18 +352,34 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 config.unsupported.join(", ")
             );
         }
+        let named = config.store.is_some() || config.embedded_etcd.is_some();
+        if named && (args.store.store.is_some() || args.etcd.etcd_embedded) {
+            anyhow::bail!(
+                "both {} and {}'s controlPlane.backingStore name a store; keep one",
+                if args.etcd.etcd_embedded {
+                    "--etcd-embedded"
+                } else {
+                    "--store"
+                },
+                file.display()
+            );
+        }
         if let Some(store) = config.store {
-            if args.store.store.is_some() {
-                anyhow::bail!(
-                    "both --store and {}'s controlPlane.backingStore name a store; keep one",
-                    file.display()
-                );
-            }
             url = store;
         }
+        embedded = embedded.or(config.embedded_etcd);
+    }
+    if embedded.is_none() && !(args.etcd.etcd_peers.is_empty() && args.etcd.etcd_clients.is_empty())
+    {
+        anyhow::bail!(
+            "--etcd-peers and --etcd-clients describe embedded etcd's members; add --etcd-embedded (or controlPlane.backingStore.etcd.embedded.enabled) or drop them"
+        );
     }
     let replicas = args.ha.replicas.or(ha.replicas).unwrap_or(1);
-    if replicas > 1 && matches!(url, StoreUrl::Sqlite { .. } | StoreUrl::Memory) {
+    if replicas > 1
+        && embedded.is_none()
+        && matches!(url, StoreUrl::Sqlite { .. } | StoreUrl::Memory)
+    {
         anyhow::bail!(
             "{replicas} replicas on embedded SQLite: embedded SQLite keeps one database per replica, so replicas would disagree (for example on RBAC); use controlPlane.backingStore.etcd.embedded or an external etcd/PostgreSQL"
         );
@@ -333,19 +418,57 @@ async fn serve(args: ServeArgs) -> Result<()> {
             leader.lease_duration
         );
     }
-    let shown = redact(&url);
-    let store = vkube_store::open_url(&url)
-        .await
-        .with_context(|| format!("opening {shown}"))?;
+    let data_dir = args.store.data_dir()?;
     let config = vkube_server::Config {
         listen: args.listen,
-        tls_sans: args.tls_sans,
-        data_dir: args.store.data_dir()?,
+        tls_sans: args.tls_sans.clone(),
+        data_dir: data_dir.clone(),
         auth: args.auth.options(&extra_args)?,
         replica: format!("vkube-{replica_id}"),
         leader,
     };
-    let listen = args.listen;
+    let member = match embedded {
+        Some(embedded) => {
+            let options = args.etcd.options(
+                replicas,
+                replica_id,
+                &data_dir,
+                args.listen,
+                embedded.extra_args,
+            )?;
+            url = StoreUrl::Etcd {
+                endpoints: options.endpoints(),
+                prefix: String::new(),
+                tls: None,
+            };
+            let member = embedded_etcd::start(options).await?;
+            // Serving (and so being ready) waits for the local member.
+            tokio::select! {
+                _ = member.wait_healthy() => {}
+                _ = shutdown_signal() => {
+                    member.stop().await;
+                    return Ok(());
+                }
+            }
+            Some(member)
+        }
+        None => None,
+    };
+    let served = serve_on(url, config).await;
+    if let Some(member) = member {
+        member.stop().await;
+    }
+    served?;
+    eprintln!("vkube: shut down");
+    Ok(())
+}
+
+async fn serve_on(url: StoreUrl, config: vkube_server::Config) -> Result<()> {
+    let shown = redact(&url);
+    let store = vkube_store::open_url(&url)
+        .await
+        .with_context(|| format!("opening {shown}"))?;
+    let listen = config.listen;
     vkube_server::serve(
         store,
         config,
@@ -358,7 +481,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
         shutdown_signal(),
     )
     .await?;
-    eprintln!("vkube: shut down");
     Ok(())
 }
 
@@ -380,7 +502,13 @@ fn redact(url: &StoreUrl) -> String {
         },
         StoreUrl::Etcd {
             endpoints, prefix, ..
-        } => format!("etcd://{}?prefix={prefix}", endpoints.join(",")),
+        } => {
+            let hosts: Vec<_> = endpoints
+                .iter()
+                .map(|e| e.trim_start_matches("http://"))
+                .collect();
+            format!("etcd://{}?prefix={prefix}", hosts.join(","))
+        }
         StoreUrl::Memory => "memory://".into(),
     }
 }

@@ -67,16 +67,7 @@ fn the_leader_killed_another_takes_over() {
         std::process::id()
     );
     let mut replicas: Vec<Option<Server>> = (0..3)
-        .map(|i| {
-            Some(Server::start_with(&[
-                "--store",
-                &store,
-                "--replicas",
-                "3",
-                "--replica-id",
-                &i.to_string(),
-            ]))
-        })
+        .map(|i| Some(Server::start_with(&strs(&replica_flags(&store, i)))))
         .collect();
     let any = |r: &Vec<Option<Server>>| r.iter().flatten().next().map(holder).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -200,60 +191,56 @@ fn a_replica_with_drifted_config_is_not_ready_and_check_names_it() {
     );
 }
 
-/// Fault: kill -9 of the leader in the middle of a write load through every replica. No
-/// acknowledged write may be missing afterwards, and the survivors must list the same objects.
-fn leader_killed_under_writes(store: &str) {
-    let mut replicas: Vec<Option<Server>> = (0..3)
-        .map(|i| {
-            Some(Server::start_with(&[
-                "--store",
-                store,
-                "--replicas",
-                "3",
-                "--replica-id",
-                &i.to_string(),
-            ]))
-        })
-        .collect();
-    let first = replicas[0].as_ref().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while holder(first).is_empty() {
-        assert!(Instant::now() < deadline, "no leader elected");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let leader: usize = holder(first).trim_start_matches("vkube-").parse().unwrap();
-    let kubeconfig = first.kubeconfig();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
+/// A client that writes ConfigMaps `cm-N` round-robin through the replicas and records every
+/// write acknowledged (201), for the fault tests: afterwards none of them may be missing.
+pub(crate) struct WriteLoad {
+    kubeconfig: std::path::PathBuf,
+    clients: Vec<Option<crate::rbac::Api>>,
+    pub(crate) acknowledged: Vec<String>,
+}
+
+impl WriteLoad {
+    pub(crate) async fn connect(kubeconfig: &std::path::Path, ports: &[u16]) -> WriteLoad {
         let mut clients = Vec::new();
-        for r in replicas.iter().flatten() {
-            clients.push(crate::rbac::Api::connect(&kubeconfig, r.port).await);
+        for port in ports {
+            clients.push(Some(crate::rbac::Api::connect(kubeconfig, *port).await));
         }
-        let mut acknowledged = Vec::new();
-        let mut killed_at = None;
-        let mut recovered_after = None;
-        for i in 0..600 {
-            if i == 200 {
-                drop(replicas[leader].take()); // SIGKILL
-                killed_at = Some(Instant::now());
-            }
-            let via = i % 3;
-            let body = format!(r#"{{"metadata":{{"name":"cm-{i}"}},"data":{{"n":"{i}"}}}}"#);
-            if let Ok((201, _)) = clients[via].try_send("POST", "/api/v1/namespaces/default/configmaps", Some(body), None).await {
-                acknowledged.push(format!("cm-{i}"));
-                if let (Some(at), None) = (killed_at, recovered_after) {
-                    recovered_after = Some(at.elapsed());
-                }
-            }
+        WriteLoad {
+            kubeconfig: kubeconfig.to_path_buf(),
+            clients,
+            acknowledged: Vec::new(),
         }
-        assert!(acknowledged.len() >= 400, "writes through the survivors went on: {}", acknowledged.len());
+    }
+
+    /// Writes through replica `i` again, now serving on `port`.
+    pub(crate) async fn reconnect(&mut self, i: usize, port: u16) {
+        self.clients[i] = Some(crate::rbac::Api::connect(&self.kubeconfig, port).await);
+    }
+
+    /// Write `n`, through replica `n % replicas`: the replica's index when acknowledged.
+    pub(crate) async fn write(&mut self, n: usize) -> Option<usize> {
+        let via = n % self.clients.len();
+        let body = format!(r#"{{"metadata":{{"name":"cm-{n}"}},"data":{{"n":"{n}"}}}}"#);
+        let client = self.clients[via].as_mut()?;
+        let path = "/api/v1/namespaces/default/configmaps";
+        match client.try_send("POST", path, Some(body), None).await {
+            Ok((201, _)) => {
+                self.acknowledged.push(format!("cm-{n}"));
+                Some(via)
+            }
+            _ => None,
+        }
+    }
+
+    /// Lists the ConfigMaps through each replica of `via`: every acknowledged write is there, and
+    /// the replicas list the same names.
+    pub(crate) async fn verify(&mut self, via: &[usize]) {
         let mut lists = Vec::new();
-        for (i, c) in clients.iter_mut().enumerate() {
-            if i == leader {
-                continue;
-            }
-            let (code, body) = c.send("GET", "/api/v1/namespaces/default/configmaps", None, None).await;
-            assert_eq!(code, 200);
+        for &i in via {
+            let client = self.clients[i].as_mut().expect("a live replica");
+            let path = "/api/v1/namespaces/default/configmaps";
+            let (code, body) = client.send("GET", path, None, None).await;
+            assert_eq!(code, 200, "{body}");
             let v: serde_json::Value = serde_json::from_str(&body).unwrap();
             let mut names: Vec<String> = v["items"]
                 .as_array()
@@ -263,19 +250,61 @@ fn leader_killed_under_writes(store: &str) {
                 .filter(|n| n.starts_with("cm-"))
                 .collect();
             names.sort();
+            let missing: Vec<_> = self
+                .acknowledged
+                .iter()
+                .filter(|n| names.binary_search(n).is_err())
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "acknowledged writes missing through replica {i}: {missing:?}"
+            );
             lists.push(names);
         }
-        let mut want = acknowledged.clone();
-        want.sort();
-        for names in &lists {
-            let missing: Vec<_> = want.iter().filter(|n| !names.contains(n)).collect();
-            assert!(missing.is_empty(), "acknowledged writes missing: {missing:?}");
+        assert!(
+            lists.windows(2).all(|w| w[0] == w[1]),
+            "the replicas {via:?} disagree"
+        );
+    }
+}
+
+/// Fault: kill -9 of the leader in the middle of a write load through every replica. No
+/// acknowledged write may be missing afterwards, and the survivors must list the same objects.
+fn leader_killed_under_writes(store: &str) {
+    let mut replicas: Vec<Option<Server>> = (0..3)
+        .map(|i| Some(Server::start_with(&strs(&replica_flags(store, i)))))
+        .collect();
+    let first = replicas[0].as_ref().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while holder(first).is_empty() {
+        assert!(Instant::now() < deadline, "no leader elected");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let leader: usize = holder(first).trim_start_matches("vkube-").parse().unwrap();
+    let kubeconfig = first.kubeconfig();
+    let ports: Vec<u16> = replicas.iter().flatten().map(|r| r.port).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut load = WriteLoad::connect(&kubeconfig, &ports).await;
+        let mut killed_at = None;
+        let mut recovered_after = None;
+        for i in 0..600 {
+            if i == 200 {
+                drop(replicas[leader].take()); // SIGKILL
+                killed_at = Some(Instant::now());
+            }
+            if load.write(i).await.is_some() {
+                if let (Some(at), None) = (killed_at, recovered_after) {
+                    recovered_after = Some(at.elapsed());
+                }
+            }
         }
-        assert_eq!(lists[0], lists[1], "the survivors disagree");
+        let acknowledged = load.acknowledged.len();
+        assert!(acknowledged >= 400, "writes through the survivors went on: {acknowledged}");
+        let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+        load.verify(&survivors).await;
         eprintln!(
-            "{store}: leader vkube-{leader} killed after 200 of 600 writes; {} acknowledged, none missing; first acknowledged write after the kill {:?}",
-            acknowledged.len(),
-            recovered_after
+            "{store}: leader vkube-{leader} killed after 200 of 600 writes; {acknowledged} acknowledged, none missing; first acknowledged write after the kill {recovered_after:?}"
         );
     });
     // The controllers came back on a survivor.
@@ -321,16 +350,7 @@ fn a_crd_is_served_by_every_replica_within_a_second() {
         std::process::id()
     );
     let replicas: Vec<Server> = (0..3)
-        .map(|i| {
-            Server::start_with(&[
-                "--store",
-                &store,
-                "--replicas",
-                "3",
-                "--replica-id",
-                &i.to_string(),
-            ])
-        })
+        .map(|i| Server::start_with(&strs(&replica_flags(&store, i))))
         .collect();
     let crd = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: gizmos.ha.vkube-test.example.com\nspec:\n  group: ha.vkube-test.example.com\n  scope: Namespaced\n  names: {plural: gizmos, kind: Gizmo}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}\n";
     let serves = |r: &Server| {

@@ -43,6 +43,25 @@ pub(crate) fn watch_parent(child: u32) {
         .status();
 }
 
+/// Replica `i` of three on `store`.
+pub(crate) fn replica_flags(store: &str, i: usize) -> Vec<String> {
+    [
+        "--store",
+        store,
+        "--replicas",
+        "3",
+        "--replica-id",
+        &i.to_string(),
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
+/// `flags` as `Server::start_with` takes them.
+pub(crate) fn strs(flags: &[String]) -> Vec<&str> {
+    flags.iter().map(String::as_str).collect()
+}
+
 impl Server {
     pub(crate) fn start() -> Server {
         Server::start_with(&[])

@@ -7,6 +7,7 @@ mod cli;
 mod clients;
 mod crds;
 mod difftest;
+mod embedded_etcd;
 mod ha;
 mod harness;
 mod objects;

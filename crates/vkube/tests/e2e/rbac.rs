@@ -444,32 +444,29 @@ fn aggregation_and_review_validation() {
 
 /// The seed scenario (issue 8): three replicas on one store, an OIDC user whose group is bound by
 /// a ClusterRoleBinding, 3000 requests round-robin while RoleBindings come and go: every replica
-/// allows every request, and every replica says the same `whoami`.
-fn seed_scenario(store: &str) {
+/// allows every request, and every replica says the same `whoami`. `store_flags(i)` are replica
+/// i's flags naming the store (`backend` names it in the output).
+pub(crate) fn seed_scenario(backend: &str, store_flags: &dyn Fn(usize) -> Vec<String>) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let idp = rt.block_on(vkube_auth::testing::TestIdp::start("/tenant/v2.0"));
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("idp.pem");
     std::fs::write(&ca, &idp.ca_pem).unwrap();
     let flags = |id: usize| {
-        vec![
-            "--store".to_string(),
-            store.to_string(),
-            "--replicas".into(),
-            "3".into(),
-            "--replica-id".into(),
-            id.to_string(),
+        let mut flags = store_flags(id);
+        flags.extend([
             format!("--oidc-issuer-url={}", idp.issuer),
             "--oidc-client-id=vkube".into(),
             "--oidc-username-claim=preferred_username".into(),
             "--oidc-groups-claim=groups".into(),
             format!("--oidc-ca-file={}", ca.display()),
-        ]
+        ]);
+        flags
     };
     let replicas: Vec<Server> = (0..3)
         .map(|i| {
             let f = flags(i);
-            Server::start_with(&f.iter().map(String::as_str).collect::<Vec<_>>())
+            Server::start_with(&strs(&f))
         })
         .collect();
     let group = "0f0c2f0e-aaaa-4bbb-8ccc-000000000001";
@@ -534,17 +531,18 @@ fn seed_scenario(store: &str) {
         }
         churn.await.unwrap();
         assert!(denied.is_empty(), "{} of 3000 decisions diverged: {:?}", denied.len(), &denied[..denied.len().min(3)]);
-        eprintln!("{store}: 3000/3000 allowed round-robin over 3 replicas during RoleBinding churn; whoami {}", whoami[0]);
+        eprintln!("{backend}: 3000/3000 allowed round-robin over 3 replicas during RoleBinding churn; whoami {}", whoami[0]);
     });
 }
 
 #[test]
 fn seed_scenario_on_etcd() {
-    seed_scenario(&format!(
+    let store = format!(
         "etcd://{}?prefix=/seed-{}",
         crate::servers::etcd_endpoints(),
         std::process::id()
-    ));
+    );
+    seed_scenario(&store, &|i| replica_flags(&store, i));
 }
 
 #[test]
@@ -554,5 +552,5 @@ fn seed_scenario_on_postgres() {
         "seed{}",
         std::process::id()
     )));
-    seed_scenario(&url);
+    seed_scenario(&url, &|i| replica_flags(&url, i));
 }

@@ -1,0 +1,580 @@
+//! Embedded etcd (`--etcd-embedded`, vcluster's `controlPlane.backingStore.etcd.embedded`): each
+//! replica runs one member of a real etcd cluster as a child process and supervises it, so N
+//! replicas share one linearizable store without an etcd to run beside them.
+//!
+//! Membership follows etcd's runbook. Replica 0 founds the cluster when no other member answers;
+//! every other replica, and replica 0 when the cluster already exists elsewhere, asks a running
+//! member to add it (`member add`) and starts with `--initial-cluster-state existing`. A replica
+//! whose data dir is empty but whose member is still listed removes that member first, because
+//! the cluster would otherwise wait for a log the new process does not have. A member that exits
+//! is started again, with backoff; if it was removed from the cluster meanwhile, its old data is
+//! moved aside and it joins anew.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+/// How long replica 0, its data dir empty, looks for running members before it founds a new
+/// cluster: after a full restart the others may still be starting, and founding a second cluster
+/// beside them would split the state.
+const FOUNDING_GRACE: Duration = Duration::from_secs(2);
+/// Restart delays of a member that exits: from the first to the largest.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
+/// A member that ran this long before exiting is restarted after the first delay again.
+const STABLE: Duration = Duration::from_secs(30);
+/// How long one request to a member may take during membership changes and health checks.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One replica's member: its place in the replica list and the URLs of every member.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub binary: PathBuf,
+    /// `<data-dir>/etcd`: the member's data (`data/`), log (`etcd.log`) and pid (`etcd.pid`).
+    pub dir: PathBuf,
+    pub replica: usize,
+    /// The peer URL of each replica's member, by replica index.
+    pub peers: Vec<String>,
+    /// The client URL of each replica's member, by replica index.
+    pub clients: Vec<String>,
+    /// More flags for etcd (vcluster's `embedded.extraArgs`); they come last, so they win.
+    pub extra_args: Vec<String>,
+}
+
+/// A member's name: the replica's name.
+pub fn member_name(replica: usize) -> String {
+    format!("vkube-{replica}")
+}
+
+/// `--etcd-peers`/`--etcd-clients`: URLs in replica order, or `N=URL` items in any order.
+pub fn parse_urls(flag: &str, items: &[String], replicas: usize) -> Result<Vec<String>> {
+    let mut urls = vec![None; replicas];
+    for (position, item) in items.iter().enumerate() {
+        let (index, url) = match item.split_once('=') {
+            Some((n, url)) if !n.contains(':') => (
+                n.trim().parse::<usize>().with_context(|| {
+                    format!("--{flag}: {item:?}: expected N=URL with N a replica index")
+                })?,
+                url.trim(),
+            ),
+            _ => (position, item.trim()),
+        };
+        let parsed = url::Url::parse(url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.port().is_some());
+        if parsed.is_none() {
+            bail!("--{flag}: {url:?} is not an http://HOST:PORT URL");
+        }
+        match urls.get_mut(index) {
+            Some(slot @ None) => *slot = Some(url.trim_end_matches('/').to_string()),
+            Some(Some(_)) => bail!("--{flag}: replica {index} is named twice"),
+            None => bail!("--{flag}: replica {index} does not exist with {replicas} replicas"),
+        }
+    }
+    urls.into_iter()
+        .enumerate()
+        .map(|(i, u)| u.with_context(|| format!("--{flag}: no URL for replica {i} (one URL per replica, e.g. --{flag} http://10.0.0.1:2380,http://10.0.0.2:2380,http://10.0.0.3:2380)")))
+        .collect()
+}
+
+/// The client URL beside a peer URL: its host with etcd's client port, 2379.
+pub fn client_url_of(peer: &str) -> Result<String> {
+    let mut url = url::Url::parse(peer).with_context(|| format!("peer URL {peer:?}"))?;
+    url.set_port(Some(2379))
+        .map_err(|()| anyhow::anyhow!("peer URL {peer:?} has no host"))?;
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+impl Options {
+    fn name(&self) -> String {
+        member_name(self.replica)
+    }
+
+    fn peer(&self) -> &str {
+        &self.peers[self.replica]
+    }
+
+    fn client(&self) -> &str {
+        &self.clients[self.replica]
+    }
+
+    /// The store's endpoints: this replica's member first, then the others.
+    pub fn endpoints(&self) -> Vec<String> {
+        let n = self.clients.len();
+        (0..n)
+            .map(|i| self.clients[(self.replica + i) % n].clone())
+            .collect()
+    }
+
+    /// The other members' client URLs, which answer membership questions.
+    fn others(&self) -> impl Iterator<Item = &String> {
+        self.clients
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| *i != self.replica)
+            .map(|(_, c)| c)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+}
+
+/// The running member and its supervisor.
+pub struct Member {
+    options: Arc<Options>,
+    stop: watch::Sender<bool>,
+    supervisor: tokio::task::JoinHandle<()>,
+}
+
+/// Checks the binary, then starts the member under a supervisor.
+pub async fn start(options: Options) -> Result<Member> {
+    let version = std::process::Command::new(&options.binary)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    let Some(version) = version else {
+        bail!(
+            "embedded etcd needs the etcd binary, and {:?} did not run: install etcd (apt-get install etcd-server) or name it with --etcd-binary PATH",
+            options.binary
+        );
+    };
+    let version = String::from_utf8_lossy(&version.stdout);
+    eprintln!(
+        "vkube: embedded etcd member {} ({}) at {}, peers {}",
+        options.name(),
+        version.lines().next().unwrap_or("etcd").trim(),
+        options.client(),
+        options.peers.join(",")
+    );
+    std::fs::create_dir_all(&options.dir)
+        .with_context(|| format!("creating {}", options.dir.display()))?;
+    let options = Arc::new(options);
+    let (stop, stopped) = watch::channel(false);
+    let supervisor = tokio::spawn(supervise(options.clone(), stopped));
+    Ok(Member {
+        options,
+        stop,
+        supervisor,
+    })
+}
+
+impl Member {
+    /// Resolves once this replica's member serves a linearizable read: it runs, has a leader
+    /// and has caught up. vkube serves (and so reports ready) only after that.
+    pub async fn wait_healthy(&self) {
+        let started = Instant::now();
+        let mut said = Instant::now();
+        while !healthy(self.options.client()).await {
+            if said.elapsed() > Duration::from_secs(10) {
+                eprintln!(
+                    "vkube: waiting for etcd member {} to be healthy ({:.0?} so far; its log: {})",
+                    self.options.name(),
+                    started.elapsed(),
+                    self.options.dir.join("etcd.log").display()
+                );
+                said = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops the member (SIGTERM, then SIGKILL after 10 s) and its supervisor.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.supervisor.await;
+    }
+}
+
+/// Whether the member at `client` serves a linearizable read within the request timeout.
+async fn healthy(client: &str) -> bool {
+    let check = async {
+        let mut kv = connect(client, true).await.ok()?.kv_client();
+        kv.get("health", Some(GetOptions::new().with_count_only()))
+            .await
+            .ok()
+    };
+    matches!(
+        tokio::time::timeout(REQUEST_TIMEOUT, check).await,
+        Ok(Some(_))
+    )
+}
+
+async fn connect(endpoint: &str, require_leader: bool) -> Result<Client, etcd_client::Error> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(REQUEST_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_require_leader(require_leader);
+    Client::connect([endpoint], Some(options)).await
+}
+
+/// Starts the member, waits for it to exit and starts it again, until told to stop.
+async fn supervise(options: Arc<Options>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = BACKOFF.0;
+    loop {
+        let started = Instant::now();
+        let launched = tokio::select! {
+            launched = launch(&options) => launched,
+            _ = stop.changed() => return,
+        };
+        match launched {
+            Ok(mut child) => {
+                let pid = child.id().unwrap_or(0);
+                let _ = std::fs::write(options.dir.join("etcd.pid"), format!("{pid}\n"));
+                tokio::select! {
+                    status = child.wait() => eprintln!(
+                        "vkube: etcd member {} (pid {pid}) exited ({}); restarting it (its log: {})",
+                        options.name(),
+                        status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                        options.dir.join("etcd.log").display()
+                    ),
+                    _ = stop.changed() => {
+                        terminate(&mut child, pid).await;
+                        return;
+                    }
+                }
+            }
+            Err(err) => eprintln!(
+                "vkube: etcd member {} cannot start yet: {err:#}",
+                options.name()
+            ),
+        }
+        if started.elapsed() > STABLE {
+            backoff = BACKOFF.0;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF.1);
+    }
+}
+
+/// SIGTERM (etcd then closes its files and leaves its peers cleanly), SIGKILL after 10 s.
+async fn terminate(child: &mut Child, pid: u32) {
+    let _ = Command::new("kill")
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .status()
+        .await;
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+/// How the member starts: alone, founding the cluster, or joining the existing one.
+struct Bootstrap {
+    initial_cluster: String,
+    state: &'static str,
+}
+
+/// Prepares the data dir and membership, then spawns etcd.
+async fn launch(options: &Options) -> Result<Child> {
+    let data = options.data();
+    let bootstrap = if has_wal(&data) {
+        if removed(options).await {
+            let aside = options.dir.join(format!("data.removed-{}", unix_now()));
+            eprintln!(
+                "vkube: etcd member {} was removed from the cluster; moving its data to {} and joining again",
+                options.name(),
+                aside.display()
+            );
+            std::fs::rename(&data, &aside)
+                .with_context(|| format!("moving {} aside", data.display()))?;
+            bootstrap(options).await?
+        } else {
+            // etcd reads its membership from its own data then; the flags only have to parse.
+            Bootstrap {
+                initial_cluster: format!("{}={}", options.name(), options.peer()),
+                state: "existing",
+            }
+        }
+    } else {
+        // A data dir without a WAL is a start that failed before the member existed.
+        if data.exists() {
+            std::fs::remove_dir_all(&data)
+                .with_context(|| format!("clearing {}", data.display()))?;
+        }
+        bootstrap(options).await?
+    };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(options.dir.join("etcd.log"))
+        .context("opening etcd.log")?;
+    let mut command = Command::new(&options.binary);
+    command
+        .arg(format!("--name={}", options.name()))
+        .arg(format!("--data-dir={}", data.display()))
+        .arg(format!(
+            "--listen-client-urls={}",
+            listen_url(options.client())?
+        ))
+        .arg(format!("--advertise-client-urls={}", options.client()))
+        .arg(format!(
+            "--listen-peer-urls={}",
+            listen_url(options.peer())?
+        ))
+        .arg(format!("--initial-advertise-peer-urls={}", options.peer()))
+        .arg(format!("--initial-cluster={}", bootstrap.initial_cluster))
+        .arg(format!("--initial-cluster-state={}", bootstrap.state))
+        .arg("--initial-cluster-token=vkube")
+        .args(["--logger=zap", "--log-outputs=stderr", "--log-level=warn"])
+        .args(&options.extra_args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a Ctrl-C in a terminal reaches vkube, which stops etcd last.
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting {}", options.binary.display()))?;
+    if let Some(pid) = child.id() {
+        watch_parent(pid);
+    }
+    Ok(child)
+}
+
+/// What etcd listens on for an advertised URL: its address, or every address for a DNS name
+/// (etcd binds IP addresses only).
+fn listen_url(advertised: &str) -> Result<String> {
+    let url = url::Url::parse(advertised).with_context(|| format!("URL {advertised:?}"))?;
+    let port = url.port().context("a URL without a port")?;
+    Ok(match url.host() {
+        Some(url::Host::Ipv4(ip)) => format!("{}://{ip}:{port}", url.scheme()),
+        Some(url::Host::Ipv6(ip)) => format!("{}://[{ip}]:{port}", url.scheme()),
+        _ => format!("{}://0.0.0.0:{port}", url.scheme()),
+    })
+}
+
+/// A `kill -9` of vkube runs no destructor; this watchdog stops etcd once vkube is gone, so no
+/// member outlives its replica (and a restarted replica can bind its ports again).
+fn watch_parent(child: u32) {
+    let script = format!(
+        "(while kill -0 {parent} 2>/dev/null; do kill -0 {child} 2>/dev/null || exit 0; sleep 1; done; kill {child} 2>/dev/null) &",
+        parent = std::process::id()
+    );
+    let _ = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Whether `data` holds a member: etcd's write-ahead log exists.
+fn has_wal(data: &Path) -> bool {
+    std::fs::read_dir(data.join("member").join("wal")).is_ok_and(|dir| {
+        dir.flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "wal"))
+    })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The first other member that answers, with the cluster's members.
+async fn find_cluster(options: &Options) -> Option<(Client, Vec<etcd_client::Member>)> {
+    for endpoint in options.others() {
+        let ask = async {
+            let mut client = connect(endpoint, false).await.ok()?;
+            let members = client.member_list().await.ok()?.members().to_vec();
+            Some((client, members))
+        };
+        if let Ok(Some(found)) = tokio::time::timeout(REQUEST_TIMEOUT, ask).await {
+            return Some(found);
+        }
+    }
+    None
+}
+
+/// Whether the cluster, asked through another member, no longer lists this one.
+async fn removed(options: &Options) -> bool {
+    match find_cluster(options).await {
+        Some((_, members)) => !members
+            .iter()
+            .any(|m| m.peer_urls().iter().any(|u| u == options.peer())),
+        None => false,
+    }
+}
+
+/// Founds the cluster (replica 0, when no other member answers) or joins it: removes a stale
+/// member of this name or peer URL, adds this one, and starts from the membership the add
+/// returned. Retries until it succeeds, since a join has to wait for quorum and for etcd's
+/// reconfiguration checks (one unstarted member at a time, peers connected for 5 s).
+async fn bootstrap(options: &Options) -> Result<Bootstrap> {
+    let started = Instant::now();
+    // When it last said why it waits: once at first, then every 5 s.
+    let mut said: Option<Instant> = None;
+    let mut due = || {
+        let due = said.is_none_or(|at| at.elapsed() > Duration::from_secs(5));
+        if due {
+            said = Some(Instant::now());
+        }
+        due
+    };
+    loop {
+        match find_cluster(options).await {
+            Some((mut client, members)) => match join(options, &mut client, &members).await {
+                Ok(bootstrap) => return Ok(bootstrap),
+                Err(err) if due() => eprintln!(
+                    "vkube: etcd member {} cannot join yet: {err:#}; retrying",
+                    options.name()
+                ),
+                Err(_) => {}
+            },
+            None if options.replica == 0
+                && (options.peers.len() == 1 || started.elapsed() >= FOUNDING_GRACE) =>
+            {
+                eprintln!(
+                    "vkube: no other etcd member answers; {} founds the cluster",
+                    options.name()
+                );
+                return Ok(Bootstrap {
+                    initial_cluster: format!("{}={}", options.name(), options.peer()),
+                    state: "new",
+                });
+            }
+            None if options.replica != 0 && due() => eprintln!(
+                "vkube: etcd member {} waits for a member of the cluster to answer at {}",
+                options.name(),
+                options.others().cloned().collect::<Vec<_>>().join(",")
+            ),
+            None => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn join(
+    options: &Options,
+    client: &mut Client,
+    members: &[etcd_client::Member],
+) -> Result<Bootstrap> {
+    let timeout = |what: &'static str| move |_| anyhow::anyhow!("{what}: timed out");
+    for stale in members
+        .iter()
+        .filter(|m| m.name() == options.name() || m.peer_urls().iter().any(|u| u == options.peer()))
+    {
+        eprintln!(
+            "vkube: etcd member {} ({:x}) is listed but this replica has no data: removing it to add it anew",
+            options.name(),
+            stale.id()
+        );
+        tokio::time::timeout(REQUEST_TIMEOUT, client.member_remove(stale.id()))
+            .await
+            .map_err(timeout("member remove"))?
+            .context("member remove")?;
+    }
+    let added = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        client.member_add([options.peer().to_string()], None),
+    )
+    .await
+    .map_err(timeout("member add"))?
+    .context("member add")?;
+    let new_id = added.member().map(|m| m.id());
+    // Members that have not started yet have no name: theirs comes from the replica list.
+    let mut cluster = Vec::new();
+    for m in added.member_list() {
+        let name = if Some(m.id()) == new_id {
+            options.name()
+        } else if !m.name().is_empty() {
+            m.name().to_string()
+        } else if let Some(i) = options.peers.iter().position(|p| m.peer_urls().contains(p)) {
+            member_name(i)
+        } else {
+            continue;
+        };
+        cluster.extend(m.peer_urls().iter().map(|u| format!("{name}={u}")));
+    }
+    eprintln!(
+        "vkube: etcd member {} added to the cluster ({})",
+        options.name(),
+        cluster.join(",")
+    );
+    Ok(Bootstrap {
+        initial_cluster: cluster.join(","),
+        state: "existing",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_by_position_or_index() {
+        let by_position = parse_urls(
+            "etcd-peers",
+            &[
+                "http://10.0.0.1:2380".into(),
+                "http://10.0.0.2:2380/".into(),
+            ],
+            2,
+        )
+        .unwrap();
+        assert_eq!(
+            by_position,
+            ["http://10.0.0.1:2380", "http://10.0.0.2:2380"]
+        );
+        let by_index = parse_urls(
+            "etcd-peers",
+            &["1=http://b:2380".into(), "0=http://a:2380".into()],
+            2,
+        )
+        .unwrap();
+        assert_eq!(by_index, ["http://a:2380", "http://b:2380"]);
+        let err = |items: &[&str], n| {
+            let items: Vec<String> = items.iter().map(|s| s.to_string()).collect();
+            parse_urls("etcd-peers", &items, n).unwrap_err().to_string()
+        };
+        assert!(err(&["http://a:2380"], 2).contains("no URL for replica 1"));
+        assert!(err(&["0=http://a:2380", "0=http://b:2380"], 2).contains("named twice"));
+        assert!(err(&["a:2380"], 1).contains("not an http://HOST:PORT URL"));
+        assert!(err(&["3=http://a:2380"], 3).contains("does not exist"));
+    }
+
+    #[test]
+    fn client_and_listen_urls() {
+        assert_eq!(
+            client_url_of("http://vkube-1.vkube-headless:2380").unwrap(),
+            "http://vkube-1.vkube-headless:2379"
+        );
+        assert_eq!(
+            listen_url("http://127.0.0.3:4001").unwrap(),
+            "http://127.0.0.3:4001"
+        );
+        assert_eq!(
+            listen_url("http://vkube-1.vkube-headless:2380").unwrap(),
+            "http://0.0.0.0:2380"
+        );
+    }
+
+    #[test]
+    fn endpoints_start_with_the_local_member() {
+        let options = Options {
+            binary: "etcd".into(),
+            dir: "/tmp".into(),
+            replica: 1,
+            peers: vec![],
+            clients: vec!["a".into(), "b".into(), "c".into()],
+            extra_args: vec![],
+        };
+        assert_eq!(options.endpoints(), ["b", "c", "a"]);
+        assert_eq!(options.others().collect::<Vec<_>>(), ["a", "c"]);
+    }
+}
