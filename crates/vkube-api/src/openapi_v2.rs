@@ -250,9 +250,8 @@ fn query_param(name: &str) -> ParametersItem {
     }
 }
 
-/// The protobuf document.
-pub fn document() -> Vec<u8> {
-    let mut paths = Vec::new();
+/// Every served kind's definition (built-in and custom), as v3 JSON schemas.
+fn definitions() -> serde_json::Map<String, Value> {
     let mut definitions = crate::schema::all_definitions();
     for (group, versions) in registry::groups() {
         for version in versions {
@@ -263,6 +262,78 @@ pub fn document() -> Vec<u8> {
     for (name, def) in crate::schema::definitions_for(&[crate::openapi::LIST_META]) {
         definitions.entry(name).or_insert(def);
     }
+    definitions
+}
+
+/// v3 → v2 JSON: refs point at `#/definitions/`, and a lone `allOf` around a ref (how v3
+/// writes a described ref) becomes the ref itself.
+fn v2_refs(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            let lone_ref = m
+                .get("allOf")
+                .and_then(Value::as_array)
+                .filter(|a| a.len() == 1)
+                .and_then(|a| a[0].get("$ref").cloned());
+            if let Some(r) = lone_ref {
+                m.remove("allOf");
+                m.insert("$ref".into(), r);
+            }
+            if let Some(Value::String(r)) = m.get_mut("$ref") {
+                if let Some(name) = r.strip_prefix("#/components/schemas/") {
+                    *r = format!("#/definitions/{name}");
+                }
+            }
+            m.values_mut().for_each(v2_refs);
+        }
+        Value::Array(a) => a.iter_mut().for_each(v2_refs),
+        _ => {}
+    }
+}
+
+/// The JSON document, for clients that ask for `application/json` (client-go's
+/// `OpenAPISchema` reads protobuf; scripts and the e2e suite read this).
+pub fn document_json() -> Value {
+    let mut definitions = definitions();
+    definitions.values_mut().for_each(v2_refs);
+    let mut paths = serde_json::Map::new();
+    for r in registry::all() {
+        let base = if r.group.is_empty() {
+            format!("/api/{}", r.version)
+        } else {
+            format!("/apis/{}/{}", r.group, r.version)
+        };
+        let name = if r.namespaced {
+            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
+        } else {
+            format!("{base}/{}/{{name}}", r.plural)
+        };
+        let params: Vec<Value> = ["dryRun", "fieldManager", "fieldValidation", "force"]
+            .iter()
+            .map(|n| serde_json::json!({"name": n, "in": "query", "type": "string", "uniqueItems": true}))
+            .collect();
+        paths.insert(
+            name,
+            serde_json::json!({"patch": {
+                "operationId": format!("patch{}", r.kind),
+                "parameters": params,
+                "responses": {"200": {"description": "OK"}},
+                "x-kubernetes-group-version-kind": {"group": r.group, "kind": r.kind, "version": r.version},
+            }}),
+        );
+    }
+    serde_json::json!({
+        "swagger": "2.0",
+        "info": {"title": "Kubernetes", "version": "v1.33.0"},
+        "paths": paths,
+        "definitions": definitions,
+    })
+}
+
+/// The protobuf document.
+pub fn document() -> Vec<u8> {
+    let mut paths = Vec::new();
+    let definitions = definitions();
     for r in registry::all() {
         let base = if r.group.is_empty() {
             format!("/api/{}", r.version)
@@ -317,6 +388,17 @@ pub fn document() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_json_document_points_refs_at_definitions() {
+        let doc = document_json();
+        assert_eq!(doc["swagger"], "2.0");
+        let spec = &doc["definitions"]["io.k8s.api.apps.v1.Deployment"]["properties"]["spec"];
+        assert_eq!(
+            spec["$ref"], "#/definitions/io.k8s.api.apps.v1.DeploymentSpec",
+            "{spec}"
+        );
+    }
 
     #[test]
     fn the_document_decodes_with_every_patch_operation() {

@@ -319,7 +319,8 @@ pub(crate) async fn list(ctx: &Ctx<'_>) -> Result<Response<Body>, Status> {
     let typed = typed(ctx.resource);
     let metadata_only = fields.0.iter().all(|(f, ..)| f.starts_with("metadata."));
     let same_version = convert::storage_version(ctx.resource) == ctx.resource.api_version();
-    if metadata_only && same_version && !table::wanted(ctx.accept) {
+    // Custom objects take the slow path: their CRD's defaults apply on read.
+    if metadata_only && same_version && !ctx.resource.custom && !table::wanted(ctx.accept) {
         // The common case (kubectl -o json/yaml, informers): no full decode and re-encode.
         let every = labels.0.is_empty() && fields.0.is_empty();
         let page = select_with(ctx, every, |kv| raw_item(kv, &labels, &fields, typed)).await?;

@@ -90,7 +90,7 @@ impl<'a> Ctx<'a> {
 
     /// An object read from the store, in the version the request addresses.
     pub(crate) fn load(&self, kv: &KeyValue) -> Result<Value, Status> {
-        convert::convert(decode(kv)?, &self.resource.api_version())
+        vkube_api::custom_objects::served(self.resource, decode(kv)?)
     }
 
     /// The stored object `name` (404 when absent): its store record, and the object in the

@@ -109,7 +109,7 @@ impl Api {
             .unwrap_or("")
             .to_string();
         if !info.is_resource {
-            return self.non_resource(req.method(), &path, &q).await;
+            return self.non_resource(req.method(), &path, &q, &accept).await;
         }
         if info.resource.is_empty() {
             return discovery_response(&path, &accept);
@@ -160,6 +160,7 @@ impl Api {
         method: &Method,
         path: &str,
         q: &std::collections::HashMap<String, String>,
+        accept: &str,
     ) -> Response<Body> {
         if method != Method::GET && method != Method::HEAD {
             return response::status(&Status::method_not_allowed());
@@ -261,6 +262,10 @@ impl Api {
             }
             "/openid/v1/jwks" => {
                 response::json(200, &self.auth.service_accounts.key.jwks_document())
+            }
+            // JSON unless protobuf is asked for, as upstream negotiates.
+            "/openapi/v2" if !accept.contains("protobuf") => {
+                response::json(200, &vkube_api::openapi_v2::document_json())
             }
             "/openapi/v2" => {
                 let mut resp = response::bytes(vkube_api::openapi_v2::document());

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
-use vkube_api::{Resource, Status, convert, table};
+use vkube_api::{Resource, Status, table};
 use vkube_store::{ListOptions, Revision};
 
 use crate::list::selected;
@@ -19,6 +19,7 @@ use crate::request::{RequestInfo, is_true};
 use crate::response::{self, Body};
 use crate::rest::{decode, store_status};
 use crate::router::Api;
+use vkube_api::custom_objects::served;
 
 fn line(kind: &str, object: &Value) -> Bytes {
     let mut bytes =
@@ -112,7 +113,7 @@ pub async fn watch(
                     .items
                     .iter()
                     .filter_map(|kv| decode(kv).ok())
-                    .filter_map(|o| convert::convert(o, &resource.api_version()).ok())
+                    .filter_map(|o| served(resource, o).ok())
                     .filter(|o| selected(&labels, &fields, o))
                     .collect();
                 (objects, page.revision)
@@ -184,10 +185,8 @@ pub async fn watch(
             }
             last = change.revision;
             // Stored objects, in the version this watch addresses.
-            let version = resource.api_version();
-            let served =
-                |o: &Option<Value>| o.clone().and_then(|o| convert::convert(o, &version).ok());
-            let (object, prev) = (served(&change.object), served(&change.prev));
+            let read = |o: &Option<Value>| o.clone().and_then(|o| served(resource, o).ok());
+            let (object, prev) = (read(&change.object), read(&change.prev));
             let now = object.as_ref().filter(|o| selected(&labels, &fields, o));
             let before = prev.as_ref().filter(|o| selected(&labels, &fields, o));
             let event = match (before, now) {
