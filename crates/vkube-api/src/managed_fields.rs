@@ -609,8 +609,8 @@ pub fn apply(
     Ok(merged)
 }
 
-/// How upstream names a manager in a conflict: `"name"`, and for an update `using <apiVersion>
-/// at <time>`.
+/// How upstream names a manager in a conflict: `"name"`, and for an update `using <apiVersion>`
+/// (the manager identifier it prints carries no time).
 fn describe(e: &Value) -> String {
     let mut s = format!("{:?}", e["manager"].as_str().unwrap_or_default());
     if let Some(sub) = e["subresource"].as_str().filter(|s| !s.is_empty()) {
@@ -621,9 +621,6 @@ fn describe(e: &Value) -> String {
             " using {}",
             e["apiVersion"].as_str().unwrap_or_default()
         ));
-        if let Some(t) = e["time"].as_str() {
-            s.push_str(&format!(" at {t}"));
-        }
     }
     s
 }

@@ -68,13 +68,48 @@ pub fn track(ctx: &Ctx<'_>, old: Option<&Value>, new: &mut Value) {
     managed_fields::track_update(old, new, shape(ctx, &def), part(ctx), &manager(ctx), &now());
 }
 
-/// The applied configuration of an apply request, checked as upstream checks it.
-pub fn applied(ctx: &Ctx<'_>, body: &Bytes) -> Result<Value, Status> {
-    if ctx.q.get("fieldManager").is_none_or(|m| m.is_empty()) {
-        return Err(Status::bad_request(
-            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+fn force(ctx: &Ctx<'_>) -> Option<bool> {
+    // Go's ParseBool, as upstream decodes query parameters (the Python client sends `True`).
+    ctx.q
+        .get("force")
+        .map(|f| matches!(f.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
+}
+
+/// PatchOptions as upstream validates them: an apply names its fieldManager; `force` is for
+/// applies only.
+pub fn check_options(ctx: &Ctx<'_>, applying: bool) -> Result<(), Status> {
+    let invalid = |field: &str, reason: &str, message: &str| {
+        Status::invalid(
+            "PatchOptions",
+            "meta.k8s.io",
+            "",
+            vec![vkube_api::status::Cause {
+                reason: reason.into(),
+                message: message.into(),
+                field: field.into(),
+            }],
+        )
+    };
+    if applying && ctx.q.get("fieldManager").is_none_or(|m| m.is_empty()) {
+        return Err(invalid(
+            "fieldManager",
+            "FieldValueRequired",
+            "Required value: is required for apply patch",
         ));
     }
+    if !applying && force(ctx).is_some() {
+        return Err(invalid(
+            "force",
+            "FieldValueForbidden",
+            "Forbidden: may not be specified for non-apply patch",
+        ));
+    }
+    Ok(())
+}
+
+/// The applied configuration of an apply request, checked as upstream checks it.
+pub fn applied(ctx: &Ctx<'_>, body: &Bytes) -> Result<Value, Status> {
+    check_options(ctx, true)?;
     let text = std::str::from_utf8(body)
         .map_err(|e| Status::bad_request(format!("error decoding YAML: {e}")))?;
     let (obj, duplicate) = crate::yaml::to_json_lenient(text)
@@ -130,11 +165,7 @@ fn undeclared(ctx: &Ctx<'_>, applied: &Value) -> Result<(), Status> {
 /// The object an apply makes of `live` (`None`: it does not exist yet), or upstream's 409.
 pub fn merge(ctx: &Ctx<'_>, live: Option<&Value>, applied: &Value) -> Result<Value, Status> {
     let def = definition(ctx);
-    // Go's ParseBool, as upstream decodes query parameters (the Python client sends `True`).
-    let force = ctx
-        .q
-        .get("force")
-        .is_some_and(|f| matches!(f.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"));
+    let force = force(ctx).unwrap_or(false);
     managed_fields::apply(
         live,
         applied,

@@ -451,6 +451,9 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
     let key = ctx.key(&name);
     let part = ctx.info.subresource.as_str();
     let applying = matches!(edit, Edit::Patch(_, ct) if crate::apply::is_apply(ct));
+    if let Edit::Patch(..) = edit {
+        crate::apply::check_options(ctx, applying)?;
+    }
     loop {
         let (cur, old) = match ctx.current(&name).await {
             // An apply to an object that does not exist creates it.

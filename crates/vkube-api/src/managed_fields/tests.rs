@@ -116,7 +116,7 @@ fn apply_conflicts_with_another_managers_different_value_and_force_takes_it() {
     assert_eq!(
         conflicts,
         [Conflict {
-            manager: "\"kubectl-create\" using apps/v1 at 2026-01-01T00:00:00Z".into(),
+            manager: "\"kubectl-create\" using apps/v1".into(),
             path: ".spec.replicas".into()
         }]
     );
@@ -124,7 +124,7 @@ fn apply_conflicts_with_another_managers_different_value_and_force_takes_it() {
     assert_eq!(status.code, 409);
     assert_eq!(
         status.message,
-        "Apply failed with 1 conflict: conflict with \"kubectl-create\" using apps/v1 at 2026-01-01T00:00:00Z: .spec.replicas"
+        "Apply failed with 1 conflict: conflict with \"kubectl-create\" using apps/v1: .spec.replicas"
     );
     let forced = apply(
         Some(&shared),
