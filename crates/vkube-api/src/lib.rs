@@ -14,6 +14,8 @@ pub mod object;
 pub mod openapi;
 pub mod openapi_v2;
 pub mod protobuf;
+pub mod quantity;
+pub mod quota;
 pub mod registry;
 pub mod schema;
 pub mod selector;

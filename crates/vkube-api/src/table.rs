@@ -407,6 +407,16 @@ fn columns(kind: &str) -> Vec<Col> {
                 ))
             }));
         }
+        "ResourceQuota" => {
+            cols.push(age);
+            cols.push(Col("Request", 0, "", |o, _| {
+                json!(crate::quota::printed(o, false))
+            }));
+            cols.push(Col("Limit", 0, "", |o, _| {
+                json!(crate::quota::printed(o, true))
+            }));
+            return cols;
+        }
         "Role" | "ClusterRole" => {
             cols.push(created);
             return cols;

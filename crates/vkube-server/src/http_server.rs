@@ -253,6 +253,7 @@ pub async fn serve(
             vec![
                 crate::controllers::start(api.clone()),
                 crate::crds::start(api.clone()),
+                crate::quota::start(api.clone()),
                 crate::compactor::start(store.clone(), crate::compactor::INTERVAL),
             ]
         })

@@ -16,6 +16,7 @@ mod list;
 mod metrics;
 mod patch;
 mod pod_actions;
+mod quota;
 mod rbac_policy;
 pub mod replicas;
 mod request;

@@ -391,6 +391,7 @@ async fn create_object(
     if !applied {
         crate::apply::track(ctx, None, &mut obj);
     }
+    crate::quota::admit(ctx, &obj, None).await?;
     if ctx.dry_run() {
         return Ok(ctx.respond(201, &obj));
     }
@@ -527,6 +528,7 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
             crate::apply::track(ctx, Some(&old), &mut new);
         }
         set_resource_version(&mut new, cur.mod_revision);
+        crate::quota::admit(ctx, &new, Some(&old)).await?;
         if new == old || ctx.dry_run() {
             return Ok(ctx.respond(200, &new));
         }

@@ -11,6 +11,7 @@ mod embedded_etcd;
 mod ha;
 mod harness;
 mod objects;
+mod quota;
 pub(crate) mod rbac;
 #[path = "../../../vkube-store/tests/common/servers.rs"]
 mod servers;
