@@ -513,6 +513,7 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
                 crate::services::keep_allocated(&old, &mut obj)?;
             }
             ctx.validate(&obj, Some(&old))?;
+            vkube_api::validation::validate_object_update(ctx.resource, &obj, &old)?;
             crate::authz::check_escalation(&ctx.api.authorizer, ctx.user, ctx.resource, &obj)
                 .await?;
             if ctx.resource.subresource("status").is_some() {

@@ -4,6 +4,7 @@
 //! annotations, pod specs (in Pods and every template), workloads, Services, ConfigMaps and
 //! Secrets, RBAC and Jobs. Types not listed here get the metadata checks only.
 
+mod pod_update;
 mod pods;
 mod types;
 
@@ -135,6 +136,21 @@ pub fn validate(resource: &Resource, obj: &Value, old: Option<&Value>) -> Result
     if resource.group == "apiextensions.k8s.io" && resource.kind == "CustomResourceDefinition" {
         errs.0.extend(crate::crd::definition::validate(obj, old).0);
     }
+    refuse(resource, obj, errs)
+}
+
+/// The rules of an update of the object itself, beyond [`validate`]'s: those a subresource
+/// (a pod's `resize` or `ephemeralcontainers`) is exempt from.
+pub fn validate_object_update(resource: &Resource, obj: &Value, old: &Value) -> Result<(), Status> {
+    let mut errs = Errors::default();
+    if (resource.group, resource.kind) == ("", "Pod") {
+        pod_update::check(&obj["spec"], &old["spec"], &mut errs);
+    }
+    refuse(resource, obj, errs)
+}
+
+/// Upstream's 422 with one cause per error, or Ok when there is none.
+fn refuse(resource: &Resource, obj: &Value, errs: Errors) -> Result<(), Status> {
     if errs.0.is_empty() {
         return Ok(());
     }

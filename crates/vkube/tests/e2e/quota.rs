@@ -157,5 +157,14 @@ fn quota_counts_charges_refuses_and_releases() {
             used.contains(r#""requests.cpu":"600m""#) && used.contains(r#""pods":"1""#),
             "{k}: {used}"
         );
+        // What a pod was charged cannot change: its resources are immutable.
+        let patch =
+            r#"{"spec":{"containers":[{"name":"c","resources":{"requests":{"cpu":"100m"}}}]}}"#;
+        let out = server.kubectl(k, &["patch", "pod", "p2", "-n", &ns, "-p", patch]);
+        assert!(
+            out.stderr.contains(r#"The Pod "p2" is invalid: spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`"#),
+            "{k}: {}",
+            out.stderr
+        );
     }
 }
