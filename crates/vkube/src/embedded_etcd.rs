@@ -129,7 +129,16 @@ impl Options {
 pub struct Member {
     options: Arc<Options>,
     stop: watch::Sender<bool>,
+    running: watch::Receiver<Option<Running>>,
     supervisor: tokio::task::JoinHandle<()>,
+}
+
+/// The etcd process the supervisor runs now.
+#[derive(Clone, Copy, Debug)]
+struct Running {
+    pid: u32,
+    /// Its member ID, when it joined by `member add` (which returned it).
+    id: Option<u64>,
 }
 
 /// Checks the binary, then starts the member under a supervisor.
@@ -157,24 +166,36 @@ pub async fn start(options: Options) -> Result<Member> {
         .with_context(|| format!("creating {}", options.dir.display()))?;
     let options = Arc::new(options);
     let (stop, stopped) = watch::channel(false);
-    let supervisor = tokio::spawn(supervise(options.clone(), stopped));
+    let (running_tx, running) = watch::channel(None);
+    let supervisor = tokio::spawn(supervise(options.clone(), stopped, running_tx));
     Ok(Member {
         options,
         stop,
+        running,
         supervisor,
     })
 }
 
 impl Member {
     /// Resolves once this replica's member serves a linearizable read: it runs, has a leader
-    /// and has caught up. vkube serves (and so reports ready) only after that.
+    /// and has caught up. vkube serves (and so reports ready) only after that. Only the process
+    /// the supervisor started counts: a previous one may still answer at the same URL for a
+    /// moment after a restart of vkube.
     pub async fn wait_healthy(&self) {
         let started = Instant::now();
         let mut said = Instant::now();
-        while !healthy(self.options.client()).await {
+        loop {
+            let running = *self.running.borrow();
+            if let Some(running) = running {
+                if healthy(self.options.client(), running.id).await {
+                    return;
+                }
+            }
             if said.elapsed() > Duration::from_secs(10) {
+                let process =
+                    running.map_or("not started yet".into(), |r| format!("pid {}", r.pid));
                 eprintln!(
-                    "vkube: waiting for etcd member {} to be healthy ({:.0?} so far; its log: {})",
+                    "vkube: waiting for etcd member {} ({process}) to be healthy ({:.0?} so far; its log: {})",
                     self.options.name(),
                     started.elapsed(),
                     self.options.dir.join("etcd.log").display()
@@ -192,10 +213,18 @@ impl Member {
     }
 }
 
-/// Whether the member at `client` serves a linearizable read within the request timeout.
-async fn healthy(client: &str) -> bool {
+/// Whether the member at `client` (with member ID `id`, when known) serves a linearizable read
+/// within the request timeout.
+async fn healthy(client: &str, id: Option<u64>) -> bool {
     let check = async {
-        let mut kv = connect(client, true).await.ok()?.kv_client();
+        let client = connect(client, true).await.ok()?;
+        if let Some(id) = id {
+            let status = client.maintenance_client().status().await.ok()?;
+            if status.header().map(|h| h.member_id()) != Some(id) {
+                return None;
+            }
+        }
+        let mut kv = client.kv_client();
         kv.get("health", Some(GetOptions::new().with_count_only()))
             .await
             .ok()
@@ -215,7 +244,11 @@ async fn connect(endpoint: &str, require_leader: bool) -> Result<Client, etcd_cl
 }
 
 /// Starts the member, waits for it to exit and starts it again, until told to stop.
-async fn supervise(options: Arc<Options>, mut stop: watch::Receiver<bool>) {
+async fn supervise(
+    options: Arc<Options>,
+    mut stop: watch::Receiver<bool>,
+    running: watch::Sender<Option<Running>>,
+) {
     let mut backoff = BACKOFF.0;
     loop {
         let started = Instant::now();
@@ -224,20 +257,26 @@ async fn supervise(options: Arc<Options>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         };
         match launched {
-            Ok(mut child) => {
+            Ok((mut child, id)) => {
                 let pid = child.id().unwrap_or(0);
                 let _ = std::fs::write(options.dir.join("etcd.pid"), format!("{pid}\n"));
-                tokio::select! {
-                    status = child.wait() => eprintln!(
-                        "vkube: etcd member {} (pid {pid}) exited ({}); restarting it (its log: {})",
-                        options.name(),
-                        status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
-                        options.dir.join("etcd.log").display()
-                    ),
-                    _ = stop.changed() => {
-                        terminate(&mut child, pid).await;
-                        return;
+                running.send_replace(Some(Running { pid, id }));
+                let exited = tokio::select! {
+                    status = child.wait() => {
+                        eprintln!(
+                            "vkube: etcd member {} (pid {pid}) exited ({}); restarting it (its log: {})",
+                            options.name(),
+                            status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                            options.dir.join("etcd.log").display()
+                        );
+                        true
                     }
+                    _ = stop.changed() => false,
+                };
+                running.send_replace(None);
+                if !exited {
+                    terminate(&mut child, pid).await;
+                    return;
                 }
             }
             Err(err) => eprintln!(
@@ -275,10 +314,14 @@ async fn terminate(child: &mut Child, pid: u32) {
 struct Bootstrap {
     initial_cluster: String,
     state: &'static str,
+    /// The member ID `member add` gave it.
+    id: Option<u64>,
 }
 
-/// Prepares the data dir and membership, then spawns etcd.
-async fn launch(options: &Options) -> Result<Child> {
+/// Prepares the data dir and membership, then spawns etcd (and says which member ID it has, when
+/// known).
+async fn launch(options: &Options) -> Result<(Child, Option<u64>)> {
+    wait_until_free(options).await;
     let data = options.data();
     let bootstrap = if has_wal(&data) {
         if removed(options).await {
@@ -296,6 +339,7 @@ async fn launch(options: &Options) -> Result<Child> {
             Bootstrap {
                 initial_cluster: format!("{}={}", options.name(), options.peer()),
                 state: "existing",
+                id: None,
             }
         }
     } else {
@@ -342,7 +386,28 @@ async fn launch(options: &Options) -> Result<Child> {
     if let Some(pid) = child.id() {
         watch_parent(pid);
     }
-    Ok(child)
+    Ok((child, bootstrap.id))
+}
+
+/// Waits (up to 30 s) until nothing answers at this member's client and peer addresses: after
+/// a `kill -9` of vkube its previous etcd stops only when the watchdog notices, and until then it
+/// holds the ports and would answer health checks meant for the new one.
+async fn wait_until_free(options: &Options) {
+    let addresses: Vec<String> = [options.client(), options.peer()]
+        .iter()
+        .filter_map(|u| url::Url::parse(u).ok())
+        .filter_map(|u| Some(format!("{}:{}", u.host_str()?, u.port()?)))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for address in addresses {
+        while Instant::now() < deadline {
+            let probe = tokio::net::TcpStream::connect(address.as_str());
+            match tokio::time::timeout(Duration::from_millis(500), probe).await {
+                Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+                _ => break,
+            }
+        }
+    }
 }
 
 /// What etcd listens on for an advertised URL: its address, or every address for a DNS name
@@ -446,6 +511,7 @@ async fn bootstrap(options: &Options) -> Result<Bootstrap> {
                 return Ok(Bootstrap {
                     initial_cluster: format!("{}={}", options.name(), options.peer()),
                     state: "new",
+                    id: None,
                 });
             }
             None if options.replica != 0 && due() => eprintln!(
@@ -509,6 +575,7 @@ async fn join(
     Ok(Bootstrap {
         initial_cluster: cluster.join(","),
         state: "existing",
+        id: new_id,
     })
 }
 

@@ -147,3 +147,26 @@ pub(super) fn retryable(err: &etcd_client::Error, kind: Kind) -> bool {
             _ => false,
         }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refused connection is the one error after which even a write may go elsewhere.
+    #[tokio::test]
+    async fn a_refused_connection_is_retryable_even_for_writes() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let client = Client::connect([format!("http://{dead}")], None)
+            .await
+            .unwrap();
+        let err = client
+            .kv_client()
+            .txn(etcd_client::Txn::new())
+            .await
+            .unwrap_err();
+        assert!(retryable(&err, Kind::Write), "{err:?}");
+    }
+}

@@ -5,6 +5,7 @@
 mod common;
 
 mod basics;
+mod failover;
 mod model;
 mod processes;
 mod watching;
@@ -63,4 +64,9 @@ mod postgres {
 mod etcd {
     suite!(crate::common::Backend::Etcd);
     cases!(crate::common::Backend::Etcd; processes::kill_9_of_a_writer_loses_no_acknowledged_write);
+
+    #[tokio::test]
+    async fn a_dead_first_endpoint_fails_over_to_the_next() {
+        crate::failover::a_dead_first_endpoint_fails_over_to_the_next().await;
+    }
 }

@@ -207,6 +207,13 @@ fn embedded_etcd_replica_rejoins_with_an_empty_data_dir() {
             if restart.as_ref().is_some_and(|r| r.is_finished()) {
                 let server = restart.take().unwrap().await.unwrap();
                 ready = killed_at.map(|at| at.elapsed());
+                // Ready means its own, new member serves (not the old process it replaced).
+                let now = members.ids(1).await;
+                assert!(
+                    now.contains(&("vkube-0".into(), now[0].1)) && now[0].1 != before[0].1,
+                    "vkube-0 ready before its new member joined: {now:?}"
+                );
+                assert!(members.healthy(0).await, "vkube-0 ready, its member not");
                 load.reconnect(0, server.port).await;
                 replicas[0] = Some(server);
             }
