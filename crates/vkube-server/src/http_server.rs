@@ -254,6 +254,7 @@ pub async fn serve(
                 crate::controllers::start(api.clone()),
                 crate::crds::start(api.clone()),
                 crate::quota::start(api.clone()),
+                crate::gc::start(api.clone()),
                 crate::compactor::start(store.clone(), crate::compactor::INTERVAL),
             ]
         })

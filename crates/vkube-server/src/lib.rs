@@ -8,6 +8,7 @@ mod authz;
 mod compactor;
 mod controllers;
 mod crds;
+mod gc;
 mod http_server;
 mod hub;
 pub mod identity;

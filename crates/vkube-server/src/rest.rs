@@ -574,6 +574,8 @@ pub(crate) struct DeleteOptions {
     uid: Option<String>,
     resource_version: Option<String>,
     dry_run: bool,
+    /// propagationPolicy / orphanDependents (gc.rs).
+    gc: crate::gc::Policy,
 }
 
 pub(crate) fn delete_options(body: &Bytes, q: &Query) -> Result<DeleteOptions, Status> {
@@ -592,6 +594,7 @@ pub(crate) fn delete_options(body: &Bytes, q: &Query) -> Result<DeleteOptions, S
             .as_str()
             .map(str::to_string),
         dry_run,
+        gc: crate::gc::Policy::parse(&opts, q)?,
     })
 }
 
@@ -639,14 +642,22 @@ pub(crate) async fn delete_one(
                 None => *finalizers = json!([crate::crds::CLEANUP_FINALIZER]),
             }
         }
+        // Garbage collection: the orphan/foreground finalizers the options ask for (gc.rs).
+        let gc_finalizers = crate::gc::deletion_finalizers(&obj, &opts.gc);
+        if let Some(f) = &gc_finalizers {
+            obj["metadata"]["finalizers"] = json!(f);
+        }
+        let already = obj["metadata"]["deletionTimestamp"].is_string();
         let has_finalizers = obj["metadata"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty());
         if is_namespace || has_finalizers {
-            if obj["metadata"]["deletionTimestamp"].is_string() || opts.dry_run {
+            if (already && gc_finalizers.is_none()) || opts.dry_run {
                 return Ok(obj);
             }
-            obj["metadata"]["deletionTimestamp"] = json!(object::now());
+            if !already {
+                obj["metadata"]["deletionTimestamp"] = json!(object::now());
+            }
             obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
             if is_namespace {
                 obj["status"]["phase"] = json!("Terminating");

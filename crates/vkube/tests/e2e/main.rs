@@ -8,6 +8,7 @@ mod clients;
 mod crds;
 mod difftest;
 mod embedded_etcd;
+mod gc;
 mod ha;
 mod harness;
 mod objects;
