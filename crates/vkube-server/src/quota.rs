@@ -72,7 +72,7 @@ pub(crate) async fn admit(ctx: &Ctx<'_>, obj: &Value, old: Option<&Value>) -> Re
     let Some(ev) = Evaluator::for_resource(r.group, r.plural) else {
         return Ok(());
     };
-    if !ev.handles(old.is_some()) {
+    if !ev.handles(obj, old) {
         return Ok(());
     }
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();

@@ -176,14 +176,16 @@ impl Evaluator {
         }
     }
 
-    /// Whether admission measures this operation: pods and plain counts on create only; a
-    /// Service's type and a claim's size can change on update.
-    pub fn handles(&self, update: bool) -> bool {
-        !update
-            || matches!(
-                self,
-                Evaluator::Services | Evaluator::PersistentVolumeClaims
-            )
+    /// Whether admission measures a create (`old` is `None`) or an update: plain counts on
+    /// create only; a Service's type and a claim's size can change on update, and a pod's
+    /// Terminating scope (when `activeDeadlineSeconds` comes or goes).
+    pub fn handles(&self, obj: &Value, old: Option<&Value>) -> bool {
+        let Some(old) = old else { return true };
+        match self {
+            Evaluator::Pods => pods::terminating(obj) != pods::terminating(old),
+            Evaluator::Services | Evaluator::PersistentVolumeClaims => true,
+            Evaluator::Count { .. } => false,
+        }
     }
 
     /// The names among `names` this evaluator measures.

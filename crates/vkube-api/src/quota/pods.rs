@@ -197,12 +197,17 @@ fn cross_namespace_affinity(spec: &Value) -> bool {
     })
 }
 
+/// A pod with a deadline (the Terminating scope).
+pub(super) fn terminating(pod: &Value) -> bool {
+    pod["spec"]["activeDeadlineSeconds"]
+        .as_i64()
+        .is_some_and(|s| s >= 0)
+}
+
 /// Whether a pod falls in one scope requirement (`{scopeName, operator, values}`).
 pub(super) fn in_scope(req: &Value, pod: &Value) -> bool {
     let spec = &pod["spec"];
-    let terminating = spec["activeDeadlineSeconds"]
-        .as_i64()
-        .is_some_and(|s| s >= 0);
+    let terminating = terminating(pod);
     match req["scopeName"].as_str().unwrap_or_default() {
         "Terminating" => terminating,
         "NotTerminating" => !terminating,

@@ -296,7 +296,14 @@ fn quota_names_map_to_evaluators() {
         ),
         json!({"count/configmaps": "1", "configmaps": "1"})
     );
-    assert!(Evaluator::Services.handles(true) && !Evaluator::Pods.handles(true));
+    let (p, any) = (pod(json!({}), json!({})), json!({}));
+    assert!(Evaluator::Pods.handles(&p, None) && Evaluator::Services.handles(&any, Some(&any)));
+    assert!(!Evaluator::Pods.handles(&p, Some(&p)));
+    assert!(
+        !Evaluator::for_quota_name("secrets")
+            .unwrap()
+            .handles(&any, Some(&any))
+    );
 }
 
 #[test]
@@ -308,4 +315,29 @@ fn kubectl_columns_show_used_over_hard() {
         "configmaps: 0/10, pods: 1/1, requests.memory: 0/1Gi"
     );
     assert_eq!(printed(&q, true), "limits.cpu: 500m/2");
+}
+
+#[test]
+fn a_pod_given_a_deadline_is_charged_to_terminating_quotas() {
+    let mut terminating = quota("t", json!({"pods": "1"}), json!({"pods": "0"}));
+    terminating["spec"]["scopes"] = json!(["Terminating"]);
+    let mut not_terminating = quota("n", json!({"pods": "1"}), json!({"pods": "1"}));
+    not_terminating["spec"]["scopes"] = json!(["NotTerminating"]);
+    let old = pod(json!({}), json!({}));
+    let mut new = old.clone();
+    new["spec"]["activeDeadlineSeconds"] = json!(3600);
+    assert!(Evaluator::Pods.handles(&new, Some(&old)));
+    let quotas = [terminating, not_terminating];
+    let charged = check(&Evaluator::Pods, &quotas, &new, Some(&old), now()).unwrap();
+    assert_eq!(charged.len(), 1);
+    assert_eq!(
+        (charged[0].0, charged[0].1["pods"].to_string()),
+        (0, "1".into())
+    );
+    // Unchanged, nothing more is charged.
+    assert!(
+        check(&Evaluator::Pods, &quotas, &old, Some(&old), now())
+            .unwrap()
+            .is_empty()
+    );
 }
