@@ -436,7 +436,7 @@ fn drop_refs(obj: &mut Value, drop: impl Fn(&str) -> bool) -> bool {
 
 /// Deletes an object (if it is still `uid`) as a DELETE with `propagation` would: marked
 /// with the finalizer the policy asks for, else removed.
-async fn delete_object(
+pub(crate) async fn delete_object(
     store: &dyn Store,
     key: &str,
     uid: &str,
@@ -634,13 +634,13 @@ async fn build(store: &dyn Store) -> Result<(Graph, Vec<String>), StoreError> {
 
 /// Keys to look at, each once.
 #[derive(Default)]
-struct Queue {
+pub(crate) struct Queue {
     order: std::collections::VecDeque<String>,
     queued: std::collections::HashSet<String>,
 }
 
 impl Queue {
-    fn extend(&mut self, keys: impl IntoIterator<Item = String>) {
+    pub(crate) fn extend(&mut self, keys: impl IntoIterator<Item = String>) {
         for k in keys {
             if self.queued.insert(k.clone()) {
                 self.order.push_back(k);
@@ -648,7 +648,7 @@ impl Queue {
         }
     }
 
-    fn pop(&mut self) -> Option<String> {
+    pub(crate) fn pop(&mut self) -> Option<String> {
         let k = self.order.pop_front()?;
         self.queued.remove(&k);
         Some(k)

@@ -255,6 +255,7 @@ pub async fn serve(
                 crate::crds::start(api.clone()),
                 crate::quota::start(api.clone()),
                 crate::gc::start(api.clone()),
+                crate::workloads::start(api.clone()),
                 crate::compactor::start(store.clone(), crate::compactor::INTERVAL),
             ]
         })

@@ -29,6 +29,7 @@ mod scale;
 mod services;
 mod tls;
 mod watch_stream;
+mod workloads;
 mod yaml;
 
 pub use http_server::{AuthOptions, Config, ServeError, serve};

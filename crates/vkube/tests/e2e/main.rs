@@ -19,3 +19,4 @@ mod servers;
 mod subresources;
 mod typed;
 mod watches;
+mod workloads;
