@@ -12,6 +12,7 @@ mod gc;
 mod ha;
 mod harness;
 mod objects;
+mod outage;
 mod quota;
 pub(crate) mod rbac;
 #[path = "../../../vkube-store/tests/common/servers.rs"]
