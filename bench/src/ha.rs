@@ -1,6 +1,8 @@
 //! Replicas: leader failover time (kill -9 of the leader → another replica holds the lease), and
 //! requests/s with 1 and 3 replicas on each shared backend (GET configmaps, 16 in flight per
-//! replica connection, spread over the replicas). `bench/ha` starts etcd and PostgreSQL.
+//! replica connection, spread over the replicas): external etcd, PostgreSQL, and embedded etcd
+//! (each replica runs a member; a killed leader takes its member with it). `bench/ha` starts etcd
+//! and PostgreSQL.
 
 mod common;
 
@@ -9,7 +11,44 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use common::{Client, Server, free_port};
 
-async fn replica(vkube: &str, store: &str, id: usize, n: usize) -> Result<Server> {
+/// Where a set of replicas keeps its state.
+#[derive(Clone)]
+enum Backend {
+    /// `--store URL`.
+    Store(String),
+    /// `--etcd-embedded`, members on these (peer, client) ports of 127.0.0.1.
+    Embedded(Vec<(u16, u16)>),
+}
+
+impl Backend {
+    fn embedded(n: usize) -> Backend {
+        Backend::Embedded((0..n).map(|_| (free_port(), free_port())).collect())
+    }
+
+    fn flags(&self) -> Vec<String> {
+        match self {
+            Backend::Store(url) => vec!["--store".into(), url.clone()],
+            Backend::Embedded(ports) => {
+                let list = |f: &dyn Fn(&(u16, u16)) -> u16| {
+                    ports
+                        .iter()
+                        .map(|p| format!("http://127.0.0.1:{}", f(p)))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                vec![
+                    "--etcd-embedded".into(),
+                    "--etcd-peers".into(),
+                    list(&|p| p.0),
+                    "--etcd-clients".into(),
+                    list(&|p| p.1),
+                ]
+            }
+        }
+    }
+}
+
+async fn replica(vkube: &str, backend: &Backend, id: usize, n: usize) -> Result<Server> {
     let dir = tempfile::tempdir()?;
     let port = free_port();
     let child = std::process::Command::new(vkube)
@@ -20,9 +59,8 @@ async fn replica(vkube: &str, store: &str, id: usize, n: usize) -> Result<Server
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
+        .args(backend.flags())
         .args([
-            "--store",
-            store,
             "--replicas",
             &n.to_string(),
             "--replica-id",
@@ -33,7 +71,7 @@ async fn replica(vkube: &str, store: &str, id: usize, n: usize) -> Result<Server
         .spawn()?;
     let server = Server { child, port, dir };
     server
-        .wait_ready(Duration::from_secs(30))
+        .wait_ready(Duration::from_secs(60))
         .await
         .with_context(|| format!("replica {id}"))?;
     Ok(server)
@@ -56,10 +94,10 @@ async fn holder(client: &Client) -> String {
     }
 }
 
-async fn failover(vkube: &str, store: &str) -> Result<Duration> {
+async fn failover(vkube: &str, backend: &Backend) -> Result<Duration> {
     let mut replicas = Vec::new();
     for id in 0..3 {
-        replicas.push(Some(replica(vkube, store, id, 3).await?));
+        replicas.push(Some(replica(vkube, backend, id, 3).await?));
     }
     let probe = Client::connect(replicas[0].as_ref().unwrap()).await?;
     let mut leader = String::new();
@@ -90,10 +128,10 @@ async fn failover(vkube: &str, store: &str) -> Result<Duration> {
     }
 }
 
-async fn throughput(vkube: &str, store: &str, n: usize) -> Result<f64> {
+async fn throughput(vkube: &str, backend: &Backend, n: usize) -> Result<f64> {
     let mut servers = Vec::new();
     for id in 0..n {
-        servers.push(replica(vkube, store, id, n).await?);
+        servers.push(replica(vkube, backend, id, n).await?);
     }
     let mut clients = Vec::new();
     for s in &servers {
@@ -152,38 +190,43 @@ async fn main() -> Result<()> {
     );
     println!("|---|---:|---:|---:|");
     for (name, base) in &stores {
-        let mut times = Vec::new();
-        for round in 0..3 {
-            let store = if name == &"etcd" {
-                format!("{base}-f{round}")
+        // etcd rounds get a key prefix each; PostgreSQL rounds share one database.
+        let store = |suffix: &str| {
+            Backend::Store(if name == &"etcd" {
+                format!("{base}{suffix}")
             } else {
                 base.clone()
-            };
-            // PostgreSQL rounds share one database: the lease of the last round must expire first.
+            })
+        };
+        let mut times = Vec::new();
+        for round in 0..3 {
+            // On PostgreSQL the lease of the last round must expire first.
             if round > 0 && name != &"etcd" {
                 tokio::time::sleep(Duration::from_secs(4)).await;
             }
-            times.push(failover(&vkube, &store).await?);
+            times.push(failover(&vkube, &store(&format!("-f{round}"))).await?);
         }
         times.sort();
-        let one = throughput(
-            &vkube,
-            &format!("{base}{}", if name == &"etcd" { "-t1" } else { "" }),
-            1,
-        )
-        .await?;
+        let one = throughput(&vkube, &store("-t1"), 1).await?;
         tokio::time::sleep(Duration::from_secs(4)).await;
-        let three = throughput(
-            &vkube,
-            &format!("{base}{}", if name == &"etcd" { "-t3" } else { "" }),
-            3,
-        )
-        .await?;
+        let three = throughput(&vkube, &store("-t3"), 3).await?;
         println!(
             "| {name} | {:.2} s | {one:.0} | {three:.0} |",
             times[1].as_secs_f64()
         );
     }
+    // Embedded etcd: a fresh 3-member cluster for each measurement.
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        times.push(failover(&vkube, &Backend::embedded(3)).await?);
+    }
+    times.sort();
+    let one = throughput(&vkube, &Backend::embedded(1), 1).await?;
+    let three = throughput(&vkube, &Backend::embedded(3), 3).await?;
+    println!(
+        "| embedded etcd | {:.2} s | {one:.0} | {three:.0} |",
+        times[1].as_secs_f64()
+    );
     println!();
     println!(
         "Defaults: lease 3 s, renew deadline 2 s, retry 1 s. Throughput: GET configmaps with 16 in flight per replica connection, the same total spread over the replicas, on this 2-core machine (the replicas share its cores, so more replicas cannot mean more CPU here)."
