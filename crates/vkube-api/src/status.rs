@@ -13,6 +13,8 @@ pub struct Status {
     pub reason: &'static str,
     pub message: String,
     pub details: Option<Box<Details>>,
+    /// `metadata.continue`: the inconsistent continue token of an expired list continuation.
+    pub continue_token: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -52,6 +54,7 @@ impl Status {
             reason,
             message: message.into(),
             details: None,
+            continue_token: None,
         }
     }
 
@@ -276,6 +279,9 @@ impl Status {
         });
         if let Some(details) = &self.details {
             body["details"] = serde_json::to_value(details).unwrap_or(Value::Null);
+        }
+        if let Some(token) = &self.continue_token {
+            body["metadata"]["continue"] = json!(token);
         }
         body
     }

@@ -9,9 +9,6 @@ use std::time::Duration;
 use tokio::task::AbortHandle;
 use vkube_store::{Store, StoreError};
 
-/// kube-apiserver's default `--etcd-compaction-interval`.
-pub const INTERVAL: Duration = Duration::from_secs(300);
-
 pub fn start(store: Arc<dyn Store>, interval: Duration) -> AbortHandle {
     tokio::spawn(async move {
         let mut previous = None;

@@ -28,6 +28,8 @@ pub struct Config {
     /// This replica's identity in leader election (`vkube-N`).
     pub replica: String,
     pub leader: crate::leader::Timing,
+    /// `--etcd-compaction-interval` (kube-apiserver's, default 5 m); `None`: never compact.
+    pub compaction_interval: Option<std::time::Duration>,
 }
 
 /// How requests authenticate besides client certificates.
@@ -249,15 +251,19 @@ pub async fn serve(
     let election = elector.start();
     let leader_work = {
         let (api, store) = (api.clone(), store.clone());
+        let compaction = config.compaction_interval;
         crate::leader::while_leader(elector.clone(), move || {
-            vec![
+            let mut work = vec![
                 crate::controllers::start(api.clone()),
                 crate::crds::start(api.clone()),
                 crate::quota::start(api.clone()),
                 crate::gc::start(api.clone()),
                 crate::workloads::start(api.clone()),
-                crate::compactor::start(store.clone(), crate::compactor::INTERVAL),
-            ]
+            ];
+            if let Some(interval) = compaction {
+                work.push(crate::compactor::start(store.clone(), interval));
+            }
+            work
         })
     };
     api.leader.set(elector.clone()).ok();

@@ -103,7 +103,8 @@ async fn select_with<T>(
             .decode(token)
             .map_err(|_| bad())?;
         let token: Continue = serde_json::from_slice(&raw).map_err(|_| bad())?;
-        revision = Some(token.rv);
+        // -1: an inconsistent continuation (after compaction), read at the current revision.
+        revision = Some(token.rv).filter(|rv| *rv > 0);
         start_after = Some(format!("{prefix}{}", token.start));
     } else if let Some(rv) = ctx
         .q
@@ -133,7 +134,24 @@ async fn select_with<T>(
         let page = match ctx.api.store.list(&prefix, options).await {
             Ok(page) => page,
             Err(StoreError::Compacted { .. }) if continued => {
-                return Err(Status::expired(CONTINUE_EXPIRED));
+                // Upstream hands out a token that continues from the same key at the current
+                // revision, for clients that accept an inconsistent list.
+                let start = start_after
+                    .as_deref()
+                    .unwrap_or_default()
+                    .trim_start_matches(&prefix)
+                    .to_string();
+                let token = Continue {
+                    v: "meta.k8s.io/v1".into(),
+                    rv: -1,
+                    start,
+                };
+                let mut status = Status::expired(CONTINUE_EXPIRED);
+                status.continue_token = Some(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(serde_json::to_vec(&token).unwrap_or_default()),
+                );
+                return Err(status);
             }
             Err(err) => return Err(store_status(err)),
         };

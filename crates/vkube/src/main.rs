@@ -75,6 +75,28 @@ struct ServeArgs {
     ha: HaArgs,
     #[command(flatten)]
     etcd: EmbeddedEtcdArgs,
+    /// How often the leader compacts the store's history, as kube-apiserver's flag: `5m`,
+    /// `30s`, `1h`; `0` never compacts. List continuations and watches older than one interval
+    /// get 410 Gone.
+    #[arg(long, default_value = "5m", value_parser = parse_interval)]
+    etcd_compaction_interval: std::time::Duration,
+}
+
+/// A Go-style duration of one unit (`300ms`, `30s`, `5m`, `1h`) or plain seconds.
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &s[digits.len()..];
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 5m, 30s or 0"))?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m or h)")),
+    };
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 /// Embedded etcd (vcluster's controlPlane.backingStore.etcd.embedded): each replica runs one
@@ -426,6 +448,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         auth: args.auth.options(&extra_args)?,
         replica: format!("vkube-{replica_id}"),
         leader,
+        compaction_interval: Some(args.etcd_compaction_interval).filter(|d| !d.is_zero()),
     };
     let member = match embedded {
         Some(embedded) => {
