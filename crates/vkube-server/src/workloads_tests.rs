@@ -88,7 +88,10 @@ async fn a_replication_controller_keeps_its_replicas() {
     let orphan = json!({"metadata": {"name": "stray", "labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}});
     put(s, pods(), orphan).await;
     let all = items(s, pods()).await;
-    let first = all.iter().map(|p| meta_str(p, "name")).find(|n| n.starts_with("web-"));
+    let first = all
+        .iter()
+        .map(|p| meta_str(p, "name"))
+        .find(|n| n.starts_with("web-"));
     let first = first.unwrap().to_string();
     edit(s, &pods().key("ns", &first), |p| {
         p["metadata"]["labels"]["app"] = json!("other")
@@ -96,9 +99,15 @@ async fn a_replication_controller_keeps_its_replicas() {
     .await;
     settle(s).await;
     let listed = items(s, pods()).await;
-    let released = listed.iter().find(|p| meta_str(p, "name") == first).unwrap();
+    let released = listed
+        .iter()
+        .find(|p| meta_str(p, "name") == first)
+        .unwrap();
     assert!(controller_of(released).is_none());
-    let owned: Vec<&Value> = listed.iter().filter(|p| controller_of(p).is_some()).collect();
+    let owned: Vec<&Value> = listed
+        .iter()
+        .filter(|p| controller_of(p).is_some())
+        .collect();
     assert_eq!(owned.len(), 2);
     assert!(owned.iter().any(|p| meta_str(p, "name") == "stray"));
 }
@@ -182,7 +191,8 @@ async fn a_deployment_keeps_one_replicaset_per_template() {
     let listed = items(s, pods()).await;
     assert_eq!(listed.len(), 2);
     assert!(
-        listed.iter()
+        listed
+            .iter()
             .all(|p| p["spec"]["containers"][0]["image"] == "nginx:2")
     );
     assert_eq!(get(s, &key).await["metadata"]["annotations"][REVISION], "2");
