@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::crd::rules::Rules;
 use crate::crd::schema::{self, Schema};
 use crate::registry::custom::Definition;
-use crate::status::{Cause, Status};
+use crate::status::Status;
 use crate::validation::Errors;
 
 /// A version's schema and rules, compiled.
@@ -124,19 +124,7 @@ pub fn validate(d: &Arc<Definition>, obj: &Value, old: Option<&Value>) -> Result
     if let Some(rules) = &c.rules {
         rules.validate(obj, old, &mut errs);
     }
-    if errs.0.is_empty() {
-        return Ok(());
-    }
-    let causes = errs
-        .0
-        .into_iter()
-        .map(|e| Cause {
-            reason: e.reason.into(),
-            message: e.message,
-            field: e.field,
-        })
-        .collect();
-    Err(Status::invalid(r.kind, r.group, name, causes))
+    errs.into_result(r.kind, r.group, name)
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@ use http::Response;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use vkube_api::selector::{self, FieldSelector, LabelSelector};
-use vkube_api::status::Cause;
 use vkube_api::validation::Errors;
 use vkube_api::{Resource, Status, convert, table};
 use vkube_store::{KeyValue, ListOptions, Revision, StoreError};
@@ -310,19 +309,7 @@ pub(crate) fn validate_options(q: &HashMap<String, String>, watch: bool) -> Resu
             );
         }
     }
-    if errs.0.is_empty() {
-        return Ok(());
-    }
-    let causes = errs
-        .0
-        .into_iter()
-        .map(|e| Cause {
-            reason: e.reason.into(),
-            message: e.message,
-            field: e.field,
-        })
-        .collect();
-    Err(Status::invalid("ListOptions", "meta.k8s.io", "", causes))
+    errs.into_result("ListOptions", "meta.k8s.io", "")
 }
 
 /// Upstream's typed lists carry no apiVersion/kind in their items; custom resources' lists

@@ -151,20 +151,28 @@ pub fn validate_object_update(resource: &Resource, obj: &Value, old: &Value) -> 
 
 /// Upstream's 422 with one cause per error, or Ok when there is none.
 fn refuse(resource: &Resource, obj: &Value, errs: Errors) -> Result<(), Status> {
-    if errs.0.is_empty() {
-        return Ok(());
-    }
-    let causes = errs
-        .0
-        .into_iter()
-        .map(|e| Cause {
-            reason: e.reason.into(),
-            message: e.message,
-            field: e.field,
-        })
-        .collect();
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();
-    Err(Status::invalid(resource.kind, resource.group, name, causes))
+    errs.into_result(resource.kind, resource.group, name)
+}
+
+impl Errors {
+    /// Upstream's 422 `Invalid` naming `kind.group "name"`, one cause per error; Ok when there
+    /// is none.
+    pub fn into_result(self, kind: &str, group: &str, name: &str) -> Result<(), Status> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let causes = self
+            .0
+            .into_iter()
+            .map(|e| Cause {
+                reason: e.reason.into(),
+                message: e.message,
+                field: e.field,
+            })
+            .collect();
+        Err(Status::invalid(kind, group, name, causes))
+    }
 }
 
 /// Labels and annotations of an object or a template.
