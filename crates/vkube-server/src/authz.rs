@@ -46,7 +46,10 @@ impl Authorizer {
         });
         let at = authorizer.load().await?;
         let this = authorizer.clone();
-        tokio::spawn(async move { this.follow(hub, at).await });
+        tokio::spawn(async move {
+            let reload = || this.load();
+            hub.follow(at, "authorizer", |c| this.take(c), reload).await
+        });
         Ok(authorizer)
     }
 
@@ -64,28 +67,6 @@ impl Authorizer {
         }
         self.revision.send_replace(at);
         Ok(at)
-    }
-
-    async fn follow(self: Arc<Self>, hub: Arc<Hub>, mut at: Revision) {
-        loop {
-            let Ok((past, mut rx)) = hub.subscribe(at) else {
-                // Fell out of the hub's window: load afresh.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                match self.load().await {
-                    Ok(now) => at = now,
-                    Err(err) => tracing::warn!(%err, "authorizer: reloading RBAC objects failed"),
-                }
-                continue;
-            };
-            for change in past {
-                self.take(&change);
-                at = change.revision;
-            }
-            while let Ok(change) = rx.recv().await {
-                self.take(&change);
-                at = change.revision;
-            }
-        }
     }
 
     fn take(&self, change: &crate::hub::Change) {

@@ -43,7 +43,10 @@ impl CrdView {
         });
         let at = view.load().await?;
         let this = view.clone();
-        tokio::spawn(async move { this.follow(hub, at).await });
+        tokio::spawn(async move {
+            let reload = || this.load();
+            hub.follow(at, "CRD view", |c| this.take(c), reload).await
+        });
         Ok(view)
     }
 
@@ -57,27 +60,6 @@ impl CrdView {
         }
         self.revision.send_replace(page.revision);
         Ok(page.revision)
-    }
-
-    async fn follow(self: Arc<Self>, hub: Arc<Hub>, mut at: Revision) {
-        loop {
-            let Ok((past, mut rx)) = hub.subscribe(at) else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                match self.load().await {
-                    Ok(now) => at = now,
-                    Err(err) => tracing::warn!(%err, "CRD view: reloading failed"),
-                }
-                continue;
-            };
-            for change in past {
-                self.take(&change);
-                at = change.revision;
-            }
-            while let Ok(change) = rx.recv().await {
-                self.take(&change);
-                at = change.revision;
-            }
-        }
     }
 
     fn take(&self, change: &Change) {

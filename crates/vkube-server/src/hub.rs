@@ -110,6 +110,38 @@ impl Hub {
         self.window().last
     }
 
+    /// Feeds a watch-fed view forever, from revision `at`: every change to `take`, in order;
+    /// when the window no longer reaches back to where the view is, `reload` lists afresh and
+    /// returns the revision to go on from (`what` names the view in the log when it fails).
+    pub async fn follow<R>(
+        self: Arc<Self>,
+        mut at: Revision,
+        what: &str,
+        take: impl Fn(&Change),
+        reload: impl Fn() -> R,
+    ) where
+        R: std::future::Future<Output = Result<Revision, StoreError>>,
+    {
+        loop {
+            let Ok((past, mut rx)) = self.subscribe(at) else {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                match reload().await {
+                    Ok(now) => at = now,
+                    Err(err) => tracing::warn!(%err, "{what}: reloading failed"),
+                }
+                continue;
+            };
+            for change in past {
+                take(&change);
+                at = change.revision;
+            }
+            while let Ok(change) = rx.recv().await {
+                take(&change);
+                at = change.revision;
+            }
+        }
+    }
+
     fn push(&self, event: Event) {
         let change = Arc::new(Change {
             revision: event.revision,
