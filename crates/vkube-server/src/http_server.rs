@@ -30,7 +30,19 @@ pub struct Config {
     pub leader: crate::leader::Timing,
     /// `--etcd-compaction-interval` (kube-apiserver's, default 5 m); `None`: never compact.
     pub compaction_interval: Option<std::time::Duration>,
+    /// The leader's controllers not to run (`--controllers=*,-NAME`, as
+    /// kube-controller-manager's flag): names from [`CONTROLLERS`].
+    pub disabled_controllers: Vec<String>,
 }
+
+/// The leader's controllers, by the names `--controllers` takes.
+pub const CONTROLLERS: &[&str] = &[
+    "namespace",
+    "customresourcedefinition",
+    "resourcequota",
+    "garbagecollector",
+    "workloads",
+];
 
 /// How requests authenticate besides client certificates.
 #[derive(Clone, Debug)]
@@ -252,14 +264,25 @@ pub async fn serve(
     let leader_work = {
         let (api, store) = (api.clone(), store.clone());
         let compaction = config.compaction_interval;
+        let disabled = config.disabled_controllers.clone();
         crate::leader::while_leader(elector.clone(), move || {
-            let mut work = vec![
-                crate::controllers::start(api.clone()),
-                crate::crds::start(api.clone()),
-                crate::quota::start(api.clone()),
-                crate::gc::start(api.clone()),
-                crate::workloads::start(api.clone()),
-            ];
+            let on = |name: &str| !disabled.iter().any(|d| d == name);
+            let mut work = Vec::new();
+            if on("namespace") {
+                work.push(crate::controllers::start(api.clone()));
+            }
+            if on("customresourcedefinition") {
+                work.push(crate::crds::start(api.clone()));
+            }
+            if on("resourcequota") {
+                work.push(crate::quota::start(api.clone()));
+            }
+            if on("garbagecollector") {
+                work.push(crate::gc::start(api.clone()));
+            }
+            if on("workloads") {
+                work.push(crate::workloads::start(api.clone()));
+            }
             if let Some(interval) = compaction {
                 work.push(crate::compactor::start(store.clone(), interval));
             }

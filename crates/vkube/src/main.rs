@@ -80,6 +80,29 @@ struct ServeArgs {
     /// get 410 Gone.
     #[arg(long, default_value = "5m", value_parser = parse_interval)]
     etcd_compaction_interval: std::time::Duration,
+    /// The leader's controllers, as kube-controller-manager's flag: `*` for all, `-NAME` to
+    /// leave one out (namespace, customresourcedefinition, resourcequota, garbagecollector,
+    /// workloads).
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    controllers: Vec<String>,
+}
+
+/// The controllers `--controllers` leaves out; an unknown name is an error that lists them.
+fn disabled_controllers(list: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut disabled = Vec::new();
+    for item in list.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let name = item.strip_prefix('-').unwrap_or(item);
+        if name != "*" && !vkube_server::CONTROLLERS.contains(&name) {
+            anyhow::bail!(
+                "--controllers: unknown controller {name:?}; known: {}",
+                vkube_server::CONTROLLERS.join(", ")
+            );
+        }
+        if item.starts_with('-') {
+            disabled.push(name.to_string());
+        }
+    }
+    Ok(disabled)
 }
 
 /// A Go-style duration of one unit (`300ms`, `30s`, `5m`, `1h`) or plain seconds.
@@ -449,6 +472,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         replica: format!("vkube-{replica_id}"),
         leader,
         compaction_interval: Some(args.etcd_compaction_interval).filter(|d| !d.is_zero()),
+        disabled_controllers: disabled_controllers(&args.controllers)?,
     };
     let member = match embedded {
         Some(embedded) => {
@@ -576,4 +600,26 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod controller_flag_tests {
+    use super::*;
+
+    #[test]
+    fn controllers_are_left_out_by_name_and_unknown_names_refused() {
+        let list = |s: &str| s.split(',').map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            disabled_controllers(&list("*,-workloads,-garbagecollector")).unwrap(),
+            ["workloads", "garbagecollector"]
+        );
+        assert!(disabled_controllers(&list("*")).unwrap().is_empty());
+        let err = disabled_controllers(&list("*,-nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown controller \"nope\"") && err.contains("workloads"),
+            "{err}"
+        );
+    }
 }
