@@ -238,9 +238,7 @@ fn affected(change: &Change, holders: &mut Holders) -> Option<String> {
     // A create was charged by admission before it was stored: recounting now could miss a
     // create that is charged but not stored yet and undo its charge, letting one more through
     // (upstream's replenishment likewise reacts to deletes and updates, not to creates).
-    if change.prev.is_none() {
-        return None;
-    }
+    change.prev.as_ref()?;
     let obj = change.object.as_ref().or(change.prev.as_ref())?;
     let ns = obj["metadata"]["namespace"].as_str()?;
     holders.contains_key(ns).then(|| ns.to_string())
