@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS vkube_log (
 );
 CREATE INDEX IF NOT EXISTS vkube_log_key ON vkube_log (key, revision);
 CREATE INDEX IF NOT EXISTS vkube_log_expires ON vkube_log (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS vkube_log_deleted ON vkube_log (key, revision) WHERE deleted = 1;
 "#;
 
 pub struct PostgresStore {

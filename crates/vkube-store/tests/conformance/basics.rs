@@ -284,6 +284,19 @@ pub async fn list_pagination_at_a_fixed_revision_while_writes_continue(f: Fixtur
         paged, snapshot,
         "pages read at one revision join into that revision's list"
     );
+    // After deletes, updates and creates, a count still agrees with a list, now and at `at`.
+    for rev in [s.current_revision().await.unwrap(), at] {
+        let options = ListOptions {
+            revision: Some(rev),
+            ..ListOptions::default()
+        };
+        let listed = s.list("/pg/", options.clone()).await.unwrap().items.len();
+        assert_eq!(
+            s.count("/pg/", options).await.unwrap(),
+            listed,
+            "count at {rev}"
+        );
+    }
 }
 
 pub async fn keys_with_a_ttl_expire(f: Fixture) {
