@@ -291,6 +291,20 @@ fn v2_refs(v: &mut Value) {
     }
 }
 
+/// The path of one object of a resource, as the documents name it.
+fn item_path(r: &crate::Resource) -> String {
+    let base = if r.group.is_empty() {
+        format!("/api/{}", r.version)
+    } else {
+        format!("/apis/{}/{}", r.group, r.version)
+    };
+    if r.namespaced {
+        format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
+    } else {
+        format!("{base}/{}/{{name}}", r.plural)
+    }
+}
+
 /// The JSON document, for clients that ask for `application/json` (client-go's
 /// `OpenAPISchema` reads protobuf; scripts and the e2e suite read this).
 pub fn document_json() -> Value {
@@ -298,16 +312,7 @@ pub fn document_json() -> Value {
     definitions.values_mut().for_each(v2_refs);
     let mut paths = serde_json::Map::new();
     for r in registry::all() {
-        let base = if r.group.is_empty() {
-            format!("/api/{}", r.version)
-        } else {
-            format!("/apis/{}/{}", r.group, r.version)
-        };
-        let name = if r.namespaced {
-            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
-        } else {
-            format!("{base}/{}/{{name}}", r.plural)
-        };
+        let name = item_path(r);
         let params: Vec<Value> = ["dryRun", "fieldManager", "fieldValidation", "force"]
             .iter()
             .map(|n| serde_json::json!({"name": n, "in": "query", "type": "string", "uniqueItems": true}))
@@ -335,16 +340,7 @@ pub fn document() -> Vec<u8> {
     let mut paths = Vec::new();
     let definitions = definitions();
     for r in registry::all() {
-        let base = if r.group.is_empty() {
-            format!("/api/{}", r.version)
-        } else {
-            format!("/apis/{}/{}", r.group, r.version)
-        };
-        let name = if r.namespaced {
-            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
-        } else {
-            format!("{base}/{}/{{name}}", r.plural)
-        };
+        let name = item_path(r);
         let gvk = format!(
             "group: \"{}\"\nkind: {}\nversion: {}\n",
             r.group, r.kind, r.version
