@@ -225,19 +225,27 @@ fn raw_item(
     fields: &FieldSelector,
     typed: bool,
 ) -> Result<Option<Box<RawValue>>, Status> {
+    type RawMap = std::collections::BTreeMap<String, Box<RawValue>>;
     let bad = |e: serde_json::Error| Status::internal(format!("decoding {}: {e}", kv.key));
-    let mut top: std::collections::BTreeMap<String, Box<RawValue>> =
-        serde_json::from_slice(&kv.value).map_err(bad)?;
-    let mut meta: Value = match top.get("metadata") {
+    let mut top: RawMap = serde_json::from_slice(&kv.value).map_err(bad)?;
+    // Only what selectors read is parsed; the rest of the metadata (managedFields above all)
+    // is copied through as it is stored.
+    let mut meta: RawMap = match top.get("metadata") {
         Some(raw) => serde_json::from_str(raw.get()).map_err(bad)?,
-        None => json!({}),
+        None => RawMap::new(),
     };
-    meta["resourceVersion"] = json!(kv.mod_revision.to_string());
-    let shell = json!({"metadata": meta});
-    if !selected(labels, fields, &shell) {
+    let mut shell = serde_json::Map::new();
+    for field in ["name", "namespace", "labels"] {
+        if let Some(raw) = meta.get(field) {
+            shell.insert(field.into(), serde_json::from_str(raw.get()).map_err(bad)?);
+        }
+    }
+    if !selected(labels, fields, &json!({ "metadata": shell })) {
         return Ok(None);
     }
-    let meta = RawValue::from_string(shell["metadata"].to_string()).map_err(bad)?;
+    let rv = RawValue::from_string(format!("\"{}\"", kv.mod_revision)).map_err(bad)?;
+    meta.insert("resourceVersion".into(), rv);
+    let meta = RawValue::from_string(serde_json::to_string(&meta).map_err(bad)?).map_err(bad)?;
     top.insert("metadata".into(), meta);
     if typed {
         top.remove("apiVersion");
