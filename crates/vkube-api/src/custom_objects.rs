@@ -3,7 +3,7 @@
 //! the structural schema and the `x-kubernetes-validations` rules checked. A version's schema and
 //! rules are compiled once per definition and shared by every request.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -21,28 +21,18 @@ pub struct Compiled {
     broken: Option<String>,
 }
 
-/// Compiled definitions, by the identity of the [`Definition`] they came from (a new install
-/// of a CRD makes new definitions, so a stale entry is never hit again; the cache is bounded).
-fn compiled(d: &Arc<Definition>) -> Arc<Compiled> {
-    type Cache = Mutex<Vec<(usize, Arc<Compiled>)>>;
-    static CACHE: OnceLock<Cache> = OnceLock::new();
-    let id = Arc::as_ptr(d) as usize;
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some((_, c)) = cache
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .find(|(k, _)| *k == id)
-    {
-        return c.clone();
+/// A definition's compiled schema and rules, made on first use and kept with the definition
+/// (a changed CRD is a new definition, so nothing stale is ever found).
+fn compiled(d: &Definition) -> &Compiled {
+    d.compiled.get_or_init(|| compile(d))
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
     }
-    let c = Arc::new(compile(d));
-    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-    if cache.len() >= 256 {
-        cache.remove(0);
-    }
-    cache.push((id, c.clone()));
-    c
 }
 
 fn compile(d: &Definition) -> Compiled {

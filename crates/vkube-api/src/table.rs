@@ -487,6 +487,11 @@ pub fn table(
             row(o, cells, include)
         })
         .collect();
+    document(list_metadata, definitions, rows)
+}
+
+/// A `meta.k8s.io/v1` Table.
+fn document(list_metadata: Value, definitions: Vec<Value>, rows: Vec<Value>) -> Value {
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
@@ -545,13 +550,7 @@ fn custom_table(
             row(o, cells, include)
         })
         .collect();
-    json!({
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": list_metadata,
-        "columnDefinitions": definitions,
-        "rows": rows,
-    })
+    document(list_metadata, definitions, rows)
 }
 
 fn typed_cell(kind: &str, v: &Value, now: i64) -> Value {

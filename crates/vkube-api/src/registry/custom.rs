@@ -36,6 +36,8 @@ pub struct Definition {
     pub selectable_fields: Vec<String>,
     /// The CRD is being deleted: its objects are being removed, creates are refused.
     pub terminating: bool,
+    /// The version's schema and rules, compiled on first use (`custom_objects`).
+    pub(crate) compiled: std::sync::OnceLock<crate::custom_objects::Compiled>,
 }
 
 impl Definition {
@@ -196,6 +198,7 @@ pub fn install(crd: &Value) {
                 })
                 .unwrap_or_default(),
             terminating,
+            compiled: Default::default(),
         }));
     }
     defs.sort_by(|a, b| version_order(a.resource.version, b.resource.version));
