@@ -90,16 +90,42 @@ impl Authorizer {
         if first != Decision::Deny {
             return first;
         }
-        let Ok(now) = self.store.current_revision().await else {
+        if !self.catch_up().await {
             return first;
+        }
+        // Decide again even when the view is already there: it may have caught up while the
+        // store was asked, after the first decision read it.
+        self.rbac.authorize(user, a)
+    }
+
+    /// Waits (at most `STALE_DENY_WAIT`) until the view reflects the store's current revision.
+    /// `false` when the store could not be asked: the view is then as current as it gets.
+    async fn catch_up(&self) -> bool {
+        let Ok(now) = self.store.current_revision().await else {
+            return false;
         };
         if self.revision() < now {
             let mut rx = self.revision.subscribe();
             let _ = tokio::time::timeout(STALE_DENY_WAIT, rx.wait_for(|r| *r >= now)).await;
         }
-        // Decide again even when the view is already there: it may have caught up while the
-        // store was asked, after the first decision read it.
-        self.rbac.authorize(user, a)
+        true
+    }
+
+    /// The rules of the role a binding refers to. A role missing from the view may only not
+    /// have reached it yet (written through another replica a moment ago), so the view first
+    /// catches up with the store: "not found" is as much a decision as a deny (DESIGN rule 3).
+    async fn role_rules(
+        &self,
+        namespace: &str,
+        role_ref: &vkube_auth::rbac::RoleRef,
+    ) -> Option<Vec<vkube_auth::rbac::PolicyRule>> {
+        if let Some(rules) = self.rbac.role_rules(namespace, role_ref) {
+            return Some(rules);
+        }
+        if !self.catch_up().await {
+            return None;
+        }
+        self.rbac.role_rules(namespace, role_ref)
     }
 }
 
@@ -193,7 +219,9 @@ fn describe(r: &vkube_auth::rbac::PolicyRule) -> String {
 
 /// Escalation prevention for writes of Roles, ClusterRoles and their bindings: a user may only
 /// grant what it holds, unless it has `escalate` on the role (or `bind` on the role a binding
-/// names). `system:masters` skips the check.
+/// names). `system:masters` skips the check. As upstream, a binding whose role does not exist
+/// is refused with that role's NotFound unless the user may `bind` it: otherwise anyone who may
+/// write bindings could pre-bind a role's name and gain whatever a later role of that name grants.
 pub async fn check_escalation(
     authorizer: &Authorizer,
     user: &UserInfo,
@@ -211,12 +239,10 @@ pub async fn check_escalation(
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let (verb, role_resource, role_name, wanted) = match resource.kind {
-        "Role" | "ClusterRole" => {
-            let rules: Vec<vkube_auth::rbac::PolicyRule> =
-                serde_json::from_value(obj["rules"].clone()).unwrap_or_default();
-            ("escalate", resource.plural, name.clone(), rules)
-        }
+    // What the object grants: a role's own rules, or (looked up only when the `bind` verb does
+    // not settle it, as upstream) the rules of the role a binding names.
+    let (verb, role_resource, role_name, role_ref) = match resource.kind {
+        "Role" | "ClusterRole" => ("escalate", resource.plural, name.clone(), None),
         _ => {
             let role_ref: vkube_auth::rbac::RoleRef =
                 match serde_json::from_value(obj["roleRef"].clone()) {
@@ -228,11 +254,7 @@ pub async fn check_escalation(
             } else {
                 "clusterroles"
             };
-            let rules = authorizer
-                .rbac
-                .role_rules(&namespace, &role_ref)
-                .unwrap_or_default();
-            ("bind", plural, role_ref.name, rules)
+            ("bind", plural, role_ref.name.clone(), Some(role_ref))
         }
     };
     let allowed_verb = Attributes {
@@ -247,6 +269,19 @@ pub async fn check_escalation(
     if authorizer.decide(user, &allowed_verb).await != Decision::Deny {
         return Ok(());
     }
+    let wanted: Vec<vkube_auth::rbac::PolicyRule> = match role_ref {
+        None => serde_json::from_value(obj["rules"].clone()).unwrap_or_default(),
+        Some(role_ref) => match authorizer.role_rules(&namespace, &role_ref).await {
+            Some(rules) => rules,
+            None => {
+                return Err(Status::not_found(
+                    role_resource,
+                    "rbac.authorization.k8s.io",
+                    &role_ref.name,
+                ));
+            }
+        },
+    };
     let owned = authorizer.rbac.rules_for(user, &namespace);
     let missing: Vec<String> = wanted
         .iter()
@@ -273,4 +308,130 @@ pub async fn check_escalation(
         &name,
         &why,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use vkube_store::MemoryStore;
+
+    async fn put(store: &dyn Store, key: &str, obj: serde_json::Value) {
+        store
+            .create(key, serde_json::to_vec(&obj).unwrap(), None)
+            .await
+            .unwrap();
+    }
+
+    fn user(name: &str) -> UserInfo {
+        UserInfo {
+            username: name.into(),
+            groups: vec!["system:authenticated".into()],
+            ..UserInfo::default()
+        }
+    }
+
+    fn rbac(plural: &str) -> &'static vkube_api::Resource {
+        vkube_api::registry::find("rbac.authorization.k8s.io", "v1", plural).unwrap()
+    }
+
+    /// A store where "alice" may write RoleBindings in "team", and an authorizer over it.
+    async fn setup(extra_rules: serde_json::Value) -> (Arc<dyn Store>, Arc<Authorizer>) {
+        let store: Arc<dyn Store> = MemoryStore::new();
+        let mut rules = vec![json!({"apiGroups": ["rbac.authorization.k8s.io"],
+            "resources": ["rolebindings"], "verbs": ["create", "update"]})];
+        rules.extend(extra_rules.as_array().cloned().unwrap_or_default());
+        put(
+            &*store,
+            "/registry/clusterroles/binding-writer",
+            json!({"metadata": {"name": "binding-writer"}, "rules": rules}),
+        )
+        .await;
+        put(
+            &*store,
+            "/registry/rolebindings/team/alice",
+            json!({"metadata": {"name": "alice", "namespace": "team"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                               "name": "binding-writer"},
+                   "subjects": [{"kind": "User", "name": "alice"}]}),
+        )
+        .await;
+        let hub = Hub::start(store.clone()).await.unwrap();
+        let authorizer = Authorizer::start(store.clone(), hub).await.unwrap();
+        (store, authorizer)
+    }
+
+    fn binding_to(kind: &str, role: &str) -> serde_json::Value {
+        json!({"metadata": {"name": "b", "namespace": "team"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+               "subjects": [{"kind": "User", "name": "bob"}]})
+    }
+
+    #[tokio::test]
+    async fn a_binding_to_a_missing_role_is_refused_as_upstream() {
+        let (_store, authorizer) = setup(json!([])).await;
+        let alice = user("alice");
+        for (kind, plural) in [("ClusterRole", "clusterroles"), ("Role", "roles")] {
+            let err = check_escalation(
+                &authorizer,
+                &alice,
+                rbac("rolebindings"),
+                &binding_to(kind, "missing"),
+            )
+            .await
+            .expect_err("a binding to a role that does not exist must not pass");
+            assert_eq!(err.code, 404);
+            assert_eq!(err.reason, "NotFound");
+            assert_eq!(
+                err.message,
+                format!("{plural}.rbac.authorization.k8s.io \"missing\" not found")
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn bind_on_a_missing_role_lets_the_binding_through() {
+        let bind = json!([{"apiGroups": ["rbac.authorization.k8s.io"],
+            "resources": ["clusterroles"], "verbs": ["bind"], "resourceNames": ["missing"]}]);
+        let (_store, authorizer) = setup(bind).await;
+        let ok = check_escalation(
+            &authorizer,
+            &user("alice"),
+            rbac("rolebindings"),
+            &binding_to("ClusterRole", "missing"),
+        )
+        .await;
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[tokio::test]
+    async fn a_role_written_just_now_is_found_and_checked() {
+        let (store, authorizer) = setup(json!([])).await;
+        let alice = user("alice");
+        // Written after the view loaded: the check must find it (not call it missing), and
+        // then refuse it for the rules alice does not hold.
+        put(
+            &*store,
+            "/registry/clusterroles/secret-reader",
+            json!({"metadata": {"name": "secret-reader"},
+                   "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]}),
+        )
+        .await;
+        let err = check_escalation(
+            &authorizer,
+            &alice,
+            rbac("rolebindings"),
+            &binding_to("ClusterRole", "secret-reader"),
+        )
+        .await
+        .expect_err("alice cannot read secrets, so she cannot grant it");
+        assert_eq!(err.code, 403);
+        assert!(
+            err.message
+                .contains("is attempting to grant RBAC permissions not currently held")
+                && err.message.contains(r#"Resources:["secrets"]"#),
+            "{}",
+            err.message
+        );
+    }
 }
