@@ -53,18 +53,25 @@ impl Authorizer {
         Ok(authorizer)
     }
 
+    /// Lists the four kinds at one revision and replaces the view with them whole: this runs at
+    /// start and whenever the hub's window no longer reaches back to the view, so whatever was
+    /// deleted meanwhile must go with the old state rather than be merged into the new one.
     async fn load(&self) -> Result<Revision, StoreError> {
         let at = self.store.current_revision().await?;
+        let mut objects = Vec::new();
         for prefix in PREFIXES {
             let options = ListOptions {
                 revision: Some(at),
                 ..ListOptions::default()
             };
             for kv in self.store.list(prefix, options).await?.items {
-                let obj: Option<serde_json::Value> = serde_json::from_slice(&kv.value).ok();
-                self.rbac.apply(&kv.key, obj.as_ref());
+                if let Ok(obj) = serde_json::from_slice::<serde_json::Value>(&kv.value) {
+                    objects.push((kv.key, obj));
+                }
             }
         }
+        self.rbac
+            .replace_all(objects.iter().map(|(key, obj)| (key.as_str(), obj)));
         self.revision.send_replace(at);
         Ok(at)
     }
@@ -365,6 +372,55 @@ mod tests {
         json!({"metadata": {"name": "b", "namespace": "team"},
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
                "subjects": [{"kind": "User", "name": "bob"}]})
+    }
+
+    #[tokio::test]
+    async fn a_reload_forgets_what_was_deleted_meanwhile() {
+        let store: Arc<dyn Store> = MemoryStore::new();
+        put(
+            &*store,
+            "/registry/clusterroles/reader",
+            json!({"metadata": {"name": "reader"},
+                   "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]}),
+        )
+        .await;
+        put(
+            &*store,
+            "/registry/clusterrolebindings/alice",
+            json!({"metadata": {"name": "alice"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                               "name": "reader"},
+                   "subjects": [{"kind": "User", "name": "alice"}]}),
+        )
+        .await;
+        // Not following the hub: the delete below reaches the view only through a re-list, as
+        // after a lagged or too-old watch.
+        let authorizer = Authorizer {
+            rbac: Rbac::new(),
+            revision: tokio::sync::watch::channel(0).0,
+            store: store.clone(),
+        };
+        authorizer.load().await.unwrap();
+        let get_pods = Attributes {
+            verb: "get".into(),
+            resource_request: true,
+            resource: "pods".into(),
+            namespace: "default".into(),
+            ..Attributes::default()
+        };
+        let alice = user("alice");
+        assert_ne!(authorizer.rbac.authorize(&alice, &get_pods), Decision::Deny);
+        store
+            .delete("/registry/clusterrolebindings/alice", None)
+            .await
+            .unwrap();
+        let at = authorizer.load().await.unwrap();
+        assert_eq!(authorizer.revision(), at);
+        assert_eq!(
+            authorizer.rbac.authorize(&alice, &get_pods),
+            Decision::Deny,
+            "a binding deleted before the re-list must not keep granting"
+        );
     }
 
     #[tokio::test]

@@ -129,54 +129,19 @@ impl Rbac {
 
     /// Applies one object write (`None`: deleted) at `key`.
     pub fn apply(&self, key: &str, object: Option<&Value>) {
-        let Some((plural, ns, name)) = split_key(key) else {
-            return;
-        };
-        let mut st = self.state.write().expect("lock");
-        match plural {
-            "roles" | "clusterroles" => {
-                let rules = object
-                    .and_then(|o| serde_json::from_value::<RoleObject>(o.clone()).ok())
-                    .map(|r| r.rules);
-                match (plural, rules) {
-                    ("roles", Some(r)) => drop(st.roles.insert((ns.into(), name.into()), r)),
-                    ("roles", None) => drop(st.roles.remove(&(ns.into(), name.into()))),
-                    (_, Some(r)) => drop(st.cluster_roles.insert(name.into(), r)),
-                    (_, None) => drop(st.cluster_roles.remove(name)),
-                }
-            }
-            "rolebindings" | "clusterrolebindings" => {
-                if let Some(old) = st.bindings.remove(key) {
-                    for s in &old.subjects {
-                        let k = (old.namespace.clone(), subject_key(s, &old.namespace));
-                        if let Some(set) = st.by_subject.get_mut(&k) {
-                            set.remove(key);
-                            if set.is_empty() {
-                                st.by_subject.remove(&k);
-                            }
-                        }
-                    }
-                }
-                let parsed =
-                    object.and_then(|o| serde_json::from_value::<BindingObject>(o.clone()).ok());
-                if let Some(b) = parsed {
-                    let binding = Binding {
-                        namespace: ns.into(),
-                        name: name.into(),
-                        role_ref: b.role_ref,
-                        subjects: b.subjects,
-                    };
-                    for s in &binding.subjects {
-                        st.by_subject
-                            .entry((ns.to_string(), subject_key(s, ns)))
-                            .or_default()
-                            .insert(key.to_string());
-                    }
-                    st.bindings.insert(key.to_string(), binding);
-                }
-            }
-            _ => {}
+        self.state.write().expect("lock").apply(key, object);
+    }
+
+    /// Replaces the whole view with these objects (a fresh list, keyed by store key). The new
+    /// state is built aside and swapped in under the lock: nothing of the old state survives
+    /// (a binding deleted while the caller re-listed must stop granting), and no reader sees a
+    /// view that is only partly loaded (DESIGN rule 2).
+    pub fn replace_all<'a>(&self, objects: impl IntoIterator<Item = (&'a str, &'a Value)>) {
+        let mut fresh = State::default();
+        for (key, object) in objects {
+            fresh.apply(key, Some(object));
         }
+        *self.state.write().expect("lock") = fresh;
     }
 
     /// The RBAC decision for `user` doing `a`, with upstream's allow reason.
@@ -243,6 +208,57 @@ fn reason(b: &Binding, subject: &Subject) -> String {
 }
 
 impl State {
+    /// One object write (`None`: deleted) at `key`.
+    fn apply(&mut self, key: &str, object: Option<&Value>) {
+        let Some((plural, ns, name)) = split_key(key) else {
+            return;
+        };
+        match plural {
+            "roles" | "clusterroles" => {
+                let rules = object
+                    .and_then(|o| serde_json::from_value::<RoleObject>(o.clone()).ok())
+                    .map(|r| r.rules);
+                match (plural, rules) {
+                    ("roles", Some(r)) => drop(self.roles.insert((ns.into(), name.into()), r)),
+                    ("roles", None) => drop(self.roles.remove(&(ns.into(), name.into()))),
+                    (_, Some(r)) => drop(self.cluster_roles.insert(name.into(), r)),
+                    (_, None) => drop(self.cluster_roles.remove(name)),
+                }
+            }
+            "rolebindings" | "clusterrolebindings" => {
+                if let Some(old) = self.bindings.remove(key) {
+                    for s in &old.subjects {
+                        let k = (old.namespace.clone(), subject_key(s, &old.namespace));
+                        if let Some(set) = self.by_subject.get_mut(&k) {
+                            set.remove(key);
+                            if set.is_empty() {
+                                self.by_subject.remove(&k);
+                            }
+                        }
+                    }
+                }
+                let parsed =
+                    object.and_then(|o| serde_json::from_value::<BindingObject>(o.clone()).ok());
+                if let Some(b) = parsed {
+                    let binding = Binding {
+                        namespace: ns.into(),
+                        name: name.into(),
+                        role_ref: b.role_ref,
+                        subjects: b.subjects,
+                    };
+                    for s in &binding.subjects {
+                        self.by_subject
+                            .entry((ns.to_string(), subject_key(s, ns)))
+                            .or_default()
+                            .insert(key.to_string());
+                    }
+                    self.bindings.insert(key.to_string(), binding);
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn role(&self, namespace: &str, r: &RoleRef) -> Option<&Vec<PolicyRule>> {
         match r.kind.as_str() {
             "Role" => self.roles.get(&(namespace.to_string(), r.name.clone())),
