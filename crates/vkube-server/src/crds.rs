@@ -50,14 +50,17 @@ impl CrdView {
         Ok(view)
     }
 
+    /// Lists the CRDs and replaces the registry's table with them in one swap: this runs at
+    /// start and whenever the hub's window no longer reaches back to the view, while requests
+    /// are being served, so the table must never be seen empty or partly filled meanwhile.
     async fn load(&self) -> Result<Revision, StoreError> {
         let page = self.store.list(PREFIX, ListOptions::default()).await?;
-        custom::clear();
-        for kv in &page.items {
-            if let Ok(crd) = serde_json::from_slice::<Value>(&kv.value) {
-                custom::install(&crd);
-            }
-        }
+        let crds: Vec<Value> = page
+            .items
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .collect();
+        custom::replace_all(&crds);
         self.revision.send_replace(page.revision);
         Ok(page.revision)
     }
@@ -401,6 +404,57 @@ mod tests {
             again
         };
         assert_eq!(again, c, "a second pass changes nothing");
+    }
+
+    /// A stored, established CRD of its own group (the registry's table is shared by every
+    /// test of this binary).
+    fn established(plural: &str) -> Value {
+        let mut c = crd(plural, "Reloaded", &[]);
+        c["metadata"]["name"] = json!(format!("{plural}.reload.example.com"));
+        c["spec"]["group"] = json!("reload.example.com");
+        accept_names(&mut c, &[]);
+        c
+    }
+
+    #[test]
+    fn a_reload_never_leaves_a_served_crd_missing() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let _in_runtime = runtime.enter();
+        let store: Arc<dyn Store> = vkube_store::MemoryStore::new();
+        let plurals: Vec<String> = (0..40).map(|i| format!("things{i}")).collect();
+        runtime.block_on(async {
+            for p in &plurals {
+                let c = established(p);
+                let key = format!("{PREFIX}{}", c["metadata"]["name"].as_str().unwrap());
+                store.create(&key, encode(&c), None).await.unwrap();
+            }
+        });
+        let view = CrdView {
+            revision: tokio::sync::watch::channel(0).0,
+            store,
+        };
+        runtime.block_on(view.load()).unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let misses = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut misses = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    for p in &plurals {
+                        if vkube_api::registry::find("reload.example.com", "v1", p).is_none() {
+                            misses += 1;
+                        }
+                    }
+                }
+                misses
+            });
+            // Re-lists, as after a lagged watch, while requests look the resources up.
+            for _ in 0..200 {
+                runtime.block_on(view.load()).unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            reader.join().unwrap()
+        });
+        assert_eq!(misses, 0, "lookups that found no resource during reloads");
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! removes them. Every replica feeds this table from the same store watch, so every replica
 //! serves the same custom resources once it has caught up with the same revision.
 //!
+//! The table is an immutable snapshot behind an `Arc`: a reader takes the current snapshot and
+//! reads it without holding any lock, and a change builds the next snapshot and swaps it in. So
+//! a reload of every CRD ([`replace_all`]) is one swap, and a request that races it sees the
+//! old table or the new one, never an empty or half-filled one (DESIGN rule 2).
+//!
 //! The rest of vkube addresses resources as `&'static Resource`; a CRD's resources are
 //! therefore leaked, interned by their full description so that re-installing an unchanged
 //! definition (every replica start, every status update of the CRD) allocates nothing new. Only
@@ -49,26 +54,41 @@ impl Definition {
     }
 }
 
-#[derive(Default)]
+/// One snapshot of the served CRDs. Cloning it is cheap (the definitions are shared), which a
+/// single CRD's change relies on when readers still hold the snapshot it replaces.
+#[derive(Clone, Default)]
 struct Table {
     /// CRD name → its served versions.
     by_crd: BTreeMap<String, Vec<Arc<Definition>>>,
-    interned: HashMap<String, &'static Resource>,
     /// Raised on every change, so cached documents (discovery, OpenAPI) know to rebuild.
     generation: u64,
 }
 
-fn table() -> &'static RwLock<Table> {
-    static TABLE: std::sync::OnceLock<RwLock<Table>> = std::sync::OnceLock::new();
+fn table() -> &'static RwLock<Arc<Table>> {
+    static TABLE: std::sync::OnceLock<RwLock<Arc<Table>>> = std::sync::OnceLock::new();
     TABLE.get_or_init(Default::default)
 }
 
-fn read() -> std::sync::RwLockReadGuard<'static, Table> {
-    table().read().unwrap_or_else(|e| e.into_inner())
+/// The current snapshot. The lock is held only to clone the `Arc`.
+fn read() -> Arc<Table> {
+    table().read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-fn write() -> std::sync::RwLockWriteGuard<'static, Table> {
-    table().write().unwrap_or_else(|e| e.into_inner())
+/// Changes the table: in place when no reader holds the current snapshot, else on a copy that
+/// then replaces it. Writers are serialised by the lock, so none loses another's change.
+fn change<T>(f: impl FnOnce(&mut Table) -> T) -> T {
+    let mut guard = table().write().unwrap_or_else(|e| e.into_inner());
+    f(Arc::make_mut(&mut guard))
+}
+
+/// The leaked resources, by their full description (see the module's note).
+fn interned() -> std::sync::MutexGuard<'static, HashMap<String, &'static Resource>> {
+    static INTERNED: std::sync::OnceLock<std::sync::Mutex<HashMap<String, &'static Resource>>> =
+        std::sync::OnceLock::new();
+    INTERNED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether a CRD's condition of this type is True.
@@ -96,13 +116,44 @@ fn strings(v: &Value) -> Vec<String> {
 /// Installs a CRD's served versions (replacing what it had), or removes them while it is not
 /// established. Upstream serves a CRD's resources once its `Established` condition is True.
 pub fn install(crd: &Value) {
+    let Some((name, defs)) = served(crd) else {
+        return;
+    };
+    change(|t| {
+        match defs {
+            Some(defs) => drop(t.by_crd.insert(name, defs)),
+            None if t.by_crd.remove(&name).is_some() => {}
+            None => return,
+        }
+        t.generation += 1;
+    });
+}
+
+/// Replaces every CRD with these (a fresh list of the stored CRDs): the new table is built
+/// aside and swapped in whole, so what is not in the list is gone and nothing that is in it
+/// is ever missing meanwhile.
+pub fn replace_all<'a>(crds: impl IntoIterator<Item = &'a Value>) {
+    let mut by_crd = BTreeMap::new();
+    for (name, defs) in crds.into_iter().filter_map(served) {
+        if let Some(defs) = defs {
+            by_crd.insert(name, defs);
+        }
+    }
+    change(|t| {
+        t.by_crd = by_crd;
+        t.generation += 1;
+    });
+}
+
+/// A CRD's name and its served versions in priority order (`None`: not established, so not
+/// served); `None` for an object without a name.
+fn served(crd: &Value) -> Option<(String, Option<Vec<Arc<Definition>>>)> {
     let name = crd["metadata"]["name"].as_str().unwrap_or_default();
     if name.is_empty() {
-        return;
+        return None;
     }
     if !condition(crd, "Established") {
-        remove(name);
-        return;
+        return Some((name.to_string(), None));
     }
     let spec = &crd["spec"];
     let group = spec["group"].as_str().unwrap_or_default();
@@ -131,7 +182,7 @@ pub fn install(crd: &Value) {
         .and_then(|v| v["name"].as_str())
         .unwrap_or_default();
     let terminating = crd["metadata"]["deletionTimestamp"].is_string();
-    let mut t = write();
+    let mut interned = interned();
     let mut defs = Vec::new();
     for v in versions.iter().filter(|v| v["served"] == true) {
         let version = v["name"].as_str().unwrap_or_default();
@@ -141,7 +192,7 @@ pub fn install(crd: &Value) {
             "{group}|{version}|{plural}|{kind}|{namespaced}|{short_names:?}|{categories:?}|{status}|{}",
             scale.is_some()
         );
-        let resource = match t.interned.get(&key) {
+        let resource = match interned.get(&key) {
             Some(r) => *r,
             None => {
                 let mut subs: Vec<Subresource> = Vec::new();
@@ -172,7 +223,7 @@ pub fn install(crd: &Value) {
                     storage: leak(&format!("{group}/{plural}")),
                     custom: true,
                 }));
-                t.interned.insert(key, r);
+                interned.insert(key, r);
                 r
             }
         };
@@ -202,23 +253,16 @@ pub fn install(crd: &Value) {
         }));
     }
     defs.sort_by(|a, b| version_order(a.resource.version, b.resource.version));
-    t.by_crd.insert(name.to_string(), defs);
-    t.generation += 1;
+    Some((name.to_string(), Some(defs)))
 }
 
 /// Stops serving a CRD's resources.
 pub fn remove(name: &str) {
-    let mut t = write();
-    if t.by_crd.remove(name).is_some() {
-        t.generation += 1;
-    }
-}
-
-/// Forgets every CRD (a store watch that restarts from a fresh list).
-pub fn clear() {
-    let mut t = write();
-    t.by_crd.clear();
-    t.generation += 1;
+    change(|t| {
+        if t.by_crd.remove(name).is_some() {
+            t.generation += 1;
+        }
+    });
 }
 
 /// A digest of what a group-version's CRDs define (empty when none): the same on every replica
