@@ -3,6 +3,10 @@
 //! far its view is behind the most advanced replica, its configuration fingerprint, who it says
 //! the credential is, and a few `can-i` answers. Exits non-zero on any disagreement, naming the
 //! odd replica. This is the seed's "test OIDC on every instance", built in.
+//!
+//! Two credentials are in play. The kubeconfig's (an operator's) reads the membership, health
+//! and version; the one being checked (`--token`, else the kubeconfig's too) asks whoami and
+//! can-i. An ordinary user may not read the membership, and its refusal is not an empty list.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,10 +35,19 @@ pub struct CheckArgs {
     can_i: Vec<String>,
 }
 
+/// How a connection authenticates.
+enum Auth {
+    /// A client certificate and its key (PEM).
+    Cert(Vec<u8>, Vec<u8>),
+    Token(String),
+}
+
 struct Credential {
     ca: Vec<u8>,
-    cert: Option<(Vec<u8>, Vec<u8>)>,
-    token: Option<String>,
+    /// The kubeconfig's own credential: for the membership, health and version.
+    operator: Auth,
+    /// The credential being checked (whoami, can-i), when it is not the kubeconfig's: `--token`.
+    checked: Option<Auth>,
     server: String,
 }
 
@@ -55,18 +68,17 @@ impl Credential {
     fn load(args: &CheckArgs) -> Result<Credential> {
         let config = std::fs::read_to_string(&args.kubeconfig)
             .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
-        let token = args.token.clone().or_else(|| field(&config, "token"));
-        let cert = match token {
-            Some(_) => None,
-            None => Some((
+        let operator = match field(&config, "token") {
+            Some(token) => Auth::Token(token),
+            None => Auth::Cert(
                 decoded(&config, "client-certificate-data")?,
                 decoded(&config, "client-key-data")?,
-            )),
+            ),
         };
         Ok(Credential {
             ca: decoded(&config, "certificate-authority-data")?,
-            cert,
-            token,
+            checked: args.token.clone().map(Auth::Token),
+            operator,
             server: field(&config, "server").context("the kubeconfig has no server")?,
         })
     }
@@ -80,7 +92,9 @@ struct Conn {
 }
 
 impl Conn {
-    async fn open(cred: &Credential, authority: &str) -> Result<Conn> {
+    /// A connection that authenticates with `auth` only: a token is never sent beside a client
+    /// certificate, which the server would authenticate first.
+    async fn open(cred: &Credential, auth: &Auth, authority: &str) -> Result<Conn> {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(&cred.ca) {
             roots.add(c?)?;
@@ -89,12 +103,12 @@ impl Conn {
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots);
-        let tls = match &cred.cert {
-            Some((cert, key)) => builder.with_client_auth_cert(
+        let tls = match auth {
+            Auth::Cert(cert, key) => builder.with_client_auth_cert(
                 CertificateDer::pem_slice_iter(cert).collect::<Result<Vec<_>, _>>()?,
                 PrivateKeyDer::from_pem_slice(key)?,
             )?,
-            None => builder.with_no_client_auth(),
+            Auth::Token(_) => builder.with_no_client_auth(),
         };
         let (host, port) = authority
             .rsplit_once(':')
@@ -111,7 +125,10 @@ impl Conn {
         tokio::spawn(conn);
         Ok(Conn {
             sender,
-            token: cred.token.clone(),
+            token: match auth {
+                Auth::Token(t) => Some(t.clone()),
+                Auth::Cert(..) => None,
+            },
             authority: authority.to_string(),
         })
     }
@@ -172,7 +189,7 @@ async fn ask(cred: &Credential, address: &str, members: &[Value], can_i: &[Strin
         replica: address.to_string(),
         ..Row::default()
     };
-    let mut conn = match Conn::open(cred, address).await {
+    let mut conn = match Conn::open(cred, &cred.operator, address).await {
         Ok(c) => c,
         Err(e) => {
             row.ready = format!("unreachable: {e}");
@@ -208,6 +225,18 @@ async fn ask(cred: &Credential, address: &str, members: &[Value], can_i: &[Strin
             .take(19)
             .collect();
     }
+    // The checked credential asks on a connection of its own.
+    let mut own = None;
+    if let Some(auth) = &cred.checked {
+        match Conn::open(cred, auth, address).await {
+            Ok(c) => own = Some(c),
+            Err(e) => {
+                row.whoami = format!("error: {e}");
+                return row;
+            }
+        }
+    }
+    let conn = own.as_mut().unwrap_or(&mut conn);
     let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
     row.whoami = match conn
         .send(
@@ -260,6 +289,32 @@ async fn ask(cred: &Credential, address: &str, members: &[Value], can_i: &[Strin
     row
 }
 
+/// The membership, from the first replica (its records come from the shared store), read with
+/// the operator's credential. A refusal or a failure is an error, never an empty membership: the
+/// table's leader, lag and fingerprint columns (and the disagreements on them) depend on it.
+async fn members(cred: &Credential, first: &str) -> Result<Vec<Value>> {
+    let mut conn = Conn::open(cred, &cred.operator, first).await?;
+    let (code, body) = conn
+        .send("GET", "/vkube/replicas", None)
+        .await
+        .with_context(|| format!("reading the replica list from {first}"))?;
+    if code != 200 {
+        let message = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string))
+            .unwrap_or(body);
+        bail!(
+            "reading the replica list from {first} (/vkube/replicas) with the kubeconfig's credential: HTTP {code}: {message}; the kubeconfig must be an operator's (e.g. admin.kubeconfig), the user to check goes in --token"
+        );
+    }
+    let list: Value = serde_json::from_str(&body)
+        .with_context(|| format!("{first} sent a replica list that is not JSON"))?;
+    list["replicas"]
+        .as_array()
+        .cloned()
+        .with_context(|| format!("{first} sent a replica list without replicas: {body}"))
+}
+
 pub async fn run(args: CheckArgs) -> Result<bool> {
     let cred = Credential::load(&args)?;
     let first = cred
@@ -267,17 +322,7 @@ pub async fn run(args: CheckArgs) -> Result<bool> {
         .trim_start_matches("https://")
         .trim_end_matches('/')
         .to_string();
-    // The membership, from the first replica (its records come from the shared store).
-    let members: Vec<Value> = match Conn::open(&cred, &first).await {
-        Ok(mut c) => match c.send("GET", "/vkube/replicas", None).await {
-            Ok((200, body)) => serde_json::from_str::<Value>(&body)
-                .ok()
-                .and_then(|v| v["replicas"].as_array().cloned())
-                .unwrap_or_default(),
-            _ => vec![],
-        },
-        Err(_) => vec![],
-    };
+    let members = members(&cred, &first).await?;
     let mut addresses = args.addresses.clone();
     if addresses.is_empty() {
         addresses = members

@@ -191,6 +191,89 @@ fn a_replica_with_drifted_config_is_not_ready_and_check_names_it() {
     );
 }
 
+/// `vkube check --token` for a user who is not an admin: the membership is read with the
+/// kubeconfig's credential, the token answers whoami and can-i. A credential that may not read
+/// the membership is an error that says so, not "no replicas found".
+#[test]
+fn check_token_of_a_user_who_is_not_an_admin() {
+    let server = Server::start();
+    run(&server, "kubectl", &["create", "namespace", "checked"]);
+    run(
+        &server,
+        "kubectl",
+        &["create", "serviceaccount", "bot", "-n", "checked"],
+    );
+    run(
+        &server,
+        "kubectl",
+        &[
+            "create",
+            "rolebinding",
+            "bot-view",
+            "--clusterrole=view",
+            "--serviceaccount=checked:bot",
+            "-n",
+            "checked",
+        ],
+    );
+    let token = run(
+        &server,
+        "kubectl",
+        &["create", "token", "bot", "-n", "checked", "--duration=20m"],
+    );
+    let check = |kubeconfig: &std::path::Path, token: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vkube"));
+        cmd.args(["check", "--kubeconfig", &kubeconfig.display().to_string()]);
+        cmd.args([
+            "--can-i",
+            "list pods checked",
+            "--can-i",
+            "list secrets checked",
+        ]);
+        if let Some(t) = token {
+            cmd.args(["--token", t]);
+        }
+        let out = cmd.output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        eprintln!("{stdout}{stderr}");
+        (out.status.success(), stdout, stderr)
+    };
+    let (ok, stdout, stderr) = check(&server.kubeconfig(), Some(&token));
+    assert!(ok, "vkube check --token must pass for a viewer: {stderr}");
+    let table = lines(&stdout);
+    assert_eq!(table.len(), 2, "one row for the one replica: {stdout}");
+    assert!(
+        stdout.contains("system:serviceaccount:checked:bot [system:serviceaccounts"),
+        "whoami is the token's user: {stdout}"
+    );
+    // The token's answers, not the admin's: a viewer lists pods but not secrets.
+    let row = &table[1];
+    assert_eq!(row[row.len() - 2..], ["yes", "no"], "{stdout}");
+
+    // The token as the kubeconfig's own credential: it may not read the membership.
+    let admin = std::fs::read_to_string(server.kubeconfig()).unwrap();
+    let bot: Vec<String> = admin
+        .lines()
+        .filter(|l| !l.contains("client-key-data:"))
+        .map(|l| match l.find("client-certificate-data:") {
+            Some(at) => format!("{}token: {token}", &l[..at]),
+            None => l.to_string(),
+        })
+        .collect();
+    let as_bot = server.dir.path().join("bot.kubeconfig");
+    std::fs::write(&as_bot, bot.join("\n")).unwrap();
+    let (ok, _, stderr) = check(&as_bot, None);
+    assert!(!ok, "a refused membership read must fail the check");
+    assert!(
+        stderr.contains("HTTP 403") && stderr.contains("/vkube/replicas"),
+        "the refusal is reported as such: {stderr}"
+    );
+    assert!(!stderr.contains("no replicas found"), "{stderr}");
+}
+
 /// A client that writes ConfigMaps `cm-N` round-robin through the replicas and records every
 /// write acknowledged (201), for the fault tests: afterwards none of them may be missing.
 pub(crate) struct WriteLoad {
