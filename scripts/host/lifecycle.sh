@@ -15,6 +15,7 @@ ensure_host_tools() {
   command -v etcd >/dev/null || pkgs+=(etcd-server)
   command -v openssl >/dev/null || pkgs+=(openssl)
   command -v bc >/dev/null || pkgs+=(bc)
+  command -v jq >/dev/null || pkgs+=(jq)
   command -v ip >/dev/null || pkgs+=(iproute2)
   command -v kubectl >/dev/null || { log "kubectl is missing: install kubectl (1.27 or newer)"; return 1; }
   [ ${#pkgs[@]} -eq 0 ] || apt_install "${pkgs[@]}"
@@ -33,7 +34,11 @@ start() {
   echo "$name $!" >>"$PIDS"
 }
 
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+# alive PID: runs, and is no zombie (our processes outlive `up`, so init reaps them, when it will).
+alive() {
+  [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null || return 1
+  [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]
+}
 pid_of() { awk -v n="$1" '$1 == n {print $2}' "$PIDS" 2>/dev/null | tail -n1; }
 
 # wait_for WHAT SECONDS NAME COMMAND...: until COMMAND succeeds; fails naming the log of NAME,
@@ -118,15 +123,6 @@ iptables_clean() {
   done
 }
 
-iptables_leftovers() {
-  local fam ipt
-  for fam in iptables ip6tables; do
-    for ipt in $(iptables_variants "$fam"); do
-      "$ipt-save" 2>/dev/null | grep -E '^:(KUBE-|CNI-|VKUBE-HOST-)' | sed "s/^/$ipt: /" || true
-    done
-  done
-}
-
 # --- images ---------------------------------------------------------------------------------------
 
 import_images() {
@@ -137,9 +133,10 @@ import_images() {
     ctr_ images import "$a" >/dev/null || { log "ctr could not import $a"; return 1; }
   done
   # ctr names an OCI archive's image by its io.containerd.image.name annotation.
-  local want
+  local want have
+  have=$(ctr_ images ls -q)
   for want in vkube.local/busybox:1 "$PAUSE_IMAGE" vkube.local/vkube:dev; do
-    ctr_ images ls -q | grep -qx "$want" || { log "image $want is not in containerd after import"; return 1; }
+    grep -qx "$want" <<<"$have" || { log "image $want is not in containerd after import"; return 1; }
   done
 }
 
@@ -299,7 +296,13 @@ stop_pid() {
   local name=$1 pid=$2 i
   alive "$pid" || return 0
   kill "$pid" 2>/dev/null || true
-  for i in $(seq 1 100); do alive "$pid" || return 0; sleep 0.1; done
+  for i in $(seq 1 100); do
+    if ! alive "$pid"; then
+      [ "$i" -lt 20 ] || log "$name took $((i / 10))s to stop"
+      return 0
+    fi
+    sleep 0.1
+  done
   log "$name (pid $pid) did not stop in 10s; killing it"
   kill -9 "$pid" 2>/dev/null || true
   for i in $(seq 1 50); do alive "$pid" || return 0; sleep 0.1; done
