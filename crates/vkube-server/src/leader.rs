@@ -33,6 +33,7 @@ impl Default for Timing {
 }
 
 pub struct Elector {
+    /// The holder identity written in the lease: unique to this process (see [`holder_identity`]).
     pub identity: String,
     timing: Timing,
     store: Arc<dyn Store>,
@@ -52,8 +53,25 @@ fn parse_time(s: &str) -> Option<time::OffsetDateTime> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
 }
 
+/// A holder identity no other process has, as client-go's (`<hostname>_<uuid>`). The replica's
+/// name is not enough: two processes started without `--replica-id` both call themselves
+/// `vkube-0`, and a lease whose holder is "me" is renewed, so both would lead at once.
+pub fn holder_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "vkube".into());
+    format!("{host}_{}", uuid::Uuid::new_v4())
+}
+
 impl Elector {
-    pub fn new(store: Arc<dyn Store>, identity: String, timing: Timing) -> Arc<Elector> {
+    /// An elector for the replica `replica` (named in the log), holding the lease under an
+    /// identity of this process's own.
+    pub fn new(store: Arc<dyn Store>, replica: String, timing: Timing) -> Arc<Elector> {
+        let identity = holder_identity();
+        tracing::info!(%replica, %identity, "leader election identity");
         Arc::new(Elector {
             identity,
             timing,
@@ -190,4 +208,27 @@ where
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn two_electors_of_one_replica_name_do_not_both_lead() {
+        let store: Arc<dyn Store> = vkube_store::MemoryStore::new();
+        // Two processes started without --replica-id: both are "vkube-0".
+        let a = Elector::new(store.clone(), "vkube-0".into(), Timing::default());
+        let b = Elector::new(store.clone(), "vkube-0".into(), Timing::default());
+        assert_ne!(a.identity, b.identity);
+        assert!(
+            a.try_acquire_or_renew().await.unwrap(),
+            "the first takes the lease"
+        );
+        assert!(
+            !b.try_acquire_or_renew().await.unwrap(),
+            "the second must not take (or \"renew\") a live lease it does not hold"
+        );
+        assert!(a.try_acquire_or_renew().await.unwrap(), "the holder renews");
+    }
 }

@@ -501,6 +501,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         None => None,
     };
+    // Held until the process exits; the OS releases it even on kill -9.
+    let _sqlite_lock = match &url {
+        StoreUrl::Sqlite { path, .. } => Some(lock_sqlite(path)?),
+        _ => None,
+    };
     let served = serve_on(url, config).await;
     if let Some(member) = member {
         member.stop().await;
@@ -508,6 +513,39 @@ async fn serve(args: ServeArgs) -> Result<()> {
     served?;
     eprintln!("vkube: shut down");
     Ok(())
+}
+
+/// Embedded SQLite serves one replica (DESIGN rule 1), and a second `vkube serve` on the same
+/// database is a second replica whether or not it was declared as one: the first holds an
+/// exclusive lock on `<database>.lock` while it runs, and a second one is refused. Other
+/// readers of the file (`vkube store status`) take no lock.
+fn lock_sqlite(path: &std::path::Path) -> Result<std::fs::File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock = PathBuf::from(name);
+    if let Some(dir) = lock.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .with_context(|| format!("opening {}", lock.display()))?;
+    // flock, not fcntl: the lock belongs to this open file, so nothing else this process does
+    // with the path can drop it.
+    use rustix::fs::{FlockOperation, flock};
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => anyhow::bail!(
+            "another vkube serve is already serving the embedded SQLite database {} (it holds {}); embedded SQLite serves one replica only: stop the other process, give this one its own --data-dir, or run several replicas on a shared store (controlPlane.backingStore.etcd.embedded, an external etcd or PostgreSQL)",
+            path.display(),
+            lock.display()
+        ),
+        Err(err) => {
+            Err(std::io::Error::from(err)).with_context(|| format!("locking {}", lock.display()))
+        }
+    }
 }
 
 async fn serve_on(url: StoreUrl, config: vkube_server::Config) -> Result<()> {

@@ -38,6 +38,45 @@ fn sqlite_with_several_replicas_is_refused() {
     }
 }
 
+/// A second `vkube serve` on an SQLite database another one serves is a second replica, declared
+/// or not: it is refused, saying what to do instead.
+#[test]
+fn a_second_process_on_one_sqlite_database_is_refused() {
+    let first = Server::start();
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_vkube"))
+        .args([
+            "serve",
+            "--data-dir",
+            &first.dir.path().display().to_string(),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Refused at once; one still running after a while is serving.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while second.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refused = second.try_wait().unwrap().is_some_and(|s| !s.success());
+    if !refused {
+        second.kill().ok();
+    }
+    let out = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(refused, "a second process started: {stderr}");
+    assert!(
+        stderr.contains("another vkube serve is already serving the embedded SQLite database")
+            && stderr.contains("give this one its own --data-dir")
+            && stderr.contains("etcd or PostgreSQL"),
+        "{stderr}"
+    );
+    // The first one is unharmed.
+    assert!(first.kubectl("kubectl", &["get", "--raw", "/readyz"]).ok);
+}
+
 fn holder(server: &Server) -> String {
     let out = server.kubectl(
         "kubectl",
@@ -76,13 +115,22 @@ fn the_leader_killed_another_takes_over() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let first = any(&replicas);
-    let index: usize = first.trim_start_matches("vkube-").parse().unwrap();
-    let leading: Vec<bool> = replicas.iter().flatten().map(leads).collect();
+    // The holder identity is the process's own (hostname_uuid), not the replica's name: the
+    // leader is the one replica whose metrics say it leads.
+    let mut leading: Vec<bool> = Vec::new();
+    while Instant::now() < deadline {
+        leading = replicas.iter().flatten().map(leads).collect();
+        if leading.iter().any(|l| *l) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(
         leading.iter().filter(|l| **l).count(),
         1,
         "exactly one leader: {leading:?}"
     );
+    let index = leading.iter().position(|l| *l).unwrap();
     // kill -9 the leader.
     let killed_at = Instant::now();
     drop(replicas[index].take());

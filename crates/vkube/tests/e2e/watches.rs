@@ -110,14 +110,33 @@ fn get_watch_shows_added_modified_and_deleted() {
 }
 
 /// Two processes on one store share one cluster identity (DESIGN.md rule 5): each one's admin
-/// kubeconfig works against the other, and each sees what the other wrote. (SQLite serves several
-/// processes on one file; production HA will require etcd or PostgreSQL.)
+/// kubeconfig works against the other, and each sees what the other wrote. (On etcd: a second
+/// process on one SQLite database is refused.)
 #[test]
 fn processes_on_one_store_share_the_cluster_identity() {
-    let shared = tempfile::tempdir().unwrap();
-    let store = format!("sqlite://{}", shared.path().join("state.db").display());
+    let store = format!(
+        "etcd://{}?prefix=/identity-{}",
+        crate::servers::etcd_endpoints(),
+        crate::harness::rand_suffix()
+    );
     let a = Server::start_with(&["--store", &store]);
     let b = Server::start_with(&["--store", &store]);
+    // Both are `vkube-0` (no --replica-id), yet only one may lead.
+    let leads = |s: &Server| {
+        run(s, "kubectl", &["get", "--raw", "/metrics"])
+            .lines()
+            .any(|l| l == "vkube_leader 1")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !(leads(&a) || leads(&b)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        [leads(&a), leads(&b)].iter().filter(|l| **l).count(),
+        1,
+        "exactly one process leads"
+    );
     let ca = |s: &Server| std::fs::read_to_string(s.dir.path().join("ca.crt")).unwrap();
     assert_eq!(
         ca(&a),
