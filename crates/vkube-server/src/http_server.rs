@@ -33,6 +33,26 @@ pub struct Config {
     /// The leader's controllers not to run (`--controllers=*,-NAME`, as
     /// kube-controller-manager's flag): names from [`CONTROLLERS`].
     pub disabled_controllers: Vec<String>,
+    /// Leader-only work the binary adds (the syncer): each call starts it and returns the handle
+    /// that stops it when this replica stops leading. The server knows nothing of what it is,
+    /// so the syncer's crate and the server's never depend on each other.
+    pub leader_tasks: Vec<LeaderTask>,
+}
+
+/// See [`Config::leader_tasks`].
+#[derive(Clone)]
+pub struct LeaderTask(pub std::sync::Arc<dyn Fn() -> tokio::task::AbortHandle + Send + Sync>);
+
+impl LeaderTask {
+    fn start(&self) -> tokio::task::AbortHandle {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for LeaderTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaderTask")
+    }
 }
 
 /// The leader's controllers, by the names `--controllers` takes.
@@ -265,6 +285,7 @@ pub async fn serve(
         let (api, store) = (api.clone(), store.clone());
         let compaction = config.compaction_interval;
         let disabled = config.disabled_controllers.clone();
+        let tasks = config.leader_tasks.clone();
         crate::leader::while_leader(elector.clone(), move || {
             let on = |name: &str| !disabled.iter().any(|d| d == name);
             let mut work = Vec::new();
@@ -286,6 +307,7 @@ pub async fn serve(
             if let Some(interval) = compaction {
                 work.push(crate::compactor::start(store.clone(), interval));
             }
+            work.extend(tasks.iter().map(LeaderTask::start));
             work
         })
     };

@@ -32,5 +32,5 @@ mod watch_stream;
 mod workloads;
 mod yaml;
 
-pub use http_server::{AuthOptions, CONTROLLERS, Config, ServeError, serve};
+pub use http_server::{AuthOptions, CONTROLLERS, Config, LeaderTask, ServeError, serve};
 pub use identity::{Ca, CertKey};

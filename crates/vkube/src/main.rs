@@ -7,6 +7,7 @@
 mod check;
 mod config;
 mod embedded_etcd;
+mod host;
 
 use std::path::PathBuf;
 
@@ -85,6 +86,8 @@ struct ServeArgs {
     /// workloads).
     #[arg(long, value_delimiter = ',', default_value = "*")]
     controllers: Vec<String>,
+    #[command(flatten)]
+    host: host::HostArgs,
 }
 
 /// The controllers `--controllers` leaves out; an unknown name is an error that lists them.
@@ -473,6 +476,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         leader,
         compaction_interval: Some(args.etcd_compaction_interval).filter(|d| !d.is_zero()),
         disabled_controllers: disabled_controllers(&args.controllers)?,
+        leader_tasks: host::syncer_task(&args.host, &data_dir)
+            .await?
+            .into_iter()
+            .collect(),
     };
     let member = match embedded {
         Some(embedded) => {

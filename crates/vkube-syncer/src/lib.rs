@@ -1,0 +1,61 @@
+//! The syncer: a virtual cluster's pods run on a host cluster (DESIGN rules 7–10).
+//!
+//! It is a client of both clusters through the `kube` crate: of the virtual cluster through
+//! vkube's own API (so what it writes passes the same request path as any client's), and of the
+//! host cluster with the credentials it was given, inside one host namespace. It runs on the
+//! leader only. Its state lives in the two clusters: every decision is recomputed from the
+//! virtual pod, the host pod and the labels and annotations that tie them, so a restart, a
+//! failover or a missed event converges on the next reconcile or resync.
+#![forbid(unsafe_code)]
+
+pub mod names;
+mod nodes;
+mod pods;
+pub mod translate;
+
+use std::time::Duration;
+
+pub use kube::Client;
+
+/// What the syncer needs to run.
+#[derive(Clone)]
+pub struct Config {
+    /// The virtual cluster (vkube's own API).
+    pub virtual_client: Client,
+    /// The host cluster.
+    pub host_client: Client,
+    /// The host namespace every host object lives in.
+    pub host_namespace: String,
+    /// The virtual cluster's name (`--name`), in every host object's ownership label.
+    pub cluster: String,
+    /// How often everything is compared again, events or not.
+    pub resync: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Runs the syncer until the task is aborted (the replica stops leading) or a watch cannot be
+/// set up at all.
+pub async fn run(config: Config) -> Result<(), Error> {
+    if config.cluster.is_empty() || config.cluster.len() > 63 {
+        return Err(Error::Invalid(format!(
+            "the virtual cluster name {:?} must be 1 to 63 characters (it is a label value)",
+            config.cluster
+        )));
+    }
+    tracing::info!(
+        host_namespace = %config.host_namespace,
+        cluster = %config.cluster,
+        "syncer started"
+    );
+    tokio::select! {
+        r = pods::run(config.clone()) => r,
+        r = nodes::run(config.clone()) => r,
+    }
+}

@@ -1,0 +1,120 @@
+//! `vkube serve`'s host cluster: where the syncer runs the virtual cluster's pods.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// The service-account files a pod of the host mounts; their presence means "in a pod".
+const IN_CLUSTER_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+#[derive(clap::Args)]
+pub struct HostArgs {
+    /// The host cluster's kubeconfig: the syncer runs this virtual cluster's pods there. Inside a
+    /// pod of the host, the pod's own service account is used when this is not given.
+    #[arg(long, env = "VKUBE_HOST_KUBECONFIG")]
+    host_kubeconfig: Option<PathBuf>,
+    /// The host namespace for the virtual cluster's pods (default: the kubeconfig context's
+    /// namespace, or the pod's own namespace).
+    #[arg(long, env = "VKUBE_HOST_NAMESPACE")]
+    host_namespace: Option<String>,
+    /// The virtual cluster's name, in the ownership labels of every host object it makes.
+    #[arg(long = "name", env = "VKUBE_NAME", default_value = "vkube")]
+    name: String,
+}
+
+/// Where the host is, if there is one: (client config, namespace).
+async fn host_config(args: &HostArgs) -> Result<Option<(kube::Config, String)>> {
+    let (config, namespace) = match &args.host_kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading --host-kubeconfig {}", path.display()))?;
+            let config = kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .with_context(|| format!("--host-kubeconfig {}", path.display()))?;
+            let ns = config.default_namespace.clone();
+            (config, ns)
+        }
+        None if Path::new(IN_CLUSTER_NAMESPACE).exists()
+            && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() =>
+        {
+            let config = kube::Config::incluster()
+                .context("reading this pod's service account for the host cluster")?;
+            let ns = std::fs::read_to_string(IN_CLUSTER_NAMESPACE)?
+                .trim()
+                .to_string();
+            (config, ns)
+        }
+        None => return Ok(None),
+    };
+    Ok(Some((
+        config,
+        args.host_namespace.clone().unwrap_or(namespace),
+    )))
+}
+
+/// The syncer as leader-only work, if a host is configured. Bad flags fail here, before serving.
+pub async fn syncer_task(
+    args: &HostArgs,
+    data_dir: &Path,
+) -> Result<Option<vkube_server::LeaderTask>> {
+    let Some((host, host_namespace)) = host_config(args).await? else {
+        return Ok(None);
+    };
+    if args.name.is_empty()
+        || args.name.len() > 63
+        || !args
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        anyhow::bail!(
+            "--name {:?}: a virtual cluster's name is 1 to 63 lowercase letters, digits and '-' (it is a label value on the host)",
+            args.name
+        );
+    }
+    let host_client = kube::Client::try_from(host).context("the host cluster's client")?;
+    let kubeconfig = data_dir.join("admin.kubeconfig");
+    let (cluster, namespace) = (args.name.clone(), host_namespace);
+    eprintln!("vkube: syncing pods to host namespace {namespace} as virtual cluster {cluster}");
+    Ok(Some(vkube_server::LeaderTask(Arc::new(move || {
+        let (host_client, kubeconfig) = (host_client.clone(), kubeconfig.clone());
+        let (cluster, namespace) = (cluster.clone(), namespace.clone());
+        tokio::spawn(async move {
+            loop {
+                match virtual_client(&kubeconfig).await {
+                    Ok(virtual_client) => {
+                        let config = vkube_syncer::Config {
+                            virtual_client,
+                            host_client: host_client.clone(),
+                            host_namespace: namespace.clone(),
+                            cluster: cluster.clone(),
+                            resync: Duration::from_secs(60),
+                        };
+                        if let Err(err) = vkube_syncer::run(config).await {
+                            tracing::error!(%err, "syncer stopped; restarting");
+                        }
+                    }
+                    Err(err) => {
+                        tracing::error!(%err, "the syncer's client of this virtual cluster")
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        })
+        .abort_handle()
+    }))))
+}
+
+/// The syncer reaches the virtual cluster through this replica's own API, as the admin.
+async fn virtual_client(kubeconfig: &Path) -> Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    Ok(kube::Client::try_from(config)?)
+}
