@@ -37,6 +37,9 @@ pub struct Config {
     /// that stops it when this replica stops leading. The server knows nothing of what it is,
     /// so the syncer's crate and the server's never depend on each other.
     pub leader_tasks: Vec<LeaderTask>,
+    /// Where pods' `log`, `exec`, `attach` and `portforward` go (the host cluster); `None`:
+    /// they answer 503, as there is no kubelet.
+    pub host_proxy: Option<crate::host_proxy::HostProxyHandle>,
 }
 
 /// See [`Config::leader_tasks`].
@@ -267,6 +270,7 @@ pub async fn serve(
         ca_pem: ca.cert_pem.clone(),
         serving: AtomicBool::new(true),
         listen: config.listen,
+        host_proxy: config.host_proxy.clone(),
         authorizer,
         leader: std::sync::OnceLock::new(),
         divergent: Default::default(),

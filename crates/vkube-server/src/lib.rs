@@ -9,6 +9,7 @@ mod compactor;
 mod controllers;
 mod crds;
 mod gc;
+pub mod host_proxy;
 mod http_server;
 mod hub;
 pub mod identity;
@@ -34,3 +35,4 @@ mod yaml;
 
 pub use http_server::{AuthOptions, CONTROLLERS, Config, LeaderTask, ServeError, serve};
 pub use identity::{Ca, CertKey};
+pub use response::Body as ResponseBody;

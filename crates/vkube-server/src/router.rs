@@ -39,6 +39,8 @@ pub struct Api {
     pub metrics: crate::metrics::Metrics,
     /// Where this replica serves: the `kubernetes` Service's endpoint.
     pub listen: std::net::SocketAddr,
+    /// Where pods' kubelet subresources go (the host cluster), if anywhere.
+    pub host_proxy: Option<crate::host_proxy::HostProxyHandle>,
 }
 
 impl Api {
@@ -110,6 +112,31 @@ impl Api {
             .to_string();
         if !info.is_resource {
             return self.non_resource(req.method(), &path, &q, &accept).await;
+        }
+        if let Some(proxy) = &self.host_proxy
+            && info.group.is_empty()
+            && info.resource == "pods"
+            && crate::host_proxy::KUBELET_SUBRESOURCES.contains(&info.subresource.as_str())
+        {
+            // The pod must exist here; the host's answer about a pod it lacks would name the
+            // host's pod.
+            let Some(pods) = vkube_api::registry::find("", "v1", "pods") else {
+                return response::status(&Status::path_not_found());
+            };
+            return match self
+                .store
+                .get(&pods.key(&info.namespace, &info.name), None)
+                .await
+            {
+                Ok(Some(_)) => {
+                    proxy
+                        .0
+                        .forward(&info.namespace, &info.name, &info.subresource, req)
+                        .await
+                }
+                Ok(None) => response::status(&Status::not_found("pods", "", &info.name)),
+                Err(err) => response::status(&Status::internal(err.to_string())),
+            };
         }
         if info.resource.is_empty() {
             return discovery_response(&path, &accept);

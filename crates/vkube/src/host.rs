@@ -57,13 +57,18 @@ async fn host_config(args: &HostArgs) -> Result<Option<(kube::Config, String)>> 
     )))
 }
 
-/// The syncer as leader-only work, if a host is configured. Bad flags fail here, before serving.
-pub async fn syncer_task(
-    args: &HostArgs,
-    data_dir: &Path,
-) -> Result<Option<vkube_server::LeaderTask>> {
+/// What the server gets from a host: the syncer (leader-only work) and the way to the host's
+/// kubelets for pods' logs, exec, attach and port-forward.
+#[derive(Default)]
+pub struct Host {
+    pub syncer: Option<vkube_server::LeaderTask>,
+    pub proxy: Option<vkube_server::host_proxy::HostProxyHandle>,
+}
+
+/// The host's parts, if a host is configured. Bad flags fail here, before serving.
+pub async fn setup(args: &HostArgs, data_dir: &Path) -> Result<Host> {
     let Some((host, host_namespace)) = host_config(args).await? else {
-        return Ok(None);
+        return Ok(Host::default());
     };
     if args.name.is_empty()
         || args.name.len() > 63
@@ -78,10 +83,16 @@ pub async fn syncer_task(
         );
     }
     let host_client = kube::Client::try_from(host).context("the host cluster's client")?;
+    let proxy =
+        vkube_server::host_proxy::HostProxyHandle(Arc::new(crate::host_proxy::KubeHostProxy {
+            client: host_client.clone(),
+            namespace: host_namespace.clone(),
+            cluster: args.name.clone(),
+        }));
     let kubeconfig = data_dir.join("admin.kubeconfig");
     let (cluster, namespace) = (args.name.clone(), host_namespace);
     eprintln!("vkube: syncing pods to host namespace {namespace} as virtual cluster {cluster}");
-    Ok(Some(vkube_server::LeaderTask(Arc::new(move || {
+    let syncer = vkube_server::LeaderTask(Arc::new(move || {
         let (host_client, kubeconfig) = (host_client.clone(), kubeconfig.clone());
         let (cluster, namespace) = (cluster.clone(), namespace.clone());
         tokio::spawn(async move {
@@ -107,7 +118,11 @@ pub async fn syncer_task(
             }
         })
         .abort_handle()
-    }))))
+    }));
+    Ok(Host {
+        syncer: Some(syncer),
+        proxy: Some(proxy),
+    })
 }
 
 /// The syncer reaches the virtual cluster through this replica's own API, as the admin.

@@ -8,6 +8,7 @@ mod check;
 mod config;
 mod embedded_etcd;
 mod host;
+mod host_proxy;
 
 use std::path::PathBuf;
 
@@ -467,6 +468,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         );
     }
     let data_dir = args.store.data_dir()?;
+    let host = host::setup(&args.host, &data_dir).await?;
     let config = vkube_server::Config {
         listen: args.listen,
         tls_sans: args.tls_sans.clone(),
@@ -476,10 +478,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         leader,
         compaction_interval: Some(args.etcd_compaction_interval).filter(|d| !d.is_zero()),
         disabled_controllers: disabled_controllers(&args.controllers)?,
-        leader_tasks: host::syncer_task(&args.host, &data_dir)
-            .await?
-            .into_iter()
-            .collect(),
+        leader_tasks: host.syncer.into_iter().collect(),
+        host_proxy: host.proxy,
     };
     let member = match embedded {
         Some(embedded) => {
