@@ -108,7 +108,11 @@ async fn failover(vkube: &str, backend: &Backend) -> Result<Duration> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The holder identity is `vkube-N_<hostname>_<uuid>`.
     let index: usize = leader
+        .split('_')
+        .next()
+        .unwrap_or_default()
         .trim_start_matches("vkube-")
         .parse()
         .context("a leader")?;

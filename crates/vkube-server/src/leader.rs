@@ -53,24 +53,26 @@ fn parse_time(s: &str) -> Option<time::OffsetDateTime> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
 }
 
-/// A holder identity no other process has, as client-go's (`<hostname>_<uuid>`). The replica's
-/// name is not enough: two processes started without `--replica-id` both call themselves
-/// `vkube-0`, and a lease whose holder is "me" is renewed, so both would lead at once.
-pub fn holder_identity() -> String {
+/// A holder identity no other process has: the replica's name, then client-go's
+/// `<hostname>_<uuid>`. The replica's name alone is not enough: two processes started without
+/// `--replica-id` both call themselves `vkube-0`, and a lease whose holder is "me" is renewed,
+/// so both would lead at once. It leads the identity so that an operator (and `kubectl get
+/// lease`) sees which replica leads.
+pub fn holder_identity(replica: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "vkube".into());
-    format!("{host}_{}", uuid::Uuid::new_v4())
+    format!("{replica}_{host}_{}", uuid::Uuid::new_v4())
 }
 
 impl Elector {
     /// An elector for the replica `replica` (named in the log), holding the lease under an
     /// identity of this process's own.
     pub fn new(store: Arc<dyn Store>, replica: String, timing: Timing) -> Arc<Elector> {
-        let identity = holder_identity();
+        let identity = holder_identity(&replica);
         tracing::info!(%replica, %identity, "leader election identity");
         Arc::new(Elector {
             identity,

@@ -8,6 +8,7 @@
 //! failover or a missed event converges on the next reconcile or resync.
 #![forbid(unsafe_code)]
 
+mod configs;
 pub mod names;
 mod nodes;
 mod pods;
@@ -40,6 +41,23 @@ pub enum Error {
     Invalid(String),
 }
 
+/// Replaces an object's status in the virtual cluster. A conflict or a vanished object is no
+/// error: the watch brings the new version and another reconcile.
+async fn write_status<K>(api: &kube::Api<K>, next: &K) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = kube::ResourceExt::name_any(next);
+    match api
+        .replace_status(&name, &kube::api::PostParams::default(), next)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Runs the syncer until the task is aborted (the replica stops leading) or a watch cannot be
 /// set up at all.
 pub async fn run(config: Config) -> Result<(), Error> {
@@ -57,5 +75,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     tokio::select! {
         r = pods::run(config.clone()) => r,
         r = nodes::run(config.clone()) => r,
+        r = configs::run::<k8s_openapi::api::core::v1::ConfigMap>(config.clone()) => r,
+        r = configs::run::<k8s_openapi::api::core::v1::Secret>(config.clone()) => r,
     }
 }

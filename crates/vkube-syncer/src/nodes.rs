@@ -2,7 +2,7 @@
 //! own name, with its labels, taints, capacity, conditions and addresses (vcluster's default),
 //! kept current, and removed when the host node goes.
 
-use crate::{Config, Error, names};
+use crate::{Config, Error, names, write_status};
 use k8s_openapi::api::core::v1::{Node, NodeSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -44,18 +44,6 @@ fn virtual_node(host: &Node, cluster: &str) -> Node {
             ..Default::default()
         }),
         status: None,
-    }
-}
-
-async fn write_status(virtual_nodes: &Api<Node>, next: &Node) -> Result<(), Error> {
-    let name = next.metadata.name.clone().unwrap_or_default();
-    match virtual_nodes
-        .replace_status(&name, &PostParams::default(), next)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
     }
 }
 

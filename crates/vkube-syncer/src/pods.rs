@@ -15,9 +15,11 @@
 //! A virtual pod deleted deletes its host pod (with the host pod's uid as precondition), at once
 //! through a watch of deletes, and by the orphan sweep after a restart that missed the event.
 
-use crate::{Config, Error, names, nodes, translate};
+use crate::{Config, Error, configs, names, nodes, translate, write_status};
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod, PodCondition, PodStatus};
+use k8s_openapi::api::core::v1::{
+    Binding, ConfigMap, ObjectReference, Pod, PodCondition, PodStatus, Secret,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
@@ -127,6 +129,18 @@ async fn reconcile(vpod: Arc<Pod>, config: Arc<Config>) -> Result<Action, Error>
             ignore_gone(virtual_pods.delete(&name, &params).await.map(|_| ()))?;
             return Ok(Action::await_change());
         }
+        // What the pod uses goes first, as a kubelet waits for it.
+        for r in translate::references(&vpod) {
+            let found = match r.kind {
+                "ConfigMap" => configs::ensure::<ConfigMap>(&config, &ns, &r.name).await?,
+                _ => configs::ensure::<Secret>(&config, &ns, &r.name).await?,
+            };
+            if !found && !r.optional {
+                let message = format!("{} {:?} not found", r.kind.to_ascii_lowercase(), r.name);
+                report(&virtual_pods, &vpod, "CreateContainerConfigError", &message).await?;
+                return Ok(Action::requeue(Duration::from_secs(2)));
+            }
+        }
         match translate::host_pod(&vpod, &config.cluster, &config.host_namespace) {
             Err(unsupported) => {
                 report(&virtual_pods, &vpod, "SyncUnsupported", &unsupported.0).await?;
@@ -200,19 +214,6 @@ async fn sync_status(virtual_pods: &Api<Pod>, vpod: &Pod, host: &Pod) -> Result<
     let mut next = vpod.clone();
     next.status = host.status.clone();
     write_status(virtual_pods, &next).await
-}
-
-async fn write_status(virtual_pods: &Api<Pod>, next: &Pod) -> Result<(), Error> {
-    let name = next.metadata.name.clone().unwrap_or_default();
-    match virtual_pods
-        .replace_status(&name, &PostParams::default(), next)
-        .await
-    {
-        Ok(_) => Ok(()),
-        // Changed meanwhile: the watch brings the new version and another reconcile.
-        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Why the pod does not run, as the condition a scheduler sets on a pod it cannot place:

@@ -11,6 +11,74 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 #[error("{0}")]
 pub struct Unsupported(pub String);
 
+/// A ConfigMap or Secret a pod uses (by the kind's name and the object's), which the syncer
+/// copies to the host before the pod.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Reference {
+    pub kind: &'static str,
+    pub name: String,
+    /// `optional: true`: the pod runs without it.
+    pub optional: bool,
+}
+
+/// The ConfigMaps and Secrets `pod` uses: volumes (also projected ones), env and envFrom.
+pub fn references(pod: &Pod) -> Vec<Reference> {
+    let mut refs = Vec::new();
+    let mut add = |kind: &'static str, name: Option<&String>, optional: Option<bool>| {
+        if let Some(name) = name {
+            refs.push(Reference {
+                kind,
+                name: name.clone(),
+                optional: optional == Some(true),
+            });
+        }
+    };
+    let Some(spec) = &pod.spec else {
+        return refs;
+    };
+    for v in spec.volumes.iter().flatten() {
+        if let Some(c) = &v.config_map {
+            add("ConfigMap", Some(&c.name), c.optional);
+        }
+        if let Some(s) = &v.secret {
+            add("Secret", s.secret_name.as_ref(), s.optional);
+        }
+        for source in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            if let Some(c) = &source.config_map {
+                add("ConfigMap", Some(&c.name), c.optional);
+            }
+            if let Some(s) = &source.secret {
+                add("Secret", Some(&s.name), s.optional);
+            }
+        }
+    }
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        for from in c.env.iter().flatten().filter_map(|e| e.value_from.as_ref()) {
+            if let Some(r) = &from.config_map_key_ref {
+                add("ConfigMap", Some(&r.name), r.optional);
+            }
+            if let Some(r) = &from.secret_key_ref {
+                add("Secret", Some(&r.name), r.optional);
+            }
+        }
+        for from in c.env_from.iter().flatten() {
+            if let Some(r) = &from.config_map_ref {
+                add("ConfigMap", Some(&r.name), r.optional);
+            }
+            if let Some(r) = &from.secret_ref {
+                add("Secret", Some(&r.name), r.optional);
+            }
+        }
+    }
+    refs.sort();
+    refs.dedup();
+    refs
+}
+
 /// The host copy of `pod` of virtual cluster `cluster` in host namespace `host_ns`.
 pub fn host_pod(pod: &Pod, cluster: &str, host_ns: &str) -> Result<Pod, Unsupported> {
     let meta = &pod.metadata;
@@ -28,8 +96,10 @@ pub fn host_pod(pod: &Pod, cluster: &str, host_ns: &str) -> Result<Pod, Unsuppor
     let mut annotations = names::tenant_only(meta.annotations.as_ref());
     annotations.extend(names::ownership_annotations(ns, name, uid));
 
-    for volume in spec.volumes.iter().flatten() {
-        check_volume(volume)?;
+    let host = |kind: &str, name: &str| names::host_name(kind, ns, name, cluster);
+    let mut volumes = spec.volumes.clone();
+    for volume in volumes.iter_mut().flatten() {
+        translate_volume(volume, &host)?;
     }
     let mut containers = spec.containers.clone();
     let mut init_containers = spec.init_containers.clone();
@@ -38,19 +108,21 @@ pub fn host_pod(pod: &Pod, cluster: &str, host_ns: &str) -> Result<Pod, Unsuppor
         .chain(init_containers.iter_mut().flatten())
     {
         for env in c.env.iter_mut().flatten() {
-            resolve_env(env, ns, name)?;
+            resolve_env(env, ns, name, &host);
         }
-        if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
-            return Err(Unsupported(format!(
-                "container {:?}: envFrom (ConfigMaps and Secrets) is not synced to the host yet",
-                c.name
-            )));
+        for from in c.env_from.iter_mut().flatten() {
+            if let Some(r) = &mut from.config_map_ref {
+                r.name = host("ConfigMap", &r.name);
+            }
+            if let Some(r) = &mut from.secret_ref {
+                r.name = host("Secret", &r.name);
+            }
         }
     }
     let host_spec = PodSpec {
         containers,
         init_containers,
-        volumes: spec.volumes.clone(),
+        volumes,
         restart_policy: spec.restart_policy.clone(),
         termination_grace_period_seconds: spec.termination_grace_period_seconds,
         active_deadline_seconds: spec.active_deadline_seconds,
@@ -103,46 +175,61 @@ pub fn host_pod(pod: &Pod, cluster: &str, host_ns: &str) -> Result<Pod, Unsuppor
 }
 
 /// A pod's own name and namespace are constant, so a downward-API reference to them becomes the
-/// virtual value (on the host they would read the host's).
-fn resolve_env(env: &mut EnvVar, ns: &str, name: &str) -> Result<(), Unsupported> {
-    let Some(from) = &env.value_from else {
-        return Ok(());
+/// virtual value (on the host they would read the host's); a ConfigMap or Secret key names the
+/// host copy.
+fn resolve_env(env: &mut EnvVar, ns: &str, name: &str, host: &impl Fn(&str, &str) -> String) {
+    let Some(from) = &mut env.value_from else {
+        return;
     };
-    if let Some(field) = &from.field_ref {
-        let value = match field.field_path.as_str() {
-            "metadata.name" => Some(name.to_string()),
-            "metadata.namespace" => Some(ns.to_string()),
-            // Node name, pod IP, host IP, service account name…: the host's values are right,
-            // or close enough, for the fields the kubelet resolves.
-            _ => None,
-        };
-        if let Some(value) = value {
-            env.value = Some(value);
-            env.value_from = None;
-        }
-        return Ok(());
+    if let Some(r) = &mut from.config_map_key_ref {
+        r.name = host("ConfigMap", &r.name);
     }
-    if from.resource_field_ref.is_some() {
-        return Ok(());
+    if let Some(r) = &mut from.secret_key_ref {
+        r.name = host("Secret", &r.name);
     }
-    Err(Unsupported(format!(
-        "env {:?}: values from ConfigMaps and Secrets are not synced to the host yet",
-        env.name
-    )))
+    let value = match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
+        Some("metadata.name") => name.to_string(),
+        Some("metadata.namespace") => ns.to_string(),
+        // Node name, pod IP, host IP…: the kubelet's values are the right ones.
+        _ => return,
+    };
+    env.value = Some(value);
+    env.value_from = None;
 }
 
-fn check_volume(v: &Volume) -> Result<(), Unsupported> {
+/// A volume as the host pod mounts it: ConfigMaps and Secrets by their host copies' names.
+fn translate_volume(
+    v: &mut Volume,
+    host: &impl Fn(&str, &str) -> String,
+) -> Result<(), Unsupported> {
     if v.empty_dir.is_some() {
         return Ok(());
     }
-    let kind = if v.config_map.is_some() {
-        "configMap"
-    } else if v.secret.is_some() {
-        "secret"
-    } else if v.persistent_volume_claim.is_some() {
+    if let Some(c) = &mut v.config_map {
+        c.name = host("ConfigMap", &c.name);
+        return Ok(());
+    }
+    if let Some(s) = &mut v.secret {
+        s.secret_name = s.secret_name.as_deref().map(|n| host("Secret", n));
+        return Ok(());
+    }
+    if let Some(p) = &mut v.projected {
+        for source in p.sources.iter_mut().flatten() {
+            if let Some(c) = &mut source.config_map {
+                c.name = host("ConfigMap", &c.name);
+            } else if let Some(s) = &mut source.secret {
+                s.name = host("Secret", &s.name);
+            } else {
+                return Err(Unsupported(format!(
+                    "volume {:?}: projected service-account tokens, downward API and cluster trust bundles are not synced to the host yet (ConfigMaps and Secrets are)",
+                    v.name
+                )));
+            }
+        }
+        return Ok(());
+    }
+    let kind = if v.persistent_volume_claim.is_some() {
         "persistentVolumeClaim"
-    } else if v.projected.is_some() {
-        "projected"
     } else if v.downward_api.is_some() {
         "downwardAPI"
     } else if v.host_path.is_some() {
@@ -151,7 +238,7 @@ fn check_volume(v: &Volume) -> Result<(), Unsupported> {
         "this kind of"
     };
     Err(Unsupported(format!(
-        "volume {:?}: {kind} volumes are not synced to the host yet (emptyDir is)",
+        "volume {:?}: {kind} volumes are not synced to the host yet (emptyDir, configMap, secret and projected ConfigMaps and Secrets are)",
         v.name
     )))
 }
@@ -240,16 +327,69 @@ mod tests {
         let p = pod(json!({
             "metadata": {"name": "web", "namespace": "team", "uid": "u1"},
             "spec": {"containers": [{"name": "c", "image": "busybox"}],
-                     "volumes": [{"name": "conf", "configMap": {"name": "x"}}]}
+                     "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "x"}}]}
         }));
         let err = host_pod(&p, "vc", "h").unwrap_err();
-        assert!(err.0.contains("volume \"conf\": configMap"), "{err}");
+        assert!(
+            err.0.contains("volume \"data\": persistentVolumeClaim"),
+            "{err}"
+        );
+        let p = pod(json!({
+            "metadata": {"name": "web", "namespace": "team", "uid": "u1"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}],
+                     "volumes": [{"name": "tok", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}]}
+        }));
+        assert!(
+            host_pod(&p, "vc", "h")
+                .unwrap_err()
+                .0
+                .contains("service-account tokens")
+        );
+    }
+
+    #[test]
+    fn configmaps_and_secrets_are_named_by_their_host_copies() {
         let p = pod(json!({
             "metadata": {"name": "web", "namespace": "team", "uid": "u1"},
             "spec": {"containers": [{"name": "c", "image": "busybox",
-                     "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}
+                        "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                                {"name": "C", "valueFrom": {"configMapKeyRef": {"name": "conf", "key": "k", "optional": true}}}],
+                        "envFrom": [{"configMapRef": {"name": "env"}}]}],
+                     "volumes": [{"name": "v1", "configMap": {"name": "conf"}},
+                                 {"name": "v2", "secret": {"secretName": "s"}},
+                                 {"name": "v3", "projected": {"sources": [{"configMap": {"name": "p"}}]}}]}
         }));
-        assert!(host_pod(&p, "vc", "h").unwrap_err().0.contains("env \"K\""));
+        let named: Vec<_> = references(&p)
+            .into_iter()
+            .map(|r| (r.kind, r.name, r.optional))
+            .collect();
+        let want = [
+            ("ConfigMap", "conf", false),
+            ("ConfigMap", "conf", true),
+            ("ConfigMap", "env", false),
+            ("ConfigMap", "p", false),
+            ("Secret", "s", false),
+        ];
+        assert_eq!(named, want.map(|(k, n, o)| (k, n.to_string(), o)));
+        let spec = host_pod(&p, "vc", "h").unwrap().spec.unwrap();
+        let host = |kind: &str, name: &str| names::host_name(kind, "team", name, "vc");
+        let vols = spec.volumes.unwrap();
+        assert_eq!(
+            vols[0].config_map.as_ref().unwrap().name,
+            host("ConfigMap", "conf")
+        );
+        assert_eq!(
+            vols[1].secret.as_ref().unwrap().secret_name,
+            Some(host("Secret", "s"))
+        );
+        let env = spec.containers[0].env.as_ref().unwrap();
+        let secret_ref = env[0].value_from.as_ref().unwrap().secret_key_ref.as_ref();
+        assert_eq!(secret_ref.unwrap().name, host("Secret", "s"));
+        let from = &spec.containers[0].env_from.as_ref().unwrap()[0];
+        assert_eq!(
+            from.config_map_ref.as_ref().unwrap().name,
+            host("ConfigMap", "env")
+        );
     }
 
     #[test]

@@ -93,6 +93,15 @@ fn holder(server: &Server) -> String {
     out.stdout
 }
 
+/// The replica index in a holder identity (`vkube-N_<hostname>_<uuid>`).
+fn replica_of(holder: &str) -> usize {
+    holder
+        .split('_')
+        .next()
+        .and_then(|r| r.trim_start_matches("vkube-").parse().ok())
+        .unwrap_or_else(|| panic!("holder identity {holder:?} names no replica"))
+}
+
 fn leads(server: &Server) -> bool {
     let metrics = run(server, "kubectl", &["get", "--raw", "/metrics"]);
     metrics.lines().any(|l| l == "vkube_leader 1")
@@ -411,7 +420,9 @@ fn leader_killed_under_writes(store: &str) {
         assert!(Instant::now() < deadline, "no leader elected");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let leader: usize = holder(first).trim_start_matches("vkube-").parse().unwrap();
+    // The holder identity is `vkube-N_<hostname>_<uuid>`.
+    let first_holder = holder(first);
+    let leader: usize = replica_of(&first_holder);
     let kubeconfig = first.kubeconfig();
     let ports: Vec<u16> = replicas.iter().flatten().map(|r| r.port).collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -443,7 +454,7 @@ fn leader_killed_under_writes(store: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let now = holder(survivor);
-        if !now.is_empty() && now != format!("vkube-{leader}") {
+        if !now.is_empty() && now != first_holder {
             break;
         }
         assert!(Instant::now() < deadline, "no new leader");
