@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod configs;
+mod events;
 pub mod names;
 mod nodes;
 mod pods;
@@ -75,6 +76,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     tokio::select! {
         r = pods::run(config.clone()) => r,
         r = nodes::run(config.clone()) => r,
+        r = events::run(config.clone()) => r,
         r = configs::run::<k8s_openapi::api::core::v1::ConfigMap>(config.clone()) => r,
         r = configs::run::<k8s_openapi::api::core::v1::Secret>(config.clone()) => r,
     }
