@@ -42,9 +42,9 @@ pub enum Error {
     Invalid(String),
 }
 
-/// Replaces an object's status in the virtual cluster. A conflict or a vanished object is no
-/// error: the watch brings the new version and another reconcile.
-async fn write_status<K>(api: &kube::Api<K>, next: &K) -> Result<(), Error>
+/// Replaces an object's status in the virtual cluster. `Ok(false)`: the object changed or went
+/// meanwhile (a conflict is no error; the caller retries soon rather than at the next resync).
+async fn write_status<K>(api: &kube::Api<K>, next: &K) -> Result<bool, Error>
 where
     K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -53,8 +53,8 @@ where
         .replace_status(&name, &kube::api::PostParams::default(), next)
         .await
     {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(()),
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(false),
         Err(e) => Err(e.into()),
     }
 }

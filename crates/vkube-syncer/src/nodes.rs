@@ -21,7 +21,7 @@ pub async fn ensure(config: &Config, name: &str) -> Result<(), Error> {
         Ok(created) => {
             let mut next = created;
             next.status = host_node.status.clone();
-            write_status(&virtual_nodes, &next).await
+            write_status(&virtual_nodes, &next).await.map(|_| ())
         }
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
@@ -82,7 +82,7 @@ async fn refresh(virtual_nodes: &Api<Node>, host: &Api<Node>, node: Node) -> Res
         Some(h) if h.status != node.status => {
             let mut next = node;
             next.status = h.status;
-            write_status(virtual_nodes, &next).await
+            write_status(virtual_nodes, &next).await.map(|_| ())
         }
         Some(_) => Ok(()),
     }

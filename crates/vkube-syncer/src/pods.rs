@@ -178,7 +178,10 @@ async fn reconcile(vpod: Arc<Pod>, config: Arc<Config>) -> Result<Action, Error>
         // The binding changed the virtual pod; its status follows on the next reconcile.
         return Ok(Action::requeue(Duration::from_millis(50)));
     }
-    sync_status(&virtual_pods, &vpod, &host).await?;
+    if !sync_status(&virtual_pods, &vpod, &host).await? {
+        // The virtual pod changed under us (a binding, say): again with the new version.
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     Ok(Action::requeue(config.resync))
 }
 
@@ -206,10 +209,10 @@ async fn bind(virtual_pods: &Api<Pod>, name: &str, node: &str) -> Result<(), Err
     }
 }
 
-/// The host pod's status, as the virtual pod's.
-async fn sync_status(virtual_pods: &Api<Pod>, vpod: &Pod, host: &Pod) -> Result<(), Error> {
+/// The host pod's status, as the virtual pod's. `Ok(false)`: the virtual pod changed meanwhile.
+async fn sync_status(virtual_pods: &Api<Pod>, vpod: &Pod, host: &Pod) -> Result<bool, Error> {
     if host.status.is_none() || vpod.status == host.status {
-        return Ok(());
+        return Ok(true);
     }
     let mut next = vpod.clone();
     next.status = host.status.clone();
@@ -251,7 +254,7 @@ async fn report(
     }
     let mut next = vpod.clone();
     next.status = Some(status);
-    write_status(virtual_pods, &next).await
+    write_status(virtual_pods, &next).await.map(|_| ())
 }
 
 fn now() -> k8s_openapi::jiff::Timestamp {
