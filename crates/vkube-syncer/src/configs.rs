@@ -194,18 +194,23 @@ async fn follow<K: Copied>(config: Config) -> Result<(), Error> {
     Ok(())
 }
 
+/// The host name of a virtual object's copy.
+fn host_name_of<K: Copied>(obj: &K, config: &Config) -> String {
+    let meta = obj.meta();
+    names::host_name(
+        K::KIND,
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+        &config.cluster,
+    )
+}
+
 async fn follow_change<K: Copied>(
     config: &Config,
     host_api: &Api<K>,
     obj: &K,
 ) -> Result<(), Error> {
-    let meta = obj.meta();
-    let host_name = names::host_name(
-        K::KIND,
-        meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default(),
-        &config.cluster,
-    );
+    let host_name = host_name_of(obj, config);
     if host_api.get_opt(&host_name).await?.is_some() {
         refresh(config, obj).await?;
     }
@@ -218,12 +223,7 @@ async fn follow_delete<K: Copied>(
     obj: &K,
 ) -> Result<(), Error> {
     let meta = obj.meta();
-    let host_name = names::host_name(
-        K::KIND,
-        meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default(),
-        &config.cluster,
-    );
+    let host_name = host_name_of(obj, config);
     let Some(current) = host_api.get_opt(&host_name).await? else {
         return Ok(());
     };
