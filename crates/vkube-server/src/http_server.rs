@@ -376,6 +376,8 @@ pub async fn serve(
     leader_work.abort();
     heartbeat.abort();
     election.abort();
+    // Hand the lease over now rather than make the next leader wait it out.
+    elector.release().await;
     if let Some(r) = reloader {
         r.abort();
     }

@@ -2,19 +2,32 @@
 //! store, written only with compare-and-swap, as client-go's leaderelection does: a candidate
 //! takes an absent or expired lease, the holder renews it every `retry_period`, and a holder that
 //! has not renewed for `renew_deadline` steps down at once — without exiting: it keeps serving
-//! the API. Leader-only work (controllers, compaction) runs while `is_leader()` holds, and checks
-//! it before each write.
+//! the API. Leader-only work (controllers, compaction, the syncer) runs under [`while_leader`],
+//! which aborts it when leadership ends.
+//!
+//! Fencing rests on two clocks that are both this process's own monotonic clock:
+//! - A lease is expired when *this* replica has seen no change to it for `leaseDurationSeconds`,
+//!   counted from the moment it first saw the current record (client-go's `observedTime`). The
+//!   holder's `renewTime` is wall-clock time on another machine and is only written for people:
+//!   a holder whose clock runs behind must not lose its lease, nor one whose clock runs ahead
+//!   keep it after it died.
+//! - A leader leads until `renew_deadline` after the *start* of its last successful renewal. A
+//!   round that hangs in the store is cut off at that instant, and leadership ends then, whether
+//!   or not the store ever answers. Since every other replica waits a full `lease_duration`
+//!   (> `renew_deadline`) from when it saw that renewal, the old leader's work has stopped
+//!   before anyone else may start it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use vkube_store::{Store, StoreError};
+use tokio::time::Instant;
+use vkube_store::{Revision, Store, StoreError};
 
 pub const LEASE_KEY: &str = "/registry/leases/kube-system/vkube-controllers";
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Timing {
     pub lease_duration: Duration,
     pub renew_deadline: Duration,
@@ -22,7 +35,7 @@ pub struct Timing {
 }
 
 impl Default for Timing {
-    /// Fast enough for a failover within 5 s (lease 3 s + retry 1 s).
+    /// vkube's own default, for a failover within 5 s (lease 3 s + retry 1 s).
     fn default() -> Self {
         Timing {
             lease_duration: Duration::from_secs(3),
@@ -32,12 +45,110 @@ impl Default for Timing {
     }
 }
 
+impl Timing {
+    /// vcluster's defaults for `controlPlane.statefulSet.highAvailability` (its chart's
+    /// values.yaml: leaseDuration 60, renewDeadline 40, retryPeriod 15): what a vcluster.yaml
+    /// that leaves the keys out means.
+    pub fn vcluster() -> Self {
+        Timing {
+            lease_duration: Duration::from_secs(60),
+            renew_deadline: Duration::from_secs(40),
+            retry_period: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The three durations in seconds, as a flag or a vcluster.yaml key gives them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TimingSeconds {
+    pub lease_duration: Option<u64>,
+    pub renew_deadline: Option<u64>,
+    pub retry_period: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "leader election needs retryPeriod < renewDeadline < leaseDuration (got {retry_period:?} < {renew_deadline:?} < {lease_duration:?})"
+)]
+pub struct TimingError {
+    pub retry_period: Duration,
+    pub renew_deadline: Duration,
+    pub lease_duration: Duration,
+}
+
+impl Timing {
+    /// The timing `vkube serve` runs with: each value from its flag, else vcluster.yaml's
+    /// `controlPlane.statefulSet.highAvailability` key, else the default. A vcluster.yaml means
+    /// there what it means to vcluster, so the keys it leaves out take vcluster's defaults;
+    /// without one, vkube's own (faster) defaults apply.
+    pub fn resolve(
+        flags: TimingSeconds,
+        yaml: Option<TimingSeconds>,
+    ) -> Result<Timing, TimingError> {
+        let defaults = if yaml.is_some() {
+            Timing::vcluster()
+        } else {
+            Timing::default()
+        };
+        let yaml = yaml.unwrap_or_default();
+        let pick = |flag: Option<u64>, key: Option<u64>, default: Duration| {
+            flag.or(key).map(Duration::from_secs).unwrap_or(default)
+        };
+        let timing = Timing {
+            lease_duration: pick(
+                flags.lease_duration,
+                yaml.lease_duration,
+                defaults.lease_duration,
+            ),
+            renew_deadline: pick(
+                flags.renew_deadline,
+                yaml.renew_deadline,
+                defaults.renew_deadline,
+            ),
+            retry_period: pick(flags.retry_period, yaml.retry_period, defaults.retry_period),
+        };
+        // The fencing needs renew_deadline < lease_duration: a leader stops at its renew
+        // deadline, before any other replica may consider its lease expired.
+        if timing.renew_deadline >= timing.lease_duration
+            || timing.retry_period >= timing.renew_deadline
+        {
+            return Err(TimingError {
+                retry_period: timing.retry_period,
+                renew_deadline: timing.renew_deadline,
+                lease_duration: timing.lease_duration,
+            });
+        }
+        Ok(timing)
+    }
+}
+
+/// The parts of a lease record an election decides on.
+#[derive(Clone, Debug, PartialEq)]
+struct Record {
+    holder: String,
+    lease_duration: Duration,
+    /// The store's revision of the record: any write to the lease changes it, so two reads with
+    /// the same revision saw the same renewal.
+    revision: Revision,
+}
+
+/// What this process knows about the election, on its own clock.
+#[derive(Default)]
+struct State {
+    /// The last record seen, and the instant this process first saw it.
+    observed: Option<(Record, Instant)>,
+    /// While leading: the instant leadership ends unless a renewal succeeds before it.
+    leading_until: Option<Instant>,
+}
+
 pub struct Elector {
     /// The holder identity written in the lease: unique to this process (see [`holder_identity`]).
     pub identity: String,
     timing: Timing,
     store: Arc<dyn Store>,
-    leader: AtomicBool,
+    state: Mutex<State>,
+    /// The leadership last announced on `changed` (so each change is announced once).
+    announced: AtomicBool,
     changed: tokio::sync::watch::Sender<bool>,
 }
 
@@ -47,10 +158,6 @@ fn micro_time(t: time::OffsetDateTime) -> String {
         .unwrap_or_default();
     // MicroTime: six fractional digits, UTC.
     format!("{}.{:06}Z", &base[..19], t.microsecond())
-}
-
-fn parse_time(s: &str) -> Option<time::OffsetDateTime> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
 }
 
 /// A holder identity no other process has: the replica's name, then client-go's
@@ -68,23 +175,43 @@ pub fn holder_identity(replica: &str) -> String {
     format!("{replica}_{host}_{}", uuid::Uuid::new_v4())
 }
 
+/// Why a round did not end with this process holding the lease.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the store did not answer within the renew deadline")]
+    TimedOut,
+}
+
 impl Elector {
     /// An elector for the replica `replica` (named in the log), holding the lease under an
     /// identity of this process's own.
     pub fn new(store: Arc<dyn Store>, replica: String, timing: Timing) -> Arc<Elector> {
         let identity = holder_identity(&replica);
-        tracing::info!(%replica, %identity, "leader election identity");
+        tracing::info!(%replica, %identity, ?timing, "leader election identity");
         Arc::new(Elector {
             identity,
             timing,
             store,
-            leader: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
+            announced: AtomicBool::new(false),
             changed: tokio::sync::watch::channel(false).0,
         })
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is plain data updated in one statement; a panic elsewhere cannot leave it
+        // half-written, so a poisoned lock is still good.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this process leads now: judged against the renew deadline on every call, so it
+    /// turns false on time even while the election task is stuck in a store call.
     pub fn is_leader(&self) -> bool {
-        self.leader.load(Ordering::SeqCst)
+        self.state()
+            .leading_until
+            .is_some_and(|until| Instant::now() < until)
     }
 
     /// Wakes on every change of leadership.
@@ -92,8 +219,23 @@ impl Elector {
         self.changed.subscribe()
     }
 
-    fn set_leader(&self, leader: bool) {
-        if self.leader.swap(leader, Ordering::SeqCst) != leader {
+    /// Leads until `until` (the start of the renewal that just succeeded + renew deadline).
+    fn lead_until(&self, until: Instant) {
+        self.state().leading_until = Some(until);
+        self.announce();
+    }
+
+    fn step_down(&self, why: &str) {
+        if self.state().leading_until.take().is_some() {
+            tracing::warn!(identity = %self.identity, why, "leader election: stepping down");
+        }
+        self.announce();
+    }
+
+    /// Tells subscribers (and so [`while_leader`]) what [`is_leader`](Self::is_leader) says now.
+    fn announce(&self) {
+        let leader = self.is_leader();
+        if self.announced.swap(leader, Ordering::SeqCst) != leader {
             tracing::info!(identity = %self.identity, leader, "leadership changed");
             self.changed.send_replace(leader);
         }
@@ -103,29 +245,49 @@ impl Elector {
     pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
-            let mut last_renew = Instant::now();
             loop {
-                match this.try_acquire_or_renew().await {
-                    Ok(true) => {
-                        last_renew = Instant::now();
-                        this.set_leader(true);
-                    }
-                    Ok(false) => this.set_leader(false),
-                    Err(err) => {
-                        tracing::warn!(%err, "leader election: the store did not answer");
-                        if this.is_leader() && last_renew.elapsed() >= this.timing.renew_deadline {
-                            this.set_leader(false);
-                        }
+                this.round().await;
+                let next = Instant::now() + this.timing.retry_period;
+                // A leader whose deadline falls before the next round announces the end of
+                // its leadership on time, not a retry period late.
+                let until = this.state().leading_until;
+                if let Some(until) = until.filter(|u| *u <= next) {
+                    tokio::time::sleep_until(until).await;
+                    if !this.is_leader() {
+                        this.step_down("no renewal within the renew deadline");
                     }
                 }
-                tokio::time::sleep(this.timing.retry_period).await;
+                tokio::time::sleep_until(next).await;
             }
         })
     }
 
-    /// One round: true when this replica holds the lease afterwards.
-    async fn try_acquire_or_renew(&self) -> Result<bool, StoreError> {
-        let now = time::OffsetDateTime::now_utc();
+    /// One round of the election, never longer than what is left of the renew deadline.
+    async fn round(&self) {
+        let started = Instant::now();
+        let leading_until = self.state().leading_until;
+        let deadline = leading_until.unwrap_or(started + self.timing.renew_deadline);
+        let outcome =
+            match tokio::time::timeout_at(deadline, self.try_acquire_or_renew(started)).await {
+                Ok(result) => result.map_err(RoundError::from),
+                Err(_) => Err(RoundError::TimedOut),
+            };
+        match outcome {
+            Ok(true) => self.lead_until(started + self.timing.renew_deadline),
+            Ok(false) => self.step_down("another process holds the lease"),
+            Err(err) => {
+                tracing::warn!(%err, "leader election: renewing the lease failed");
+                // A leader keeps its deadline: it may still renew before it runs out.
+                if !self.is_leader() {
+                    self.step_down("no renewal within the renew deadline");
+                }
+            }
+        }
+    }
+
+    /// One try: true when this process holds the lease afterwards. `now` is the round's start.
+    async fn try_acquire_or_renew(&self, now: Instant) -> Result<bool, StoreError> {
+        let wall = time::OffsetDateTime::now_utc();
         let secs = self.timing.lease_duration.as_secs().max(1);
         let current = self.store.get(LEASE_KEY, None).await?;
         let (lease, revision) = match &current {
@@ -140,18 +302,32 @@ impl Elector {
             .map(|l| l["spec"].clone())
             .unwrap_or(Value::Null);
         let holder = spec["holderIdentity"].as_str().unwrap_or_default();
-        let renewed = spec["renewTime"].as_str().and_then(parse_time);
-        let duration = spec["leaseDurationSeconds"].as_i64().unwrap_or(secs as i64);
-        let expired = renewed.is_none_or(|r| r + time::Duration::seconds(duration) < now);
-        let mine = holder == self.identity;
-        if !mine && !expired && !holder.is_empty() {
-            return Ok(false);
+        if let Some(revision) = revision {
+            let record = Record {
+                holder: holder.to_string(),
+                lease_duration: Duration::from_secs(
+                    spec["leaseDurationSeconds"].as_u64().unwrap_or(secs).max(1),
+                ),
+                revision,
+            };
+            let mut state = self.state();
+            // The clock starts when this process first sees a record, not at its renewTime.
+            let seen_at = match &state.observed {
+                Some((seen, at)) if *seen == record => *at,
+                _ => now,
+            };
+            state.observed = Some((record.clone(), seen_at));
+            let mine = record.holder == self.identity;
+            if !mine && !record.holder.is_empty() && now < seen_at + record.lease_duration {
+                return Ok(false);
+            }
         }
+        let mine = holder == self.identity;
         let transitions = spec["leaseTransitions"].as_i64().unwrap_or(0) + i64::from(!mine);
         let acquired = if mine {
             spec["acquireTime"].clone()
         } else {
-            json!(micro_time(now))
+            json!(micro_time(wall))
         };
         let mut object = lease.unwrap_or_else(|| {
             json!({
@@ -160,24 +336,30 @@ impl Elector {
                              "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": vkube_api::object::now()},
             })
         });
+        // renewTime and acquireTime are wall-clock times for people (kubectl get lease); no
+        // replica decides on them.
         object["spec"] = json!({
             "holderIdentity": self.identity, "leaseDurationSeconds": secs,
-            "acquireTime": acquired, "renewTime": micro_time(now), "leaseTransitions": transitions,
+            "acquireTime": acquired, "renewTime": micro_time(wall), "leaseTransitions": transitions,
         });
         if let Some(meta) = object["metadata"].as_object_mut() {
             meta.remove("resourceVersion");
         }
         let bytes = object.to_string().into_bytes();
         let written = match revision {
-            None => self.store.create(LEASE_KEY, bytes, None).await.map(|_| ()),
-            Some(rev) => self
-                .store
-                .update(LEASE_KEY, bytes, rev, None)
-                .await
-                .map(|_| ()),
+            None => self.store.create(LEASE_KEY, bytes, None).await,
+            Some(rev) => self.store.update(LEASE_KEY, bytes, rev, None).await,
         };
         match written {
-            Ok(()) => Ok(true),
+            Ok(kv) => {
+                let record = Record {
+                    holder: self.identity.clone(),
+                    lease_duration: Duration::from_secs(secs),
+                    revision: kv.mod_revision,
+                };
+                self.state().observed = Some((record, now));
+                Ok(true)
+            }
             // Another replica wrote first: it holds the lease now.
             Err(
                 StoreError::Conflict { .. }
@@ -187,9 +369,50 @@ impl Elector {
             Err(e) => Err(e),
         }
     }
+
+    /// Gives the lease up (at a graceful shutdown), as client-go's `ReleaseOnCancel`: the
+    /// holder becomes empty, so another replica takes over at its next round instead of
+    /// waiting out the lease. Leadership ends first, so no leader-only work overlaps the next
+    /// leader's. Bounded by the renew deadline; a lease that cannot be released simply expires.
+    pub async fn release(&self) {
+        self.step_down("releasing the lease");
+        let release = async {
+            let Some(kv) = self.store.get(LEASE_KEY, None).await? else {
+                return Ok(());
+            };
+            let mut object: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
+            if object["spec"]["holderIdentity"] != self.identity.as_str() {
+                return Ok(());
+            }
+            let wall = json!(micro_time(time::OffsetDateTime::now_utc()));
+            object["spec"]["holderIdentity"] = json!("");
+            object["spec"]["leaseDurationSeconds"] = json!(1);
+            object["spec"]["renewTime"] = wall.clone();
+            object["spec"]["acquireTime"] = wall;
+            self.store
+                .update(
+                    LEASE_KEY,
+                    object.to_string().into_bytes(),
+                    kv.mod_revision,
+                    None,
+                )
+                .await
+                .map(|_| ())
+        };
+        // A shutdown must not wait out a 40 s renew deadline for a store that does not answer.
+        let bound = self.timing.renew_deadline.min(Duration::from_secs(5));
+        match tokio::time::timeout(bound, release).await {
+            Ok(Ok(())) => {
+                tracing::info!(identity = %self.identity, "leader election: lease released")
+            }
+            Ok(Err(err)) => tracing::warn!(%err, "leader election: releasing the lease failed"),
+            Err(_) => tracing::warn!("leader election: releasing the lease timed out"),
+        }
+    }
 }
 
-/// Runs `work` (the leader-only tasks) while this replica leads, and stops it when it does not.
+/// Runs `work` (the leader-only tasks) while this replica leads, and aborts it when it does
+/// not: an abort cancels a task at its current await, so a task stuck in a store call stops too.
 pub fn while_leader<F>(elector: Arc<Elector>, work: F) -> tokio::task::JoinHandle<()>
 where
     F: Fn() -> Vec<tokio::task::AbortHandle> + Send + 'static,
@@ -215,22 +438,325 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU8;
+    use vkube_store::{KeyValue, ListOptions, ListResult, MemoryStore, Watch};
+
+    const ANSWER: u8 = 0;
+    const FAIL: u8 = 1;
+    const HANG: u8 = 2;
+
+    /// A store whose calls answer, fail or hang, on demand.
+    struct Flaky {
+        inner: Arc<dyn Store>,
+        mode: AtomicU8,
+    }
+
+    impl Flaky {
+        fn new(inner: Arc<dyn Store>) -> Arc<Flaky> {
+            Arc::new(Flaky {
+                inner,
+                mode: AtomicU8::new(ANSWER),
+            })
+        }
+
+        async fn gate(&self) -> Result<(), StoreError> {
+            match self.mode.load(Ordering::SeqCst) {
+                ANSWER => Ok(()),
+                FAIL => Err(StoreError::Backend {
+                    backend: "flaky",
+                    message: "connection refused".into(),
+                }),
+                _ => std::future::pending().await,
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Flaky {
+        fn backend(&self) -> &'static str {
+            "flaky"
+        }
+        async fn get(
+            &self,
+            key: &str,
+            rev: Option<Revision>,
+        ) -> vkube_store::Result<Option<KeyValue>> {
+            self.gate().await?;
+            self.inner.get(key, rev).await
+        }
+        async fn list(
+            &self,
+            prefix: &str,
+            options: ListOptions,
+        ) -> vkube_store::Result<ListResult> {
+            self.gate().await?;
+            self.inner.list(prefix, options).await
+        }
+        async fn create(
+            &self,
+            key: &str,
+            value: Vec<u8>,
+            ttl: Option<Duration>,
+        ) -> vkube_store::Result<KeyValue> {
+            self.gate().await?;
+            self.inner.create(key, value, ttl).await
+        }
+        async fn update(
+            &self,
+            key: &str,
+            value: Vec<u8>,
+            expected: Revision,
+            ttl: Option<Duration>,
+        ) -> vkube_store::Result<KeyValue> {
+            self.gate().await?;
+            self.inner.update(key, value, expected, ttl).await
+        }
+        async fn delete(
+            &self,
+            key: &str,
+            expected: Option<Revision>,
+        ) -> vkube_store::Result<(KeyValue, Revision)> {
+            self.gate().await?;
+            self.inner.delete(key, expected).await
+        }
+        async fn current_revision(&self) -> vkube_store::Result<Revision> {
+            self.gate().await?;
+            self.inner.current_revision().await
+        }
+        async fn compact(&self, revision: Revision) -> vkube_store::Result<()> {
+            self.gate().await?;
+            self.inner.compact(revision).await
+        }
+        async fn watch(&self, prefix: &str, from: Revision) -> vkube_store::Result<Watch> {
+            self.gate().await?;
+            self.inner.watch(prefix, from).await
+        }
+    }
+
+    /// Writes the lease as another process would: `holder`, renewed at `renew` by its clock.
+    async fn write_lease(store: &dyn Store, holder: &str, renew: time::OffsetDateTime) {
+        let lease = json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "vkube-controllers", "namespace": "kube-system"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 3,
+                     "acquireTime": micro_time(renew), "renewTime": micro_time(renew)},
+        })
+        .to_string()
+        .into_bytes();
+        match store.get(LEASE_KEY, None).await.unwrap() {
+            None => store.create(LEASE_KEY, lease, None).await.map(|_| ()),
+            Some(kv) => store
+                .update(LEASE_KEY, lease, kv.mod_revision, None)
+                .await
+                .map(|_| ()),
+        }
+        .unwrap();
+    }
+
+    async fn advance(secs: f64) {
+        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    }
+
+    #[test]
+    fn timing_comes_from_the_flag_then_vcluster_yaml_then_the_default() {
+        let secs = |l, r, p| Timing {
+            lease_duration: Duration::from_secs(l),
+            renew_deadline: Duration::from_secs(r),
+            retry_period: Duration::from_secs(p),
+        };
+        let none = TimingSeconds::default();
+        assert_eq!(Timing::resolve(none, None).unwrap(), secs(3, 2, 1));
+        // A vcluster.yaml without the keys: vcluster's chart defaults.
+        assert_eq!(Timing::resolve(none, Some(none)).unwrap(), secs(60, 40, 15));
+        let yaml = TimingSeconds {
+            lease_duration: Some(30),
+            renew_deadline: Some(20),
+            retry_period: None,
+        };
+        assert_eq!(Timing::resolve(none, Some(yaml)).unwrap(), secs(30, 20, 15));
+        let flags = TimingSeconds {
+            retry_period: Some(2),
+            ..none
+        };
+        assert_eq!(Timing::resolve(flags, Some(yaml)).unwrap(), secs(30, 20, 2));
+        let wrong = TimingSeconds {
+            renew_deadline: Some(60),
+            ..none
+        };
+        let err = Timing::resolve(wrong, Some(none)).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "leader election needs retryPeriod < renewDeadline < leaseDuration (got 15s < 60s < 60s)"
+        );
+    }
 
     #[tokio::test]
     async fn two_electors_of_one_replica_name_do_not_both_lead() {
-        let store: Arc<dyn Store> = vkube_store::MemoryStore::new();
+        let store: Arc<dyn Store> = MemoryStore::new();
         // Two processes started without --replica-id: both are "vkube-0".
         let a = Elector::new(store.clone(), "vkube-0".into(), Timing::default());
         let b = Elector::new(store.clone(), "vkube-0".into(), Timing::default());
         assert_ne!(a.identity, b.identity);
         assert!(
-            a.try_acquire_or_renew().await.unwrap(),
+            a.try_acquire_or_renew(Instant::now()).await.unwrap(),
             "the first takes the lease"
         );
         assert!(
-            !b.try_acquire_or_renew().await.unwrap(),
+            !b.try_acquire_or_renew(Instant::now()).await.unwrap(),
             "the second must not take (or \"renew\") a live lease it does not hold"
         );
-        assert!(a.try_acquire_or_renew().await.unwrap(), "the holder renews");
+        assert!(
+            a.try_acquire_or_renew(Instant::now()).await.unwrap(),
+            "the holder renews"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_live_holder_whose_clock_runs_behind_keeps_its_lease() {
+        let store: Arc<dyn Store> = MemoryStore::new();
+        // The holder's wall clock is an hour behind ours: by its renewTime the lease looks long
+        // expired, yet it renews every second.
+        let behind = || time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+        write_lease(store.as_ref(), "other", behind()).await;
+        let b = Elector::new(store.clone(), "vkube-1".into(), Timing::default());
+        assert!(
+            !b.try_acquire_or_renew(Instant::now()).await.unwrap(),
+            "a lease first seen now is valid for its whole duration"
+        );
+        for _ in 0..5 {
+            advance(2.0).await;
+            write_lease(store.as_ref(), "other", behind()).await;
+            assert!(
+                !b.try_acquire_or_renew(Instant::now()).await.unwrap(),
+                "a lease renewed 0 s ago (by our clock) is not expired"
+            );
+        }
+        // The holder stops renewing: 2 s after the renewal this replica saw, still valid ...
+        advance(2.0).await;
+        assert!(!b.try_acquire_or_renew(Instant::now()).await.unwrap());
+        // ... and taken once leaseDurationSeconds (3) have passed since.
+        advance(1.5).await;
+        assert!(b.try_acquire_or_renew(Instant::now()).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_holder_whose_clock_ran_ahead_loses_its_lease_after_the_lease_duration() {
+        let store: Arc<dyn Store> = MemoryStore::new();
+        // The holder's clock was an hour ahead, and it died right after renewing.
+        let ahead = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+        write_lease(store.as_ref(), "other", ahead).await;
+        let b = Elector::new(store.clone(), "vkube-1".into(), Timing::default());
+        assert!(!b.try_acquire_or_renew(Instant::now()).await.unwrap());
+        advance(2.5).await;
+        assert!(!b.try_acquire_or_renew(Instant::now()).await.unwrap());
+        advance(1.0).await;
+        assert!(
+            b.try_acquire_or_renew(Instant::now()).await.unwrap(),
+            "no renewal seen for the lease duration: the lease is expired, whatever its renewTime says"
+        );
+    }
+
+    /// Starts `elector` and waits until it leads; then runs leader-only work under
+    /// [`while_leader`], whose end (an abort) is reported on the returned channel with its instant.
+    async fn lead_with_work(
+        elector: &Arc<Elector>,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<Instant> {
+        elector.start();
+        while !elector.is_leader() {
+            advance(0.01).await;
+        }
+        let (ended, rx) = tokio::sync::mpsc::unbounded_channel();
+        struct OnDrop(tokio::sync::mpsc::UnboundedSender<Instant>);
+        impl Drop for OnDrop {
+            fn drop(&mut self) {
+                let _ = self.0.send(Instant::now());
+            }
+        }
+        while_leader(elector.clone(), move || {
+            let guard = OnDrop(ended.clone());
+            vec![
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    // Leader-only work that is itself stuck in a call that never answers.
+                    std::future::pending::<()>().await
+                })
+                .abort_handle(),
+            ]
+        });
+        advance(0.01).await;
+        rx
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_store_ends_leadership_and_its_work_before_another_replica_may_lead() {
+        let inner: Arc<dyn Store> = MemoryStore::new();
+        let flaky = Flaky::new(inner.clone());
+        let timing = Timing::default();
+        let a = Elector::new(flaky.clone(), "vkube-0".into(), timing.clone());
+        let mut ended = lead_with_work(&a).await;
+        // b watches the lease on a store that answers.
+        let b = Elector::new(inner.clone(), "vkube-1".into(), timing.clone());
+        b.start();
+        advance(1.5).await;
+        assert!(a.is_leader() && !b.is_leader());
+
+        flaky.mode.store(HANG, Ordering::SeqCst);
+        let hung_at = Instant::now();
+        let stopped_at = tokio::time::timeout(Duration::from_secs(60), ended.recv())
+            .await
+            .expect("the leader-only work still runs a minute after the store hung")
+            .unwrap();
+        assert!(
+            stopped_at <= hung_at + timing.renew_deadline,
+            "work stopped {:?} after the store hung (renew deadline {:?})",
+            stopped_at - hung_at,
+            timing.renew_deadline
+        );
+        assert!(!a.is_leader());
+        while !b.is_leader() {
+            advance(0.01).await;
+        }
+        let b_led_at = Instant::now();
+        assert!(
+            b_led_at > stopped_at,
+            "b led {:?} before a's work stopped",
+            stopped_at - b_led_at
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_renewals_end_leadership_within_the_renew_deadline() {
+        let flaky = Flaky::new(MemoryStore::new());
+        let timing = Timing::default();
+        let a = Elector::new(flaky.clone(), "vkube-0".into(), timing.clone());
+        let mut ended = lead_with_work(&a).await;
+        advance(0.5).await;
+        flaky.mode.store(FAIL, Ordering::SeqCst);
+        let failing_at = Instant::now();
+        let stopped_at = tokio::time::timeout(Duration::from_secs(60), ended.recv())
+            .await
+            .expect("leader-only work still runs a minute after the store failed")
+            .unwrap();
+        assert!(stopped_at <= failing_at + timing.renew_deadline);
+        assert!(!a.is_leader());
+        // The store answers again: the lease (still ours) is renewed and the work restarts.
+        flaky.mode.store(ANSWER, Ordering::SeqCst);
+        advance(timing.retry_period.as_secs_f64() + 0.1).await;
+        assert!(a.is_leader());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_lease_is_taken_at_once() {
+        let store: Arc<dyn Store> = MemoryStore::new();
+        let a = Elector::new(store.clone(), "vkube-0".into(), Timing::default());
+        let b = Elector::new(store.clone(), "vkube-1".into(), Timing::default());
+        assert!(a.try_acquire_or_renew(Instant::now()).await.unwrap());
+        assert!(!b.try_acquire_or_renew(Instant::now()).await.unwrap());
+        a.release().await;
+        assert!(!a.is_leader());
+        assert!(
+            b.try_acquire_or_renew(Instant::now()).await.unwrap(),
+            "a released lease needs no waiting out"
+        );
     }
 }

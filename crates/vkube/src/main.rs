@@ -200,13 +200,13 @@ struct HaArgs {
     /// This replica's index (default: N of a StatefulSet pod name NAME-N in POD_NAME or HOSTNAME, else 0).
     #[arg(long)]
     replica_id: Option<u32>,
-    /// Seconds a leader's lease is valid (default 3).
+    /// Seconds a leader's lease is valid (default 3; with --config, vcluster's 60).
     #[arg(long)]
     lease_duration: Option<u64>,
-    /// Seconds a leader keeps trying to renew before it steps down (default 2).
+    /// Seconds a leader keeps trying to renew before it steps down (default 2; with --config, vcluster's 40).
     #[arg(long)]
     renew_deadline: Option<u64>,
-    /// Seconds between election rounds (default 1).
+    /// Seconds between election rounds (default 1; with --config, vcluster's 15).
     #[arg(long)]
     retry_period: Option<u64>,
 }
@@ -449,24 +449,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 .and_then(ordinal_of)
         })
         .unwrap_or(0);
-    let seconds = |flag: Option<u64>, yaml: Option<u64>, default: u64| {
-        std::time::Duration::from_secs(flag.or(yaml).unwrap_or(default))
-    };
-    let leader = vkube_server::leader::Timing {
-        lease_duration: seconds(args.ha.lease_duration, ha.lease_duration, 3),
-        renew_deadline: seconds(args.ha.renew_deadline, ha.renew_deadline, 2),
-        retry_period: seconds(args.ha.retry_period, ha.retry_period, 1),
-    };
-    if leader.renew_deadline >= leader.lease_duration
-        || leader.retry_period >= leader.renew_deadline
-    {
-        anyhow::bail!(
-            "leader election needs retryPeriod < renewDeadline < leaseDuration (got {:?} < {:?} < {:?})",
-            leader.retry_period,
-            leader.renew_deadline,
-            leader.lease_duration
-        );
-    }
+    let leader = vkube_server::leader::Timing::resolve(
+        vkube_server::leader::TimingSeconds {
+            lease_duration: args.ha.lease_duration,
+            renew_deadline: args.ha.renew_deadline,
+            retry_period: args.ha.retry_period,
+        },
+        args.config
+            .as_ref()
+            .map(|_| vkube_server::leader::TimingSeconds {
+                lease_duration: ha.lease_duration,
+                renew_deadline: ha.renew_deadline,
+                retry_period: ha.retry_period,
+            }),
+    )?;
     let data_dir = args.store.data_dir()?;
     let host = host::setup(&args.host, &data_dir).await?;
     let config = vkube_server::Config {
