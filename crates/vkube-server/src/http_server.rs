@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -14,7 +14,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use vkube_store::Store;
 
-use crate::identity::{Ca, CertKey, IdentityError, read_pair, write_pair, write_private};
+use crate::identity::{
+    self, Ca, CertKey, IdentityError, Validity, read_pair, write_pair, write_private,
+};
 use crate::router::Api;
 use crate::tls;
 
@@ -124,18 +126,25 @@ fn serving_names(config: &Config) -> Vec<String> {
     names
 }
 
-/// This process's serving certificate: the one on disk if the CA and names are unchanged.
-fn serving_cert(ca: &Ca, config: &Config) -> Result<CertKey, IdentityError> {
-    let dir = &config.data_dir;
-    let names = serving_names(config).join(",");
+/// This process's serving certificate: the one on disk if the CA and names are unchanged and it
+/// is not due for renewal at `now`; else a new one, written to disk.
+fn serving_cert(
+    ca: &Ca,
+    dir: &Path,
+    names: &[String],
+    now: SystemTime,
+) -> Result<CertKey, IdentityError> {
+    let joined = names.join(",");
     let same_ca = std::fs::read_to_string(dir.join("ca.crt")).is_ok_and(|pem| pem == ca.cert_pem);
-    let same_names = std::fs::read_to_string(dir.join("serving.sans")).is_ok_and(|n| n == names);
-    if let Some(pair) = read_pair(dir, "serving").filter(|_| same_ca && same_names) {
+    let same_names = std::fs::read_to_string(dir.join("serving.sans")).is_ok_and(|n| n == joined);
+    if let Some(pair) = read_pair(dir, "serving")
+        .filter(|p| same_ca && same_names && identity::fresh(&p.cert_pem, now))
+    {
         return Ok(pair);
     }
-    let pair = ca.serving_cert(&serving_names(config))?;
+    let pair = ca.serving_cert(names)?;
     write_pair(dir, "serving", &pair)?;
-    write_private(&dir.join("serving.sans"), &names)?;
+    write_private(&dir.join("serving.sans"), &joined)?;
     Ok(pair)
 }
 
@@ -144,19 +153,40 @@ fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
+/// The client certificate in a kubeconfig vkube wrote.
+fn kubeconfig_client_cert(kubeconfig: &str) -> Option<String> {
+    use base64::Engine;
+    let data = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("client-certificate-data: "))?;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .ok()?;
+    String::from_utf8(der).ok()
+}
+
 /// `DIR/admin.kubeconfig`, for user `kubernetes-admin` in group `system:masters`; kept across
-/// restarts while the CA and server address are unchanged.
-fn admin_kubeconfig(ca: &Ca, config: &Config) -> Result<PathBuf, IdentityError> {
-    let path = config.data_dir.join("admin.kubeconfig");
-    let host = match config.listen.ip() {
+/// restarts while the CA and server address are unchanged and its client certificate is not
+/// due for renewal at `now`, else written afresh.
+fn admin_kubeconfig(
+    ca: &Ca,
+    dir: &Path,
+    listen: SocketAddr,
+    now: SystemTime,
+) -> Result<PathBuf, IdentityError> {
+    let path = dir.join("admin.kubeconfig");
+    let host = match listen.ip() {
         ip if ip.is_unspecified() => "127.0.0.1".to_string(),
         std::net::IpAddr::V6(ip) => format!("[{ip}]"),
         ip => ip.to_string(),
     };
-    let server = format!("https://{host}:{}", config.listen.port());
+    let server = format!("https://{host}:{}", listen.port());
     let ca_data = b64(&ca.cert_pem);
     if let Ok(existing) = std::fs::read_to_string(&path) {
-        if existing.contains(&ca_data) && existing.contains(&format!("server: {server}\n")) {
+        if existing.contains(&ca_data)
+            && existing.contains(&format!("server: {server}\n"))
+            && kubeconfig_client_cert(&existing).is_some_and(|c| identity::fresh(&c, now))
+        {
             return Ok(path);
         }
     }
@@ -169,7 +199,71 @@ fn admin_kubeconfig(ca: &Ca, config: &Config) -> Result<PathBuf, IdentityError> 
         b64(&admin.key_pem),
     );
     write_private(&path, &kubeconfig)?;
+    tracing::info!(path = %path.display(), "admin kubeconfig written");
     Ok(path)
+}
+
+/// Renews what is due at `now`: the serving certificate (swapped into `serving`, so new
+/// handshakes get it without a restart) and the admin kubeconfig. Returns when the next of them
+/// falls due.
+fn renew_due(
+    ca: &Ca,
+    dir: &Path,
+    names: &[String],
+    listen: SocketAddr,
+    serving: &tls::ServingCert,
+    now: SystemTime,
+) -> Result<SystemTime, ServeError> {
+    let pair = serving_cert(ca, dir, names, now)?;
+    if pair != serving.get() {
+        serving.set(&pair)?;
+        let until = Validity::of_pem(&pair.cert_pem).map(|v| identity::rfc3339(v.not_after));
+        tracing::info!(?until, "serving certificate renewed");
+    }
+    let kubeconfig = admin_kubeconfig(ca, dir, listen, now)?;
+    let admin = std::fs::read_to_string(&kubeconfig)
+        .ok()
+        .and_then(|k| kubeconfig_client_cert(&k));
+    let next = [Some(pair.cert_pem), admin]
+        .into_iter()
+        .flatten()
+        .filter_map(|pem| Validity::of_pem(&pem))
+        .map(|v| v.renew_at())
+        .min();
+    Ok(next.unwrap_or(now + RENEWAL_CHECK))
+}
+
+/// The longest the renewal task sleeps: a clock that jumps (a suspended machine, a corrected
+/// clock) is noticed within it.
+const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
+
+/// Keeps the serving certificate and the admin kubeconfig fresh while serving.
+fn renew_certificates(
+    ca: Ca,
+    config: &Config,
+    serving: Arc<tls::ServingCert>,
+) -> tokio::task::JoinHandle<()> {
+    let (dir, names, listen) = (
+        config.data_dir.clone(),
+        serving_names(config),
+        config.listen,
+    );
+    tokio::spawn(async move {
+        loop {
+            let now = SystemTime::now();
+            let wait = match renew_due(&ca, &dir, &names, listen, &serving, now) {
+                Ok(next) => next
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default()
+                    .clamp(Duration::from_secs(1), RENEWAL_CHECK),
+                Err(err) => {
+                    tracing::warn!(%err, "renewing certificates failed; trying again in a minute");
+                    Duration::from_secs(60)
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    })
 }
 
 /// The address other replicas and `vkube check` reach this one at.
@@ -241,15 +335,22 @@ pub async fn serve(
         err,
     })?;
     let ca = Ca::load_or_create(store.as_ref()).await?;
-    let serving = serving_cert(&ca, &config)?;
+    let serving = serving_cert(
+        &ca,
+        &config.data_dir,
+        &serving_names(&config),
+        SystemTime::now(),
+    )?;
     std::fs::write(config.data_dir.join("ca.crt"), &ca.cert_pem).map_err(|err| {
         IdentityError::Io {
             path: "ca.crt".into(),
             err,
         }
     })?;
-    let kubeconfig = admin_kubeconfig(&ca, &config)?;
-    let tls = tokio_rustls::TlsAcceptor::from(tls::server_config(&ca.cert_pem, &serving)?);
+    let kubeconfig = admin_kubeconfig(&ca, &config.data_dir, config.listen, SystemTime::now())?;
+    let serving = tls::ServingCert::new(&serving)?;
+    let tls = tokio_rustls::TlsAcceptor::from(tls::server_config(&ca.cert_pem, serving.clone())?);
+    let renewal = renew_certificates(ca.clone(), &config, serving);
 
     let sa_key = crate::identity::service_account_key(store.as_ref()).await?;
     let issuer = vkube_auth::service_account::Issuer::new(
@@ -375,6 +476,7 @@ pub async fn serve(
     drop(listener);
     leader_work.abort();
     heartbeat.abort();
+    renewal.abort();
     election.abort();
     // Hand the lease over now rather than make the next leader wait it out.
     elector.release().await;
@@ -383,4 +485,141 @@ pub async fn serve(
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vkube-certs-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn days(n: i64) -> time::Duration {
+        time::Duration::days(n)
+    }
+
+    fn names() -> Vec<String> {
+        vec!["localhost".into(), "127.0.0.1".into()]
+    }
+
+    /// A serving pair issued 345 days ago that expires in 20: what a replica started a year ago
+    /// has on disk.
+    fn old_serving(ca: &Ca) -> CertKey {
+        let now = time::OffsetDateTime::now_utc();
+        ca.serving_cert_for(&names(), (now - days(345), now + days(20)))
+            .unwrap()
+    }
+
+    fn year_left(pem: &str) -> bool {
+        Validity::of_pem(pem).unwrap().remaining(SystemTime::now())
+            > Duration::from_secs(360 * 24 * 3600)
+    }
+
+    #[test]
+    fn a_serving_certificate_near_expiry_is_reissued() {
+        let ca = Ca::generate().unwrap();
+        let dir = temp_dir();
+        std::fs::write(dir.join("ca.crt"), &ca.cert_pem).unwrap();
+        let now = SystemTime::now();
+        let first = serving_cert(&ca, &dir, &names(), now).unwrap();
+        assert_eq!(
+            serving_cert(&ca, &dir, &names(), now).unwrap(),
+            first,
+            "a fresh certificate is kept across restarts"
+        );
+        let old = old_serving(&ca);
+        write_pair(&dir, "serving", &old).unwrap();
+        let renewed = serving_cert(&ca, &dir, &names(), now).unwrap();
+        assert_ne!(renewed, old, "20 days left: reissued");
+        assert!(year_left(&renewed.cert_pem));
+        assert_eq!(read_pair(&dir, "serving").unwrap(), renewed, "and written");
+        // A year's certificate is kept until a third of it is left.
+        let at = Validity::of_pem(&renewed.cert_pem).unwrap().renew_at();
+        assert_eq!(
+            serving_cert(&ca, &dir, &names(), at - Duration::from_secs(1)).unwrap(),
+            renewed
+        );
+        assert_ne!(serving_cert(&ca, &dir, &names(), at).unwrap(), renewed);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_admin_kubeconfig_whose_certificate_is_near_expiry_is_rewritten() {
+        let ca = Ca::generate().unwrap();
+        let dir = temp_dir();
+        let listen: SocketAddr = "127.0.0.1:6443".parse().unwrap();
+        let now = SystemTime::now();
+        let path = admin_kubeconfig(&ca, &dir, listen, now).unwrap();
+        let first = std::fs::read_to_string(&path).unwrap();
+        admin_kubeconfig(&ca, &dir, listen, now).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            first,
+            "a fresh kubeconfig is kept"
+        );
+        // The same kubeconfig, but with a client certificate that expires in 10 days.
+        let wall = time::OffsetDateTime::now_utc();
+        let short = ca
+            .client_cert_for(
+                "kubernetes-admin",
+                &["system:masters"],
+                (wall - days(355), wall + days(10)),
+            )
+            .unwrap();
+        let cert = kubeconfig_client_cert(&first).unwrap();
+        let key_line = first
+            .lines()
+            .find(|l| l.trim().starts_with("client-key-data: "))
+            .unwrap();
+        let near = first.replace(&b64(&cert), &b64(&short.cert_pem)).replace(
+            key_line,
+            &format!("    client-key-data: {}", b64(&short.key_pem)),
+        );
+        std::fs::write(&path, &near).unwrap();
+        admin_kubeconfig(&ca, &dir, listen, now).unwrap();
+        let rewritten = std::fs::read_to_string(&path).unwrap();
+        assert_ne!(
+            rewritten, near,
+            "a certificate 10 days from expiry is replaced"
+        );
+        assert!(year_left(&kubeconfig_client_cert(&rewritten).unwrap()));
+        assert!(rewritten.contains("server: https://127.0.0.1:6443\n"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn renewal_swaps_a_due_serving_certificate_in_while_serving() {
+        let ca = Ca::generate().unwrap();
+        let dir = temp_dir();
+        std::fs::write(dir.join("ca.crt"), &ca.cert_pem).unwrap();
+        std::fs::write(dir.join("serving.sans"), names().join(",")).unwrap();
+        let listen: SocketAddr = "127.0.0.1:6443".parse().unwrap();
+        let old = old_serving(&ca);
+        write_pair(&dir, "serving", &old).unwrap();
+        // The process serves the old pair, as one started before it fell due.
+        let serving = tls::ServingCert::new(&old).unwrap();
+        let now = SystemTime::now();
+        let next = renew_due(&ca, &dir, &names(), listen, &serving, now).unwrap();
+        let renewed = serving.get();
+        assert_ne!(renewed, old, "the served certificate is the renewed one");
+        assert!(year_left(&renewed.cert_pem));
+        assert_eq!(read_pair(&dir, "serving").unwrap(), renewed);
+        let due = Validity::of_pem(&renewed.cert_pem).unwrap().renew_at();
+        assert!(
+            next <= due && next > now,
+            "looks again when the next is due"
+        );
+        // Nothing due: nothing changes.
+        renew_due(&ca, &dir, &names(), listen, &serving, now).unwrap();
+        assert_eq!(serving.get(), renewed);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

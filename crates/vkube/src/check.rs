@@ -7,9 +7,13 @@
 //! Two credentials are in play. The kubeconfig's (an operator's) reads the membership, health
 //! and version; the one being checked (`--token`, else the kubeconfig's too) asks whoami and
 //! can-i. An ordinary user may not read the membership, and its refusal is not an empty list.
+//!
+//! It also warns (without failing) about each certificate it meets that expires within 30 days:
+//! the kubeconfig's CA and client certificate, and every replica's serving certificate.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
@@ -18,6 +22,7 @@ use http_body_util::{BodyExt, Full};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{Value, json};
+use vkube_server::identity::{EXPIRY_WARNING, Validity, rfc3339};
 
 #[derive(clap::Args)]
 pub struct CheckArgs {
@@ -89,6 +94,8 @@ struct Conn {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     token: Option<String>,
     authority: String,
+    /// The validity of the serving certificate the replica presented.
+    serving: Option<Validity>,
 }
 
 impl Conn {
@@ -120,6 +127,12 @@ impl Conn {
         let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
             .connect(name, tcp)
             .await?;
+        let serving = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| Validity::of_der(c));
         let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(conn);
@@ -130,6 +143,7 @@ impl Conn {
                 Auth::Cert(..) => None,
             },
             authority: authority.to_string(),
+            serving,
         })
     }
 
@@ -171,6 +185,8 @@ struct Row {
     fingerprint: String,
     whoami: String,
     can_i: Vec<String>,
+    /// The replica's serving certificate.
+    serving: Option<Validity>,
 }
 
 fn parse_can_i(spec: &str) -> Value {
@@ -196,6 +212,7 @@ async fn ask(cred: &Credential, address: &str, members: &[Value], can_i: &[Strin
             return row;
         }
     };
+    row.serving = conn.serving;
     if let Ok((200, body)) = conn.send("GET", "/version", None).await {
         row.version = serde_json::from_str::<Value>(&body)
             .ok()
@@ -313,6 +330,60 @@ async fn members(cred: &Credential, first: &str) -> Result<Vec<Value>> {
         .as_array()
         .cloned()
         .with_context(|| format!("{first} sent a replica list without replicas: {body}"))
+}
+
+/// Warnings about the certificates in `certs` (what each is, its validity) that expire within
+/// [`EXPIRY_WARNING`] of `now`, or have expired. They do not fail the check: nothing disagrees
+/// yet, but an operator has a month to act.
+fn expiry_warnings(certs: &[(String, Validity)], now: SystemTime) -> Vec<String> {
+    certs
+        .iter()
+        .filter(|(_, v)| v.remaining(now) < EXPIRY_WARNING)
+        .map(|(what, v)| {
+            let left = v.remaining(now);
+            let when = if left.is_zero() {
+                format!("expired at {}", rfc3339(v.not_after))
+            } else {
+                let days = left.as_secs() / (24 * 3600);
+                let hours = left.as_secs() / 3600 % 24;
+                format!("expires in {days}d{hours}h, at {}", rfc3339(v.not_after))
+            };
+            format!("warning: {what} {when}")
+        })
+        .collect()
+}
+
+/// The certificates a check can see: the kubeconfig's CA and client certificate, and each
+/// replica's serving certificate, with what to do about each.
+fn certificates(cred: &Credential, rows: &[Row]) -> Vec<(String, Validity)> {
+    let mut certs = Vec::new();
+    let pem = |bytes: &[u8]| Validity::of_pem(&String::from_utf8_lossy(bytes));
+    if let Some(v) = pem(&cred.ca) {
+        certs.push((
+            "the cluster CA (the kubeconfig's certificate-authority-data)".to_string(),
+            v,
+        ));
+    }
+    if let Auth::Cert(cert, _) = &cred.operator {
+        if let Some(v) = pem(cert) {
+            certs.push((
+                "the kubeconfig's client certificate (vkube writes a fresh admin.kubeconfig into its data directory before it expires; copy that one)".to_string(),
+                v,
+            ));
+        }
+    }
+    for r in rows {
+        if let Some(v) = r.serving {
+            certs.push((
+                format!(
+                    "the serving certificate of {} (vkube renews it before it expires; a replica that has not is failing to, see its log)",
+                    r.replica
+                ),
+                v,
+            ));
+        }
+    }
+    certs
 }
 
 pub async fn run(args: CheckArgs) -> Result<bool> {
@@ -435,5 +506,104 @@ pub async fn run(args: CheckArgs) -> Result<bool> {
     for o in &odd {
         eprintln!("vkube check: {o}");
     }
+    for w in expiry_warnings(&certificates(&cred, &rows), SystemTime::now()) {
+        eprintln!("vkube check: {w}");
+    }
     Ok(odd.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    /// A CA, and a localhost serving pair it signed that expires `days_left` days from now.
+    fn short_lived(days_left: u32) -> (String, String, String) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let now = SystemTime::now();
+        leaf.not_before = (now - DAY * 300).into();
+        leaf.not_after = (now + DAY * days_left).into();
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        (ca_pem, cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn certificates_within_thirty_days_of_expiry_are_warned_about() {
+        let now = SystemTime::now();
+        let valid = |days_left: u64| Validity {
+            not_before: now - DAY * 300,
+            not_after: now + DAY * days_left as u32 + Duration::from_secs(60),
+        };
+        let expired = Validity {
+            not_before: now - DAY * 300,
+            not_after: now - DAY,
+        };
+        let warnings = expiry_warnings(
+            &[
+                ("A".to_string(), valid(40)),
+                ("B".to_string(), valid(12)),
+                ("C".to_string(), expired),
+            ],
+            now,
+        );
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("warning: B expires in 12d0h, at "),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1].starts_with("warning: C expired at "),
+            "{warnings:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replicas_serving_certificate_near_expiry_is_warned_about() {
+        let (ca_pem, cert_pem, key_pem) = short_lived(10);
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("localhost:{}", listener.local_addr().unwrap().port());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                // Handshakes, then hangs up: the replica answers no request.
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        let cred = Credential {
+            ca: ca_pem.into_bytes(),
+            operator: Auth::Token("t".into()),
+            checked: None,
+            server: format!("https://{address}"),
+        };
+        let row = ask(&cred, &address, &[], &[]).await;
+        let warnings = expiry_warnings(&certificates(&cred, &[row]), SystemTime::now());
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(&format!(
+                "warning: the serving certificate of {address} (vkube renews it"
+            )) && warnings[0].contains(" expires in 9d23h, at "),
+            "{warnings:?}"
+        );
+    }
 }
