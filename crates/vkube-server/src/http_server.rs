@@ -32,6 +32,8 @@ pub struct Config {
     pub leader: crate::leader::Timing,
     /// `--etcd-compaction-interval` (kube-apiserver's, default 5 m); `None`: never compact.
     pub compaction_interval: Option<std::time::Duration>,
+    /// `--max-requests-inflight` and `--max-mutating-requests-inflight`.
+    pub limits: crate::filters::Limits,
     /// The leader's controllers not to run (`--controllers=*,-NAME`, as
     /// kube-controller-manager's flag): names from [`CONTROLLERS`].
     pub disabled_controllers: Vec<String>,
@@ -364,6 +366,7 @@ pub async fn serve(
     let hub = crate::hub::Hub::start(store.clone()).await?;
     let authorizer = crate::authz::Authorizer::start(store.clone(), hub.clone()).await?;
     let crds = crate::crds::CrdView::start(store.clone(), hub.clone()).await?;
+    let filters = crate::filters::Filters::new(config.limits);
     let api = Arc::new(Api {
         store: store.clone(),
         hub: hub.clone(),
@@ -378,8 +381,10 @@ pub async fn serve(
         metrics: {
             let mut registry = prometheus_client::registry::Registry::default();
             auth.metrics.register(&mut registry);
+            filters.register(&mut registry);
             crate::metrics::Metrics::new(registry)
         },
+        filters,
         auth,
     });
     crate::controllers::bootstrap(&api).await?;

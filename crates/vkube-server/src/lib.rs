@@ -8,6 +8,7 @@ mod authz;
 mod compactor;
 mod controllers;
 mod crds;
+pub mod filters;
 mod gc;
 pub mod host_proxy;
 mod http_server;
@@ -33,6 +34,7 @@ mod watch_stream;
 mod workloads;
 mod yaml;
 
+pub use filters::Limits;
 pub use http_server::{AuthOptions, CONTROLLERS, Config, LeaderTask, ServeError, serve};
 pub use identity::{Ca, CertKey};
 pub use response::Body as ResponseBody;

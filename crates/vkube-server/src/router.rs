@@ -1,4 +1,6 @@
-//! The filter chain and dispatch: request info → authentication → body limit → handler.
+//! The filter chain and dispatch: panic recovery → request info → authentication →
+//! impersonation → in-flight limits → authorization → body limit → handler (the order is
+//! kube-apiserver's; see [`crate::filters`]).
 //! Non-resource paths (health, version, discovery) are answered here; resources go to `rest`.
 
 use std::sync::Arc;
@@ -37,6 +39,8 @@ pub struct Api {
     pub divergent: std::sync::RwLock<Option<String>>,
     /// What `/metrics` reports.
     pub metrics: crate::metrics::Metrics,
+    /// The filters' state (in-flight counts, panic counter): see [`crate::filters`].
+    pub filters: crate::filters::Filters,
     /// Where this replica serves: the `kubernetes` Service's endpoint.
     pub listen: std::net::SocketAddr,
     /// Where pods' kubelet subresources go (the host cluster), if anywhere.
@@ -56,7 +60,12 @@ impl Api {
         let info = RequestInfo::parse(&method, req.uri().path(), &q);
         let dry_run = q.get("dryRun").is_some_and(|v| v == "All");
         let api = self.clone();
-        let resp = self.serve(cert_user, req).await;
+        let path = req.uri().path().to_string();
+        let resp = api
+            .filters
+            .panics
+            .recover(&method, &path, self.serve(cert_user, req))
+            .await;
         api.metrics.observe(
             &info,
             &method,
@@ -99,6 +108,10 @@ impl Api {
             q.insert(crate::apply::AGENT_MANAGER.into(), name);
         }
         let info = RequestInfo::parse(req.method(), &path, &q);
+        let _slot = match self.filters.in_flight.admit(&info, &user) {
+            Ok(slot) => slot,
+            Err(too_many) => return too_many.response(),
+        };
         if let Err(status) =
             crate::authz::authorize(&self.authorizer, &user, &info, req.method(), &path).await
         {

@@ -87,6 +87,14 @@ struct ServeArgs {
     /// workloads).
     #[arg(long, value_delimiter = ',', default_value = "*")]
     controllers: Vec<String>,
+    /// Requests served at once that change nothing, as kube-apiserver's flag; beyond it, 429
+    /// with Retry-After. Watches and exec/attach/log/port-forward are not counted. 0: no limit.
+    #[arg(long, default_value_t = 400)]
+    max_requests_inflight: usize,
+    /// Requests served at once that change something (create, update, patch, delete), as
+    /// kube-apiserver's flag; beyond it, 429 with Retry-After. 0: no limit.
+    #[arg(long, default_value_t = 200)]
+    max_mutating_requests_inflight: usize,
     #[command(flatten)]
     host: host::HostArgs,
 }
@@ -473,6 +481,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         replica: format!("vkube-{replica_id}"),
         leader,
         compaction_interval: Some(args.etcd_compaction_interval).filter(|d| !d.is_zero()),
+        limits: vkube_server::Limits {
+            max_requests_inflight: args.max_requests_inflight,
+            max_mutating_requests_inflight: args.max_mutating_requests_inflight,
+        },
         disabled_controllers: disabled_controllers(&args.controllers)?,
         leader_tasks: host.syncer.into_iter().collect(),
         host_proxy: host.proxy,
