@@ -9,6 +9,14 @@
 //! the cluster would otherwise wait for a log the new process does not have. A member that exits
 //! is started again, with backoff; if it was removed from the cluster meanwhile, its old data is
 //! moved aside and it joins anew.
+//!
+//! A replica never founds a second cluster once one exists. Each member, once up, records the
+//! ID of its cluster in `<data-dir>/etcd/cluster-id`. A replica whose etcd data is gone but whose
+//! record is there was a member of that cluster: it only ever joins it again, and waits (saying
+//! so) while no member of it answers, instead of founding a new one after the grace period. It
+//! joins only a member that answers for the recorded cluster, never another one at the same
+//! address. Founding anew is an explicit act, for a cluster that is really lost: delete
+//! `<data-dir>/etcd/cluster-id` on that replica (the message that says it waits names the file).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -123,6 +131,79 @@ impl Options {
     fn data(&self) -> PathBuf {
         self.dir.join("data")
     }
+
+    /// Where the ID of this member's cluster is recorded.
+    fn cluster_file(&self) -> PathBuf {
+        self.dir.join("cluster-id")
+    }
+}
+
+/// The cluster this replica's member belonged to, as recorded; `None` when nothing is.
+fn recorded_cluster(options: &Options) -> Result<Option<u64>> {
+    let file = options.cluster_file();
+    let text = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    let id = u64::from_str_radix(text.trim(), 16).with_context(|| {
+        format!(
+            "{} holds {:?}, not an etcd cluster ID (hex); delete it only to found a new cluster",
+            file.display(),
+            text.trim()
+        )
+    })?;
+    Ok(Some(id))
+}
+
+/// Records `cluster` as this member's (written whole, then renamed, so a crash leaves the old
+/// record or the new one).
+fn record_cluster(options: &Options, cluster: u64) -> Result<()> {
+    let file = options.cluster_file();
+    let tmp = options.dir.join("cluster-id.tmp");
+    std::fs::write(&tmp, format!("{cluster:x}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &file))
+        .with_context(|| format!("writing {}", file.display()))
+}
+
+/// The cluster ID the member at `client` reports (its own status: no quorum needed).
+async fn cluster_of(client: &str) -> Option<u64> {
+    let ask = async {
+        let mut client = connect(client, false).await.ok()?;
+        let status = client.status().await.ok()?;
+        status.header().map(|h| h.cluster_id())
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, ask)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Once the member answers, records its cluster (then waits forever: it runs beside the
+/// member's process in the supervisor).
+async fn record_when_up(options: &Options) {
+    loop {
+        if let Some(cluster) = cluster_of(options.client()).await {
+            match recorded_cluster(options) {
+                Ok(Some(recorded)) if recorded == cluster => {}
+                Ok(recorded) => {
+                    if let Some(recorded) = recorded {
+                        eprintln!(
+                            "vkube: etcd member {} runs in cluster {cluster:x}, not in the recorded {recorded:x}; recording {cluster:x}",
+                            options.name()
+                        );
+                    }
+                    if let Err(err) = record_cluster(options, cluster) {
+                        eprintln!("vkube: {err:#}");
+                    }
+                }
+                Err(err) => eprintln!("vkube: {err:#}"),
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::future::pending::<()>().await
 }
 
 /// The running member and its supervisor.
@@ -262,6 +343,7 @@ async fn supervise(
                 let _ = std::fs::write(options.dir.join("etcd.pid"), format!("{pid}\n"));
                 running.send_replace(Some(Running { pid, id }));
                 let exited = tokio::select! {
+                    () = record_when_up(&options) => unreachable!("it waits forever"),
                     status = child.wait() => {
                         eprintln!(
                             "vkube: etcd member {} (pid {pid}) exited ({}); restarting it (its log: {})",
@@ -308,6 +390,20 @@ async fn terminate(child: &mut Child, pid: u32) {
     {
         let _ = child.kill().await;
     }
+}
+
+/// etcd's `--initial-cluster-token`, which only a founding member reads: etcd derives the member
+/// and cluster IDs from it and the peer URLs, so a token of each founding's own gives each cluster
+/// an ID of its own. With one fixed token, replica 0 founding again at the same address would
+/// get the very ID of the cluster it split from, and the ID could not tell them apart.
+fn founding_token(state: &str) -> String {
+    if state != "new" {
+        return "vkube".into();
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("vkube-{nanos:x}-{:x}", std::process::id())
 }
 
 /// How the member starts: alone, founding the cluster, or joining the existing one.
@@ -371,7 +467,10 @@ async fn launch(options: &Options) -> Result<(Child, Option<u64>)> {
         .arg(format!("--initial-advertise-peer-urls={}", options.peer()))
         .arg(format!("--initial-cluster={}", bootstrap.initial_cluster))
         .arg(format!("--initial-cluster-state={}", bootstrap.state))
-        .arg("--initial-cluster-token=vkube")
+        .arg(format!(
+            "--initial-cluster-token={}",
+            founding_token(bootstrap.state)
+        ))
         .args(["--logger=zap", "--log-outputs=stderr", "--log-level=warn"])
         .args(&options.extra_args)
         .stdin(Stdio::null())
@@ -451,13 +550,26 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Another member that answered: where, its cluster's ID and members, and a client to it.
+struct Found {
+    endpoint: String,
+    cluster: u64,
+    members: Vec<etcd_client::Member>,
+    client: Client,
+}
+
 /// The first other member that answers, with the cluster's members.
-async fn find_cluster(options: &Options) -> Option<(Client, Vec<etcd_client::Member>)> {
+async fn find_cluster(options: &Options) -> Option<Found> {
     for endpoint in options.others() {
         let ask = async {
             let mut client = connect(endpoint, false).await.ok()?;
-            let members = client.member_list().await.ok()?.members().to_vec();
-            Some((client, members))
+            let list = client.member_list().await.ok()?;
+            Some(Found {
+                endpoint: endpoint.clone(),
+                cluster: list.header()?.cluster_id(),
+                members: list.members().to_vec(),
+                client,
+            })
         };
         if let Ok(Some(found)) = tokio::time::timeout(REQUEST_TIMEOUT, ask).await {
             return Some(found);
@@ -466,13 +578,21 @@ async fn find_cluster(options: &Options) -> Option<(Client, Vec<etcd_client::Mem
     None
 }
 
-/// Whether the cluster, asked through another member, no longer lists this one.
+/// Whether `found` answers for another cluster than the recorded one (then it must not be
+/// joined, nor believed about this member's membership).
+fn foreign(recorded: Option<u64>, found: &Found) -> bool {
+    recorded.is_some_and(|r| r != found.cluster)
+}
+
+/// Whether the cluster, asked through another member of it, no longer lists this one.
 async fn removed(options: &Options) -> bool {
+    let recorded = recorded_cluster(options).ok().flatten();
     match find_cluster(options).await {
-        Some((_, members)) => !members
+        Some(found) if !foreign(recorded, &found) => !found
+            .members
             .iter()
             .any(|m| m.peer_urls().iter().any(|u| u == options.peer())),
-        None => false,
+        _ => false,
     }
 }
 
@@ -482,6 +602,9 @@ async fn removed(options: &Options) -> bool {
 /// reconfiguration checks (one unstarted member at a time, peers connected for 5 s).
 async fn bootstrap(options: &Options) -> Result<Bootstrap> {
     let started = Instant::now();
+    // Set once this replica's member has been up: it then never founds a cluster again.
+    let recorded = recorded_cluster(options)?;
+    let file = options.cluster_file();
     // When it last said why it waits: once at first, then every 5 s.
     let mut said: Option<Instant> = None;
     let mut due = || {
@@ -492,15 +615,41 @@ async fn bootstrap(options: &Options) -> Result<Bootstrap> {
         due
     };
     loop {
-        match find_cluster(options).await {
-            Some((mut client, members)) => match join(options, &mut client, &members).await {
+        // Why it has not started yet, if it should say so.
+        let waiting = match find_cluster(options).await {
+            Some(found) if foreign(recorded, &found) => Some(format!(
+                "vkube: etcd member {} belongs to cluster {:x} (recorded in {}), but the member at {} answers for cluster {:x}; it joins no other cluster and waits for a member of its own",
+                options.name(),
+                recorded.unwrap_or_default(),
+                file.display(),
+                found.endpoint,
+                found.cluster
+            )),
+            Some(mut found) => match join(options, &mut found.client, &found.members).await {
                 Ok(bootstrap) => return Ok(bootstrap),
-                Err(err) if due() => eprintln!(
+                Err(err) => Some(format!(
                     "vkube: etcd member {} cannot join yet: {err:#}; retrying",
                     options.name()
-                ),
-                Err(_) => {}
+                )),
             },
+            None if recorded.is_some() => {
+                let others: Vec<String> = options.others().cloned().collect();
+                let waits = if others.is_empty() {
+                    "it has no other member, and will not found a new cluster by itself".into()
+                } else {
+                    format!(
+                        "it waits for a member of that cluster to answer at {} and will not found a new one",
+                        others.join(",")
+                    )
+                };
+                Some(format!(
+                    "vkube: etcd member {} has no data but belongs to cluster {:x} (recorded in {}); {waits}. Only if that cluster is lost for good: delete {} to found a new, empty cluster from this replica",
+                    options.name(),
+                    recorded.unwrap_or_default(),
+                    file.display(),
+                    file.display()
+                ))
+            }
             None if options.replica == 0
                 && (options.peers.len() == 1 || started.elapsed() >= FOUNDING_GRACE) =>
             {
@@ -514,12 +663,17 @@ async fn bootstrap(options: &Options) -> Result<Bootstrap> {
                     id: None,
                 });
             }
-            None if options.replica != 0 && due() => eprintln!(
+            None if options.replica != 0 => Some(format!(
                 "vkube: etcd member {} waits for a member of the cluster to answer at {}",
                 options.name(),
                 options.others().cloned().collect::<Vec<_>>().join(",")
-            ),
-            None => {}
+            )),
+            None => None,
+        };
+        if let Some(why) = waiting
+            && due()
+        {
+            eprintln!("{why}");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -629,6 +783,126 @@ mod tests {
             listen_url("http://vkube-1.vkube-headless:2380").unwrap(),
             "http://0.0.0.0:2380"
         );
+    }
+
+    /// Two replicas' URLs on loopback ports free now.
+    fn two_replicas(dir: &Path) -> Options {
+        let ports: Vec<std::net::TcpListener> = (0..4)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let url = |i: usize| format!("http://127.0.0.1:{}", ports[i].local_addr().unwrap().port());
+        Options {
+            binary: "etcd".into(),
+            dir: dir.to_path_buf(),
+            replica: 0,
+            peers: vec![url(0), url(1)],
+            clients: vec![url(2), url(3)],
+            extra_args: vec![],
+        }
+    }
+
+    async fn recorded_soon(options: &Options) -> u64 {
+        for _ in 0..100 {
+            if let Some(id) = recorded_cluster(options).unwrap() {
+                return id;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "no cluster ID recorded in {}",
+            options.cluster_file().display()
+        );
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "vkube-{name}-{}-{}",
+            std::process::id(),
+            unix_now()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_lost_its_etcd_data_never_founds_a_second_cluster() {
+        let dir = temp_dir("refound");
+        let options = two_replicas(&dir);
+        // First start: no peer answers, nothing recorded: replica 0 founds the cluster.
+        let member = start(options.clone()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), member.wait_healthy())
+            .await
+            .expect("replica 0 founds the cluster");
+        let first = recorded_soon(&options).await;
+        member.stop().await;
+
+        // Its etcd data is lost; the other replica does not answer (yet). Founding now would
+        // split the cluster: it must wait, well past the founding grace.
+        std::fs::remove_dir_all(options.data()).unwrap();
+        let member = start(options.clone()).await.unwrap();
+        assert!(
+            tokio::time::timeout(FOUNDING_GRACE * 4, member.wait_healthy())
+                .await
+                .is_err(),
+            "a member of cluster {first:x} founded a new cluster"
+        );
+        member.stop().await;
+
+        // The explicit, documented act: delete the record. Then it founds a new cluster.
+        std::fs::remove_file(options.cluster_file()).unwrap();
+        let member = start(options.clone()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), member.wait_healthy())
+            .await
+            .expect("a replica told to found anew does");
+        assert_ne!(recorded_soon(&options).await, first);
+        member.stop().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_member_of_another_cluster_is_not_joined() {
+        let dir = temp_dir("foreign");
+        let options = two_replicas(&dir);
+        // Replica 1's address is served by a member of an unrelated, single-member cluster.
+        let other = dir.join("other");
+        let mut foreign = tokio::process::Command::new("etcd")
+            .arg("--name=other")
+            .arg(format!("--data-dir={}", other.display()))
+            .arg(format!("--listen-client-urls={}", options.clients[1]))
+            .arg(format!("--advertise-client-urls={}", options.clients[1]))
+            .arg(format!("--listen-peer-urls={}", options.peers[1]))
+            .arg(format!(
+                "--initial-advertise-peer-urls={}",
+                options.peers[1]
+            ))
+            .arg(format!("--initial-cluster=other={}", options.peers[1]))
+            .arg("--log-level=error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let foreign_cluster = loop {
+            if let Some(id) = cluster_of(&options.clients[1]).await {
+                break id;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // Replica 0 was a member of another cluster, and has lost its data.
+        std::fs::create_dir_all(&dir).unwrap();
+        record_cluster(&options, foreign_cluster ^ 1).unwrap();
+        let member = start(options.clone()).await.unwrap();
+        assert!(
+            tokio::time::timeout(FOUNDING_GRACE * 3, member.wait_healthy())
+                .await
+                .is_err()
+        );
+        member.stop().await;
+        let mut client = connect(&options.clients[1], false).await.unwrap();
+        let members = client.member_list().await.unwrap().members().len();
+        assert_eq!(members, 1, "replica 0 was added to a cluster not its own");
+        foreign.kill().await.unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
