@@ -267,12 +267,13 @@ impl Elector {
         let started = Instant::now();
         let leading_until = self.state().leading_until;
         let deadline = leading_until.unwrap_or(started + self.timing.renew_deadline);
-        let outcome =
-            match tokio::time::timeout_at(deadline, self.try_acquire_or_renew(started)).await {
-                Ok(result) => result.map_err(RoundError::from),
-                Err(_) => Err(RoundError::TimedOut),
-            };
+        let outcome = match tokio::time::timeout_at(deadline, self.try_acquire_or_renew()).await {
+            Ok(result) => result.map_err(RoundError::from),
+            Err(_) => Err(RoundError::TimedOut),
+        };
         match outcome {
+            // Counted from the round's start, the earliest the renewal can have been written:
+            // every other replica saw it no earlier, so this leader stops first.
             Ok(true) => self.lead_until(started + self.timing.renew_deadline),
             Ok(false) => self.step_down("another process holds the lease"),
             Err(err) => {
@@ -285,8 +286,8 @@ impl Elector {
         }
     }
 
-    /// One try: true when this process holds the lease afterwards. `now` is the round's start.
-    async fn try_acquire_or_renew(&self, now: Instant) -> Result<bool, StoreError> {
+    /// One try: true when this process holds the lease afterwards.
+    async fn try_acquire_or_renew(&self) -> Result<bool, StoreError> {
         let wall = time::OffsetDateTime::now_utc();
         let secs = self.timing.lease_duration.as_secs().max(1);
         let current = self.store.get(LEASE_KEY, None).await?;
@@ -311,14 +312,17 @@ impl Elector {
                 revision,
             };
             let mut state = self.state();
-            // The clock starts when this process first sees a record, not at its renewTime.
+            // The clock starts when this process first sees a record, not at its renewTime;
+            // and at the read's answer, not its start, so that a slow read never makes the
+            // lease look older than it is.
+            let read_at = Instant::now();
             let seen_at = match &state.observed {
                 Some((seen, at)) if *seen == record => *at,
-                _ => now,
+                _ => read_at,
             };
             state.observed = Some((record.clone(), seen_at));
             let mine = record.holder == self.identity;
-            if !mine && !record.holder.is_empty() && now < seen_at + record.lease_duration {
+            if !mine && !record.holder.is_empty() && read_at < seen_at + record.lease_duration {
                 return Ok(false);
             }
         }
@@ -357,7 +361,7 @@ impl Elector {
                     lease_duration: Duration::from_secs(secs),
                     revision: kv.mod_revision,
                 };
-                self.state().observed = Some((record, now));
+                self.state().observed = Some((record, Instant::now()));
                 Ok(true)
             }
             // Another replica wrote first: it holds the lease now.
@@ -598,17 +602,14 @@ mod tests {
         let b = Elector::new(store.clone(), "vkube-0".into(), Timing::default());
         assert_ne!(a.identity, b.identity);
         assert!(
-            a.try_acquire_or_renew(Instant::now()).await.unwrap(),
+            a.try_acquire_or_renew().await.unwrap(),
             "the first takes the lease"
         );
         assert!(
-            !b.try_acquire_or_renew(Instant::now()).await.unwrap(),
+            !b.try_acquire_or_renew().await.unwrap(),
             "the second must not take (or \"renew\") a live lease it does not hold"
         );
-        assert!(
-            a.try_acquire_or_renew(Instant::now()).await.unwrap(),
-            "the holder renews"
-        );
+        assert!(a.try_acquire_or_renew().await.unwrap(), "the holder renews");
     }
 
     #[tokio::test(start_paused = true)]
@@ -620,23 +621,23 @@ mod tests {
         write_lease(store.as_ref(), "other", behind()).await;
         let b = Elector::new(store.clone(), "vkube-1".into(), Timing::default());
         assert!(
-            !b.try_acquire_or_renew(Instant::now()).await.unwrap(),
+            !b.try_acquire_or_renew().await.unwrap(),
             "a lease first seen now is valid for its whole duration"
         );
         for _ in 0..5 {
             advance(2.0).await;
             write_lease(store.as_ref(), "other", behind()).await;
             assert!(
-                !b.try_acquire_or_renew(Instant::now()).await.unwrap(),
+                !b.try_acquire_or_renew().await.unwrap(),
                 "a lease renewed 0 s ago (by our clock) is not expired"
             );
         }
         // The holder stops renewing: 2 s after the renewal this replica saw, still valid ...
         advance(2.0).await;
-        assert!(!b.try_acquire_or_renew(Instant::now()).await.unwrap());
+        assert!(!b.try_acquire_or_renew().await.unwrap());
         // ... and taken once leaseDurationSeconds (3) have passed since.
         advance(1.5).await;
-        assert!(b.try_acquire_or_renew(Instant::now()).await.unwrap());
+        assert!(b.try_acquire_or_renew().await.unwrap());
     }
 
     #[tokio::test(start_paused = true)]
@@ -646,12 +647,12 @@ mod tests {
         let ahead = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
         write_lease(store.as_ref(), "other", ahead).await;
         let b = Elector::new(store.clone(), "vkube-1".into(), Timing::default());
-        assert!(!b.try_acquire_or_renew(Instant::now()).await.unwrap());
+        assert!(!b.try_acquire_or_renew().await.unwrap());
         advance(2.5).await;
-        assert!(!b.try_acquire_or_renew(Instant::now()).await.unwrap());
+        assert!(!b.try_acquire_or_renew().await.unwrap());
         advance(1.0).await;
         assert!(
-            b.try_acquire_or_renew(Instant::now()).await.unwrap(),
+            b.try_acquire_or_renew().await.unwrap(),
             "no renewal seen for the lease duration: the lease is expired, whatever its renewTime says"
         );
     }
@@ -750,12 +751,12 @@ mod tests {
         let store: Arc<dyn Store> = MemoryStore::new();
         let a = Elector::new(store.clone(), "vkube-0".into(), Timing::default());
         let b = Elector::new(store.clone(), "vkube-1".into(), Timing::default());
-        assert!(a.try_acquire_or_renew(Instant::now()).await.unwrap());
-        assert!(!b.try_acquire_or_renew(Instant::now()).await.unwrap());
+        assert!(a.try_acquire_or_renew().await.unwrap());
+        assert!(!b.try_acquire_or_renew().await.unwrap());
         a.release().await;
         assert!(!a.is_leader());
         assert!(
-            b.try_acquire_or_renew(Instant::now()).await.unwrap(),
+            b.try_acquire_or_renew().await.unwrap(),
             "a released lease needs no waiting out"
         );
     }
