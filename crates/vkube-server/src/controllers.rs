@@ -69,23 +69,39 @@ async fn aggregate_all(api: &Api) {
 /// `default/kubernetes`: the Service, Endpoints and EndpointSlice through which pods reach the
 /// API, on the first address of the service range as upstream.
 async fn kubernetes_service(api: &Api) -> Result<(), StoreError> {
-    let ip = crate::services::first_ip();
-    let (host, port) = (api.listen.ip().to_string(), api.listen.port());
+    let (ip, endpoint) = match &api.kubernetes_service {
+        Some(k) => (k.cluster_ip.clone(), k.endpoint),
+        None => (crate::services::first_ip(), api.listen),
+    };
+    let (host, port) = (endpoint.ip().to_string(), endpoint.port());
     let labels = json!({"component": "apiserver", "provider": "kubernetes"});
     let service = json!({
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
         "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
                  "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
     });
-    let key = core("services").key("default", "kubernetes");
-    if api.store.get(&key, None).await?.is_none() {
+    // A cluster that moved onto a host (or off it) needs the address its pods can reach, and a
+    // ClusterIP never changes in place: the Service is made anew.
+    let fresh = renew_if(api, core("services"), "kubernetes", |s| {
+        s["spec"]["clusterIP"] != ip.as_str()
+    })
+    .await?;
+    if fresh && api.kubernetes_service.is_none() {
         let _ = crate::services::claim_ip(api.store.as_ref(), &ip, "default", "kubernetes").await;
-        ensure(api, core("services"), "default", service).await?;
     }
+    ensure(api, core("services"), "default", service).await?;
+    // On a host, every replica advertises the one address of the host Service; elsewhere the
+    // first replica's stays (each replica's own listen address differs).
+    let on_host = api.kubernetes_service.is_some();
     let endpoints = json!({
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
         "subsets": [{"addresses": [{"ip": host}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
     });
+    let subsets = endpoints["subsets"].clone();
+    renew_if(api, core("endpoints"), "kubernetes", |e| {
+        on_host && e["subsets"] != subsets
+    })
+    .await?;
     ensure(api, core("endpoints"), "default", endpoints).await?;
     let slices = registry::find("discovery.k8s.io", "v1", "endpointslices").expect("registered");
     let slice = json!({
@@ -95,7 +111,33 @@ async fn kubernetes_service(api: &Api) -> Result<(), StoreError> {
         "endpoints": [{"addresses": [host], "conditions": {"ready": true}}],
         "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
     });
+    let addresses = slice["endpoints"][0]["addresses"].clone();
+    renew_if(api, slices, "kubernetes", |e| {
+        on_host && e["endpoints"][0]["addresses"] != addresses
+    })
+    .await?;
     ensure(api, slices, "default", slice).await
+}
+
+/// Deletes `default/NAME` of `resource` if `stale` says so; true when it is absent afterwards.
+async fn renew_if(
+    api: &Api,
+    resource: &Resource,
+    name: &str,
+    stale: impl Fn(&Value) -> bool,
+) -> Result<bool, StoreError> {
+    let key = resource.key("default", name);
+    let Some(kv) = api.store.get(&key, None).await? else {
+        return Ok(true);
+    };
+    let stored: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+    if !stale(&stored) {
+        return Ok(false);
+    }
+    match api.store.delete(&key, Some(kv.mod_revision)).await {
+        Ok(_) | Err(StoreError::NotFound { .. }) | Err(StoreError::Conflict { .. }) => Ok(true),
+        Err(err) => Err(err),
+    }
 }
 
 pub fn namespace_object(name: &str) -> Value {

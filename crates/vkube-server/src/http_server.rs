@@ -44,6 +44,12 @@ pub struct Config {
     /// Where pods' `log`, `exec`, `attach` and `portforward` go (the host cluster); `None`:
     /// they answer 503, as there is no kubelet.
     pub host_proxy: Option<crate::host_proxy::HostProxyHandle>,
+    /// Where Services get their addresses when pods run on a host (the host copies); `None`:
+    /// from vkube's own service range.
+    pub host_services: Option<crate::host_services::HostServicesHandle>,
+    /// `default/kubernetes` as host pods reach it; `None`: the first address of vkube's range
+    /// and the listen address.
+    pub kubernetes_service: Option<crate::host_services::KubernetesService>,
 }
 
 /// See [`Config::leader_tasks`].
@@ -375,6 +381,8 @@ pub async fn serve(
         serving: AtomicBool::new(true),
         listen: config.listen,
         host_proxy: config.host_proxy.clone(),
+        host_services: config.host_services.clone(),
+        kubernetes_service: config.kubernetes_service.clone(),
         authorizer,
         leader: std::sync::OnceLock::new(),
         divergent: Default::default(),

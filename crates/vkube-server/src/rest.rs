@@ -384,6 +384,9 @@ async fn create_object(
     object::check_namespace(ctx.resource, &mut obj, &ctx.info.namespace)?;
     ctx.default(&mut obj);
     let name = object::prepare_create(ctx.resource, &mut obj)?;
+    if ctx.resource.group.is_empty() && ctx.resource.plural == "pods" {
+        crate::service_accounts::admit_pod(ctx, &name, &mut obj).await?;
+    }
     ctx.validate(&obj, None)?;
     crate::authz::check_escalation(&ctx.api.authorizer, ctx.user, ctx.resource, &obj).await?;
     check_namespace_open(ctx, &name).await?;
@@ -396,7 +399,14 @@ async fn create_object(
         return Ok(ctx.respond(201, &obj));
     }
     let service = ctx.resource.group.is_empty() && ctx.resource.plural == "services";
-    if service {
+    let host = ctx
+        .api
+        .host_services
+        .as_ref()
+        .filter(|_| service && crate::host_services::on_host(&obj));
+    if let Some(host) = host {
+        host.0.create(&mut obj).await?;
+    } else if service {
         crate::services::allocate(ctx.api.store.as_ref(), &mut obj).await?;
     }
     let created = ctx
@@ -404,7 +414,9 @@ async fn create_object(
         .store
         .create(&ctx.key(&name), ctx.store_bytes(&obj)?, None)
         .await;
-    if service && created.is_err() {
+    if let Some(host) = host.filter(|_| created.is_err()) {
+        host.0.release(&obj).await;
+    } else if service && created.is_err() {
         crate::services::release(ctx.api.store.as_ref(), &obj).await;
     }
     match created {
@@ -509,10 +521,19 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
             if ctx.resource.custom {
                 custom_generation(ctx.resource, &old, &mut obj);
             }
-            if ctx.resource.group.is_empty() && ctx.resource.plural == "services" {
+            let service = ctx.resource.group.is_empty() && ctx.resource.plural == "services";
+            if service {
                 crate::services::keep_allocated(&old, &mut obj)?;
             }
             ctx.validate(&obj, Some(&old))?;
+            if let Some(host) = ctx
+                .api
+                .host_services
+                .as_ref()
+                .filter(|_| service && crate::host_services::on_host(&obj) && !ctx.dry_run())
+            {
+                host.0.update(&mut obj).await?;
+            }
             vkube_api::validation::validate_object_update(ctx.resource, &obj, &old)?;
             crate::authz::check_escalation(&ctx.api.authorizer, ctx.user, ctx.resource, &obj)
                 .await?;

@@ -45,6 +45,10 @@ pub struct Api {
     pub listen: std::net::SocketAddr,
     /// Where pods' kubelet subresources go (the host cluster), if anywhere.
     pub host_proxy: Option<crate::host_proxy::HostProxyHandle>,
+    /// Where Services get their addresses: the host, if pods run on one.
+    pub host_services: Option<crate::host_services::HostServicesHandle>,
+    /// `default/kubernetes` as host pods reach it, if they run on a host.
+    pub kubernetes_service: Option<crate::host_services::KubernetesService>,
 }
 
 impl Api {

@@ -6,7 +6,7 @@ use crate::{Config, Error, names};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -132,7 +132,7 @@ async fn refresh<K: Copied>(config: &Config, obj: &K) -> Result<(), Error> {
                 return Ok(());
             }
             if current.immutable() {
-                delete_host(&host_api, &current).await?;
+                crate::delete_exact(&host_api, &current).await?;
                 host_api.create(&PostParams::default(), &wanted).await?;
                 return Ok(());
             }
@@ -143,22 +143,6 @@ async fn refresh<K: Copied>(config: &Config, obj: &K) -> Result<(), Error> {
                 .await?;
             Ok(())
         }
-    }
-}
-
-async fn delete_host<K: Copied>(host_api: &Api<K>, current: &K) -> Result<(), Error> {
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: current.meta().uid.clone(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    let name = current.meta().name.clone().unwrap_or_default();
-    match host_api.delete(&name, &params).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -229,7 +213,7 @@ async fn follow_delete<K: Copied>(
     };
     match names::virtual_of(current.meta().annotations.as_ref()) {
         Some((_, _, uid)) if Some(uid.as_str()) == meta.uid.as_deref() => {
-            delete_host(host_api, &current).await
+            crate::delete_exact(host_api, &current).await
         }
         _ => Ok(()),
     }
@@ -256,7 +240,7 @@ async fn sweep<K: Copied>(config: Config) {
             match virtual_api.get_opt(&name).await {
                 Ok(Some(v)) if v.meta().uid.as_deref() == Some(uid.as_str()) => {}
                 Ok(_) => {
-                    if let Err(err) = delete_host(&host_api, &copy).await {
+                    if let Err(err) = crate::delete_exact(&host_api, &copy).await {
                         tracing::warn!(%err, kind = K::KIND, "deleting an orphaned host copy");
                     }
                 }

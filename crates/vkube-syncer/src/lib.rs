@@ -9,10 +9,14 @@
 #![forbid(unsafe_code)]
 
 mod configs;
+pub mod dns;
+mod endpoints;
 mod events;
 pub mod names;
 mod nodes;
 mod pods;
+pub mod services;
+mod tokens;
 pub mod translate;
 
 use std::time::Duration;
@@ -32,6 +36,20 @@ pub struct Config {
     pub cluster: String,
     /// How often everything is compared again, events or not.
     pub resync: Duration,
+    /// The address at which host pods reach vkube's API (443) and DNS (53): the ClusterIP of a
+    /// host Service in the host namespace. `None`: pods cannot reach the virtual API.
+    pub vkube_ip: Option<String>,
+}
+
+impl Config {
+    /// What a host pod needs to know beside its virtual pod.
+    pub fn environment(&self) -> translate::Environment {
+        translate::Environment {
+            cluster: self.cluster.clone(),
+            host_namespace: self.host_namespace.clone(),
+            vkube_ip: self.vkube_ip.clone(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +77,27 @@ where
     }
 }
 
+/// Deletes exactly the object that was read (its uid as precondition): one that is gone, or was
+/// replaced by another of the same name meanwhile, counts as done.
+async fn delete_exact<K>(api: &kube::Api<K>, obj: &K) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: obj.meta().uid.clone(),
+            resource_version: None,
+        }),
+        ..kube::api::DeleteParams::default()
+    };
+    let name = obj.meta().name.clone().unwrap_or_default();
+    match api.delete(&name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Runs the syncer until the task is aborted (the replica stops leading) or a watch cannot be
 /// set up at all.
 pub async fn run(config: Config) -> Result<(), Error> {
@@ -79,5 +118,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         r = events::run(config.clone()) => r,
         r = configs::run::<k8s_openapi::api::core::v1::ConfigMap>(config.clone()) => r,
         r = configs::run::<k8s_openapi::api::core::v1::Secret>(config.clone()) => r,
+        r = services::run(config.clone()) => r,
+        r = services::follow_deletes(config.clone()) => r,
+        r = endpoints::run(config.clone()) => r,
     }
 }

@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 pub const CLUSTER_LABEL: &str = "vkube.dev/cluster";
 /// The virtual object's kind, as a label, so one list finds one kind's host objects.
 pub const KIND_LABEL: &str = "vkube.dev/kind";
+/// The virtual namespace of a host pod, as a label: a host Service selects one namespace's pods.
+pub const NAMESPACE_LABEL: &str = "vkube.dev/namespace";
 /// Annotations naming the virtual object.
 pub const NAME_ANNOTATION: &str = "vkube.dev/name";
 pub const NAMESPACE_ANNOTATION: &str = "vkube.dev/namespace";

@@ -15,7 +15,7 @@
 //! A virtual pod deleted deletes its host pod (with the host pod's uid as precondition), at once
 //! through a watch of deletes, and by the orphan sweep after a restart that missed the event.
 
-use crate::{Config, Error, configs, names, nodes, translate, write_status};
+use crate::{Config, Error, configs, names, nodes, tokens, translate, write_status};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{
     Binding, ConfigMap, ObjectReference, Pod, PodCondition, PodStatus, Secret,
@@ -86,7 +86,7 @@ async fn reconcile(vpod: Arc<Pod>, config: Arc<Config>) -> Result<Action, Error>
             Some((hns, hname, huid)) if hns == ns && hname == name => {
                 if huid != uid {
                     // The host pod of an earlier virtual pod of this name: it goes first.
-                    delete_host(&host_pods, h).await?;
+                    crate::delete_exact(&host_pods, h).await?;
                     return Ok(Action::requeue(Duration::from_secs(1)));
                 }
             }
@@ -102,7 +102,7 @@ async fn reconcile(vpod: Arc<Pod>, config: Arc<Config>) -> Result<Action, Error>
     }
     if vpod.metadata.deletion_timestamp.is_some() {
         if let Some(h) = &host {
-            delete_host(&host_pods, h).await?;
+            crate::delete_exact(&host_pods, h).await?;
         }
         return Ok(Action::await_change());
     }
@@ -141,7 +141,15 @@ async fn reconcile(vpod: Arc<Pod>, config: Arc<Config>) -> Result<Action, Error>
                 return Ok(Action::requeue(Duration::from_secs(2)));
             }
         }
-        match translate::host_pod(&vpod, &config.cluster, &config.host_namespace) {
+        let wanted = translate::host_pod(&vpod, &config.environment());
+        if wanted.is_ok()
+            && let Err(err) = tokens::ensure(&config, &vpod, None).await
+        {
+            let message = format!("service account token: {err}");
+            report(&virtual_pods, &vpod, "CreateContainerConfigError", &message).await?;
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
+        match wanted {
             Err(unsupported) => {
                 report(&virtual_pods, &vpod, "SyncUnsupported", &unsupported.0).await?;
             }
@@ -161,7 +169,11 @@ async fn reconcile(vpod: Arc<Pod>, config: Arc<Config>) -> Result<Action, Error>
         }
         return Ok(Action::requeue(config.resync));
     };
-    if let Ok(wanted) = translate::host_pod(&vpod, &config.cluster, &config.host_namespace)
+    // Tokens are renewed as a kubelet would; the next reconcile comes no later than that.
+    let refresh = tokens::ensure(&config, &vpod, Some(&host))
+        .await?
+        .map_or(config.resync, |d| d.min(config.resync));
+    if let Ok(wanted) = translate::host_pod(&vpod, &config.environment())
         && let Some(next) = translate::spec_update(&host, &wanted)
     {
         host_pods
@@ -182,7 +194,7 @@ async fn reconcile(vpod: Arc<Pod>, config: Arc<Config>) -> Result<Action, Error>
         // The virtual pod changed under us (a binding, say): again with the new version.
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
-    Ok(Action::requeue(config.resync))
+    Ok(Action::requeue(refresh))
 }
 
 async fn bind(virtual_pods: &Api<Pod>, name: &str, node: &str) -> Result<(), Error> {
@@ -261,19 +273,6 @@ fn now() -> k8s_openapi::jiff::Timestamp {
     k8s_openapi::jiff::Timestamp::now()
 }
 
-/// Deletes a host pod, only the very one that was read (its uid as precondition).
-async fn delete_host(host_pods: &Api<Pod>, host: &Pod) -> Result<(), Error> {
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: host.metadata.uid.clone(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    let name = host.metadata.name.clone().unwrap_or_default();
-    ignore_gone(host_pods.delete(&name, &params).await.map(|_| ()))
-}
-
 /// A delete that found the object gone, or replaced (uid precondition), did its job.
 fn ignore_gone(result: Result<(), kube::Error>) -> Result<(), Error> {
     match result {
@@ -295,6 +294,10 @@ async fn follow_deletes(config: Config, virtual_pods: Api<Pod>) -> Result<(), Er
         if let Err(err) = delete_copy_of(&host_pods, &host_name, &uid).await {
             tracing::warn!(%err, pod = %name, "deleting the host pod; the sweep will retry");
         }
+        let secret = translate::token_secret_name(&ns, &name, &config.cluster);
+        if let Err(err) = tokens::delete(&config, &secret, &uid).await {
+            tracing::warn!(%err, pod = %name, "deleting the pod's token secret");
+        }
     }
     Ok(())
 }
@@ -305,7 +308,7 @@ async fn delete_copy_of(host_pods: &Api<Pod>, host_name: &str, uid: &str) -> Res
         return Ok(());
     };
     match names::virtual_of(host.metadata.annotations.as_ref()) {
-        Some((_, _, huid)) if huid == uid => delete_host(host_pods, &host).await,
+        Some((_, _, huid)) if huid == uid => crate::delete_exact(host_pods, &host).await,
         _ => Ok(()),
     }
 }
@@ -357,5 +360,5 @@ async fn sweep_one(
         return Ok(());
     }
     tracing::info!(namespace = %ns, pod = %name, "deleting an orphaned host pod");
-    delete_host(host_pods, host).await
+    crate::delete_exact(host_pods, host).await
 }

@@ -3,8 +3,56 @@
 //! own pod on the host (no host service account, no host service links).
 
 use crate::names;
-use k8s_openapi::api::core::v1::{EnvVar, Pod, PodSpec, Volume};
+use k8s_openapi::api::core::v1::{
+    EnvVar, KeyToPath, Pod, PodDNSConfig, PodDNSConfigOption, PodSpec, SecretProjection, Volume,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+/// Where the host pod runs, and how it reaches its virtual cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// The virtual cluster's name (ownership labels).
+    pub cluster: String,
+    /// The host namespace of every host object.
+    pub host_namespace: String,
+    /// The address at which host pods reach vkube: its API on 443 and its DNS on 53 (a host
+    /// Service's ClusterIP). `None`: pods keep the kubelet's defaults, and cannot reach the
+    /// virtual API.
+    pub vkube_ip: Option<String>,
+}
+
+/// The virtual cluster's DNS domain, as every Kubernetes cluster's default.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// A projected service-account token the pod asks for: the host pod reads it from the key of the
+/// pod's token Secret on the host, which the syncer fills by TokenRequest against vkube.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSource {
+    pub key: String,
+    pub audience: Option<String>,
+    pub expiration_seconds: i64,
+}
+
+/// The pod's token sources, in the order of its volumes (keys `token-0`, `token-1`, …).
+pub fn token_sources(pod: &Pod) -> Vec<TokenSource> {
+    let volumes = pod.spec.iter().flat_map(|s| s.volumes.iter().flatten());
+    volumes
+        .flat_map(|v| v.projected.iter().flat_map(|p| p.sources.iter().flatten()))
+        .filter_map(|s| s.service_account_token.as_ref())
+        .enumerate()
+        .map(|(i, t)| TokenSource {
+            key: format!("token-{i}"),
+            audience: t.audience.clone().filter(|a| !a.is_empty()),
+            // The API server defaulted it (3600); a kubelet asks for at least 10 minutes.
+            expiration_seconds: t.expiration_seconds.unwrap_or(3600).max(600),
+        })
+        .collect()
+}
+
+/// The host Secret that holds the pod's service-account tokens.
+pub fn token_secret_name(namespace: &str, pod: &str, cluster: &str) -> String {
+    names::host_name("PodToken", namespace, pod, cluster)
+}
 
 /// Why a virtual pod cannot run on the host yet: shown in its status and events.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,8 +127,9 @@ pub fn references(pod: &Pod) -> Vec<Reference> {
     refs
 }
 
-/// The host copy of `pod` of virtual cluster `cluster` in host namespace `host_ns`.
-pub fn host_pod(pod: &Pod, cluster: &str, host_ns: &str) -> Result<Pod, Unsupported> {
+/// The host copy of `pod` in `env`.
+pub fn host_pod(pod: &Pod, env: &Environment) -> Result<Pod, Unsupported> {
+    let (cluster, host_ns) = (env.cluster.as_str(), env.host_namespace.as_str());
     let meta = &pod.metadata;
     let (ns, name) = (
         meta.namespace.as_deref().unwrap_or("default"),
@@ -93,13 +142,17 @@ pub fn host_pod(pod: &Pod, cluster: &str, host_ns: &str) -> Result<Pod, Unsuppor
         .ok_or_else(|| Unsupported("pod has no spec".into()))?;
     let mut labels = names::tenant_only(meta.labels.as_ref());
     labels.extend(names::ownership_labels("Pod", cluster));
+    // Host Services select the host pods of one virtual namespace.
+    labels.insert(names::NAMESPACE_LABEL.into(), ns.to_string());
     let mut annotations = names::tenant_only(meta.annotations.as_ref());
     annotations.extend(names::ownership_annotations(ns, name, uid));
 
     let host = |kind: &str, name: &str| names::host_name(kind, ns, name, cluster);
     let mut volumes = spec.volumes.clone();
+    let token_secret = token_secret_name(ns, name, cluster);
+    let mut tokens = 0;
     for volume in volumes.iter_mut().flatten() {
-        translate_volume(volume, &host)?;
+        translate_volume(volume, &host, &token_secret, &mut tokens)?;
     }
     let mut containers = spec.containers.clone();
     let mut init_containers = spec.init_containers.clone();
@@ -108,7 +161,10 @@ pub fn host_pod(pod: &Pod, cluster: &str, host_ns: &str) -> Result<Pod, Unsuppor
         .chain(init_containers.iter_mut().flatten())
     {
         for env in c.env.iter_mut().flatten() {
-            resolve_env(env, ns, name, &host);
+            resolve_env(env, pod, &host);
+        }
+        if let Some(ip) = &env.vkube_ip {
+            api_env(c.env.get_or_insert_with(Vec::new), ip);
         }
         for from in c.env_from.iter_mut().flatten() {
             if let Some(r) = &mut from.config_map_ref {
@@ -119,6 +175,7 @@ pub fn host_pod(pod: &Pod, cluster: &str, host_ns: &str) -> Result<Pod, Unsuppor
             }
         }
     }
+    let dns = dns(spec, ns, env.vkube_ip.as_deref());
     let host_spec = PodSpec {
         containers,
         init_containers,
@@ -153,8 +210,8 @@ pub fn host_pod(pod: &Pod, cluster: &str, host_ns: &str) -> Result<Pod, Unsuppor
         // tenant's: the pod gets neither.
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
-        dns_policy: spec.dns_policy.clone(),
-        dns_config: spec.dns_config.clone(),
+        dns_policy: dns.0,
+        dns_config: dns.1,
         share_process_namespace: spec.share_process_namespace,
         runtime_class_name: spec.runtime_class_name.clone(),
         host_aliases: spec.host_aliases.clone(),
@@ -174,10 +231,10 @@ pub fn host_pod(pod: &Pod, cluster: &str, host_ns: &str) -> Result<Pod, Unsuppor
     })
 }
 
-/// A pod's own name and namespace are constant, so a downward-API reference to them becomes the
-/// virtual value (on the host they would read the host's); a ConfigMap or Secret key names the
-/// host copy.
-fn resolve_env(env: &mut EnvVar, ns: &str, name: &str, host: &impl Fn(&str, &str) -> String) {
+/// A downward-API reference to the pod's identity becomes the virtual value (on the host it would
+/// read the host's), since name, namespace, uid and service account never change; a ConfigMap or
+/// Secret key names the host copy.
+fn resolve_env(env: &mut EnvVar, pod: &Pod, host: &impl Fn(&str, &str) -> String) {
     let Some(from) = &mut env.value_from else {
         return;
     };
@@ -187,20 +244,91 @@ fn resolve_env(env: &mut EnvVar, ns: &str, name: &str, host: &impl Fn(&str, &str
     if let Some(r) = &mut from.secret_key_ref {
         r.name = host("Secret", &r.name);
     }
+    let meta = &pod.metadata;
     let value = match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
-        Some("metadata.name") => name.to_string(),
-        Some("metadata.namespace") => ns.to_string(),
+        Some("metadata.name") => meta.name.clone(),
+        Some("metadata.namespace") => meta.namespace.clone(),
+        Some("metadata.uid") => meta.uid.clone(),
+        Some("spec.serviceAccountName") => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone()),
         // Node name, pod IP, host IP…: the kubelet's values are the right ones.
         _ => return,
     };
-    env.value = Some(value);
+    env.value = Some(value.unwrap_or_default());
     env.value_from = None;
 }
 
-/// A volume as the host pod mounts it: ConfigMaps and Secrets by their host copies' names.
+/// The variables through which in-cluster clients find the API (client-go reads
+/// `KUBERNETES_SERVICE_HOST` and `_PORT`): the kubelet would set the host's; a container's own
+/// variables take precedence over the kubelet's, so these point the pod at vkube.
+fn api_env(env: &mut Vec<EnvVar>, ip: &str) {
+    let vars = [
+        ("KUBERNETES_SERVICE_HOST", ip.to_string()),
+        ("KUBERNETES_SERVICE_PORT", "443".into()),
+        ("KUBERNETES_SERVICE_PORT_HTTPS", "443".into()),
+        ("KUBERNETES_PORT", format!("tcp://{ip}:443")),
+        ("KUBERNETES_PORT_443_TCP", format!("tcp://{ip}:443")),
+        ("KUBERNETES_PORT_443_TCP_PROTO", "tcp".into()),
+        ("KUBERNETES_PORT_443_TCP_PORT", "443".into()),
+        ("KUBERNETES_PORT_443_TCP_ADDR", ip.to_string()),
+    ];
+    for (name, value) in vars {
+        if !env.iter().any(|e| e.name == name) {
+            env.push(EnvVar {
+                name: name.into(),
+                value: Some(value),
+                value_from: None,
+            });
+        }
+    }
+}
+
+/// The host pod's DNS: `ClusterFirst` (the default) means vkube's DNS with the virtual
+/// namespace's search path, as a kubelet of the virtual cluster would write resolv.conf; the
+/// pod's own dnsConfig is merged in as upstream does. `Default` and `None` stay as they are.
+fn dns(spec: &PodSpec, ns: &str, vkube_ip: Option<&str>) -> (Option<String>, Option<PodDNSConfig>) {
+    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    let Some(ip) =
+        vkube_ip.filter(|_| matches!(policy, "ClusterFirst" | "ClusterFirstWithHostNet"))
+    else {
+        return (spec.dns_policy.clone(), spec.dns_config.clone());
+    };
+    let own = spec.dns_config.clone().unwrap_or_default();
+    let mut nameservers = vec![ip.to_string()];
+    nameservers.extend(own.nameservers.into_iter().flatten());
+    let mut searches = vec![
+        format!("{ns}.svc.{CLUSTER_DOMAIN}"),
+        format!("svc.{CLUSTER_DOMAIN}"),
+        CLUSTER_DOMAIN.to_string(),
+    ];
+    searches.extend(own.searches.into_iter().flatten());
+    let mut options = vec![PodDNSConfigOption {
+        name: Some("ndots".into()),
+        value: Some("5".into()),
+    }];
+    for o in own.options.into_iter().flatten() {
+        options.retain(|x| x.name != o.name);
+        options.push(o);
+    }
+    let config = PodDNSConfig {
+        nameservers: Some(nameservers),
+        searches: Some(searches),
+        options: Some(options),
+    };
+    (Some("None".into()), Some(config))
+}
+
+/// A volume as the host pod mounts it: ConfigMaps and Secrets by their host copies' names,
+/// service-account tokens from the pod's token Secret (`tokens` counts them, as
+/// [`token_sources`] does), and downward-API references to the pod's identity from the
+/// annotations that carry the virtual values.
 fn translate_volume(
     v: &mut Volume,
     host: &impl Fn(&str, &str) -> String,
+    token_secret: &str,
+    tokens: &mut usize,
 ) -> Result<(), Unsupported> {
     if v.empty_dir.is_some() {
         return Ok(());
@@ -213,15 +341,40 @@ fn translate_volume(
         s.secret_name = s.secret_name.as_deref().map(|n| host("Secret", n));
         return Ok(());
     }
+    if let Some(d) = &mut v.downward_api {
+        for item in d.items.iter_mut().flatten() {
+            if let Some(f) = &mut item.field_ref {
+                f.field_path = downward_field(&f.field_path);
+            }
+        }
+        return Ok(());
+    }
     if let Some(p) = &mut v.projected {
         for source in p.sources.iter_mut().flatten() {
             if let Some(c) = &mut source.config_map {
                 c.name = host("ConfigMap", &c.name);
             } else if let Some(s) = &mut source.secret {
                 s.name = host("Secret", &s.name);
+            } else if let Some(d) = &mut source.downward_api {
+                for item in d.items.iter_mut().flatten() {
+                    if let Some(f) = &mut item.field_ref {
+                        f.field_path = downward_field(&f.field_path);
+                    }
+                }
+            } else if let Some(t) = source.service_account_token.take() {
+                source.secret = Some(SecretProjection {
+                    name: token_secret.to_string(),
+                    items: Some(vec![KeyToPath {
+                        key: format!("token-{tokens}"),
+                        path: t.path,
+                        mode: None,
+                    }]),
+                    optional: Some(false),
+                });
+                *tokens += 1;
             } else {
                 return Err(Unsupported(format!(
-                    "volume {:?}: projected service-account tokens, downward API and cluster trust bundles are not synced to the host yet (ConfigMaps and Secrets are)",
+                    "volume {:?}: projected cluster trust bundles and pod certificates are not synced to the host yet (ConfigMaps, Secrets, downward API and service-account tokens are)",
                     v.name
                 )));
             }
@@ -230,17 +383,27 @@ fn translate_volume(
     }
     let kind = if v.persistent_volume_claim.is_some() {
         "persistentVolumeClaim"
-    } else if v.downward_api.is_some() {
-        "downwardAPI"
     } else if v.host_path.is_some() {
         "hostPath"
     } else {
         "this kind of"
     };
     Err(Unsupported(format!(
-        "volume {:?}: {kind} volumes are not synced to the host yet (emptyDir, configMap, secret and projected ConfigMaps and Secrets are)",
+        "volume {:?}: {kind} volumes are not synced to the host yet (emptyDir, configMap, secret, downwardAPI and projected volumes are)",
         v.name
     )))
+}
+
+/// A downward-API field of the virtual pod, as the host pod reads it: its identity from the
+/// ownership annotations (on the host, `metadata.name` is the host name), the rest as is.
+fn downward_field(path: &str) -> String {
+    let annotation = match path {
+        "metadata.name" => names::NAME_ANNOTATION,
+        "metadata.namespace" => names::NAMESPACE_ANNOTATION,
+        "metadata.uid" => names::UID_ANNOTATION,
+        _ => return path.to_string(),
+    };
+    format!("metadata.annotations['{annotation}']")
 }
 
 /// Kubernetes' own rule for a hostname that is too long: the first 63 characters, without a
@@ -290,6 +453,14 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
+    fn env(cluster: &str, host_ns: &str) -> Environment {
+        Environment {
+            cluster: cluster.into(),
+            host_namespace: host_ns.into(),
+            vkube_ip: None,
+        }
+    }
+
     #[test]
     fn a_pod_becomes_its_host_copy() {
         let p = pod(json!({
@@ -301,7 +472,7 @@ mod tests {
                      "serviceAccountName": "builder",
                      "volumes": [{"name": "scratch", "emptyDir": {}}]}
         }));
-        let h = host_pod(&p, "vc", "host-ns").unwrap();
+        let h = host_pod(&p, &env("vc", "host-ns")).unwrap();
         assert_eq!(h.metadata.namespace.as_deref(), Some("host-ns"));
         assert_eq!(
             h.metadata.name,
@@ -329,22 +500,111 @@ mod tests {
             "spec": {"containers": [{"name": "c", "image": "busybox"}],
                      "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "x"}}]}
         }));
-        let err = host_pod(&p, "vc", "h").unwrap_err();
+        let err = host_pod(&p, &env("vc", "h")).unwrap_err();
         assert!(
             err.0.contains("volume \"data\": persistentVolumeClaim"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn tokens_come_from_the_pods_token_secret_and_the_api_is_vkube() {
         let p = pod(json!({
             "metadata": {"name": "web", "namespace": "team", "uid": "u1"},
-            "spec": {"containers": [{"name": "c", "image": "busybox"}],
-                     "volumes": [{"name": "tok", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}]}
+            "spec": {"containers": [{"name": "c", "image": "busybox",
+                                     "env": [{"name": "KUBERNETES_SERVICE_PORT", "value": "8443"}]}],
+                     "serviceAccountName": "builder",
+                     "volumes": [{"name": "kube-api-access-abcde", "projected": {"sources": [
+                        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}},
+                        {"name": "vault", "projected": {"sources": [{"serviceAccountToken": {"path": "v", "audience": "vault"}}]}}]}
         }));
-        assert!(
-            host_pod(&p, "vc", "h")
-                .unwrap_err()
-                .0
-                .contains("service-account tokens")
+        let sources = token_sources(&p);
+        assert_eq!(
+            sources,
+            vec![
+                TokenSource {
+                    key: "token-0".into(),
+                    audience: None,
+                    expiration_seconds: 3607
+                },
+                TokenSource {
+                    key: "token-1".into(),
+                    audience: Some("vault".into()),
+                    expiration_seconds: 3600
+                },
+            ]
         );
+        let env = Environment {
+            vkube_ip: Some("198.19.0.7".into()),
+            ..env("vc", "h")
+        };
+        let spec = host_pod(&p, &env).unwrap().spec.unwrap();
+        let secret = token_secret_name("team", "web", "vc");
+        let vols = spec.volumes.unwrap();
+        let first = vols[0]
+            .projected
+            .as_ref()
+            .unwrap()
+            .sources
+            .as_ref()
+            .unwrap();
+        let token = first[0].secret.as_ref().unwrap();
+        assert_eq!(token.name, secret);
+        assert_eq!(token.items.as_ref().unwrap()[0].key, "token-0");
+        assert_eq!(token.items.as_ref().unwrap()[0].path, "token");
+        assert!(first[0].service_account_token.is_none());
+        assert_eq!(
+            first[1].config_map.as_ref().unwrap().name,
+            names::host_name("ConfigMap", "team", "kube-root-ca.crt", "vc")
+        );
+        let field = &first[2]
+            .downward_api
+            .as_ref()
+            .unwrap()
+            .items
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(
+            field.field_ref.as_ref().unwrap().field_path,
+            "metadata.annotations['vkube.dev/namespace']"
+        );
+        let second = vols[1]
+            .projected
+            .as_ref()
+            .unwrap()
+            .sources
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            second[0].secret.as_ref().unwrap().items.as_ref().unwrap()[0].key,
+            "token-1"
+        );
+        let vars = spec.containers[0].env.as_ref().unwrap();
+        let var = |n: &str| {
+            vars.iter()
+                .find(|e| e.name == n)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(
+            var("KUBERNETES_SERVICE_HOST").as_deref(),
+            Some("198.19.0.7")
+        );
+        // The pod's own value wins, as over a kubelet's.
+        assert_eq!(var("KUBERNETES_SERVICE_PORT").as_deref(), Some("8443"));
+        assert_eq!(spec.dns_policy.as_deref(), Some("None"));
+        let dns = spec.dns_config.unwrap();
+        assert_eq!(dns.nameservers.unwrap(), ["198.19.0.7"]);
+        assert_eq!(
+            dns.searches.unwrap(),
+            [
+                "team.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local"
+            ]
+        );
+        assert_eq!(dns.options.unwrap()[0].value.as_deref(), Some("5"));
     }
 
     #[test]
@@ -371,7 +631,7 @@ mod tests {
             ("Secret", "s", false),
         ];
         assert_eq!(named, want.map(|(k, n, o)| (k, n.to_string(), o)));
-        let spec = host_pod(&p, "vc", "h").unwrap().spec.unwrap();
+        let spec = host_pod(&p, &env("vc", "h")).unwrap().spec.unwrap();
         let host = |kind: &str, name: &str| names::host_name(kind, "team", name, "vc");
         let vols = spec.volumes.unwrap();
         assert_eq!(
@@ -398,13 +658,13 @@ mod tests {
             json!({"metadata": {"name": "w", "namespace": "n", "uid": "u"},
                            "spec": {"containers": [{"name": "c", "image": "one"}]}}),
         );
-        let host = host_pod(&v, "vc", "h").unwrap();
+        let host = host_pod(&v, &env("vc", "h")).unwrap();
         assert!(spec_update(&host, &host).is_none());
         let v2 = pod(
             json!({"metadata": {"name": "w", "namespace": "n", "uid": "u"},
                             "spec": {"containers": [{"name": "c", "image": "two"}], "activeDeadlineSeconds": 5}}),
         );
-        let wanted = host_pod(&v2, "vc", "h").unwrap();
+        let wanted = host_pod(&v2, &env("vc", "h")).unwrap();
         let next = spec_update(&host, &wanted).unwrap();
         let spec = next.spec.unwrap();
         assert_eq!(spec.containers[0].image.as_deref(), Some("two"));

@@ -1,5 +1,6 @@
 //! `vkube serve`'s host cluster: where the syncer runs the virtual cluster's pods.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,19 @@ pub struct HostArgs {
     /// The virtual cluster's name, in the ownership labels of every host object it makes.
     #[arg(long = "name", env = "VKUBE_NAME", default_value = "vkube")]
     name: String,
+    /// The address at which pods on the host reach this replica (kube-apiserver's flag): the
+    /// endpoint of the host Service through which they reach vkube's API and DNS. Default: the
+    /// listen address, if it is a specific one.
+    #[arg(long, env = "VKUBE_ADVERTISE_ADDRESS")]
+    advertise_address: Option<std::net::IpAddr>,
+    /// Where the virtual cluster's DNS server listens (UDP and TCP). Default: port 1053 of the
+    /// advertise address (of every address inside a pod of the host).
+    #[arg(long, env = "VKUBE_DNS_LISTEN")]
+    dns_listen: Option<std::net::SocketAddr>,
+    /// Where the virtual cluster's DNS forwards names outside the cluster domain (the host's
+    /// DNS). Default: the first nameserver of /etc/resolv.conf.
+    #[arg(long, env = "VKUBE_DNS_UPSTREAM")]
+    dns_upstream: Option<std::net::SocketAddr>,
 }
 
 /// Where the host is, if there is one: (client config, namespace).
@@ -63,10 +77,43 @@ async fn host_config(args: &HostArgs) -> Result<Option<(kube::Config, String)>> 
 pub struct Host {
     pub syncer: Option<vkube_server::LeaderTask>,
     pub proxy: Option<vkube_server::host_proxy::HostProxyHandle>,
+    pub services: Option<vkube_server::host_services::HostServicesHandle>,
+    pub kubernetes_service: Option<vkube_server::host_services::KubernetesService>,
+    /// Names the serving certificate needs so pods verify it: the host Service's address and
+    /// the `kubernetes.default.svc` names.
+    pub tls_sans: Vec<String>,
+    /// The virtual cluster's DNS server, to run on every replica.
+    pub dns: Option<Dns>,
+}
+
+/// The virtual cluster's DNS server: bound at setup, serving once the API answers.
+pub struct Dns {
+    sockets: vkube_syncer::dns::Sockets,
+    upstream: Option<SocketAddr>,
+    kubeconfig: PathBuf,
+}
+
+impl Dns {
+    /// Serves until the task is aborted; its records come from this replica's own API.
+    pub async fn serve(self) {
+        let client = loop {
+            match virtual_client(&self.kubeconfig).await {
+                Ok(client) => break client,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        let records = vkube_syncer::dns::Records::watch(client);
+        records.ready().await;
+        let server = vkube_syncer::dns::Server {
+            upstream: self.upstream,
+            records,
+        };
+        server.run(self.sockets).await;
+    }
 }
 
 /// The host's parts, if a host is configured. Bad flags fail here, before serving.
-pub async fn setup(args: &HostArgs, data_dir: &Path) -> Result<Host> {
+pub async fn setup(args: &HostArgs, data_dir: &Path, listen: SocketAddr) -> Result<Host> {
     let Some((host, host_namespace)) = host_config(args).await? else {
         return Ok(Host::default());
     };
@@ -89,12 +136,70 @@ pub async fn setup(args: &HostArgs, data_dir: &Path) -> Result<Host> {
             namespace: host_namespace.clone(),
             cluster: args.name.clone(),
         }));
+    let in_pod = args.host_kubeconfig.is_none();
+    let advertise = args
+        .advertise_address
+        .or_else(|| Some(listen.ip()).filter(|ip| !ip.is_unspecified() && !ip.is_loopback()));
+    let dns_listen = args
+        .dns_listen
+        .unwrap_or_else(|| match (in_pod, advertise) {
+            (false, Some(ip)) => SocketAddr::new(ip, 1053),
+            _ => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 1053),
+        });
+    let front = crate::host_front::ensure(
+        &host_client,
+        &host_namespace,
+        &args.name,
+        advertise.map(|ip| (ip, listen.port(), dns_listen.port())),
+    )
+    .await?;
+    let vkube_ip = front.as_ref().map(|f| f.cluster_ip.clone());
+    let mut tls_sans = vec![
+        "kubernetes".to_string(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        format!(
+            "kubernetes.default.svc.{}",
+            vkube_syncer::translate::CLUSTER_DOMAIN
+        ),
+    ];
+    tls_sans.extend(vkube_ip.clone());
+    let kubernetes_service = front.map(|f| vkube_server::host_services::KubernetesService {
+        cluster_ip: f.cluster_ip,
+        endpoint: SocketAddr::new(advertise.unwrap_or(listen.ip()), listen.port()),
+    });
+    let env = vkube_syncer::translate::Environment {
+        cluster: args.name.clone(),
+        host_namespace: host_namespace.clone(),
+        vkube_ip: vkube_ip.clone(),
+    };
+    let services = vkube_server::host_services::HostServicesHandle(Arc::new(
+        crate::host_front::SyncedServices {
+            client: host_client.clone(),
+            env,
+        },
+    ));
+    let dns = Dns {
+        sockets: vkube_syncer::dns::Sockets::bind(dns_listen)
+            .await
+            .with_context(|| format!("the virtual cluster's DNS on {dns_listen} (--dns-listen)"))?,
+        upstream: args
+            .dns_upstream
+            .or_else(vkube_syncer::dns::system_upstream),
+        kubeconfig: data_dir.join("admin.kubeconfig"),
+    };
     let kubeconfig = data_dir.join("admin.kubeconfig");
     let (cluster, namespace) = (args.name.clone(), host_namespace);
-    eprintln!("vkube: syncing pods to host namespace {namespace} as virtual cluster {cluster}");
+    eprintln!(
+        "vkube: syncing pods to host namespace {namespace} as virtual cluster {cluster}; pods reach vkube at {}",
+        vkube_ip
+            .as_deref()
+            .unwrap_or("(nowhere: give --advertise-address)")
+    );
     let syncer = vkube_server::LeaderTask(Arc::new(move || {
         let (host_client, kubeconfig) = (host_client.clone(), kubeconfig.clone());
         let (cluster, namespace) = (cluster.clone(), namespace.clone());
+        let vkube_ip = vkube_ip.clone();
         tokio::spawn(async move {
             loop {
                 match virtual_client(&kubeconfig).await {
@@ -105,6 +210,7 @@ pub async fn setup(args: &HostArgs, data_dir: &Path) -> Result<Host> {
                             host_namespace: namespace.clone(),
                             cluster: cluster.clone(),
                             resync: Duration::from_secs(60),
+                            vkube_ip: vkube_ip.clone(),
                         };
                         if let Err(err) = vkube_syncer::run(config).await {
                             tracing::error!(%err, "syncer stopped; restarting");
@@ -122,11 +228,15 @@ pub async fn setup(args: &HostArgs, data_dir: &Path) -> Result<Host> {
     Ok(Host {
         syncer: Some(syncer),
         proxy: Some(proxy),
+        services: Some(services),
+        kubernetes_service,
+        tls_sans,
+        dns: Some(dns),
     })
 }
 
 /// The syncer reaches the virtual cluster through this replica's own API, as the admin.
-async fn virtual_client(kubeconfig: &Path) -> Result<kube::Client> {
+pub async fn virtual_client(kubeconfig: &Path) -> Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
     let config =
         kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())

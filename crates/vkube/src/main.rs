@@ -8,6 +8,7 @@ mod check;
 mod config;
 mod embedded_etcd;
 mod host;
+mod host_front;
 mod host_proxy;
 
 use std::path::PathBuf;
@@ -472,10 +473,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
             }),
     )?;
     let data_dir = args.store.data_dir()?;
-    let host = host::setup(&args.host, &data_dir).await?;
+    let mut host = host::setup(&args.host, &data_dir, args.listen).await?;
+    if let Some(dns) = host.dns.take() {
+        tokio::spawn(dns.serve());
+    }
+    let mut tls_sans = args.tls_sans.clone();
+    tls_sans.extend(host.tls_sans.iter().cloned());
     let config = vkube_server::Config {
         listen: args.listen,
-        tls_sans: args.tls_sans.clone(),
+        tls_sans,
         data_dir: data_dir.clone(),
         auth: args.auth.options(&extra_args)?,
         replica: format!("vkube-{replica_id}"),
@@ -488,6 +494,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         disabled_controllers: disabled_controllers(&args.controllers)?,
         leader_tasks: host.syncer.into_iter().collect(),
         host_proxy: host.proxy,
+        host_services: host.services,
+        kubernetes_service: host.kubernetes_service,
     };
     let member = match embedded {
         Some(embedded) => {

@@ -1,0 +1,211 @@
+//! Service-account tokens of pods that run on the host (issue item 3).
+//!
+//! A kubelet of the virtual cluster would ask the virtual API for a token bound to the pod
+//! (TokenRequest), write it into the projected volume and ask again when 80 % of its lifetime has
+//! passed. The host kubelet cannot: it knows only the host. So the syncer does the kubelet's part.
+//! It asks vkube for each of the pod's token sources, bound to the virtual pod, with the
+//! lifetime and audience the pod asks for, and keeps them in one host Secret per pod. The host pod's
+//! projected volume reads that Secret, and the host kubelet refreshes the files when the Secret
+//! changes. No token is written into an annotation or a log: the Secret's only annotation is
+//! when the next refresh is due. The Secret is owned by the host pod, so the host's garbage
+//! collector removes it with the pod.
+
+use crate::translate::{self, TokenSource};
+use crate::{Config, Error, names};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, PostParams};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// When the tokens in a token Secret are due for renewal (RFC 3339), so a restarted syncer knows
+/// without reading the tokens.
+pub const REFRESH_ANNOTATION: &str = "vkube.dev/refresh-at";
+
+/// Makes sure the host Secret of `vpod`'s tokens exists, holds a token for each source, is fresh,
+/// and is owned by `host_pod` once there is one. Returns how long until the next refresh, or
+/// `None` when the pod asks for no token.
+pub async fn ensure(
+    config: &Config,
+    vpod: &Pod,
+    host_pod: Option<&Pod>,
+) -> Result<Option<Duration>, Error> {
+    let sources = translate::token_sources(vpod);
+    if sources.is_empty() {
+        return Ok(None);
+    }
+    let m = &vpod.metadata;
+    let (ns, name) = (
+        m.namespace.clone().unwrap_or_default(),
+        m.name.clone().unwrap_or_default(),
+    );
+    let uid = m.uid.clone().unwrap_or_default();
+    let secret_name = translate::token_secret_name(&ns, &name, &config.cluster);
+    let secrets: Api<Secret> = Api::namespaced(config.host_client.clone(), &config.host_namespace);
+    let current = secrets.get_opt(&secret_name).await?;
+    let owner = host_pod.map(owner_reference);
+    if let Some(current) = &current {
+        // A Secret of this name that no virtual pod owns is not the syncer's to overwrite.
+        if names::virtual_of(current.metadata.annotations.as_ref()).is_none() {
+            return Err(Error::Invalid(format!(
+                "host secret {secret_name} exists and is not the syncer's"
+            )));
+        }
+        let fresh = refresh_at(current).filter(|at| *at > Timestamp::now());
+        let same_pod = names::virtual_of(current.metadata.annotations.as_ref())
+            .is_some_and(|(_, _, u)| u == uid);
+        let complete = current
+            .data
+            .as_ref()
+            .is_some_and(|d| sources.iter().all(|s| d.contains_key(&s.key)));
+        let owned = owner.is_none()
+            || current.metadata.owner_references.as_ref().is_some_and(|o| {
+                o.iter()
+                    .any(|o| Some(&o.uid) == owner.as_ref().map(|w| &w.uid))
+            });
+        if let Some(at) = fresh
+            && same_pod
+            && complete
+        {
+            if !owned {
+                let mut next = current.clone();
+                next.metadata.owner_references = owner.clone().map(|o| vec![o]);
+                secrets
+                    .replace(&secret_name, &PostParams::default(), &next)
+                    .await?;
+            }
+            return Ok(Some(until(at)));
+        }
+    }
+    let account = vpod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into());
+    let accounts: Api<ServiceAccount> = Api::namespaced(config.virtual_client.clone(), &ns);
+    let mut data = BTreeMap::new();
+    let mut next_refresh: Option<Timestamp> = None;
+    for source in &sources {
+        let (token, at) = issue(&accounts, &account, &name, &uid, source).await?;
+        data.insert(source.key.clone(), ByteString(token.into_bytes()));
+        next_refresh = Some(next_refresh.map_or(at, |n| n.min(at)));
+    }
+    let at = next_refresh.unwrap_or_else(Timestamp::now);
+    let mut annotations = names::ownership_annotations(&ns, &name, &uid);
+    annotations.insert(REFRESH_ANNOTATION.into(), at.to_string());
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name.clone()),
+            namespace: Some(config.host_namespace.clone()),
+            labels: Some(names::ownership_labels("PodToken", &config.cluster)),
+            annotations: Some(annotations),
+            owner_references: owner.map(|o| vec![o]),
+            resource_version: current
+                .as_ref()
+                .and_then(|c| c.metadata.resource_version.clone()),
+            ..Default::default()
+        },
+        data: Some(data),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    };
+    let written = match current {
+        Some(_) => {
+            secrets
+                .replace(&secret_name, &PostParams::default(), &secret)
+                .await
+        }
+        None => secrets.create(&PostParams::default(), &secret).await,
+    };
+    match written {
+        Ok(_) => {
+            tracing::debug!(namespace = %ns, pod = %name, refresh_at = %at, "pod tokens issued");
+            Ok(Some(until(at)))
+        }
+        // Written meanwhile by an earlier reconcile: look again soon.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Some(Duration::from_millis(200))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One token, bound to the virtual pod, and when a kubelet would renew it: after 80 % of its
+/// lifetime, or after 24 h, whichever comes first.
+async fn issue(
+    accounts: &Api<ServiceAccount>,
+    account: &str,
+    pod: &str,
+    uid: &str,
+    source: &TokenSource,
+) -> Result<(String, Timestamp), Error> {
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: source.audience.clone().into_iter().collect(),
+            expiration_seconds: Some(source.expiration_seconds),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.into()),
+                uid: Some(uid.into()),
+            }),
+        },
+        ..Default::default()
+    };
+    let issued = Timestamp::now();
+    let answer = accounts
+        .create_token_request(account, &PostParams::default(), &request)
+        .await?;
+    let status = answer
+        .status
+        .ok_or_else(|| Error::Invalid("TokenRequest answered without a token".into()))?;
+    let lifetime = status
+        .expiration_timestamp
+        .0
+        .duration_since(issued)
+        .max(SignedDuration::from_secs(60));
+    let renew = SignedDuration::from_secs_f64(lifetime.as_secs_f64() * 0.8)
+        .min(SignedDuration::from_hours(24));
+    let at = issued.checked_add(renew).unwrap_or(issued);
+    Ok((status.token, at))
+}
+
+fn refresh_at(secret: &Secret) -> Option<Timestamp> {
+    secret
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(REFRESH_ANNOTATION)?
+        .parse()
+        .ok()
+}
+
+fn until(at: Timestamp) -> Duration {
+    let left = at.duration_since(Timestamp::now());
+    Duration::try_from(left).unwrap_or(Duration::ZERO)
+}
+
+fn owner_reference(pod: &Pod) -> OwnerReference {
+    OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        controller: None,
+        block_owner_deletion: None,
+    }
+}
+
+/// Deletes the token Secret of the virtual pod with `uid`, if it is that pod's (a pod deleted
+/// before its host pod existed leaves no owner for the host's garbage collector).
+pub async fn delete(config: &Config, secret_name: &str, uid: &str) -> Result<(), Error> {
+    let secrets: Api<Secret> = Api::namespaced(config.host_client.clone(), &config.host_namespace);
+    let Some(secret) = secrets.get_opt(secret_name).await? else {
+        return Ok(());
+    };
+    if names::virtual_of(secret.metadata.annotations.as_ref()).is_none_or(|(_, _, u)| u != uid) {
+        return Ok(());
+    }
+    crate::delete_exact(&secrets, &secret).await
+}
