@@ -24,6 +24,7 @@ pub struct Authorizer {
     /// The store revision the view reflects.
     revision: tokio::sync::watch::Sender<Revision>,
     store: Arc<dyn Store>,
+    hub: Arc<Hub>,
 }
 
 const PREFIXES: &[&str] = &[
@@ -43,6 +44,7 @@ impl Authorizer {
             rbac: Rbac::new(),
             revision: tokio::sync::watch::channel(0).0,
             store: store.clone(),
+            hub: hub.clone(),
         });
         let at = authorizer.load().await?;
         let this = authorizer.clone();
@@ -105,15 +107,19 @@ impl Authorizer {
         self.rbac.authorize(user, a)
     }
 
-    /// Waits (at most `STALE_DENY_WAIT`) until the view reflects the store's current revision.
-    /// `false` when the store could not be asked: the view is then as current as it gets.
+    /// Waits (at most `STALE_DENY_WAIT`) until the view reflects the store's current revision:
+    /// the hub has fed everything up to it (its watch reports progress there, so writes the view
+    /// never sees, such as another cluster's on a shared etcd, are not waited for), and the view
+    /// has taken the last change at or below it. `false` when the store could not be asked or
+    /// the hub did not get there: the view is then as current as it gets.
     async fn catch_up(&self) -> bool {
-        let Ok(now) = self.store.current_revision().await else {
+        let deadline = tokio::time::Instant::now() + STALE_DENY_WAIT;
+        let Some(target) = self.hub.sync(STALE_DENY_WAIT).await else {
             return false;
         };
-        if self.revision() < now {
+        if self.revision() < target {
             let mut rx = self.revision.subscribe();
-            let _ = tokio::time::timeout(STALE_DENY_WAIT, rx.wait_for(|r| *r >= now)).await;
+            let _ = tokio::time::timeout_at(deadline, rx.wait_for(|r| *r >= target)).await;
         }
         true
     }
@@ -374,6 +380,56 @@ mod tests {
                "subjects": [{"kind": "User", "name": "bob"}]})
     }
 
+    /// Issue 17, defect 6: writes the view never sees (another cluster on a shared etcd, keys
+    /// outside /registry/) raise the store's revision; a deny must not wait for a change at that
+    /// revision, which never comes, but only until the hub's watch reports it has got there. A
+    /// grant made before them is still honoured.
+    #[tokio::test]
+    async fn a_deny_does_not_wait_for_writes_the_view_never_sees() {
+        let (store, authorizer) = setup(json!([])).await;
+        let get_pods = Attributes {
+            verb: "get".into(),
+            resource_request: true,
+            resource: "pods".into(),
+            namespace: "team".into(),
+            ..Attributes::default()
+        };
+        put(
+            &*store,
+            "/registry/clusterroles/reader",
+            json!({"metadata": {"name": "reader"},
+                   "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]}),
+        )
+        .await;
+        for i in 0..3 {
+            put(&*store, &format!("/elsewhere/{i}"), json!({})).await;
+        }
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            authorizer.decide(&user("carol"), &get_pods).await,
+            Decision::Deny
+        );
+        assert!(
+            started.elapsed() < STALE_DENY_WAIT / 4,
+            "a deny waited {:?}",
+            started.elapsed()
+        );
+        put(
+            &*store,
+            "/registry/clusterrolebindings/carol",
+            json!({"metadata": {"name": "carol"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                               "name": "reader"},
+                   "subjects": [{"kind": "User", "name": "carol"}]}),
+        )
+        .await;
+        put(&*store, "/elsewhere/after", json!({})).await;
+        assert_ne!(
+            authorizer.decide(&user("carol"), &get_pods).await,
+            Decision::Deny
+        );
+    }
+
     #[tokio::test]
     async fn a_reload_forgets_what_was_deleted_meanwhile() {
         let store: Arc<dyn Store> = MemoryStore::new();
@@ -399,6 +455,7 @@ mod tests {
             rbac: Rbac::new(),
             revision: tokio::sync::watch::channel(0).0,
             store: store.clone(),
+            hub: Hub::start(store.clone()).await.unwrap(),
         };
         authorizer.load().await.unwrap();
         let get_pods = Attributes {

@@ -1,34 +1,31 @@
 //! Periodic compaction, as kube-apiserver runs it against etcd: every interval, discard history
 //! older than the revision the store had one interval ago. Watchers and list continuations older
 //! than that get 410 Gone; the store stops growing with every write ever made.
-//! With several replicas each runs it; the losers of a race get `Compacted`, which is harmless.
+//! Every replica runs it. On etcd, whose compaction is shared by every cluster on it, the rounds
+//! coordinate through kube-apiserver's `compact_rev_key`, so N compactors compact once per
+//! interval ([`Store::compact_round`]); elsewhere the losers of a race get `Compacted`, which is
+//! harmless.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::AbortHandle;
-use vkube_store::{Store, StoreError};
+use vkube_store::{Compaction, Store};
 
 pub fn start(store: Arc<dyn Store>, interval: Duration) -> AbortHandle {
     tokio::spawn(async move {
-        let mut previous = None;
+        let mut state = Compaction::default();
         loop {
             tokio::time::sleep(interval).await;
-            let current = match store.current_revision().await {
-                Ok(r) => r,
-                Err(err) => {
-                    tracing::warn!(%err, "compactor: reading the revision failed");
-                    continue;
+            match store.compact_round(state).await {
+                Ok(next) => {
+                    if let Some(revision) = next.compacted {
+                        tracing::debug!(revision, "compacted");
+                    }
+                    state = next;
                 }
-            };
-            if let Some(target) = previous.filter(|t| *t > 0) {
-                match store.compact(target).await {
-                    Ok(()) => tracing::debug!(revision = target, "compacted"),
-                    Err(StoreError::Compacted { .. }) => {}
-                    Err(err) => tracing::warn!(%err, revision = target, "compaction failed"),
-                }
+                Err(err) => tracing::warn!(%err, "compaction round failed"),
             }
-            previous = Some(current);
         }
     })
     .abort_handle()
@@ -37,6 +34,7 @@ pub fn start(store: Arc<dyn Store>, interval: Duration) -> AbortHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vkube_store::StoreError;
 
     #[tokio::test]
     async fn history_older_than_one_interval_is_compacted() {

@@ -32,6 +32,7 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 pub struct CrdView {
     revision: tokio::sync::watch::Sender<Revision>,
     store: Arc<dyn Store>,
+    hub: Arc<Hub>,
 }
 
 impl CrdView {
@@ -40,6 +41,7 @@ impl CrdView {
         let view = Arc::new(CrdView {
             revision: tokio::sync::watch::channel(0).0,
             store,
+            hub: hub.clone(),
         });
         let at = view.load().await?;
         let this = view.clone();
@@ -77,15 +79,19 @@ impl CrdView {
 
     /// Waits (briefly) until the view reflects the store's current revision. Returns whether
     /// it had to: then a lookup that failed is worth repeating.
+    /// The store's current revision is reached through the hub's progress reports (see
+    /// [`Hub::sync`]), so writes outside the view's watch are not waited for.
     pub async fn catch_up(&self) -> bool {
-        let Ok(now) = self.store.current_revision().await else {
+        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        let before = *self.revision.borrow();
+        let Some(target) = self.hub.sync(CATCH_UP_WAIT).await else {
             return false;
         };
-        if *self.revision.borrow() >= now {
+        if before >= target {
             return false;
         }
         let mut rx = self.revision.subscribe();
-        let _ = tokio::time::timeout(CATCH_UP_WAIT, rx.wait_for(|r| *r >= now)).await;
+        let _ = tokio::time::timeout_at(deadline, rx.wait_for(|r| *r >= target)).await;
         true
     }
 }
@@ -429,9 +435,11 @@ mod tests {
                 store.create(&key, encode(&c), None).await.unwrap();
             }
         });
+        let hub = runtime.block_on(Hub::start(store.clone())).unwrap();
         let view = CrdView {
             revision: tokio::sync::watch::channel(0).0,
             store,
+            hub,
         };
         runtime.block_on(view.load()).unwrap();
         let done = std::sync::atomic::AtomicBool::new(false);

@@ -2,6 +2,12 @@
 //! cache, reduced to its event window). It keeps the last [`WINDOW`] changes, so a client that
 //! watches from a recent resourceVersion is served from memory; one older than the window gets
 //! 410 Expired, as kube-apiserver answers.
+//!
+//! "Has the hub caught up with the store?" ([`Hub::sync`]) is answered as kube-apiserver's
+//! consistent reads from its watch cache answer it: read the store's current revision, then ask
+//! the watch for progress (etcd's `RequestProgress`) until it reports that revision. The store's
+//! revision also moves with writes the hub never sees — other clusters on a shared etcd, keys
+//! outside `/registry/` — so waiting for a change at that revision would wait in vain.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -9,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::{broadcast, watch};
-use vkube_store::{Event, EventKind, Revision, Store, StoreError};
+use vkube_store::{Event, EventKind, ProgressRequester, Revision, Store, StoreError, WatchItem};
 
 use vkube_api::object::set_resource_version;
 
@@ -38,9 +44,17 @@ struct Window {
 
 pub struct Hub {
     window: Mutex<Window>,
-    /// The last revision fed; readiness waits on it.
+    /// The revision up to which every change has been fed (by a change or a progress report);
+    /// readiness and consistent decisions wait on it.
     fed: watch::Sender<Revision>,
+    store: Arc<dyn Store>,
+    /// Asks the current store watch for progress.
+    progress: Mutex<ProgressRequester>,
 }
+
+/// How often a waiter asks again for progress (kube-apiserver's progress requester ticks at
+/// 100 ms while a consistent read waits).
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// The changes still in the window after a revision, and a receiver of every later one.
 pub type Subscription = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);
@@ -70,8 +84,11 @@ impl Hub {
                 tx: broadcast::channel(WINDOW).0,
             }),
             fed: watch::channel(from).0,
+            store: store.clone(),
+            progress: Mutex::new(ProgressRequester::default()),
         });
         let watch = store.watch("/registry/", from).await?;
+        hub.set_progress(watch.progress_requester());
         tokio::spawn(feed(Arc::downgrade(&hub), store, watch, from));
         Ok(hub)
     }
@@ -98,12 +115,65 @@ impl Hub {
         Ok((past, w.tx.subscribe()))
     }
 
-    /// Waits until the hub has fed every change up to `revision`.
+    fn set_progress(&self, requester: ProgressRequester) {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = requester;
+    }
+
+    fn request_progress(&self) {
+        self.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .request();
+    }
+
+    /// Waits until the hub has fed every change up to `revision`, asking the store watch for
+    /// progress meanwhile so that a revision raised by writes it does not watch is reached too.
     pub async fn wait_for(&self, revision: Revision, timeout: Duration) -> bool {
         let mut rx = self.fed.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision))
+        let reached = async {
+            loop {
+                if *rx.borrow_and_update() >= revision {
+                    return true;
+                }
+                self.request_progress();
+                // Asked again each tick: an answer may have been lost with a broken stream.
+                if let Ok(Err(_)) = tokio::time::timeout(PROGRESS_EVERY, rx.changed()).await {
+                    return false;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, reached)
             .await
-            .is_ok_and(|r| r.is_ok())
+            .unwrap_or(false)
+    }
+
+    /// Waits (at most `timeout`) until the hub has fed everything up to the store's current
+    /// revision, and returns the revision a view fed by the hub must have reached to be as
+    /// current as the store: the last change at or below it. `None` when the store cannot be
+    /// asked or the hub did not get there in time.
+    pub async fn sync(&self, timeout: Duration) -> Option<Revision> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let now = tokio::time::timeout_at(deadline, self.store.current_revision())
+            .await
+            .ok()?
+            .ok()?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !self.wait_for(now, left).await {
+            return None;
+        }
+        Some(self.last_change_at_or_below(now))
+    }
+
+    /// The revision of the last change at or below `revision`; when the window no longer holds
+    /// one, a bound the views reach by taking the changes they have been sent.
+    fn last_change_at_or_below(&self, revision: Revision) -> Revision {
+        let w = self.window();
+        w.changes
+            .iter()
+            .rev()
+            .map(|c| c.revision)
+            .find(|r| *r <= revision)
+            .unwrap_or(w.oldest.min(revision))
     }
 
     pub fn last(&self) -> Revision {
@@ -165,7 +235,16 @@ impl Hub {
         }
         let _ = w.tx.send(change.clone());
         drop(w);
-        self.fed.send_replace(change.revision);
+        self.progressed(change.revision);
+    }
+
+    /// Every change up to `revision` has been fed.
+    fn progressed(&self, revision: Revision) {
+        self.fed.send_if_modified(|fed| {
+            let moved = revision > *fed;
+            *fed = (*fed).max(revision);
+            moved
+        });
     }
 
     /// After a gap (the store compacted past us), every subscriber must start over: a new
@@ -188,11 +267,16 @@ async fn feed(
     mut last: Revision,
 ) {
     loop {
-        match watch.next().await {
-            Some(Ok(event)) => {
+        match watch.next_item().await {
+            Some(Ok(WatchItem::Event(event))) => {
                 let Some(hub) = hub.upgrade() else { return };
                 last = event.revision;
                 hub.push(event);
+            }
+            Some(Ok(WatchItem::Progress(at))) => {
+                let Some(hub) = hub.upgrade() else { return };
+                last = last.max(at);
+                hub.progressed(at);
             }
             other => {
                 if let Some(Err(err)) = &other {
@@ -203,7 +287,12 @@ async fn feed(
                     return;
                 }
                 match store.watch("/registry/", last).await {
-                    Ok(w) => watch = w,
+                    Ok(w) => {
+                        if let Some(hub) = hub.upgrade() {
+                            hub.set_progress(w.progress_requester());
+                        }
+                        watch = w;
+                    }
                     Err(StoreError::Compacted { .. }) => match store.current_revision().await {
                         Ok(now) => {
                             if let Some(hub) = hub.upgrade() {
@@ -211,6 +300,9 @@ async fn feed(
                             }
                             last = now;
                             if let Ok(w) = store.watch("/registry/", now).await {
+                                if let Some(hub) = hub.upgrade() {
+                                    hub.set_progress(w.progress_requester());
+                                }
                                 watch = w;
                             }
                         }
@@ -219,6 +311,67 @@ async fn feed(
                     Err(err) => tracing::warn!(%err, "store watch failed"),
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 17, defect 6: readiness waits for the store's revision; writes outside the hub's
+    /// watch (another cluster's on a shared etcd) raise it without a change for the hub, and the
+    /// hub must still get there at once, through its watch's progress report.
+    #[tokio::test]
+    async fn the_current_revision_is_reached_without_a_change_at_it() {
+        let store: Arc<dyn Store> = vkube_store::MemoryStore::new();
+        let hub = Hub::start(store.clone()).await.unwrap();
+        let mine = store
+            .create("/registry/pods/a/b", b"{}".to_vec(), None)
+            .await
+            .unwrap();
+        for i in 0..3 {
+            store
+                .create(&format!("/elsewhere/{i}"), b"{}".to_vec(), None)
+                .await
+                .unwrap();
+        }
+        let now = store.current_revision().await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(hub.wait_for(now, Duration::from_secs(2)).await);
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "waited {:?}",
+            started.elapsed()
+        );
+        // A view is as current as the store once it has the last change at or below it.
+        assert_eq!(
+            hub.sync(Duration::from_secs(2)).await,
+            Some(mine.mod_revision)
+        );
+        assert_eq!(hub.last(), mine.mod_revision);
+    }
+
+    /// Progress never runs ahead of a change: a sync after a write under /registry/ names it.
+    #[tokio::test]
+    async fn sync_names_the_last_change_of_its_own() {
+        let store: Arc<dyn Store> = vkube_store::MemoryStore::new();
+        let hub = Hub::start(store.clone()).await.unwrap();
+        for i in 0..20 {
+            store
+                .create(&format!("/elsewhere/{i}"), b"{}".to_vec(), None)
+                .await
+                .unwrap();
+            let mine = store
+                .create(&format!("/registry/pods/a/{i}"), b"{}".to_vec(), None)
+                .await
+                .unwrap();
+            assert_eq!(
+                hub.sync(Duration::from_secs(2)).await,
+                Some(mine.mod_revision)
+            );
+            let (past, _) = hub.subscribe(mine.mod_revision - 1).unwrap();
+            assert_eq!(past.last().map(|c| c.revision), Some(mine.mod_revision));
         }
     }
 }

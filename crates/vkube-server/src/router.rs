@@ -338,10 +338,10 @@ impl Api {
         let revision = store.ok().and_then(Result::ok);
         checks.push(("etcd", revision.is_some()));
         if endpoint == "readyz" {
-            let synced = match revision {
-                Some(r) => self.hub.wait_for(r, Duration::from_secs(2)).await,
-                None => false,
-            };
+            // Caught up with the store's revision as the hub's watch reports it: a write of
+            // another cluster on a shared etcd raises the revision but sends the hub nothing.
+            let synced =
+                revision.is_some() && self.hub.sync(Duration::from_secs(2)).await.is_some();
             checks.push(("informer-sync", synced));
             checks.push(("shutdown", self.serving.load(Ordering::Relaxed)));
             checks.push((

@@ -3,6 +3,12 @@
 //! create / compare-and-swap / conditional delete. Keys live under a prefix, so several virtual
 //! clusters can share one etcd. TTLs use etcd leases. With several endpoints the first is
 //! preferred and the others serve while it cannot (`failover`).
+//!
+//! Clusters that share an etcd share its revision, so a consumer waiting for "the current
+//! revision" must learn how far its own watch has come without a write under its own prefix:
+//! watches answer progress requests (see `ProgressMechanism`). They also share compaction, which
+//! is etcd-wide, so compaction rounds coordinate through one key at the etcd root, as
+//! kube-apiserver's do (`compact_round`).
 
 mod failover;
 
@@ -17,10 +23,10 @@ use etcd_client::{
 };
 use tokio::sync::mpsc;
 
-use crate::Store;
 use crate::error::{Result, StoreError, check_key};
 use crate::kv::{Event, EventKind, KeyValue, ListOptions, ListResult, Revision, prefix_end};
-use crate::watch::Watch;
+use crate::watch::{ProgressRequester, Watch, WatchItem};
+use crate::{Compaction, Store};
 use failover::{Endpoints, Kind};
 
 const BACKEND: &str = "etcd";
@@ -36,6 +42,50 @@ pub struct EtcdTls {
 pub struct EtcdStore {
     endpoints: Arc<Endpoints>,
     prefix: String,
+    progress: ProgressMechanism,
+}
+
+/// How a watch answers a progress request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProgressMechanism {
+    /// etcd's `RequestProgress` on the watch stream, as kube-apiserver's consistent reads use it.
+    /// Only where every member is a release whose answer is ordered after the events it covers
+    /// (3.4.31+, 3.5.13+): older ones send it on a control channel that can overtake events still
+    /// queued for the stream, and kube-apiserver does not use it with them either.
+    RequestProgress,
+    /// On older members: a put of the watch's barrier key, which lies inside the watched range.
+    /// Its event arrives in order, after every earlier event under the prefix, so it is an exact
+    /// progress report at the cost of one write.
+    Barrier,
+}
+
+/// The key, under a watch's prefix, whose puts serve as progress barriers. No Kubernetes storage
+/// key starts a segment with \u{1}, and watchers turn any barrier event into a progress report
+/// instead of delivering it.
+const BARRIER: &str = "\u{1}progress";
+
+/// kube-apiserver's compaction key, at the root of etcd (outside every cluster's prefix): every
+/// compactor sharing the etcd — each replica of each vkube cluster, and a kube-apiserver if one
+/// shares it — coordinates through its version, so etcd is compacted once per interval.
+pub const COMPACT_REV_KEY: &str = "compact_rev_key";
+
+/// Whether an etcd release orders `RequestProgress` answers after pending events (etcd's fix of
+/// issue 15220 and its follow-ups, the versions kube-apiserver checks for).
+fn orders_progress(version: &str) -> bool {
+    let mut parts = version
+        .split(['.', '-', '+'])
+        .map(|p| p.parse::<u64>().ok());
+    let (Some(Some(major)), Some(Some(minor)), Some(Some(patch))) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    match (major, minor) {
+        (3, 4) => patch >= 31,
+        (3, 5) => patch >= 13,
+        (3, m) => m > 5,
+        (m, _) => m > 3,
+    }
 }
 
 /// Largest response accepted from etcd, as kube-apiserver allows (its values reach 1.5 MiB each).
@@ -97,15 +147,30 @@ impl EtcdStore {
             options = options.with_tls(config);
         }
         let mut clients = Vec::new();
+        let mut ordered = true;
         for endpoint in endpoints {
             let client = Client::connect([&endpoint], Some(options.clone()))
                 .await
                 .map_err(etcd_err)?;
+            // A member that cannot be asked counts as an old one: barriers are always exact.
+            let version = client
+                .clone()
+                .status()
+                .await
+                .map(|s| s.version().to_string());
+            ordered &= version.as_deref().is_ok_and(orders_progress);
             clients.push((endpoint, client));
         }
+        let progress = if ordered {
+            ProgressMechanism::RequestProgress
+        } else {
+            ProgressMechanism::Barrier
+        };
+        tracing::debug!(?progress, "etcd watch progress");
         let store = EtcdStore {
             endpoints: Endpoints::new(clients),
             prefix: prefix.to_string(),
+            progress,
         };
         // Fail now, not on first use, when no endpoint answers.
         store.current_revision().await?;
@@ -501,6 +566,57 @@ impl Store for EtcdStore {
         }
     }
 
+    /// kube-apiserver's compactor round: a transaction on [`COMPACT_REV_KEY`]'s version. The one
+    /// compactor whose view of the version is current wins the round, records the revision it
+    /// read an interval ago and compacts at it; the others learn the version and revision and wait
+    /// for the next interval. So N compactors (replicas, clusters) compact once per interval,
+    /// always at least an interval behind the newest write.
+    async fn compact_round(&self, last: Compaction) -> Result<Compaction> {
+        let txn = Txn::new()
+            .when([Compare::version(
+                COMPACT_REV_KEY,
+                CompareOp::Equal,
+                last.epoch,
+            )])
+            .and_then([TxnOp::put(COMPACT_REV_KEY, last.revision.to_string(), None)])
+            .or_else([TxnOp::get(COMPACT_REV_KEY, None)]);
+        let resp = self.txn(txn).await?;
+        let revision = Self::header_revision(resp.header())?;
+        if !resp.succeeded() {
+            let epoch = match resp.op_responses().first() {
+                Some(TxnOpResponse::Get(get)) => get.kvs().first().map_or(0, |kv| kv.version()),
+                _ => 0,
+            };
+            return Ok(Compaction {
+                epoch,
+                revision,
+                compacted: None,
+            });
+        }
+        let epoch = last.epoch + 1;
+        // The first round only records a revision: nothing is an interval old yet.
+        if last.revision <= 0 {
+            return Ok(Compaction {
+                epoch,
+                revision,
+                compacted: None,
+            });
+        }
+        let compacted = match self.compact(last.revision).await {
+            Ok(()) => Some(last.revision),
+            Err(StoreError::Compacted { .. }) => None,
+            Err(err) => {
+                tracing::warn!(%err, revision = last.revision, "etcd compaction failed");
+                None
+            }
+        };
+        Ok(Compaction {
+            epoch,
+            revision,
+            compacted,
+        })
+    }
+
     async fn watch(&self, prefix: &str, from: Revision) -> Result<Watch> {
         // A range read at `from` fails exactly when `from` is below the compaction, which is
         // when events after `from` may be gone: the same rule as the log-backed stores.
@@ -522,6 +638,7 @@ impl Store for EtcdStore {
             }
         }
         let (tx, rx) = mpsc::channel(512);
+        let requests = ProgressRequester::default();
         let watcher = EtcdWatcher {
             endpoints: self.endpoints.clone(),
             store_prefix: self.prefix.clone(),
@@ -529,9 +646,12 @@ impl Store for EtcdStore {
             last: from,
             tx,
             failures: 0,
+            requests: requests.clone(),
+            mechanism: self.progress,
+            pending: false,
         };
         let task = tokio::spawn(watcher.run());
-        Ok(Watch::new(rx, task.abort_handle()))
+        Ok(Watch::new(rx, task.abort_handle(), requests))
     }
 }
 
@@ -558,9 +678,13 @@ struct EtcdWatcher {
     store_prefix: String,
     prefix: String,
     last: Revision,
-    tx: mpsc::Sender<Result<Event>>,
+    tx: mpsc::Sender<Result<WatchItem>>,
     /// Transport errors in a row; the watch gives up after 20 without a response between them.
     failures: u32,
+    requests: ProgressRequester,
+    mechanism: ProgressMechanism,
+    /// A progress request not yet answered (asked again on a new stream after a break).
+    pending: bool,
 }
 
 impl EtcdWatcher {
@@ -596,18 +720,36 @@ impl EtcdWatcher {
             Some(end) => format!("{}{end}", self.store_prefix).into_bytes(),
             None => range_end(self.store_prefix.as_bytes()),
         };
+        // Periodic progress notifications (etcd sends them per watcher, in order, on every
+        // release) keep `last` moving on a quiet prefix, so a resumed watch starts near the head
+        // instead of below a compaction.
         let options = WatchOptions::new()
             .with_range(end)
             .with_start_revision(self.last + 1)
-            .with_prev_key();
+            .with_prev_key()
+            .with_progress_notify();
         let (at, client) = self.endpoints.current();
         let opened = client
             .watch_client()
             .max_decoding_message_size(MAX_RESPONSE)
             .watch(full, Some(options))
             .await;
-        let mut stream = opened.map_err(|e| self.broke(at, e))?;
-        while let Some(resp) = stream.message().await.map_err(|e| self.broke(at, e))? {
+        let (mut sender, mut stream) = opened.map_err(|e| self.broke(at, e))?.split();
+        if self.pending {
+            self.ask_progress(&mut sender, at).await?;
+        }
+        loop {
+            let message = tokio::select! {
+                message = stream.message() => message,
+                () = self.requests.requested() => {
+                    self.pending = true;
+                    self.ask_progress(&mut sender, at).await?;
+                    continue;
+                }
+            };
+            let Some(resp) = message.map_err(|e| self.broke(at, e))? else {
+                break;
+            };
             self.failures = 0;
             if resp.compact_revision() > 0 {
                 return Ok(Some(StoreError::Compacted {
@@ -615,16 +757,32 @@ impl EtcdWatcher {
                     compact_revision: resp.compact_revision(),
                 }));
             }
+            // etcd's IsProgressNotify: no events, not a creation or cancellation.
+            if resp.events().is_empty() && !resp.created() && !resp.canceled() {
+                let revision = Self::header_revision(resp.header())?;
+                if revision > 0 && !self.progressed(revision).await {
+                    return Ok(None);
+                }
+                continue;
+            }
             for event in resp.events() {
                 let event = match self.event(event) {
                     Ok(event) => event,
                     Err(err) => return Ok(Some(err)),
                 };
+                if event.key.ends_with(BARRIER) {
+                    // A barrier (ours, or another watcher's under our prefix): every event
+                    // before it in the range has been delivered.
+                    if !self.progressed(event.revision).await {
+                        return Ok(None);
+                    }
+                    continue;
+                }
                 if event.revision <= self.last {
                     continue;
                 }
                 self.last = event.revision;
-                if self.tx.send(Ok(event)).await.is_err() {
+                if self.tx.send(Ok(WatchItem::Event(event))).await.is_err() {
                     return Ok(None);
                 }
             }
@@ -639,6 +797,52 @@ impl EtcdWatcher {
         }
         self.endpoints.failed(at);
         Err(StoreError::backend(BACKEND, "watch stream ended"))
+    }
+
+    fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<Revision> {
+        EtcdStore::header_revision(header)
+    }
+
+    /// Reports that every event up to `revision` has been delivered; `false` once the consumer
+    /// has gone.
+    async fn progressed(&mut self, revision: Revision) -> bool {
+        self.pending = false;
+        self.last = self.last.max(revision);
+        self.tx
+            .send(Ok(WatchItem::Progress(self.last)))
+            .await
+            .is_ok()
+    }
+
+    /// Asks etcd, on the stream of endpoint `at`, for a progress report.
+    async fn ask_progress(
+        &self,
+        sender: &mut etcd_client::WatchRequestSender,
+        at: usize,
+    ) -> Result<()> {
+        match self.mechanism {
+            ProgressMechanism::RequestProgress => sender
+                .request_progress()
+                .await
+                .map_err(|e| self.broke(at, e)),
+            ProgressMechanism::Barrier => {
+                let key = format!("{}{}{BARRIER}", self.store_prefix, self.prefix);
+                // Not awaited here: the stream must keep being read while the put is on its way.
+                let endpoints = self.endpoints.clone();
+                tokio::spawn(async move {
+                    let put = endpoints
+                        .call(Kind::Read, |c| {
+                            let key = key.clone();
+                            async move { kv(&c).put(key, Vec::new(), None).await }
+                        })
+                        .await;
+                    if let Err(err) = put {
+                        tracing::debug!(%err, "etcd progress barrier failed");
+                    }
+                });
+                Ok(())
+            }
+        }
     }
 
     /// A transport error on endpoint `at`: the next attempt goes to another endpoint.
@@ -679,5 +883,30 @@ impl EtcdWatcher {
                 prev,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::orders_progress;
+
+    #[test]
+    fn request_progress_only_on_releases_that_order_it() {
+        for old in [
+            "3.4.23", "3.4.30", "3.5.0", "3.5.12", "3.3.27", "garbage", "",
+        ] {
+            assert!(!orders_progress(old), "{old}");
+        }
+        for new in [
+            "3.4.31",
+            "3.4.35",
+            "3.5.13",
+            "3.5.17",
+            "3.6.0",
+            "3.6.1-rc.0",
+            "4.0.0",
+        ] {
+            assert!(orders_progress(new), "{new}");
+        }
     }
 }

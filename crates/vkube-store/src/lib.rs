@@ -25,13 +25,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use error::{Result, StoreError};
-pub use etcd::{EtcdStore, EtcdTls};
+pub use etcd::{COMPACT_REV_KEY, EtcdStore, EtcdTls};
 pub use kv::{Event, EventKind, KeyValue, ListOptions, ListResult, Revision};
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
 pub use sqlite::{SqliteStore, Synchronous};
 pub use url::StoreUrl;
-pub use watch::Watch;
+pub use watch::{ProgressRequester, Watch, WatchItem};
 
 /// The operations every backend offers, with etcd's meaning.
 ///
@@ -86,8 +86,44 @@ pub trait Store: Send + Sync + 'static {
     async fn compact(&self, revision: Revision) -> Result<()>;
 
     /// Every event under `prefix` with a revision above `from`, in revision order, each once.
-    /// Resume by passing the last revision seen.
+    /// Resume by passing the last revision seen. The watch also answers progress requests
+    /// ([`WatchItem::Progress`]).
     async fn watch(&self, prefix: &str, from: Revision) -> Result<Watch>;
+
+    /// One round of the periodic compaction every replica runs each interval, given what the
+    /// previous round returned (start from `Compaction::default()`): compacts at the revision the
+    /// store had one round ago. Here every caller compacts (a loser of a race meets `Compacted`,
+    /// which is harmless); etcd, whose compaction is shared by every cluster on it, lets one
+    /// compactor per interval do it, as kube-apiserver's `compact_rev_key` does.
+    async fn compact_round(&self, last: Compaction) -> Result<Compaction> {
+        let revision = self.current_revision().await?;
+        let compacted = if last.revision > 0 {
+            match self.compact(last.revision).await {
+                Ok(()) => Some(last.revision),
+                Err(StoreError::Compacted { .. }) => None,
+                Err(err) => return Err(err),
+            }
+        } else {
+            None
+        };
+        Ok(Compaction {
+            epoch: last.epoch + 1,
+            revision,
+            compacted,
+        })
+    }
+}
+
+/// Where a periodic compactor stands between rounds (kube-apiserver's `compactTime` and `rev`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Compaction {
+    /// Rounds taken by all the compactors sharing the backend, as far as this one knows (the
+    /// version of etcd's `compact_rev_key`).
+    pub epoch: i64,
+    /// The revision the next round compacts at: the store's revision at this round.
+    pub revision: Revision,
+    /// The revision this round compacted at, when this compactor did compact.
+    pub compacted: Option<Revision>,
 }
 
 /// Opens the store a URL names: `sqlite://PATH`, `postgres://…`, `etcd://host:port[,host:port]`

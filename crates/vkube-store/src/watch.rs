@@ -5,11 +5,18 @@
 //! then sleeps until the store says a revision above the last one it covered was committed. It never
 //! sleeps on a timer, and it never skips: each scan starts right after the revision the previous scan
 //! covered.
+//!
+//! A watch also answers progress requests (etcd's `RequestProgress`): a [`WatchItem::Progress`]
+//! in the stream, after every event up to its revision, tells the consumer how far the watch has
+//! come when nothing under its prefix changed. That is what lets a consumer wait for "the store's
+//! current revision" without waiting for a write under its own prefix at that revision, which
+//! never comes when the revision was raised by a write elsewhere (another cluster sharing an etcd,
+//! or keys outside the prefix).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::AbortHandle;
 
 use crate::error::{Result, StoreError};
@@ -18,23 +25,76 @@ use crate::kv::{Event, Revision};
 /// How many events one scan reads; also the depth of a watch's buffer.
 const BATCH: usize = 512;
 
+/// One item of a watch stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchItem {
+    Event(Event),
+    /// Every event under the watch's prefix up to this revision has been delivered before this
+    /// item (etcd's progress notification). Sent after a [`ProgressRequester::request`], and
+    /// whenever the backend volunteers one.
+    Progress(Revision),
+}
+
 /// A stream of events in revision order. Dropping it stops the watch.
 ///
 /// It yields `Err` at most once, as its last item: [`StoreError::Compacted`] if the watcher fell
 /// behind a compaction, or a backend error. Watch again from the last revision seen to resume.
 pub struct Watch {
-    rx: mpsc::Receiver<Result<Event>>,
+    rx: mpsc::Receiver<Result<WatchItem>>,
     task: AbortHandle,
+    progress: ProgressRequester,
+}
+
+/// Asks a watch to report its progress; cloneable, so a consumer that hands the stream to a task
+/// can still ask from elsewhere.
+#[derive(Clone, Debug, Default)]
+pub struct ProgressRequester(Arc<Notify>);
+
+impl ProgressRequester {
+    /// Asks for a [`WatchItem::Progress`]. Requests made before the watch gets to them count
+    /// once: one answer serves them all.
+    pub fn request(&self) {
+        self.0.notify_one();
+    }
+
+    pub(crate) async fn requested(&self) {
+        self.0.notified().await;
+    }
 }
 
 impl Watch {
-    pub(crate) fn new(rx: mpsc::Receiver<Result<Event>>, task: AbortHandle) -> Self {
-        Watch { rx, task }
+    pub(crate) fn new(
+        rx: mpsc::Receiver<Result<WatchItem>>,
+        task: AbortHandle,
+        progress: ProgressRequester,
+    ) -> Self {
+        Watch { rx, task, progress }
     }
 
-    /// The next event; `None` once the watch has ended.
+    /// The next event, skipping progress reports; `None` once the watch has ended.
     pub async fn next(&mut self) -> Option<Result<Event>> {
+        loop {
+            match self.rx.recv().await? {
+                Ok(WatchItem::Progress(_)) => {}
+                Ok(WatchItem::Event(event)) => return Some(Ok(event)),
+                Err(err) => return Some(Err(err)),
+            }
+        }
+    }
+
+    /// The next event or progress report; `None` once the watch has ended.
+    pub async fn next_item(&mut self) -> Option<Result<WatchItem>> {
         self.rx.recv().await
+    }
+
+    /// Asks for a progress report (see [`WatchItem::Progress`]).
+    pub fn request_progress(&self) {
+        self.progress.request();
+    }
+
+    /// A handle that asks this watch for progress reports.
+    pub fn progress_requester(&self) -> ProgressRequester {
+        self.progress.clone()
     }
 }
 
@@ -69,8 +129,11 @@ pub(crate) async fn watch_log(
     let first = source.events_after(prefix, from, BATCH).await?;
     let prefix = prefix.to_string();
     let (tx, rx) = mpsc::channel(BATCH);
+    let progress = ProgressRequester::default();
+    let requests = progress.clone();
     let task = tokio::spawn(async move {
         let mut batch = Ok(first);
+        let mut requested = false;
         loop {
             let (events, covered) = match batch {
                 Ok(b) => b,
@@ -81,16 +144,31 @@ pub(crate) async fn watch_log(
             };
             let full = events.len() >= BATCH;
             for event in events {
-                if tx.send(Ok(event)).await.is_err() {
+                if tx.send(Ok(WatchItem::Event(event))).await.is_err() {
                     return;
                 }
             }
-            if !full && committed.wait_for(|rev| *rev > covered).await.is_err() {
-                let _ = tx.send(Err(StoreError::closed("store"))).await;
-                return;
+            if !full {
+                // A scan that was not cut short covered every commit up to `covered`, whatever
+                // its key: that is the progress a request asks about.
+                if std::mem::take(&mut requested)
+                    && tx.send(Ok(WatchItem::Progress(covered))).await.is_err()
+                {
+                    return;
+                }
+                tokio::select! {
+                    closed = async { committed.wait_for(|rev| *rev > covered).await.is_err() } => {
+                        if closed {
+                            let _ = tx.send(Err(StoreError::closed("store"))).await;
+                            return;
+                        }
+                    }
+                    // Scan again before answering: a commit may have landed meanwhile.
+                    () = requests.requested() => requested = true,
+                }
             }
             batch = source.events_after(&prefix, covered, BATCH).await;
         }
     });
-    Ok(Watch::new(rx, task.abort_handle()))
+    Ok(Watch::new(rx, task.abort_handle(), progress))
 }

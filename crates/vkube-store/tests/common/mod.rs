@@ -87,6 +87,23 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// A store of another cluster on the same etcd: its own key prefix, the shared revision.
+    pub async fn neighbour(&self) -> Arc<dyn Store> {
+        assert_eq!(
+            self.backend,
+            Backend::Etcd,
+            "only etcd stores have neighbours"
+        );
+        let url = format!(
+            "etcd://{}?prefix=/{}",
+            servers::etcd_endpoints(),
+            unique("vkube-n")
+        );
+        vkube_store::open(&url).await.expect("open a neighbour")
+    }
+}
+
 /// The next item of a watch, failing the test after 20 s.
 pub async fn next_event(watch: &mut Watch) -> Event {
     match tokio::time::timeout(Duration::from_secs(20), watch.next()).await {

@@ -38,6 +38,7 @@ macro_rules! suite {
             watching::watch_resumes_after_restart,
             watching::compaction_errors,
             watching::watcher_sees_10k_concurrent_writes_exactly_once_in_order,
+            watching::progress_covers_writes_outside_the_prefix,
             model::random_operations_match_the_reference_model,
             processes::cas_counters_from_2_processes_and_8_tasks,
         );
@@ -63,7 +64,11 @@ mod postgres {
 
 mod etcd {
     suite!(crate::common::Backend::Etcd);
-    cases!(crate::common::Backend::Etcd; processes::kill_9_of_a_writer_loses_no_acknowledged_write);
+    cases!(crate::common::Backend::Etcd;
+        processes::kill_9_of_a_writer_loses_no_acknowledged_write,
+        watching::progress_covers_another_clusters_writes,
+        watching::compaction_is_coordinated_across_clusters,
+    );
 
     #[tokio::test]
     async fn a_dead_first_endpoint_fails_over_to_the_next() {

@@ -2,7 +2,12 @@
 
 use std::collections::HashSet;
 
-use vkube_store::{EventKind, ListOptions, StoreError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use vkube_store::{
+    Compaction, EventKind, ListOptions, Revision, Store, StoreError, Watch, WatchItem,
+};
 
 use crate::common::{Fixture, assert_quiet, events_until, next_event};
 
@@ -181,4 +186,122 @@ pub async fn watcher_sees_10k_concurrent_writes_exactly_once_in_order(f: Fixture
     );
     let keys: HashSet<_> = events.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys.len(), WRITERS * EACH, "every write seen exactly once");
+}
+
+/// Asks `watch` for progress until a report reaches `revision`; the events it meets meanwhile.
+async fn progress_to(watch: &mut Watch, revision: Revision) -> Vec<vkube_store::Event> {
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        watch.request_progress();
+        let item = tokio::time::timeout_at(deadline, watch.next_item())
+            .await
+            .unwrap_or_else(|_| panic!("no progress to {revision} within 5 s: {events:?}"));
+        match item {
+            Some(Ok(WatchItem::Progress(at))) if at >= revision => return events,
+            Some(Ok(WatchItem::Progress(_))) => {}
+            Some(Ok(WatchItem::Event(event))) => events.push(event),
+            other => panic!("watch ended: {other:?}"),
+        }
+    }
+}
+
+/// A progress report covers writes outside the watch's prefix, which raise the revision but send
+/// the watch no event, and comes after every event of the prefix up to its revision.
+pub async fn progress_covers_writes_outside_the_prefix(f: Fixture) {
+    let s = &f.store;
+    let base = s.current_revision().await.unwrap();
+    let mut watch = s.watch("/p/", base).await.unwrap();
+    let mine = s.create("/p/a", v("1"), None).await.unwrap();
+    let mut other = s.create("/q/a", v("1"), None).await.unwrap();
+    for i in 0..5 {
+        other = s
+            .update("/q/a", v(&i.to_string()), other.mod_revision, None)
+            .await
+            .unwrap();
+    }
+    let events = progress_to(&mut watch, other.mod_revision).await;
+    let keys: Vec<_> = events
+        .iter()
+        .map(|e| (e.key.as_str(), e.revision))
+        .collect();
+    assert_eq!(keys, [("/p/a", mine.mod_revision)]);
+    // Progress reports do not disturb the events that follow.
+    let later = s.create("/p/b", v("1"), None).await.unwrap();
+    assert_eq!(next_event(&mut watch).await.revision, later.mod_revision);
+}
+
+/// Two clusters on one etcd: a watch of one reports progress past the other's writes (so a
+/// wait for the current revision does not wait for a write of its own).
+pub async fn progress_covers_another_clusters_writes(f: Fixture) {
+    let neighbour = f.neighbour().await;
+    let s = &f.store;
+    let base = s.current_revision().await.unwrap();
+    let mut watch = s.watch("/registry/", base).await.unwrap();
+    let mut theirs = neighbour
+        .create("/registry/pods/x/y", v("1"), None)
+        .await
+        .unwrap();
+    for i in 0..5 {
+        theirs = neighbour
+            .update(
+                "/registry/pods/x/y",
+                v(&i.to_string()),
+                theirs.mod_revision,
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.current_revision().await.unwrap(), theirs.mod_revision);
+    let events = progress_to(&mut watch, theirs.mod_revision).await;
+    assert!(events.is_empty(), "another cluster's writes: {events:?}");
+    // The neighbour's own watch sees none of the progress machinery as events.
+    let mut their_watch = neighbour.watch("/registry/", base).await.unwrap();
+    let seen = events_until(&mut their_watch, theirs.mod_revision).await;
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert!(
+        seen.iter().all(|e| e.key == "/registry/pods/x/y"),
+        "{seen:?}"
+    );
+}
+
+/// Each replica of each cluster on one etcd runs a compactor; per interval exactly one of them
+/// compacts (kube-apiserver's compact_rev_key), at a revision at least an interval old.
+pub async fn compaction_is_coordinated_across_clusters(f: Fixture) {
+    let neighbour = f.neighbour().await;
+    let replica = f.reopen().await;
+    let stores: Vec<Arc<dyn Store>> = vec![f.store.clone(), replica, neighbour];
+    let mut states = vec![Compaction::default(); stores.len()];
+    let mut compactions = Vec::new();
+    for interval in 0..4 {
+        let mut this_round = Vec::new();
+        for (i, store) in stores.iter().enumerate() {
+            // Every cluster writes between the rounds, so each replica reads another revision.
+            store
+                .create(&format!("/c/{interval}/{i}"), v("1"), None)
+                .await
+                .unwrap();
+            let before = store.current_revision().await.unwrap();
+            states[i] = store.compact_round(states[i]).await.unwrap();
+            if let Some(at) = states[i].compacted {
+                assert!(at < before, "compacted at {at}, not below {before}");
+                this_round.push((i, at));
+            }
+        }
+        compactions.push(this_round);
+    }
+    // The first interval only records revisions (the key may already hold another run's); after
+    // it, one compaction per interval, whoever runs first.
+    for (interval, round) in compactions.iter().enumerate().skip(2) {
+        assert_eq!(round.len(), 1, "interval {interval}: {compactions:?}");
+    }
+    // And the history below the last compaction is gone, for every cluster.
+    let (_, at) = compactions.last().unwrap()[0];
+    let err = f
+        .store
+        .get("/c/0/0", Some(at - 1))
+        .await
+        .expect_err("compacted");
+    assert!(matches!(err, StoreError::Compacted { .. }), "{err}");
 }
