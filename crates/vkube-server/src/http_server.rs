@@ -425,6 +425,9 @@ pub async fn serve(
             if let Some(interval) = compaction {
                 work.push(crate::compactor::start(store.clone(), interval));
             }
+            // kube-apiserver's allocation repair loops: not controllers, so always on.
+            let host_services = api.host_services.is_some();
+            work.push(crate::service_repair::start(store.clone(), host_services));
             work.extend(tasks.iter().map(LeaderTask::start));
             work
         })

@@ -30,6 +30,7 @@ mod reviews;
 mod router;
 mod scale;
 mod service_accounts;
+mod service_repair;
 mod services;
 mod tls;
 mod watch_stream;

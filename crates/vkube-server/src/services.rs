@@ -3,7 +3,8 @@
 //! create-if-absent makes an allocation exclusive across every replica. NodePorts are claimed the
 //! same way under `/registry/servicenodeports/` (under `/registry/` so the watch that tracks the
 //! store revision sees them). Released when the Service is deleted (the controller sees
-//! the delete event) and carried over when an update leaves them unset.
+//! the delete event) and carried over when an update leaves them unset. What a missed delete
+//! event or a dropped port leaves behind, the leader's repair loops free (`service_repair`).
 
 use std::net::Ipv4Addr;
 
@@ -16,7 +17,9 @@ use crate::rest::store_status;
 
 /// The default service range of kube-apiserver deployments such as kind and kubeadm.
 pub const SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 96, 0, 0), 12);
-const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+pub(crate) const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+/// Where NodePort claims live, one key per port.
+pub(crate) const NODE_PORT_PREFIX: &str = "/registry/servicenodeports/";
 
 fn ip_key(ip: &str) -> String {
     registry::find("networking.k8s.io", "v1", "ipaddresses")
@@ -29,7 +32,7 @@ pub fn first_ip() -> String {
     Ipv4Addr::from(u32::from(SERVICE_CIDR.0) + 1).to_string()
 }
 
-fn in_range(ip: Ipv4Addr) -> bool {
+pub(crate) fn in_range(ip: Ipv4Addr) -> bool {
     let mask = u32::MAX << (32 - SERVICE_CIDR.1);
     u32::from(ip) & mask == u32::from(SERVICE_CIDR.0)
 }
@@ -182,7 +185,8 @@ pub async fn allocate(store: &dyn Store, svc: &mut Value) -> Result<(), Status> 
     Ok(())
 }
 
-async fn claim_port(
+/// Claims NodePort `port` for the Service `namespace/name`; false when another holds it.
+pub(crate) async fn claim_port(
     store: &dyn Store,
     port: u16,
     namespace: &str,
@@ -191,7 +195,7 @@ async fn claim_port(
     let owner = json!({"namespace": namespace, "name": name}).to_string();
     match store
         .create(
-            &format!("/registry/servicenodeports/{port}"),
+            &format!("{NODE_PORT_PREFIX}{port}"),
             owner.into_bytes(),
             None,
         )
@@ -274,7 +278,7 @@ pub async fn release(store: &dyn Store, svc: &Value) {
         .flatten()
         .filter_map(|p| p["nodePort"].as_u64())
     {
-        let key = format!("/registry/servicenodeports/{port}");
+        let key = format!("{NODE_PORT_PREFIX}{port}");
         if let Ok(Some(kv)) = store.get(&key, None).await {
             let owner: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
             if owner["namespace"] == namespace && owner["name"] == name {
