@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures_util::StreamExt;
 use tokio::sync::watch;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls};
 
 use crate::Store;
@@ -369,7 +369,7 @@ impl PostgresStore {
         let creates: Vec<i64> = written.iter().map(|(r, _)| r.create_revision).collect();
         let prevs: Vec<i64> = written.iter().map(|(r, _)| r.prev_revision).collect();
         let versions: Vec<i64> = written.iter().map(|(r, _)| r.version).collect();
-        let values: Vec<&[u8]> = written.iter().map(|(r, _)| r.value.as_slice()).collect();
+        let values = Redacted(written.iter().map(|(r, _)| r.value.as_slice()).collect());
         let expiries: Vec<Option<i64>> = written.iter().map(|(_, e)| *e).collect();
         let insert_params: [&(dyn ToSql + Sync); 8] = [
             &revisions, &keys, &deleted, &creates, &prevs, &versions, &values, &expiries,
@@ -386,6 +386,34 @@ impl PostgresStore {
         tx.commit().await.map_err(db_err)?;
         Ok(results)
     }
+}
+
+/// The values of a write, as a query parameter. tokio-postgres logs every query's parameters at
+/// debug level (`tokio_postgres::query`), and values are Secrets and the cluster's keys: a log at
+/// any level must never hold them, so their `Debug` names only how many there are and their size.
+struct Redacted<'a>(Vec<&'a [u8]>);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes: usize = self.0.iter().map(|v| v.len()).sum();
+        write!(f, "<{} values, {bytes} bytes, redacted>", self.0.len())
+    }
+}
+
+impl ToSql for Redacted<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        self.0.to_sql(ty, out)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <Vec<&[u8]> as ToSql>::accepts(ty)
+    }
+
+    to_sql_checked!();
 }
 
 #[async_trait]

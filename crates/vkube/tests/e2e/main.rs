@@ -11,6 +11,7 @@ mod embedded_etcd;
 mod gc;
 mod ha;
 mod harness;
+mod hygiene;
 mod objects;
 mod outage;
 mod quota;
