@@ -161,15 +161,14 @@ pub fn parse_labels(input: &str) -> Result<LabelSelector, Status> {
                     loop {
                         match it.next() {
                             Some(Token::Ident(v)) => values.push(v.clone()),
-                            // `in (a,)` and `in ()` hold an empty value.
+                            // `in (,a)`, `in (a,,b)` and `in (,)` hold an empty value.
                             Some(Token::Comma) => {
                                 values.push(String::new());
                                 continue;
                             }
+                            // `in ()` and, after a comma, `in (a,)` too, as upstream.
                             Some(Token::Close) => {
-                                if values.is_empty() {
-                                    values.push(String::new());
-                                }
+                                values.push(String::new());
                                 break;
                             }
                             t => {
@@ -190,6 +189,9 @@ pub fn parse_labels(input: &str) -> Result<LabelSelector, Status> {
                             }
                         }
                     }
+                    // A set, as upstream's parser collects it: sorted, each value once.
+                    values.sort();
+                    values.dedup();
                     values
                 }
                 _ => {
@@ -409,17 +411,17 @@ fn split_unescaped(s: &str, sep: char) -> Vec<String> {
 }
 
 fn split_once_unescaped(s: &str, op: &str) -> Option<(String, String)> {
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' {
-            i += 2;
+    // By characters: a byte index inside a multi-byte character is no place to split (and
+    // slicing there panicked on any non-ASCII selector).
+    let mut chars = s.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c == '\\' {
+            chars.next();
             continue;
         }
         if s[i..].starts_with(op) {
             return Some((s[..i].to_string(), s[i + op.len()..].to_string()));
         }
-        i += 1;
     }
     None
 }
@@ -593,6 +595,28 @@ mod tests {
         );
         assert!(!m("n>3") && !m("x>1") && !m("z<1") && !m("x=y,z"));
         assert!(parse_labels("x=").unwrap().matches(&labels(&[("x", "")])));
+    }
+
+    /// Found by the property tests (tests/properties.rs): upstream's `(a,)` holds the empty
+    /// value too, and a set's values come back sorted, each once.
+    #[test]
+    fn a_trailing_comma_in_a_set_holds_the_empty_value() {
+        let empty = labels(&[("x", "")]);
+        assert!(parse_labels("x in (a,)").unwrap().matches(&empty));
+        assert!(!parse_labels("x notin (a,)").unwrap().matches(&empty));
+        assert!(!parse_labels("x in (a,b)").unwrap().matches(&empty));
+        let parsed = parse_labels("x in (b,a,b,)").unwrap();
+        assert_eq!(parsed.0[0].values, ["", "a", "b"]);
+    }
+
+    /// Found by the property tests: a non-ASCII field selector panicked (a byte index inside a
+    /// character); it is parsed, or refused, like any other.
+    #[test]
+    fn non_ascii_field_selectors_do_not_panic() {
+        let parsed = parse_fields("metadata.name=é\\,ü", &[]).unwrap();
+        assert_eq!(parsed.0, [("metadata.name".into(), true, "é,ü".into())]);
+        assert!(parse_fields("\u{a3c}", &[]).is_err());
+        assert!(parse_fields("é!=x", &[]).is_err());
     }
 
     #[test]
