@@ -119,8 +119,23 @@ async fn refresh<K: Copied>(config: &Config, obj: &K) -> Result<(), Error> {
             Err(e) => Err(e.into()),
         },
         Some(current) => {
-            let ours = names::virtual_of(current.meta().annotations.as_ref())
-                == names::virtual_of(wanted.meta().annotations.as_ref());
+            let (have, want) = (
+                names::virtual_of(current.meta().annotations.as_ref()),
+                names::virtual_of(wanted.meta().annotations.as_ref()),
+            );
+            // The copy of an earlier object of the same name (deleted and made again while no
+            // syncer ran): it goes, and the next reconcile makes the new copy.
+            if let (Some((hns, hname, _)), Some((wns, wname, _))) = (&have, &want)
+                && (hns, hname) == (wns, wname)
+                && have != want
+            {
+                crate::delete_exact(&host_api, &current).await?;
+                return Err(Error::Invalid(format!(
+                    "host {} {host_name} was an earlier object's copy; replacing it",
+                    K::KIND
+                )));
+            }
+            let ours = have == want;
             if !ours {
                 // Another object's copy (or none of ours): left alone (DESIGN rule 8).
                 return Err(Error::Invalid(format!(

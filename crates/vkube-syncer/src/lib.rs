@@ -18,10 +18,41 @@ mod pods;
 pub mod services;
 mod tokens;
 pub mod translate;
+mod volumes;
 
 use std::time::Duration;
 
 pub use kube::Client;
+
+/// What the syncer syncs: vcluster.yaml's `sync` keys that vkube honours, with vcluster's
+/// defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub pods: bool,
+    pub services: bool,
+    pub endpoints: bool,
+    pub persistent_volume_claims: bool,
+    /// `fromHost.events`: host events about synced pods are copied.
+    pub events: bool,
+    /// `fromHost.nodes.enabled`: every host node (matching `node_labels`) is mirrored, not only
+    /// those that run virtual pods.
+    pub all_nodes: bool,
+    pub node_labels: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            pods: true,
+            services: true,
+            endpoints: true,
+            persistent_volume_claims: true,
+            events: true,
+            all_nodes: false,
+            node_labels: Default::default(),
+        }
+    }
+}
 
 /// What the syncer needs to run.
 #[derive(Clone)]
@@ -39,6 +70,8 @@ pub struct Config {
     /// The address at which host pods reach vkube's API (443) and DNS (53): the ClusterIP of a
     /// host Service in the host namespace. `None`: pods cannot reach the virtual API.
     pub vkube_ip: Option<String>,
+    /// What to sync.
+    pub settings: Settings,
 }
 
 impl Config {
@@ -112,14 +145,25 @@ pub async fn run(config: Config) -> Result<(), Error> {
         cluster = %config.cluster,
         "syncer started"
     );
+    // Each part runs while it is enabled; one that is off waits forever (never ends the select).
+    let on = |enabled: bool, part: futures_util::future::BoxFuture<'static, Result<(), Error>>| async move {
+        if enabled {
+            part.await
+        } else {
+            std::future::pending().await
+        }
+    };
+    let s = config.settings.clone();
+    use futures_util::FutureExt;
     tokio::select! {
-        r = pods::run(config.clone()) => r,
+        r = on(s.pods, pods::run(config.clone()).boxed()) => r,
         r = nodes::run(config.clone()) => r,
-        r = events::run(config.clone()) => r,
+        r = on(s.events, events::run(config.clone()).boxed()) => r,
         r = configs::run::<k8s_openapi::api::core::v1::ConfigMap>(config.clone()) => r,
         r = configs::run::<k8s_openapi::api::core::v1::Secret>(config.clone()) => r,
-        r = services::run(config.clone()) => r,
-        r = services::follow_deletes(config.clone()) => r,
-        r = endpoints::run(config.clone()) => r,
+        r = on(s.services, services::run(config.clone()).boxed()) => r,
+        r = on(s.services, services::follow_deletes(config.clone()).boxed()) => r,
+        r = on(s.endpoints, endpoints::run(config.clone()).boxed()) => r,
+        r = on(s.persistent_volume_claims, volumes::run(config.clone()).boxed()) => r,
     }
 }

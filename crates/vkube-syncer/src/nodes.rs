@@ -1,6 +1,7 @@
 //! Virtual nodes: each host node that runs a virtual pod appears in the virtual cluster under its
 //! own name, with its labels, taints, capacity, conditions and addresses (vcluster's default),
-//! kept current, and removed when the host node goes.
+//! kept current, and removed when the host node goes. With `sync.fromHost.nodes.enabled`, every
+//! host node matching its selector is mirrored, pods or not.
 
 use crate::{Config, Error, names, write_status};
 use k8s_openapi::api::core::v1::{Node, NodeSpec};
@@ -53,7 +54,30 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let host: Api<Node> = Api::all(config.host_client.clone());
     let ours =
         ListParams::default().labels(&format!("{}={}", names::CLUSTER_LABEL, config.cluster));
+    let wanted = ListParams::default().labels(
+        &config
+            .settings
+            .node_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
     loop {
+        // `sync.fromHost.nodes.enabled`: every host node that matches, pods or not.
+        if config.settings.all_nodes {
+            match host.list(&wanted).await {
+                Ok(list) => {
+                    for node in list.items {
+                        let name = node.metadata.name.unwrap_or_default();
+                        if let Err(err) = ensure(&config, &name).await {
+                            tracing::warn!(%err, node = %name, "mirroring a host node");
+                        }
+                    }
+                }
+                Err(err) => tracing::warn!(%err, "listing host nodes"),
+            }
+        }
         match virtual_nodes.list(&ours).await {
             Ok(list) => {
                 for node in list.items {

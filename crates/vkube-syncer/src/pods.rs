@@ -15,7 +15,7 @@
 //! A virtual pod deleted deletes its host pod (with the host pod's uid as precondition), at once
 //! through a watch of deletes, and by the orphan sweep after a restart that missed the event.
 
-use crate::{Config, Error, configs, names, nodes, tokens, translate, write_status};
+use crate::{Config, Error, configs, names, nodes, tokens, translate, volumes, write_status};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{
     Binding, ConfigMap, ObjectReference, Pod, PodCondition, PodStatus, Secret,
@@ -138,6 +138,14 @@ async fn reconcile(vpod: Arc<Pod>, config: Arc<Config>) -> Result<Action, Error>
             if !found && !r.optional {
                 let message = format!("{} {:?} not found", r.kind.to_ascii_lowercase(), r.name);
                 report(&virtual_pods, &vpod, "CreateContainerConfigError", &message).await?;
+                return Ok(Action::requeue(Duration::from_secs(2)));
+            }
+        }
+        // Its claims too: the host copy of each must exist for the host pod to be scheduled.
+        for claim in translate::claims(&vpod) {
+            if !volumes::ensure(&config, &ns, &claim).await? {
+                let message = format!("persistentvolumeclaim {claim:?} not found");
+                report(&virtual_pods, &vpod, "Unschedulable", &message).await?;
                 return Ok(Action::requeue(Duration::from_secs(2)));
             }
         }

@@ -22,6 +22,12 @@ use std::time::Duration;
 
 /// Whether the host gives `svc` its addresses (headless and ExternalName Services stay virtual).
 pub fn on_host(svc: &Service) -> bool {
+    // `default/kubernetes` is vkube's own, on vkube's front Service on the host.
+    if svc.metadata.namespace.as_deref() == Some("default")
+        && svc.metadata.name.as_deref() == Some("kubernetes")
+    {
+        return false;
+    }
     let spec = svc.spec.as_ref();
     spec.and_then(|s| s.type_.as_deref()) != Some("ExternalName")
         && spec.and_then(|s| s.cluster_ip.as_deref()) != Some("None")

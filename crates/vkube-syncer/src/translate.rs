@@ -33,6 +33,15 @@ pub struct TokenSource {
     pub expiration_seconds: i64,
 }
 
+/// The PersistentVolumeClaims the pod mounts, by their virtual names.
+pub fn claims(pod: &Pod) -> Vec<String> {
+    let volumes = pod.spec.iter().flat_map(|s| s.volumes.iter().flatten());
+    volumes
+        .filter_map(|v| v.persistent_volume_claim.as_ref())
+        .map(|c| c.claim_name.clone())
+        .collect()
+}
+
 /// The pod's token sources, in the order of its volumes (keys `token-0`, `token-1`, …).
 pub fn token_sources(pod: &Pod) -> Vec<TokenSource> {
     let volumes = pod.spec.iter().flat_map(|s| s.volumes.iter().flatten());
@@ -381,15 +390,17 @@ fn translate_volume(
         }
         return Ok(());
     }
-    let kind = if v.persistent_volume_claim.is_some() {
-        "persistentVolumeClaim"
-    } else if v.host_path.is_some() {
+    if let Some(c) = &mut v.persistent_volume_claim {
+        c.claim_name = host("PersistentVolumeClaim", &c.claim_name);
+        return Ok(());
+    }
+    let kind = if v.host_path.is_some() {
         "hostPath"
     } else {
         "this kind of"
     };
     Err(Unsupported(format!(
-        "volume {:?}: {kind} volumes are not synced to the host yet (emptyDir, configMap, secret, downwardAPI and projected volumes are)",
+        "volume {:?}: {kind} volumes are not synced to the host (emptyDir, configMap, secret, downwardAPI, projected and persistentVolumeClaim volumes are)",
         v.name
     )))
 }
@@ -498,13 +509,10 @@ mod tests {
         let p = pod(json!({
             "metadata": {"name": "web", "namespace": "team", "uid": "u1"},
             "spec": {"containers": [{"name": "c", "image": "busybox"}],
-                     "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "x"}}]}
+                     "volumes": [{"name": "data", "hostPath": {"path": "/etc"}}]}
         }));
         let err = host_pod(&p, &env("vc", "h")).unwrap_err();
-        assert!(
-            err.0.contains("volume \"data\": persistentVolumeClaim"),
-            "{err}"
-        );
+        assert!(err.0.contains("volume \"data\": hostPath"), "{err}");
     }
 
     #[test]

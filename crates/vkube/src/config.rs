@@ -16,6 +16,7 @@ type Other = BTreeMap<String, IgnoredAny>;
 #[serde(rename_all = "camelCase", default)]
 struct VclusterYaml {
     control_plane: ControlPlane,
+    sync: crate::sync_config::Sync,
     #[serde(flatten)]
     other: Other,
 }
@@ -168,6 +169,8 @@ pub struct Config {
     pub api_server_args: Vec<String>,
     /// `controlPlane.statefulSet.highAvailability`.
     pub high_availability: HighAvailability,
+    /// `sync`: what the syncer copies between vkube and the host.
+    pub sync: crate::sync_config::SyncSettings,
 }
 
 /// The dotted path of the key on `line` (1-based), from the indentation of the lines above it.
@@ -268,6 +271,9 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         &bs.etcd.external.tls.other,
     );
 
+    let (sync, sync_unsupported) = yaml.sync.settings();
+    unsupported.extend(sync_unsupported);
+
     let mut chosen = Vec::new();
     if bs.database.embedded.enabled {
         chosen.push(("controlPlane.backingStore.database.embedded", None));
@@ -338,6 +344,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         unsupported,
         api_server_args: cp.distro.k8s.api_server.extra_args.clone(),
         high_availability: cp.stateful_set.high_availability.clone(),
+        sync,
     })
 }
 
@@ -386,7 +393,6 @@ mod tests {
         assert_eq!(
             c.unsupported,
             [
-                "sync",
                 "controlPlane.distro.k3s",
                 "controlPlane.backingStore.database.embedded.foo"
             ]

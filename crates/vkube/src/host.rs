@@ -96,11 +96,14 @@ pub struct Dns {
 impl Dns {
     /// Serves until the task is aborted; its records come from this replica's own API.
     pub async fn serve(self) {
+        // The API this replica is about to serve: watched once it answers.
         let client = loop {
-            match virtual_client(&self.kubeconfig).await {
-                Ok(client) => break client,
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            if let Ok(client) = virtual_client(&self.kubeconfig).await
+                && client.apiserver_version().await.is_ok()
+            {
+                break client;
             }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         };
         let records = vkube_syncer::dns::Records::watch(client);
         records.ready().await;
@@ -113,7 +116,13 @@ impl Dns {
 }
 
 /// The host's parts, if a host is configured. Bad flags fail here, before serving.
-pub async fn setup(args: &HostArgs, data_dir: &Path, listen: SocketAddr) -> Result<Host> {
+pub async fn setup(
+    args: &HostArgs,
+    data_dir: &Path,
+    listen: SocketAddr,
+    settings: vkube_syncer::Settings,
+    replica: u32,
+) -> Result<Host> {
     let Some((host, host_namespace)) = host_config(args).await? else {
         return Ok(Host::default());
     };
@@ -151,6 +160,7 @@ pub async fn setup(args: &HostArgs, data_dir: &Path, listen: SocketAddr) -> Resu
         &host_namespace,
         &args.name,
         advertise.map(|ip| (ip, listen.port(), dns_listen.port())),
+        replica,
     )
     .await?;
     let vkube_ip = front.as_ref().map(|f| f.cluster_ip.clone());
@@ -196,10 +206,11 @@ pub async fn setup(args: &HostArgs, data_dir: &Path, listen: SocketAddr) -> Resu
             .as_deref()
             .unwrap_or("(nowhere: give --advertise-address)")
     );
+    let sync_services = settings.services;
     let syncer = vkube_server::LeaderTask(Arc::new(move || {
         let (host_client, kubeconfig) = (host_client.clone(), kubeconfig.clone());
         let (cluster, namespace) = (cluster.clone(), namespace.clone());
-        let vkube_ip = vkube_ip.clone();
+        let (vkube_ip, settings) = (vkube_ip.clone(), settings.clone());
         tokio::spawn(async move {
             loop {
                 match virtual_client(&kubeconfig).await {
@@ -211,6 +222,7 @@ pub async fn setup(args: &HostArgs, data_dir: &Path, listen: SocketAddr) -> Resu
                             cluster: cluster.clone(),
                             resync: Duration::from_secs(60),
                             vkube_ip: vkube_ip.clone(),
+                            settings: settings.clone(),
                         };
                         if let Err(err) = vkube_syncer::run(config).await {
                             tracing::error!(%err, "syncer stopped; restarting");
@@ -228,7 +240,8 @@ pub async fn setup(args: &HostArgs, data_dir: &Path, listen: SocketAddr) -> Resu
     Ok(Host {
         syncer: Some(syncer),
         proxy: Some(proxy),
-        services: Some(services),
+        // Without `sync.toHost.services`, Services keep vkube's own (unroutable) addresses.
+        services: sync_services.then_some(services),
         kubernetes_service,
         tls_sans,
         dns: Some(dns),

@@ -36,6 +36,7 @@ pub async fn ensure(
     namespace: &str,
     name: &str,
     advertise: Option<(IpAddr, u16, u16)>,
+    replica: u32,
 ) -> Result<Option<Front>> {
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     let existing = services
@@ -98,9 +99,10 @@ pub async fn ensure(
         port: Some(i32::from(port)),
         app_protocol: None,
     };
-    // One slice per replica (its address and port), so replicas beside the host do not overwrite
-    // each other's endpoint; kube-proxy balances over all of them.
-    let slice_name = format!("{name}-{}-{api_port}", ip.to_string().replace(':', "-"));
+    // One slice per replica, so replicas beside the host do not overwrite each other's endpoint
+    // (kube-proxy balances over all of them), and a replica restarted on another port replaces
+    // its own.
+    let slice_name = format!("{name}-replica-{replica}");
     let slice = EndpointSlice {
         metadata: ObjectMeta {
             name: Some(slice_name.clone()),

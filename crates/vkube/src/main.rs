@@ -10,6 +10,7 @@ mod embedded_etcd;
 mod host;
 mod host_front;
 mod host_proxy;
+mod sync_config;
 
 use std::path::PathBuf;
 
@@ -398,11 +399,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let mut url = args.store.url()?;
     let mut extra_args = Vec::new();
     let mut ha = config::HighAvailability::default();
+    let mut sync = sync_config::SyncSettings::default();
     let mut embedded = args.etcd.etcd_embedded.then(config::EmbeddedEtcd::default);
     if let Some(file) = &args.config {
         let config = config::load(file)?;
         extra_args = config.api_server_args.clone();
         ha = config.high_availability.clone();
+        sync = config.sync.clone();
         if !config.unsupported.is_empty() {
             eprintln!(
                 "vkube: warning: {} has keys vkube does not support yet, which it ignores: {}",
@@ -473,7 +476,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             }),
     )?;
     let data_dir = args.store.data_dir()?;
-    let mut host = host::setup(&args.host, &data_dir, args.listen).await?;
+    let mut host = host::setup(&args.host, &data_dir, args.listen, sync, replica_id).await?;
     if let Some(dns) = host.dns.take() {
         tokio::spawn(dns.serve());
     }
@@ -624,7 +627,11 @@ fn redact(url: &StoreUrl) -> String {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        // Warnings by default (a syncer that cannot reach the host says so); RUST_LOG for more.
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()).await {
