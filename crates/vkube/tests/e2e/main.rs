@@ -18,6 +18,7 @@ mod quota;
 pub(crate) mod rbac;
 #[path = "../../../vkube-store/tests/common/servers.rs"]
 mod servers;
+mod shared_etcd;
 mod subresources;
 mod typed;
 mod watches;
