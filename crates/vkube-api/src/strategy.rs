@@ -21,6 +21,11 @@ pub fn prepare_for_create(resource: &Resource, obj: &mut Value) {
             let qos = qos_class(&obj["spec"]);
             obj["status"] = json!({"phase": "Pending", "qosClass": qos});
         }
+        // Upstream clears the status and its decoder's defaults give the phase back on every
+        // read: a new claim or volume is Pending until a binder says otherwise.
+        ("", "persistentvolumeclaims" | "persistentvolumes") => {
+            obj["status"] = json!({"phase": "Pending"});
+        }
         ("batch", "jobs") if obj["spec"]["manualSelector"] != true => {
             // Upstream generates the selector from the new uid, and labels the template to match.
             let uid = obj["metadata"]["uid"].clone();

@@ -116,6 +116,25 @@ fn ports(o: &Value) -> Value {
     })
 }
 
+/// Access modes as kubectl abbreviates them.
+fn access_modes(modes: &Value) -> Value {
+    let short: Vec<&str> = modes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            Some(match m.as_str()? {
+                "ReadWriteOnce" => "RWO",
+                "ReadOnlyMany" => "ROX",
+                "ReadWriteMany" => "RWX",
+                "ReadWriteOncePod" => "RWOP",
+                other => other,
+            })
+        })
+        .collect();
+    json!(short.join(","))
+}
+
 fn images(o: &Value, field: &str) -> Value {
     let names: Vec<&str> = o["spec"]["template"]["spec"]["containers"]
         .as_array()
@@ -295,6 +314,99 @@ fn columns(kind: &str) -> Vec<Col> {
             cols.push(Col("Port(s)", 0, "", |o, _| ports(o)));
             cols.push(age);
             cols.push(Col("Selector", 1, "", |o, _| match_labels(o)));
+            return cols;
+        }
+        "PersistentVolumeClaim" => {
+            cols.push(Col("Status", 0, "", |o, _| {
+                if o["metadata"]["deletionTimestamp"].is_string() {
+                    json!("Terminating")
+                } else {
+                    str_or(&o["status"]["phase"], "")
+                }
+            }));
+            cols.push(Col("Volume", 0, "", |o, _| {
+                str_or(&o["spec"]["volumeName"], "")
+            }));
+            cols.push(Col("Capacity", 0, "", |o, _| {
+                str_or(&o["status"]["capacity"]["storage"], "")
+            }));
+            cols.push(Col("Access Modes", 0, "", |o, _| {
+                access_modes(&o["status"]["accessModes"])
+            }));
+            cols.push(Col("StorageClass", 0, "", |o, _| {
+                str_or(&o["spec"]["storageClassName"], "")
+            }));
+            cols.push(Col("VolumeAttributesClass", 0, "", |o, _| {
+                str_or(&o["spec"]["volumeAttributesClassName"], "<unset>")
+            }));
+            cols.push(age);
+            cols.push(Col("VolumeMode", 1, "", |o, _| {
+                str_or(&o["spec"]["volumeMode"], "")
+            }));
+            return cols;
+        }
+        "PersistentVolume" => {
+            cols.push(Col("Capacity", 0, "", |o, _| {
+                str_or(&o["spec"]["capacity"]["storage"], "")
+            }));
+            cols.push(Col("Access Modes", 0, "", |o, _| {
+                access_modes(&o["spec"]["accessModes"])
+            }));
+            cols.push(Col("Reclaim Policy", 0, "", |o, _| {
+                str_or(&o["spec"]["persistentVolumeReclaimPolicy"], "")
+            }));
+            cols.push(Col("Status", 0, "", |o, _| {
+                if o["metadata"]["deletionTimestamp"].is_string() {
+                    json!("Terminating")
+                } else {
+                    str_or(&o["status"]["phase"], "")
+                }
+            }));
+            cols.push(Col("Claim", 0, "", |o, _| {
+                let c = &o["spec"]["claimRef"];
+                json!(match (c["namespace"].as_str(), c["name"].as_str()) {
+                    (Some(ns), Some(n)) => format!("{ns}/{n}"),
+                    _ => String::new(),
+                })
+            }));
+            cols.push(Col("StorageClass", 0, "", |o, _| {
+                str_or(&o["spec"]["storageClassName"], "")
+            }));
+            cols.push(Col("VolumeAttributesClass", 0, "", |o, _| {
+                str_or(&o["spec"]["volumeAttributesClassName"], "<unset>")
+            }));
+            cols.push(Col("Reason", 0, "", |o, _| {
+                str_or(&o["status"]["reason"], "")
+            }));
+            cols.push(age);
+            cols.push(Col("VolumeMode", 1, "", |o, _| {
+                str_or(&o["spec"]["volumeMode"], "")
+            }));
+            return cols;
+        }
+        "Endpoints" => {
+            cols.push(Col("Endpoints", 0, "", |o, _| {
+                let mut all = Vec::new();
+                for subset in o["subsets"].as_array().into_iter().flatten() {
+                    let ports: Vec<i64> = subset["ports"]
+                        .as_array()
+                        .map(|p| p.iter().map(|p| int(&p["port"])).collect())
+                        .unwrap_or_default();
+                    for a in subset["addresses"].as_array().into_iter().flatten() {
+                        let ip = a["ip"].as_str().unwrap_or_default();
+                        if ports.is_empty() {
+                            all.push(ip.to_string());
+                        }
+                        all.extend(ports.iter().map(|p| format!("{ip}:{p}")));
+                    }
+                }
+                json!(match all.len() {
+                    0 => "<none>".to_string(),
+                    n if n > 3 => format!("{} + {} more...", all[..3].join(","), n - 3),
+                    _ => all.join(","),
+                })
+            }));
+            cols.push(age);
             return cols;
         }
         "Node" => {

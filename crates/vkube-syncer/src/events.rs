@@ -111,3 +111,42 @@ async fn copy(config: &Config, host_pods: &Api<Pod>, host: &Event) -> Result<(),
         Some(_) => Ok(()),
     }
 }
+
+/// An event of the syncer's own about a virtual pod (a host refusal, say), as a controller records
+/// one; failing to record it is only logged.
+pub async fn emit(config: &Config, vpod: &Pod, type_: &str, reason: &str, message: &str) {
+    let ns = vpod.metadata.namespace.clone().unwrap_or_default();
+    let name = vpod.metadata.name.clone().unwrap_or_default();
+    let now =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let event = Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{name}.")),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            kind: Some("Pod".into()),
+            api_version: Some("v1".into()),
+            namespace: Some(ns.clone()),
+            name: Some(name),
+            uid: vpod.metadata.uid.clone(),
+            ..Default::default()
+        },
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        type_: Some(type_.into()),
+        count: Some(1),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        source: Some(k8s_openapi::api::core::v1::EventSource {
+            component: Some("vkube-syncer".into()),
+            host: None,
+        }),
+        ..Default::default()
+    };
+    let api: Api<Event> = Api::namespaced(config.virtual_client.clone(), &ns);
+    if let Err(err) = api.create(&PostParams::default(), &event).await {
+        tracing::debug!(%err, "recording an event");
+    }
+}

@@ -161,7 +161,16 @@ async fn reconcile(vpod: Arc<Pod>, config: Arc<Config>) -> Result<Action, Error>
             Err(unsupported) => {
                 report(&virtual_pods, &vpod, "SyncUnsupported", &unsupported.0).await?;
             }
-            Ok(wanted) => match host_pods.create(&PostParams::default(), &wanted).await {
+            Ok(mut wanted) => match host_pods
+                .create(&PostParams::default(), {
+                    // Added later through the subresource, as the API requires.
+                    if let Some(spec) = wanted.spec.as_mut() {
+                        spec.ephemeral_containers = None;
+                    }
+                    &wanted
+                })
+                .await
+            {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 409 => {
                     return Ok(Action::requeue(Duration::from_millis(200)));
@@ -181,12 +190,39 @@ async fn reconcile(vpod: Arc<Pod>, config: Arc<Config>) -> Result<Action, Error>
     let refresh = tokens::ensure(&config, &vpod, Some(&host))
         .await?
         .map_or(config.resync, |d| d.min(config.resync));
-    if let Ok(wanted) = translate::host_pod(&vpod, &config.environment())
-        && let Some(next) = translate::spec_update(&host, &wanted)
-    {
-        host_pods
-            .replace(&host_name, &PostParams::default(), &next)
-            .await?;
+    if let Ok(wanted) = translate::host_pod(&vpod, &config.environment()) {
+        if let Some(next) = translate::spec_update(&host, &wanted) {
+            host_pods
+                .replace(&host_name, &PostParams::default(), &next)
+                .await?;
+        }
+        // `kubectl debug` and in-place resize: through the host pod's subresources.
+        for (sub, next) in [
+            (
+                "ephemeralcontainers",
+                translate::ephemeral_update(&host, &wanted),
+            ),
+            ("resize", translate::resize_update(&host, &wanted)),
+        ] {
+            let Some(next) = next else { continue };
+            match host_pods
+                .replace_subresource(sub, &host_name, &PostParams::default(), &next)
+                .await
+            {
+                Ok(_) => {}
+                // The host pod changed meanwhile: the next reconcile sees the new one.
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    return Ok(Action::requeue(Duration::from_millis(200)));
+                }
+                Err(kube::Error::Api(e)) => {
+                    let message =
+                        format!("the host cluster refused the pod's {sub}: {}", e.message);
+                    tracing::warn!(pod = %name, %message);
+                    crate::events::emit(&config, &vpod, "Warning", "HostRefused", &message).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
     let host_node = host.spec.as_ref().and_then(|s| s.node_name.clone());
     let virtual_node = vpod.spec.as_ref().and_then(|s| s.node_name.clone());

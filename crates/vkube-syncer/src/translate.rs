@@ -165,24 +165,18 @@ pub fn host_pod(pod: &Pod, env: &Environment) -> Result<Pod, Unsupported> {
     }
     let mut containers = spec.containers.clone();
     let mut init_containers = spec.init_containers.clone();
+    let vkube_ip = env.vkube_ip.as_deref();
     for c in containers
         .iter_mut()
         .chain(init_containers.iter_mut().flatten())
     {
-        for env in c.env.iter_mut().flatten() {
-            resolve_env(env, pod, &host);
-        }
-        if let Some(ip) = &env.vkube_ip {
-            api_env(c.env.get_or_insert_with(Vec::new), ip);
-        }
-        for from in c.env_from.iter_mut().flatten() {
-            if let Some(r) = &mut from.config_map_ref {
-                r.name = host("ConfigMap", &r.name);
-            }
-            if let Some(r) = &mut from.secret_ref {
-                r.name = host("Secret", &r.name);
-            }
-        }
+        translate_env(&mut c.env, &mut c.env_from, pod, &host, vkube_ip);
+    }
+    // Ephemeral containers cannot be created with the pod: the syncer adds them through the host
+    // pod's `ephemeralcontainers` subresource (see [`ephemeral_update`]).
+    let mut ephemeral_containers = spec.ephemeral_containers.clone();
+    for c in ephemeral_containers.iter_mut().flatten() {
+        translate_env(&mut c.env, &mut c.env_from, pod, &host, vkube_ip);
     }
     let dns = dns(spec, ns, env.vkube_ip.as_deref());
     let host_spec = PodSpec {
@@ -222,6 +216,7 @@ pub fn host_pod(pod: &Pod, env: &Environment) -> Result<Pod, Unsupported> {
         dns_policy: dns.0,
         dns_config: dns.1,
         share_process_namespace: spec.share_process_namespace,
+        ephemeral_containers,
         runtime_class_name: spec.runtime_class_name.clone(),
         host_aliases: spec.host_aliases.clone(),
         readiness_gates: spec.readiness_gates.clone(),
@@ -238,6 +233,31 @@ pub fn host_pod(pod: &Pod, env: &Environment) -> Result<Pod, Unsupported> {
         spec: Some(host_spec),
         status: None,
     })
+}
+
+/// A container's environment as the host pod has it: references name host copies, the pod's
+/// identity is the virtual one, and the API is vkube.
+fn translate_env(
+    env: &mut Option<Vec<EnvVar>>,
+    env_from: &mut Option<Vec<k8s_openapi::api::core::v1::EnvFromSource>>,
+    pod: &Pod,
+    host: &impl Fn(&str, &str) -> String,
+    vkube_ip: Option<&str>,
+) {
+    for e in env.iter_mut().flatten() {
+        resolve_env(e, pod, host);
+    }
+    if let Some(ip) = vkube_ip {
+        api_env(env.get_or_insert_with(Vec::new), ip);
+    }
+    for from in env_from.iter_mut().flatten() {
+        if let Some(r) = &mut from.config_map_ref {
+            r.name = host("ConfigMap", &r.name);
+        }
+        if let Some(r) = &mut from.secret_ref {
+            r.name = host("Secret", &r.name);
+        }
+    }
 }
 
 /// A downward-API reference to the pod's identity becomes the virtual value (on the host it would
@@ -452,6 +472,41 @@ pub fn spec_update(host: &Pod, wanted: &Pod) -> Option<Pod> {
         c.image = image;
     }
     spec.active_deadline_seconds = w.active_deadline_seconds;
+    Some(next)
+}
+
+/// The host pod with the ephemeral containers the virtual pod has and the host pod lacks (they are
+/// only ever added), for the host's `ephemeralcontainers` subresource; `None` when none is new.
+pub fn ephemeral_update(host: &Pod, wanted: &Pod) -> Option<Pod> {
+    let names = |p: &Pod| -> Vec<String> {
+        p.spec
+            .iter()
+            .flat_map(|s| s.ephemeral_containers.iter().flatten())
+            .map(|c| c.name.clone())
+            .collect()
+    };
+    let have = names(host);
+    if names(wanted).iter().all(|n| have.contains(n)) {
+        return None;
+    }
+    let mut next = host.clone();
+    next.spec.as_mut()?.ephemeral_containers = wanted.spec.as_ref()?.ephemeral_containers.clone();
+    Some(next)
+}
+
+/// The host pod with the virtual pod's container resources, for the host's `resize`
+/// subresource (in-place resize); `None` when they agree.
+pub fn resize_update(host: &Pod, wanted: &Pod) -> Option<Pod> {
+    let (h, w) = (host.spec.as_ref()?, wanted.spec.as_ref()?);
+    let resources =
+        |s: &PodSpec| -> Vec<_> { s.containers.iter().map(|c| c.resources.clone()).collect() };
+    if resources(h) == resources(w) || h.containers.len() != w.containers.len() {
+        return None;
+    }
+    let mut next = host.clone();
+    for (c, want) in next.spec.as_mut()?.containers.iter_mut().zip(&w.containers) {
+        c.resources = want.resources.clone();
+    }
     Some(next)
 }
 
@@ -677,5 +732,40 @@ mod tests {
         let spec = next.spec.unwrap();
         assert_eq!(spec.containers[0].image.as_deref(), Some("two"));
         assert_eq!(spec.active_deadline_seconds, Some(5));
+    }
+
+    #[test]
+    fn debug_containers_and_resizes_reach_the_host() {
+        let v = pod(
+            json!({"metadata": {"name": "w", "namespace": "n", "uid": "u"},
+                           "spec": {"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "100m"}}}]}}),
+        );
+        let host = host_pod(&v, &env("vc", "h")).unwrap();
+        assert!(ephemeral_update(&host, &host).is_none() && resize_update(&host, &host).is_none());
+        let v2 = pod(
+            json!({"metadata": {"name": "w", "namespace": "n", "uid": "u"},
+                            "spec": {"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "200m"}}}],
+                                     "ephemeralContainers": [{"name": "dbg", "image": "busybox",
+                                        "env": [{"name": "ME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}]}}),
+        );
+        let wanted = host_pod(&v2, &env("vc", "h")).unwrap();
+        let next = ephemeral_update(&host, &wanted).unwrap();
+        let eph = &next
+            .spec
+            .as_ref()
+            .unwrap()
+            .ephemeral_containers
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(eph.name, "dbg");
+        assert_eq!(eph.env.as_ref().unwrap()[0].value.as_deref(), Some("w"));
+        let resized = resize_update(&host, &wanted).unwrap();
+        let requests = resized.spec.unwrap().containers[0]
+            .resources
+            .clone()
+            .unwrap()
+            .requests
+            .unwrap();
+        assert_eq!(requests["cpu"].0, "200m");
     }
 }
