@@ -57,8 +57,8 @@ fn start_tracing(extra: &[&str]) -> Server {
         }
         let exited = server.child.try_wait().ok().flatten();
         if exited.is_some() || Instant::now() > deadline {
-            let log = std::fs::read_to_string(server.dir.path().join("serve.log"))
-                .unwrap_or_default();
+            let log =
+                std::fs::read_to_string(server.dir.path().join("serve.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
             panic!(
                 "not ready ({exited:?}): {}\n{}",
