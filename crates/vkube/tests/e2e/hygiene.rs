@@ -359,6 +359,11 @@ fn assert_clean(server: &Server, mut secrets: Vec<(String, String)>, backend: &s
         log.lines().count() > 100,
         "{backend}: the trace log is suspiciously short:\n{log}"
     );
+    // What is searched is the log the levels produce: vkube's own lines and trace lines.
+    assert!(
+        log.contains("admin kubeconfig written") && log.contains("TRACE"),
+        "{backend}: not a trace log of vkube serve"
+    );
     let mut leaks = Vec::new();
     for (what, secret) in &secrets {
         for form in forms(secret) {
@@ -407,4 +412,64 @@ fn no_secret_in_a_trace_log_on_etcd() {
     let server = start_tracing(&["--store", &store]);
     let secrets = exercise(&server);
     assert_clean(&server, secrets, "etcd", &store);
+}
+
+/// OIDC tokens: accepted, of another audience, and signed by a key the issuer does not publish
+/// (which sends the verifier refetching the JWKS) — none of them in the trace log.
+#[test]
+fn no_oidc_token_in_a_trace_log() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let idp = rt.block_on(vkube_auth::testing::TestIdp::start(""));
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("idp-ca.pem");
+    std::fs::write(&ca, &idp.ca_pem).unwrap();
+    let server = start_tracing(&[
+        &format!("--oidc-issuer-url={}", idp.issuer),
+        "--oidc-client-id=vkube",
+        "--oidc-username-claim=email",
+        &format!("--oidc-ca-file={}", ca.display()),
+    ]);
+    let claims = |aud: &str| {
+        let mut c = idp.claims(aud);
+        c["email"] = "jane@example.com".into();
+        c["email_verified"] = true.into();
+        c
+    };
+    let good = idp.mint("RS256", &claims("vkube"));
+    let config = token_kubeconfig(&server, "jane", &good);
+    let who = kubectl_with("kubectl", &config, &["auth", "whoami"]);
+    assert!(who.stdout.contains("jane@example.com"), "{}", who.stderr);
+    let mut secrets = vec![("OIDC token".to_string(), good.clone())];
+    for (what, token) in [
+        (
+            "OIDC token of another audience",
+            idp.mint("RS256", &claims("other")),
+        ),
+        (
+            "OIDC token of an unpublished key",
+            idp.mint_unpublished("RS256", &claims("vkube")),
+        ),
+    ] {
+        let config = token_kubeconfig(&server, "bad", &token);
+        let out = kubectl_with("kubectl", &config, &["get", "namespaces"]);
+        // Newer kubectl words a 401 on discovery "You must be logged in".
+        let refused = out.stderr.contains("Unauthorized") || out.stderr.contains("logged in");
+        assert!(refused, "{what}: {}", out.stderr);
+        assert_eq!(tokenreview(&server, &token), "", "{what}");
+        secrets.push((what.to_string(), token));
+    }
+    assert_eq!(tokenreview(&server, &good), "true");
+    // Each token's signature alone identifies it.
+    let signatures: Vec<(String, String)> = secrets
+        .iter()
+        .map(|(what, t)| {
+            (
+                format!("{what} (signature)"),
+                t.rsplit('.').next().unwrap().to_string(),
+            )
+        })
+        .collect();
+    secrets.extend(signatures);
+    let store = format!("sqlite://{}", server.dir.path().join("state.db").display());
+    assert_clean(&server, secrets, "sqlite with OIDC", &store);
 }
