@@ -291,8 +291,15 @@ impl Api {
             "/metrics" => {
                 self.metrics
                     .set_leader(self.leader.get().is_some_and(|l| l.is_leader()));
-                if let Ok(now) = self.store.current_revision().await {
-                    self.metrics.set_lag(now - self.authorizer.revision());
+                // Behind this cluster's last change at or below the store's revision, as the
+                // hub's watch places it: another cluster's writes on a shared etcd are no lag.
+                match self.hub.sync(Duration::from_millis(500)).await {
+                    Some(target) => self.metrics.set_lag(target - self.authorizer.revision()),
+                    None => {
+                        if let Ok(now) = self.store.current_revision().await {
+                            self.metrics.set_lag(now - self.authorizer.revision());
+                        }
+                    }
                 }
                 let mut resp = response::text(200, self.metrics.text());
                 resp.headers_mut().insert(

@@ -74,6 +74,20 @@ fn another_clusters_writes_neither_delay_denies_nor_unready_this_one() {
         readies.push(started.elapsed());
         assert!(out.ok, "readyz failed: {}{}", out.stdout, out.stderr);
     }
+    // Nor do they count as the RBAC view's lag behind the store.
+    let lags: Vec<i64> = (0..5)
+        .map(|_| {
+            let metrics = run(&server, "kubectl", &["get", "--raw", "/metrics"]);
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("vkube_cache_revision_lag "))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("vkube_cache_revision_lag")
+        })
+        .collect();
+    let mut sorted = lags.clone();
+    sorted.sort();
+    assert!(sorted[2] <= 2, "lag in revisions: {lags:?}");
     stop.store(true, Ordering::Relaxed);
     let written = writer.join().unwrap();
     assert!(written > 20, "the other cluster wrote only {written} keys");
