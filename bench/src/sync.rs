@@ -244,18 +244,23 @@ async fn main() -> Result<()> {
     };
     let t0 = Instant::now();
     let names: Vec<String> = (0..args.pods).map(|i| format!("p{i:04}")).collect();
-    let created: Vec<Result<Pod, kube::Error>> = stream::iter(names.clone())
+    let created: Vec<(String, Result<Pod, kube::Error>)> = stream::iter(names.clone())
         .map(|n| {
             let api = vpods.clone();
-            async move { api.create(&PostParams::default(), &kwok_pod(&n)).await }
+            async move {
+                let r = api.create(&PostParams::default(), &kwok_pod(&n)).await;
+                (n, r)
+            }
         })
         .buffer_unordered(args.concurrency)
         .collect()
         .await;
-    let mut uids = Vec::new();
-    for c in created {
-        uids.push(c?.metadata.uid.context("a created pod without uid")?);
+    // In the order of `names`, whatever order the creates finished in.
+    let mut uid_of = HashMap::new();
+    for (n, c) in created {
+        uid_of.insert(n, c?.metadata.uid.context("a created pod without uid")?);
     }
+    let uids: Vec<String> = names.iter().map(|n| uid_of[n].clone()).collect();
     let created_in = t0.elapsed();
     let all = |f: fn(&Seen) -> Option<Instant>| {
         let (log, uids) = (log.clone(), uids.clone());
@@ -297,7 +302,7 @@ async fn main() -> Result<()> {
     let vdel = stream::iter(down_names.to_vec())
         .map(|n| {
             let (api, dp) = (vpods.clone(), zero.clone());
-            async move { api.delete(&n, &dp).await.map(|_| ()) }
+            async move { gone_is_fine(api.delete(&n, &dp).await.map(|_| ())) }
         })
         .buffer_unordered(args.concurrency)
         .collect::<Vec<_>>();
@@ -308,7 +313,7 @@ async fn main() -> Result<()> {
     )
     .map(|n| {
         let (api, dp) = (hpods.clone(), zero.clone());
-        async move { api.delete(&n, &dp).await.map(|_| ()) }
+        async move { gone_is_fine(api.delete(&n, &dp).await.map(|_| ())) }
     })
     .buffer_unordered(args.concurrency)
     .collect::<Vec<_>>();
@@ -452,6 +457,13 @@ async fn main() -> Result<()> {
     let _ = hns.delete(rs_ns, &DeleteParams::default()).await;
     let _ = namespaces.delete(ns, &DeleteParams::default()).await;
     Ok(())
+}
+
+fn gone_is_fine(r: Result<(), kube::Error>) -> Result<(), kube::Error> {
+    match r {
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        other => other,
+    }
 }
 
 /// The ReplicaSet phase's pods, by their own uid.
