@@ -327,21 +327,30 @@ fn ignore_gone(result: Result<(), kube::Error>) -> Result<(), Error> {
 
 /// Deletes of virtual pods, as they happen: the host copy goes at once.
 async fn follow_deletes(config: Config, virtual_pods: Api<Pod>) -> Result<(), Error> {
-    let host_pods = host_api(&config);
+    // Deletes are carried out concurrently (a scale-down of hundreds must not queue behind one
+    // another's round trips), at most this many at once.
+    let limit = Arc::new(tokio::sync::Semaphore::new(32));
     let mut events = std::pin::pin!(watcher(virtual_pods, watcher::Config::default()));
     while let Some(event) = events.next().await {
         let Ok(watcher::Event::Delete(vpod)) = event else {
             continue;
         };
-        let (ns, name, uid) = identity(&vpod);
-        let host_name = names::host_name("Pod", &ns, &name, &config.cluster);
-        if let Err(err) = delete_copy_of(&host_pods, &host_name, &uid).await {
-            tracing::warn!(%err, pod = %name, "deleting the host pod; the sweep will retry");
-        }
-        let secret = translate::token_secret_name(&ns, &name, &config.cluster);
-        if let Err(err) = tokens::delete(&config, &secret, &uid).await {
-            tracing::warn!(%err, pod = %name, "deleting the pod's token secret");
-        }
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            break;
+        };
+        let config = config.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (ns, name, uid) = identity(&vpod);
+            let host_name = names::host_name("Pod", &ns, &name, &config.cluster);
+            if let Err(err) = delete_copy_of(&host_api(&config), &host_name, &uid).await {
+                tracing::warn!(%err, pod = %name, "deleting the host pod; the sweep will retry");
+            }
+            let secret = translate::token_secret_name(&ns, &name, &config.cluster);
+            if let Err(err) = tokens::delete(&config, &secret, &uid).await {
+                tracing::warn!(%err, pod = %name, "deleting the pod's token secret");
+            }
+        });
     }
     Ok(())
 }
