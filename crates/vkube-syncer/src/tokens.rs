@@ -43,6 +43,12 @@ pub async fn ensure(
         m.name.clone().unwrap_or_default(),
     );
     let uid = m.uid.clone().unwrap_or_default();
+    // What this process last wrote or checked: no host read until the refresh is due (every
+    // status change of a pod reconciles it).
+    let owner_uid = host_pod.and_then(|p| p.metadata.uid.clone());
+    if let Some(at) = known(&uid, owner_uid.as_deref()) {
+        return Ok(Some(until(at)));
+    }
     let secret_name = translate::token_secret_name(&ns, &name, &config.cluster);
     let secrets: Api<Secret> = Api::namespaced(config.host_client.clone(), &config.host_namespace);
     let current = secrets.get_opt(&secret_name).await?;
@@ -77,6 +83,7 @@ pub async fn ensure(
                     .replace(&secret_name, &PostParams::default(), &next)
                     .await?;
             }
+            remember(&uid, at, owner_uid.as_deref());
             return Ok(Some(until(at)));
         }
     }
@@ -123,6 +130,7 @@ pub async fn ensure(
     match written {
         Ok(_) => {
             tracing::debug!(namespace = %ns, pod = %name, refresh_at = %at, "pod tokens issued");
+            remember(&uid, at, owner_uid.as_deref());
             Ok(Some(until(at)))
         }
         // Written meanwhile by an earlier reconcile: look again soon.
@@ -171,6 +179,34 @@ async fn issue(
     Ok((status.token, at))
 }
 
+/// Per virtual pod uid: when its tokens are due, and the host pod that owns their Secret.
+type Known = std::collections::HashMap<String, (Timestamp, Option<String>)>;
+
+fn known_tokens() -> &'static std::sync::Mutex<Known> {
+    static KNOWN: std::sync::OnceLock<std::sync::Mutex<Known>> = std::sync::OnceLock::new();
+    KNOWN.get_or_init(Default::default)
+}
+
+/// The refresh time of a pod's tokens known fresh, owned by `owner` (when there is one).
+fn known(uid: &str, owner: Option<&str>) -> Option<Timestamp> {
+    let known = known_tokens().lock().unwrap_or_else(|e| e.into_inner());
+    let (at, owned_by) = known.get(uid)?;
+    let owned = owner.is_none() || owned_by.as_deref() == owner;
+    (owned && *at > Timestamp::now()).then_some(*at)
+}
+
+fn remember(uid: &str, at: Timestamp, owner: Option<&str>) {
+    let mut known = known_tokens().lock().unwrap_or_else(|e| e.into_inner());
+    known.insert(uid.to_string(), (at, owner.map(str::to_string)));
+}
+
+fn forget(uid: &str) {
+    known_tokens()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(uid);
+}
+
 fn refresh_at(secret: &Secret) -> Option<Timestamp> {
     secret
         .metadata
@@ -200,6 +236,7 @@ fn owner_reference(pod: &Pod) -> OwnerReference {
 /// Deletes the token Secret of the virtual pod with `uid`, if it is that pod's (a pod deleted
 /// before its host pod existed leaves no owner for the host's garbage collector).
 pub async fn delete(config: &Config, secret_name: &str, uid: &str) -> Result<(), Error> {
+    forget(uid);
     let secrets: Api<Secret> = Api::namespaced(config.host_client.clone(), &config.host_namespace);
     let Some(secret) = secrets.get_opt(secret_name).await? else {
         return Ok(());
@@ -208,4 +245,30 @@ pub async fn delete(config: &Config, secret_name: &str, uid: &str) -> Result<(),
         return Ok(());
     }
     crate::delete_exact(&secrets, &secret).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_tokens_need_the_same_owner_and_a_future_refresh() {
+        let later = Timestamp::now()
+            .checked_add(SignedDuration::from_secs(600))
+            .unwrap();
+        remember("u-known", later, None);
+        assert_eq!(known("u-known", None), Some(later));
+        // The host pod now exists: the Secret's owner must be set first.
+        assert_eq!(known("u-known", Some("host-1")), None);
+        remember("u-known", later, Some("host-1"));
+        assert_eq!(known("u-known", Some("host-1")), Some(later));
+        assert_eq!(known("u-known", Some("host-2")), None);
+        let past = Timestamp::now()
+            .checked_sub(SignedDuration::from_secs(1))
+            .unwrap();
+        remember("u-known", past, Some("host-1"));
+        assert_eq!(known("u-known", Some("host-1")), None);
+        forget("u-known");
+        assert_eq!(known("u-known", None), None);
+    }
 }

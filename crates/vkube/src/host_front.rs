@@ -42,7 +42,11 @@ pub async fn ensure(
     let existing = services
         .get_opt(name)
         .await
-        .with_context(|| format!("reading host service {namespace}/{name}"))?;
+        .with_context(|| {
+            format!(
+                "reading host service {namespace}/{name} (the syncer needs deploy/host-rbac.yaml's permissions on the host; a pod that is not meant to sync sets automountServiceAccountToken: false)"
+            )
+        })?;
     let selects = existing
         .as_ref()
         .and_then(|s| s.spec.as_ref())
