@@ -80,7 +80,16 @@ async fn reconcile(vpod: Arc<Pod>, config: Arc<Config>) -> Result<Action, Error>
     let host_name = names::host_name("Pod", &ns, &name, &config.cluster);
     let host_pods = host_api(&config);
     let virtual_pods: Api<Pod> = Api::namespaced(config.virtual_client.clone(), &ns);
-    let host = host_pods.get_opt(&host_name).await?;
+    // A pod this process has not seen yet is almost always new: its host copy is created without
+    // asking first (a copy that exists answers 409, and the next reconcile reads it).
+    let first = first_sight(&uid)
+        && vpod.metadata.deletion_timestamp.is_none()
+        && vpod.spec.as_ref().is_some_and(|s| s.node_name.is_none());
+    let host = if first {
+        None
+    } else {
+        host_pods.get_opt(&host_name).await?
+    };
     if let Some(h) = &host {
         match names::virtual_of(h.metadata.annotations.as_ref()) {
             Some((hns, hname, huid)) if hns == ns && hname == name => {
@@ -151,7 +160,7 @@ async fn reconcile(vpod: Arc<Pod>, config: Arc<Config>) -> Result<Action, Error>
         }
         let wanted = translate::host_pod(&vpod, &config.environment());
         if wanted.is_ok()
-            && let Err(err) = tokens::ensure(&config, &vpod, None).await
+            && let Err(err) = tokens::ensure(&config, &vpod, None, first).await
         {
             let message = format!("service account token: {err}");
             report(&virtual_pods, &vpod, "CreateContainerConfigError", &message).await?;
@@ -187,7 +196,7 @@ async fn reconcile(vpod: Arc<Pod>, config: Arc<Config>) -> Result<Action, Error>
         return Ok(Action::requeue(config.resync));
     };
     // Tokens are renewed as a kubelet would; the next reconcile comes no later than that.
-    let refresh = tokens::ensure(&config, &vpod, Some(&host))
+    let refresh = tokens::ensure(&config, &vpod, Some(&host), false)
         .await?
         .map_or(config.resync, |d| d.min(config.resync));
     if let Ok(wanted) = translate::host_pod(&vpod, &config.environment()) {
@@ -342,6 +351,7 @@ async fn follow_deletes(config: Config, virtual_pods: Api<Pod>) -> Result<(), Er
         tokio::spawn(async move {
             let _permit = permit;
             let (ns, name, uid) = identity(&vpod);
+            forget_sight(&uid);
             let host_name = names::host_name("Pod", &ns, &name, &config.cluster);
             if let Err(err) = delete_copy_of(&host_api(&config), &host_name, &uid).await {
                 tracing::warn!(%err, pod = %name, "deleting the host pod; the sweep will retry");
@@ -353,6 +363,24 @@ async fn follow_deletes(config: Config, virtual_pods: Api<Pod>) -> Result<(), Er
         });
     }
     Ok(())
+}
+
+/// The virtual pods (by uid) this process has reconciled.
+fn sightings() -> &'static std::sync::Mutex<std::collections::HashSet<String>> {
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    SEEN.get_or_init(Default::default)
+}
+
+/// True the first time this process reconciles the pod with `uid`.
+fn first_sight(uid: &str) -> bool {
+    let mut seen = sightings().lock().unwrap_or_else(|e| e.into_inner());
+    seen.insert(uid.to_string())
+}
+
+fn forget_sight(uid: &str) {
+    let mut seen = sightings().lock().unwrap_or_else(|e| e.into_inner());
+    seen.remove(uid);
 }
 
 /// Deletes the host pod `host_name` if it is the copy of the virtual pod with `uid`.

@@ -26,12 +26,14 @@ use std::time::Duration;
 pub const REFRESH_ANNOTATION: &str = "vkube.dev/refresh-at";
 
 /// Makes sure the host Secret of `vpod`'s tokens exists, holds a token for each source, is fresh,
-/// and is owned by `host_pod` once there is one. Returns how long until the next refresh, or
+/// and is owned by `host_pod` once there is one; `new_pod`: the pod was never seen before.
+/// Returns how long until the next refresh, or
 /// `None` when the pod asks for no token.
 pub async fn ensure(
     config: &Config,
     vpod: &Pod,
     host_pod: Option<&Pod>,
+    new_pod: bool,
 ) -> Result<Option<Duration>, Error> {
     let sources = translate::token_sources(vpod);
     if sources.is_empty() {
@@ -51,7 +53,13 @@ pub async fn ensure(
     }
     let secret_name = translate::token_secret_name(&ns, &name, &config.cluster);
     let secrets: Api<Secret> = Api::namespaced(config.host_client.clone(), &config.host_namespace);
-    let current = secrets.get_opt(&secret_name).await?;
+    // A new pod's Secret is written without reading first (one that exists answers 409, and the
+    // next reconcile reads it).
+    let current = if new_pod {
+        None
+    } else {
+        secrets.get_opt(&secret_name).await?
+    };
     let owner = host_pod.map(owner_reference);
     if let Some(current) = &current {
         // A Secret of this name that no virtual pod owns is not the syncer's to overwrite.
