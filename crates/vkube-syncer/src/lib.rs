@@ -131,6 +131,52 @@ where
     }
 }
 
+/// Deletes the host object `host_name` if it is the copy of the virtual object with `uid` (its
+/// annotations say so; another object's copy is never touched).
+async fn delete_copy_of<K>(
+    api: &kube::Api<K>,
+    host_name: &str,
+    uid: Option<&str>,
+) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(host) = api.get_opt(host_name).await? else {
+        return Ok(());
+    };
+    match names::virtual_of(host.meta().annotations.as_ref()) {
+        Some((_, _, u)) if Some(u.as_str()) == uid => delete_exact(api, &host).await,
+        _ => Ok(()),
+    }
+}
+
+/// A controller of the virtual objects of kind `K` (all namespaces) that also reconciles a
+/// virtual object when its host copy in the host namespace changes (found by the ownership labels
+/// of `kind`, mapped back by the ownership annotations).
+fn paired_controller<K>(config: &Config, kind: &str) -> kube::runtime::Controller<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let virt: kube::Api<K> = kube::Api::all(config.virtual_client.clone());
+    let host: kube::Api<K> =
+        kube::Api::namespaced(config.host_client.clone(), &config.host_namespace);
+    let selector = names::selector(kind, &config.cluster);
+    kube::runtime::Controller::new(virt, kube::runtime::watcher::Config::default()).watches(
+        host,
+        kube::runtime::watcher::Config::default().labels(&selector),
+        |h: K| {
+            let (ns, name, _) = names::virtual_of(h.meta().annotations.as_ref())?;
+            Some(kube::runtime::reflector::ObjectRef::new(&name).within(&ns))
+        },
+    )
+}
+
 /// Runs the syncer until the task is aborted (the replica stops leading) or a watch cannot be
 /// set up at all.
 pub async fn run(config: Config) -> Result<(), Error> {

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use std::sync::Arc;
@@ -30,16 +30,7 @@ use std::time::Duration;
 
 pub async fn run(config: Config) -> Result<(), Error> {
     let virtual_pods: Api<Pod> = Api::all(config.virtual_client.clone());
-    let host_pods = host_api(&config);
-    let selector = names::selector("Pod", &config.cluster);
-    let controller = Controller::new(virtual_pods.clone(), watcher::Config::default()).watches(
-        host_pods,
-        watcher::Config::default().labels(&selector),
-        |host: Pod| {
-            let (ns, name, _) = names::virtual_of(host.metadata.annotations.as_ref())?;
-            Some(ObjectRef::new(&name).within(&ns))
-        },
-    );
+    let controller = crate::paired_controller::<Pod>(&config, "Pod");
     let store = controller.store();
     let ctx = Arc::new(config.clone());
     let reconciling = controller
@@ -353,7 +344,9 @@ async fn follow_deletes(config: Config, virtual_pods: Api<Pod>) -> Result<(), Er
             let (ns, name, uid) = identity(&vpod);
             forget_sight(&uid);
             let host_name = names::host_name("Pod", &ns, &name, &config.cluster);
-            if let Err(err) = delete_copy_of(&host_api(&config), &host_name, &uid).await {
+            if let Err(err) =
+                crate::delete_copy_of(&host_api(&config), &host_name, Some(&uid)).await
+            {
                 tracing::warn!(%err, pod = %name, "deleting the host pod; the sweep will retry");
             }
             let secret = translate::token_secret_name(&ns, &name, &config.cluster);
@@ -381,17 +374,6 @@ fn first_sight(uid: &str) -> bool {
 fn forget_sight(uid: &str) {
     let mut seen = sightings().lock().unwrap_or_else(|e| e.into_inner());
     seen.remove(uid);
-}
-
-/// Deletes the host pod `host_name` if it is the copy of the virtual pod with `uid`.
-async fn delete_copy_of(host_pods: &Api<Pod>, host_name: &str, uid: &str) -> Result<(), Error> {
-    let Some(host) = host_pods.get_opt(host_name).await? else {
-        return Ok(());
-    };
-    match names::virtual_of(host.metadata.annotations.as_ref()) {
-        Some((_, _, huid)) if huid == uid => crate::delete_exact(host_pods, &host).await,
-        _ => Ok(()),
-    }
 }
 
 /// Host pods whose virtual pod is gone (a delete missed while no syncer ran): deleted, after

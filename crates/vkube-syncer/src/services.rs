@@ -14,8 +14,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use std::sync::Arc;
 use std::time::Duration;
@@ -240,28 +239,14 @@ fn ports(s: &ServiceSpec) -> Vec<PortKey> {
 pub async fn release(host_client: &kube::Client, env: &Environment, virt: &Service) {
     let api: Api<Service> = Api::namespaced(host_client.clone(), &env.host_namespace);
     let name = host_service(virt, env).metadata.name.unwrap_or_default();
-    if let Ok(Some(host)) = api.get_opt(&name).await
-        && names::virtual_of(host.metadata.annotations.as_ref())
-            .is_some_and(|(_, _, u)| Some(&u) == virt.metadata.uid.as_ref())
-        && let Err(err) = crate::delete_exact(&api, &host).await
-    {
+    if let Err(err) = crate::delete_copy_of(&api, &name, virt.metadata.uid.as_deref()).await {
         tracing::warn!(%err, service = %name, "releasing a host service");
     }
 }
 
 /// The controller that keeps each pair level, and the sweep of orphaned host copies.
 pub async fn run(config: Config) -> Result<(), Error> {
-    let virt: Api<Service> = Api::all(config.virtual_client.clone());
-    let host: Api<Service> = Api::namespaced(config.host_client.clone(), &config.host_namespace);
-    let selector = names::selector("Service", &config.cluster);
-    let controller = Controller::new(virt, watcher::Config::default()).watches(
-        host,
-        watcher::Config::default().labels(&selector),
-        |h: Service| {
-            let (ns, name, _) = names::virtual_of(h.metadata.annotations.as_ref())?;
-            Some(ObjectRef::new(&name).within(&ns))
-        },
-    );
+    let controller = crate::paired_controller::<Service>(&config, "Service");
     let ctx = Arc::new(config.clone());
     let reconciling = controller
         .run(
@@ -361,11 +346,7 @@ pub async fn follow_deletes(config: Config) -> Result<(), Error> {
             .metadata
             .name
             .unwrap_or_default();
-        if let Ok(Some(host)) = api.get_opt(&name).await
-            && names::virtual_of(host.metadata.annotations.as_ref())
-                .is_some_and(|(_, _, u)| Some(&u) == v.metadata.uid.as_ref())
-            && let Err(err) = crate::delete_exact(&api, &host).await
-        {
+        if let Err(err) = crate::delete_copy_of(&api, &name, v.metadata.uid.as_deref()).await {
             tracing::warn!(%err, service = %name, "deleting a host service; the sweep will retry");
         }
     }

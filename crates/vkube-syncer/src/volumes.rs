@@ -14,8 +14,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,17 +141,8 @@ async fn ensure_host(
 
 pub async fn run(config: Config) -> Result<(), Error> {
     let vapi: Api<PersistentVolumeClaim> = Api::all(config.virtual_client.clone());
-    let hapi: Api<PersistentVolumeClaim> =
-        Api::namespaced(config.host_client.clone(), &config.host_namespace);
-    let selector = names::selector("PersistentVolumeClaim", &config.cluster);
-    let controller = Controller::new(vapi.clone(), watcher::Config::default()).watches(
-        hapi,
-        watcher::Config::default().labels(&selector),
-        |h: PersistentVolumeClaim| {
-            let (ns, name, _) = names::virtual_of(h.metadata.annotations.as_ref())?;
-            Some(ObjectRef::new(&name).within(&ns))
-        },
-    );
+    let controller =
+        crate::paired_controller::<PersistentVolumeClaim>(&config, "PersistentVolumeClaim");
     let ctx = Arc::new(config.clone());
     let reconciling = controller
         .run(
@@ -258,11 +248,7 @@ async fn follow_deletes(config: Config, vapi: Api<PersistentVolumeClaim>) -> Res
             v.metadata.name.clone().unwrap_or_default(),
         );
         let hname = host_claim_name(&ns, &name, &config.cluster);
-        if let Ok(Some(h)) = hapi.get_opt(&hname).await
-            && names::virtual_of(h.metadata.annotations.as_ref())
-                .is_some_and(|(_, _, u)| Some(&u) == v.metadata.uid.as_ref())
-            && let Err(err) = crate::delete_exact(&hapi, &h).await
-        {
+        if let Err(err) = crate::delete_copy_of(&hapi, &hname, v.metadata.uid.as_deref()).await {
             tracing::warn!(%err, claim = %name, "deleting a host claim; the sweep will retry");
         }
         if let Some(volume) = v.spec.as_ref().and_then(|s| s.volume_name.clone())
