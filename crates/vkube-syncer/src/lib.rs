@@ -8,6 +8,7 @@
 //! failover or a missed event converges on the next reconcile or resync.
 #![forbid(unsafe_code)]
 
+mod access;
 mod configs;
 pub mod dns;
 mod endpoints;
@@ -191,6 +192,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         cluster = %config.cluster,
         "syncer started"
     );
+    // What the host refuses is found out afresh in each run (access.rs).
+    access::start(&config);
     // Each part runs while it is enabled; one that is off waits forever (never ends the select).
     let on = |enabled: bool, part: futures_util::future::BoxFuture<'static, Result<(), Error>>| async move {
         if enabled {

@@ -9,7 +9,7 @@
 //!   owner makes a new one;
 //! - host pod of an older virtual pod of the same name (another uid): delete it first;
 //! - host pod scheduled, virtual pod unbound: bind the virtual pod to the virtual node of that
-//!   name (made from the host node);
+//!   name (made from the host node, or a fake node when the host does not show its nodes);
 //! - otherwise carry image and deadline changes down and the status up.
 //!
 //! A virtual pod deleted deletes its host pod (with the host pod's uid as precondition), at once
@@ -229,7 +229,11 @@ async fn reconcile(vpod: Arc<Pod>, config: Arc<Config>) -> Result<Action, Error>
     if let Some(node) = host_node
         && virtual_node.is_none()
     {
-        nodes::ensure(&config, &node).await?;
+        // The node exists from before the binding until after it (an unused fake node is not
+        // removed in between).
+        let _binding = nodes::binding().await;
+        let host_ip = host.status.as_ref().and_then(|s| s.host_ip.as_deref());
+        nodes::ensure(&config, &node, host_ip).await?;
         bind(&virtual_pods, &name, &node).await?;
         // The binding changed the virtual pod; its status follows on the next reconcile.
         return Ok(Action::requeue(Duration::from_millis(50)));

@@ -3,19 +3,28 @@
 //! source, capacity and node affinity as on the host, its claimRef the virtual claim) and the
 //! virtual claim bound to it. A pod's `persistentVolumeClaim` volume names the host copy.
 //!
+//! Reading host volumes needs the optional ClusterRole (deploy/host-rbac.yaml). Without it (the
+//! first 403 decides, once per run; access.rs), the virtual volume is made from the host claim's
+//! binding instead (`volume_from_claim`): the same name, capacity, access modes, storage class
+//! and volume mode, but vcluster's fake volume's placeholder source and no node affinity. Pods
+//! are not affected: they mount the host claim, whatever its virtual volume says.
+//!
 //! Deletes go down with the uid as precondition; the virtual volume goes with its claim (the host
 //! volume follows its own reclaim policy).
 
+use crate::access::{self, Read};
 use crate::{Config, Error, names};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{
-    ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimStatus, PersistentVolumeStatus,
+    FlexPersistentVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, PersistentVolumeSpec,
+    PersistentVolumeStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::watcher;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +79,18 @@ pub fn host_claim(
     }
 }
 
+/// The virtual claim, as a volume's claimRef.
+fn claim_ref(vpvc: &PersistentVolumeClaim) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("PersistentVolumeClaim".into()),
+        namespace: vpvc.metadata.namespace.clone(),
+        name: vpvc.metadata.name.clone(),
+        uid: vpvc.metadata.uid.clone(),
+        ..Default::default()
+    }
+}
+
 /// The virtual volume for a host volume bound to the host copy of `vpvc`.
 pub fn virtual_volume(
     host_pv: &PersistentVolume,
@@ -77,14 +98,7 @@ pub fn virtual_volume(
 ) -> PersistentVolume {
     let name = host_pv.metadata.name.clone().unwrap_or_default();
     let mut spec = host_pv.spec.clone().unwrap_or_default();
-    spec.claim_ref = Some(ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("PersistentVolumeClaim".into()),
-        namespace: vpvc.metadata.namespace.clone(),
-        name: vpvc.metadata.name.clone(),
-        uid: vpvc.metadata.uid.clone(),
-        ..Default::default()
-    });
+    spec.claim_ref = Some(claim_ref(vpvc));
     PersistentVolume {
         metadata: ObjectMeta {
             name: Some(name.clone()),
@@ -92,6 +106,60 @@ pub fn virtual_volume(
             ..Default::default()
         },
         spec: Some(spec),
+        status: None,
+    }
+}
+
+/// vcluster's label of a volume it made up (its fake persistent volumes).
+pub const FAKE_VOLUME_LABEL: &str = "vcluster.loft.sh/fake-pv";
+
+/// The virtual volume `volume` for the host copy `host` of `vpvc` when the host volume cannot be
+/// read (no ClusterRole): what the host claim says of it (its name, the bound capacity and access
+/// modes, storage class, volume mode) and vcluster's fake volume's placeholders (label, the
+/// `fake` flexVolume driver as its source, which upstream's validation requires; reclaim policy
+/// Delete). The host volume's real source and node affinity stay unknown.
+pub fn volume_from_claim(
+    volume: &str,
+    host: &PersistentVolumeClaim,
+    vpvc: &PersistentVolumeClaim,
+) -> PersistentVolume {
+    let spec = host.spec.clone().unwrap_or_default();
+    let status = host.status.clone().unwrap_or_default();
+    let mut annotations =
+        BTreeMap::from([(HOST_VOLUME_ANNOTATION.to_string(), volume.to_string())]);
+    // The provisioner the host's binder named on the claim, as upstream's on the volume.
+    let provisioner = host.metadata.annotations.as_ref().and_then(|a| {
+        a.get("volume.kubernetes.io/storage-provisioner")
+            .or_else(|| a.get("volume.beta.kubernetes.io/storage-provisioner"))
+    });
+    if let Some(p) = provisioner {
+        annotations.insert("pv.kubernetes.io/provisioned-by".into(), p.clone());
+    }
+    PersistentVolume {
+        metadata: ObjectMeta {
+            name: Some(volume.to_string()),
+            labels: Some(BTreeMap::from([(
+                FAKE_VOLUME_LABEL.to_string(),
+                "true".to_string(),
+            )])),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeSpec {
+            capacity: status
+                .capacity
+                .or_else(|| spec.resources.and_then(|r| r.requests)),
+            access_modes: status.access_modes.or(spec.access_modes),
+            storage_class_name: spec.storage_class_name,
+            volume_mode: spec.volume_mode,
+            claim_ref: Some(claim_ref(vpvc)),
+            persistent_volume_reclaim_policy: Some("Delete".into()),
+            flex_volume: Some(FlexPersistentVolumeSource {
+                driver: "fake".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         status: None,
     }
 }
@@ -177,13 +245,24 @@ async fn reconcile(vpvc: Arc<PersistentVolumeClaim>, config: Arc<Config>) -> Res
     else {
         return Ok(Action::requeue(config.resync));
     };
-    // The host volume, mirrored as a virtual one bound to the virtual claim.
-    let host_pvs: Api<PersistentVolume> = Api::all(config.host_client.clone());
-    let Some(host_pv) = host_pvs.get_opt(&volume).await? else {
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    };
+    // The host volume, mirrored as a virtual one bound to the virtual claim; without the right
+    // to read host volumes, one made from the host claim.
+    let access = access::of(&config);
+    let mut host_pv = None;
+    if access.allowed(Read::Volumes) {
+        let host_pvs: Api<PersistentVolume> = Api::all(config.host_client.clone());
+        match host_pvs.get_opt(&volume).await {
+            Ok(Some(pv)) => host_pv = Some(pv),
+            Ok(None) => return Ok(Action::requeue(Duration::from_secs(1))),
+            Err(e) if access.refused(Read::Volumes, &e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let vpvs: Api<PersistentVolume> = Api::all(config.virtual_client.clone());
-    let wanted = virtual_volume(&host_pv, &vpvc);
+    let wanted = match &host_pv {
+        Some(host_pv) => virtual_volume(host_pv, &vpvc),
+        None => volume_from_claim(&volume, &host, &vpvc),
+    };
     let pv = match vpvs.get_opt(&volume).await? {
         Some(pv) => pv,
         None => vpvs.create(&PostParams::default(), &wanted).await?,
@@ -338,5 +417,49 @@ mod tests {
             (Some("team"), Some("data"), Some("c1"))
         );
         assert_eq!(pv.spec.unwrap().host_path.unwrap().path, "/tmp/x");
+    }
+
+    #[test]
+    fn without_the_host_volume_the_virtual_one_comes_from_the_host_claim() {
+        let v: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": "data", "namespace": "team", "uid": "c1"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+        }))
+        .unwrap();
+        let host: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": "data-team-x", "namespace": "h",
+                         "annotations": {"volume.kubernetes.io/storage-provisioner": "rancher.io/local-path"}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                     "storageClassName": "local-path", "volumeMode": "Filesystem",
+                     "volumeName": "pvc-123"},
+            "status": {"phase": "Bound", "accessModes": ["ReadWriteOnce", "ReadWriteOncePod"],
+                       "capacity": {"storage": "2Gi"}}
+        }))
+        .unwrap();
+        let pv = volume_from_claim("pvc-123", &host, &v);
+        let got = serde_json::to_value(&pv).unwrap();
+        assert_eq!(
+            got,
+            json!({
+                "apiVersion": "v1", "kind": "PersistentVolume",
+                "metadata": {"name": "pvc-123", "labels": {"vcluster.loft.sh/fake-pv": "true"},
+                             "annotations": {"vkube.dev/host-volume": "pvc-123",
+                                             "pv.kubernetes.io/provisioned-by": "rancher.io/local-path"}},
+                "spec": {"capacity": {"storage": "2Gi"},
+                         "accessModes": ["ReadWriteOnce", "ReadWriteOncePod"],
+                         "storageClassName": "local-path", "volumeMode": "Filesystem",
+                         "persistentVolumeReclaimPolicy": "Delete",
+                         "flexVolume": {"driver": "fake"},
+                         "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                                      "namespace": "team", "name": "data", "uid": "c1"}}
+            })
+        );
+        // Bound without capacity in its status yet: the request.
+        let mut early = host.clone();
+        early.status = None;
+        let pv = volume_from_claim("pvc-123", &early, &v);
+        let spec = pv.spec.unwrap();
+        assert_eq!(spec.capacity.unwrap()["storage"].0, "1Gi");
+        assert_eq!(spec.access_modes.unwrap(), ["ReadWriteOnce"]);
     }
 }
