@@ -50,6 +50,9 @@ pub struct Config {
     /// `default/kubernetes` as host pods reach it; `None`: the first address of vkube's range
     /// and the listen address.
     pub kubernetes_service: Option<crate::host_services::KubernetesService>,
+    /// The cluster CA from files (`--ca-cert-file`, `--ca-key-file`); `None`: the first process
+    /// creates one in the store.
+    pub ca: Option<crate::identity::GivenCa>,
 }
 
 /// See [`Config::leader_tasks`].
@@ -342,7 +345,7 @@ pub async fn serve(
         path: config.data_dir.display().to_string(),
         err,
     })?;
-    let ca = Ca::load_or_create(store.as_ref()).await?;
+    let ca = Ca::load_or_create(store.as_ref(), config.ca.as_ref()).await?;
     let serving = serving_cert(
         &ca,
         &config.data_dir,

@@ -4,7 +4,7 @@
 //! certificate are signed by that CA.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
@@ -50,6 +50,16 @@ pub enum IdentityError {
     Corrupt(String),
     #[error("{path}: {err}")]
     Io { path: String, err: std::io::Error },
+    #[error("{0}")]
+    GivenCa(String),
+    #[error(
+        "the cluster CA given in {given_file} is {given}, but this cluster's store already holds another CA ({stored}, at {CA_KEY}): every replica must serve with the one CA the cluster was created with, so this one refuses to start. Mount that CA's certificate and key in every replica (its certificate is each running replica's DATA-DIR/ca.crt), or start the replicas on a new, empty store"
+    )]
+    CaMismatch {
+        given_file: String,
+        given: String,
+        stored: String,
+    },
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -65,19 +75,131 @@ pub struct CertKey {
     pub key_pem: String,
 }
 
+/// A cluster CA handed to the process in files (`--ca-cert-file`, `--ca-key-file`: in a
+/// StatefulSet, one Secret mounted in every replica) instead of created by the first one.
+#[derive(Clone)]
+pub struct GivenCa {
+    pub ca: Ca,
+    /// The certificate's file, for messages.
+    pub cert_file: PathBuf,
+}
+
+/// Names the file and the CA, never the key.
+impl std::fmt::Debug for GivenCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GivenCa")
+            .field("cert_file", &self.cert_file)
+            .field("ca", &describe_ca(&self.ca.cert_pem))
+            .finish()
+    }
+}
+
+impl GivenCa {
+    /// Reads and checks the pair: a CA certificate (PEM) and the private key (PEM: PKCS#8,
+    /// SEC1 or PKCS#1) that belongs to it.
+    pub fn from_files(cert_file: &Path, key_file: &Path) -> Result<GivenCa, IdentityError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|err| IdentityError::Io {
+                path: path.display().to_string(),
+                err,
+            })
+        };
+        let (cert_pem, key_pem) = (read(cert_file)?, read(key_file)?);
+        let bad = |what: String| IdentityError::GivenCa(what);
+        let der = first_cert_der(&cert_pem)
+            .ok_or_else(|| bad(format!("{}: no PEM certificate", cert_file.display())))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| bad(format!("{}: {e}", cert_file.display())))?;
+        if !cert.is_ca() {
+            return Err(bad(format!(
+                "{} is not a CA certificate (its basicConstraints do not say CA:TRUE)",
+                cert_file.display()
+            )));
+        }
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| {
+            bad(format!(
+                "{}: not a private key rcgen can use (PEM: PKCS#8, SEC1 or PKCS#1): {e}",
+                key_file.display()
+            ))
+        })?;
+        use rcgen::PublicKeyData;
+        if key.der_bytes() != &cert.public_key().subject_public_key.data[..] {
+            return Err(bad(format!(
+                "the key in {} does not belong to the certificate in {}",
+                key_file.display(),
+                cert_file.display()
+            )));
+        }
+        Ok(GivenCa {
+            ca: Ca { cert_pem, key_pem },
+            cert_file: cert_file.to_path_buf(),
+        })
+    }
+}
+
+/// The DER of the first certificate in `pem`.
+fn first_cert_der(pem: &str) -> Option<Vec<u8>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()?;
+    Some(der.to_vec())
+}
+
+/// A CA as a person can tell it from another: its subject and SHA-256 fingerprint (what
+/// `openssl x509 -noout -subject -fingerprint -sha256` prints).
+fn describe_ca(pem: &str) -> String {
+    let Some(der) = first_cert_der(pem) else {
+        return "an unreadable certificate".into();
+    };
+    let subject = x509_parser::parse_x509_certificate(&der)
+        .map(|(_, c)| c.subject().to_string())
+        .unwrap_or_default();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
+    let fingerprint: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+    format!(
+        "\"{subject}\" with SHA-256 fingerprint {}",
+        fingerprint.join(":")
+    )
+}
+
 impl Ca {
     /// The cluster CA: read from the store, or created there if this is the first process. Two
     /// processes racing both create one; the store keeps the first, and the loser adopts it.
-    pub async fn load_or_create(store: &dyn Store) -> Result<Ca, IdentityError> {
+    ///
+    /// With a `given` CA (from files), the first process stores that one instead of creating
+    /// one; a process given another CA than the store holds refuses to start
+    /// ([`IdentityError::CaMismatch`], naming both), since replicas with different CAs would
+    /// reject each other's clients (DESIGN rule 5).
+    pub async fn load_or_create(
+        store: &dyn Store,
+        given: Option<&GivenCa>,
+    ) -> Result<Ca, IdentityError> {
         if let Some(kv) = store.get(CA_KEY, None).await? {
-            return serde_json::from_slice(&kv.value)
-                .map_err(|e| IdentityError::Corrupt(e.to_string()));
+            let stored: Ca = serde_json::from_slice(&kv.value)
+                .map_err(|e| IdentityError::Corrupt(e.to_string()))?;
+            if let Some(given) = given
+                && first_cert_der(&given.ca.cert_pem) != first_cert_der(&stored.cert_pem)
+            {
+                return Err(IdentityError::CaMismatch {
+                    given_file: given.cert_file.display().to_string(),
+                    given: describe_ca(&given.ca.cert_pem),
+                    stored: describe_ca(&stored.cert_pem),
+                });
+            }
+            return Ok(stored);
         }
-        let ca = Ca::generate()?;
+        let ca = match given {
+            Some(given) => given.ca.clone(),
+            None => Ca::generate()?,
+        };
         let value = serde_json::to_vec(&ca).map_err(|e| IdentityError::Corrupt(e.to_string()))?;
         match store.create(CA_KEY, value, None).await {
             Ok(_) => Ok(ca),
-            Err(StoreError::AlreadyExists { .. }) => Box::pin(Ca::load_or_create(store)).await,
+            Err(StoreError::AlreadyExists { .. }) => {
+                Box::pin(Ca::load_or_create(store, given)).await
+            }
             Err(err) => Err(err.into()),
         }
     }
@@ -144,12 +266,20 @@ impl Ca {
     ) -> Result<CertKey, IdentityError> {
         let mut params = Ca::leaf("vkube-apiserver", lifetime)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        for name in names {
-            params.subject_alt_names.push(match name.parse::<IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(name.clone().try_into()?),
-            });
-        }
+        params.subject_alt_names = sans(names)?;
+        self.issue(params)
+    }
+
+    /// A certificate for an etcd member (`common_name`): it serves clients and peers at
+    /// `names` (DNS names or IP addresses) and is its peers' client, so it carries both
+    /// extended key usages. Valid for a year.
+    pub fn peer_cert(&self, common_name: &str, names: &[String]) -> Result<CertKey, IdentityError> {
+        let mut params = Ca::leaf(common_name, leaf_lifetime())?;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.subject_alt_names = sans(names)?;
         self.issue(params)
     }
 
@@ -168,6 +298,19 @@ impl Ca {
         }
         self.issue(params)
     }
+}
+
+/// Subject alternative names: each an IP address or a DNS name.
+fn sans(names: &[String]) -> Result<Vec<SanType>, IdentityError> {
+    names
+        .iter()
+        .map(|name| {
+            Ok(match name.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(name.clone().try_into()?),
+            })
+        })
+        .collect()
 }
 
 /// A leaf certificate's (notBefore, notAfter).
@@ -332,6 +475,120 @@ mod tests {
         assert!(year.due(year.renew_at()));
         assert!(year.due(year.not_after + DAY), "expired");
         assert!(year.due(year.not_before - DAY), "not valid yet");
+    }
+
+    /// A directory of its own under the temp dir (removed when dropped).
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A CA's two files in a fresh directory.
+    fn ca_files(ca: &Ca) -> (TempDir, PathBuf, PathBuf) {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("vkube-ca-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir(dir);
+        let (cert, key) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
+        std::fs::write(&cert, &ca.cert_pem).unwrap();
+        std::fs::write(&key, &ca.key_pem).unwrap();
+        (dir, cert, key)
+    }
+
+    #[tokio::test]
+    async fn a_given_ca_is_stored_once_and_another_one_is_refused_naming_both() {
+        let store = vkube_store::MemoryStore::new();
+        let first = Ca::generate().unwrap();
+        let (_dir, cert, key) = ca_files(&first);
+        let given = GivenCa::from_files(&cert, &key).unwrap();
+        let ca = Ca::load_or_create(store.as_ref(), Some(&given))
+            .await
+            .unwrap();
+        assert_eq!(ca.cert_pem, first.cert_pem, "the given CA is the cluster's");
+        // Every replica given the same files starts; one without files adopts it.
+        let again = Ca::load_or_create(store.as_ref(), Some(&given))
+            .await
+            .unwrap();
+        assert_eq!(again.key_pem, first.key_pem);
+        let adopted = Ca::load_or_create(store.as_ref(), None).await.unwrap();
+        assert_eq!(adopted.cert_pem, first.cert_pem);
+
+        let other = Ca::generate().unwrap();
+        let (_dir2, cert2, key2) = ca_files(&other);
+        let given2 = GivenCa::from_files(&cert2, &key2).unwrap();
+        let err = Ca::load_or_create(store.as_ref(), Some(&given2))
+            .await
+            .err()
+            .expect("another CA is refused")
+            .to_string();
+        let fingerprint = |ca: &Ca| describe_ca(&ca.cert_pem);
+        assert!(
+            err.contains(&cert2.display().to_string())
+                && err.contains(&fingerprint(&other))
+                && err.contains(&fingerprint(&first))
+                && err.contains(CA_KEY),
+            "{err}"
+        );
+        assert!(fingerprint(&first).contains("CN=vkube-ca"), "{err}");
+    }
+
+    #[test]
+    fn given_ca_files_must_hold_a_ca_and_its_own_key() {
+        let ca = Ca::generate().unwrap();
+        let other = Ca::generate().unwrap();
+        let (dir, cert, _) = ca_files(&ca);
+        let wrong_key = dir.path().join("other.key");
+        std::fs::write(&wrong_key, &other.key_pem).unwrap();
+        let err = GivenCa::from_files(&cert, &wrong_key)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("does not belong"), "{err}");
+        let leaf = ca.client_cert("someone", &[]).unwrap();
+        let (leaf_cert, leaf_key) = (dir.path().join("leaf.crt"), dir.path().join("leaf.key"));
+        std::fs::write(&leaf_cert, &leaf.cert_pem).unwrap();
+        std::fs::write(&leaf_key, &leaf.key_pem).unwrap();
+        let err = GivenCa::from_files(&leaf_cert, &leaf_key)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not a CA certificate"), "{err}");
+        let missing = GivenCa::from_files(&dir.path().join("nope.crt"), &wrong_key)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(missing.contains("nope.crt"), "{missing}");
+    }
+
+    #[test]
+    fn a_peer_certificate_serves_and_is_a_client_for_its_names() {
+        let ca = Ca::generate().unwrap();
+        let names = [
+            "vk-1.vk-headless.ns.svc.cluster.local".into(),
+            "10.1.2.3".into(),
+        ];
+        let pair = ca.peer_cert("vkube-1", &names).unwrap();
+        let der = first_cert_der(&pair.cert_pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        let san = cert.subject_alternative_name().unwrap().unwrap().value;
+        let text = format!("{:?}", san.general_names);
+        assert!(
+            text.contains("vk-1.vk-headless.ns.svc.cluster.local"),
+            "{text}"
+        );
+        assert!(text.contains("[10, 1, 2, 3]"), "{text}");
     }
 
     #[test]

@@ -13,6 +13,8 @@ mod configs;
 pub mod dns;
 mod endpoints;
 mod events;
+#[cfg(test)]
+mod mock;
 pub mod names;
 mod nodes;
 mod pods;

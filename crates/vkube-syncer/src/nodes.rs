@@ -470,7 +470,8 @@ async fn keep_fake(config: &Config, virtual_nodes: &Api<Node>, node: &Node) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::mock;
+    use serde_json::{Value, json};
 
     fn at(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()
@@ -579,6 +580,137 @@ mod tests {
             ..Default::default()
         });
         assert!(fake_status_update(&node, None, "v", at(0)).is_some());
+    }
+
+    /// The scripted virtual API: nodes absent until created, writes echoed, pods on a node as
+    /// `pods` lists them.
+    async fn virtual_api(pods: Value) -> mock::Api {
+        mock::serve(move |method, path, body| match method {
+            "GET" if path == "/version" => mock::version(),
+            "GET" if path.starts_with("/api/v1/nodes/") => mock::status(404, "NotFound"),
+            "GET" if path.starts_with("/api/v1/pods?") => (
+                200,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods}),
+            ),
+            "POST" | "PUT" => (200, body.clone()),
+            "DELETE" => (
+                200,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            ),
+            _ => mock::status(500, "Unexpected"),
+        })
+        .await
+    }
+
+    fn writes(api: &mock::Api, method: &str) -> Vec<(String, Value)> {
+        api.requests()
+            .into_iter()
+            .filter(|r| r.0 == method)
+            .map(|r| (r.1, r.2))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_first_refusal_of_host_nodes_makes_fake_nodes_for_the_run() {
+        let host = mock::serve(|_, _, _| mock::status(403, "Forbidden")).await;
+        let virt = virtual_api(json!([])).await;
+        let config = mock::config(&virt, &host, "fake-nodes");
+        access::start(&config);
+        ensure(&config, "n1", Some("10.0.0.7")).await.unwrap();
+        ensure(&config, "n2", None).await.unwrap();
+        // The host was asked once: its refusal holds for the run.
+        assert_eq!(host.requests().len(), 1);
+        assert_eq!(host.requests()[0].1, "/api/v1/nodes/n1");
+        let created = writes(&virt, "POST");
+        assert_eq!(created.len(), 2);
+        for (_, node) in &created {
+            assert_eq!(node["metadata"]["labels"][FAKE_NODE_LABEL], "true");
+            assert_eq!(node["metadata"]["labels"][names::CLUSTER_LABEL], "vc");
+        }
+        let statuses = writes(&virt, "PUT");
+        assert_eq!(statuses[0].0, "/api/v1/nodes/n1/status?");
+        let status = &statuses[0].1["status"];
+        assert_eq!(status["nodeInfo"]["kubeletVersion"], "v1.33.0-vkube.9");
+        assert_eq!(
+            status["addresses"][0],
+            json!({"type": "InternalIP", "address": "10.0.0.7"})
+        );
+        // The virtual cluster's version was asked once too.
+        let asked = virt.requests().iter().filter(|r| r.1 == "/version").count();
+        assert_eq!(asked, 1);
+        // A new run asks the host again.
+        access::start(&config);
+        ensure(&config, "n3", None).await.unwrap();
+        assert_eq!(host.requests().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn other_host_errors_are_no_refusal_and_a_readable_node_is_mirrored() {
+        let host = mock::serve(|_, path, _| match path {
+            "/api/v1/nodes/down" => mock::status(500, "InternalError"),
+            _ => (
+                200,
+                json!({"apiVersion": "v1", "kind": "Node",
+                       "metadata": {"name": "real", "labels": {"zone": "a"}},
+                       "status": {"capacity": {"cpu": "4"}}}),
+            ),
+        })
+        .await;
+        let virt = virtual_api(json!([])).await;
+        let config = mock::config(&virt, &host, "real-nodes");
+        access::start(&config);
+        assert!(ensure(&config, "down", None).await.is_err());
+        assert!(access::of(&config).allowed(Read::Nodes));
+        ensure(&config, "real", None).await.unwrap();
+        let (_, node) = &writes(&virt, "POST")[0];
+        assert_eq!(
+            node["metadata"]["labels"],
+            json!({"zone": "a", "vkube.dev/cluster": "vc"})
+        );
+        assert_eq!(writes(&virt, "PUT")[0].1["status"]["capacity"]["cpu"], "4");
+    }
+
+    #[tokio::test]
+    async fn a_fake_node_goes_once_only_daemonset_pods_are_bound_to_it() {
+        let ds_pod = json!({"metadata": {"name": "ds-1", "namespace": "kube-system",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "ds", "uid": "d"}]},
+            "spec": {"nodeName": "n1", "containers": []}, "status": {"hostIP": "10.0.0.9"}});
+        let host = mock::serve(|_, _, _| mock::status(403, "Forbidden")).await;
+        let virt = virtual_api(json!([ds_pod])).await;
+        let config = mock::config(&virt, &host, "fake-node-goes");
+        access::start(&config);
+        let mut node = fake_node("n1", "vc");
+        node.metadata.uid = Some("u1".into());
+        let nodes: Api<Node> = Api::all(virt.client.clone());
+        keep_fake(&config, &nodes, &node).await.unwrap();
+        let listed = &virt.requests()[0].1;
+        assert!(
+            listed.contains("fieldSelector=spec.nodeName%3Dn1"),
+            "{listed}"
+        );
+        let deleted = writes(&virt, "DELETE");
+        assert_eq!(deleted[0].0, "/api/v1/nodes/n1?");
+        assert_eq!(deleted[0].1["preconditions"]["uid"], "u1");
+        assert!(writes(&virt, "PUT").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_used_fake_node_stays_with_a_fresh_status_and_its_pods_host_ip() {
+        let pod = json!({"metadata": {"name": "web-1", "namespace": "default"},
+            "spec": {"nodeName": "n1", "containers": []}, "status": {"hostIP": "10.0.0.9"}});
+        let host = mock::serve(|_, _, _| mock::status(403, "Forbidden")).await;
+        let virt = virtual_api(json!([pod])).await;
+        let config = mock::config(&virt, &host, "fake-node-stays");
+        access::start(&config);
+        let mut node = fake_node("n1", "vc");
+        node.status = Some(fake_status("n1", None, "v1.33.0-vkube.9", at(0), None));
+        let nodes: Api<Node> = Api::all(virt.client.clone());
+        keep_fake(&config, &nodes, &node).await.unwrap();
+        assert!(writes(&virt, "DELETE").is_empty());
+        let status = &writes(&virt, "PUT")[0].1["status"];
+        assert_eq!(status["addresses"][0]["address"], "10.0.0.9");
+        // The host was not asked: a fake node is the syncer's own.
+        assert!(host.requests().is_empty());
     }
 
     #[test]

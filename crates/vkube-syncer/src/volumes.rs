@@ -378,6 +378,7 @@ async fn sweep(config: Config) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mock;
     use serde_json::json;
 
     #[test]
@@ -417,6 +418,83 @@ mod tests {
             (Some("team"), Some("data"), Some("c1"))
         );
         assert_eq!(pv.spec.unwrap().host_path.unwrap().path, "/tmp/x");
+    }
+
+    #[tokio::test]
+    async fn the_first_refusal_of_host_volumes_makes_them_from_host_claims_for_the_run() {
+        let claim = |name: &str, uid: &str| -> PersistentVolumeClaim {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "team", "uid": uid},
+                "spec": {"accessModes": ["ReadWriteOnce"],
+                         "resources": {"requests": {"storage": "1Gi"}}}
+            }))
+            .unwrap()
+        };
+        // Every host claim is bound, to the volume `pv-<its virtual uid>`.
+        let host = mock::serve(|method, path, _| match method {
+            "GET" if path.starts_with("/api/v1/persistentvolumes/") => {
+                mock::status(403, "Forbidden")
+            }
+            "GET" => {
+                let uid = if path.contains("data-a") { "c1" } else { "c2" };
+                let name = path.rsplit('/').next().unwrap();
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": name, "namespace": "h",
+                                 "annotations": names::ownership_annotations("team", "x", uid)},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "standard",
+                             "resources": {"requests": {"storage": "1Gi"}},
+                             "volumeName": format!("pv-{uid}")},
+                    "status": {"phase": "Bound", "capacity": {"storage": "1Gi"},
+                               "accessModes": ["ReadWriteOnce"]}}),
+                )
+            }
+            _ => mock::status(500, "Unexpected"),
+        })
+        .await;
+        let virt = mock::serve(|method, path, body| match method {
+            "GET" if path.starts_with("/api/v1/persistentvolumes/") => {
+                mock::status(404, "NotFound")
+            }
+            "POST" | "PUT" => (200, body.clone()),
+            _ => mock::status(500, "Unexpected"),
+        })
+        .await;
+        let config = Arc::new(mock::config(&virt, &host, "volumes-from-claims"));
+        access::start(&config);
+        for (name, uid) in [("data-a", "c1"), ("data-b", "c2")] {
+            reconcile(Arc::new(claim(name, uid)), config.clone())
+                .await
+                .unwrap();
+        }
+        // The host refused once, and was not asked for a volume again.
+        let asked: Vec<String> = host
+            .requests()
+            .into_iter()
+            .map(|r| r.1)
+            .filter(|p| p.starts_with("/api/v1/persistentvolumes/"))
+            .collect();
+        assert_eq!(asked, ["/api/v1/persistentvolumes/pv-c1"]);
+        let created: Vec<serde_json::Value> = virt
+            .requests()
+            .into_iter()
+            .filter(|r| r.0 == "POST")
+            .map(|r| r.2)
+            .collect();
+        assert_eq!(created.len(), 2);
+        assert_eq!(created[1]["metadata"]["name"], "pv-c2");
+        assert_eq!(created[1]["metadata"]["labels"][FAKE_VOLUME_LABEL], "true");
+        assert_eq!(created[1]["spec"]["storageClassName"], "standard");
+        assert_eq!(created[1]["spec"]["claimRef"]["uid"], "c2");
+        // The virtual claim is bound to it, as with a mirrored volume.
+        let bound = virt.requests().into_iter().any(|r| {
+            r.0 == "PUT"
+                && r.1
+                    .starts_with("/api/v1/namespaces/team/persistentvolumeclaims/data-b")
+                && r.2["spec"]["volumeName"] == "pv-c2"
+        });
+        assert!(bound);
     }
 
     #[test]

@@ -38,6 +38,13 @@ pub struct HostArgs {
     dns_upstream: Option<std::net::SocketAddr>,
 }
 
+impl HostArgs {
+    /// `--advertise-address` (VKUBE_ADVERTISE_ADDRESS): in a pod, the pod's address.
+    pub fn advertise_address(&self) -> Option<IpAddr> {
+        self.advertise_address
+    }
+}
+
 /// Where the host is, if there is one: (client config, namespace).
 async fn host_config(args: &HostArgs) -> Result<Option<(kube::Config, String)>> {
     let (config, namespace) = match &args.host_kubeconfig {

@@ -73,12 +73,20 @@ struct ServeArgs {
     /// controlPlane.distro.k8s.apiServer.extraArgs.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The cluster CA's certificate (PEM), given instead of created: in a StatefulSet, one Secret
+    /// mounted in every replica. The first replica stores it; a replica given another CA than
+    /// the store holds refuses to start. With it, embedded etcd runs with TLS.
+    #[arg(long, env = "VKUBE_CA_CERT_FILE", requires = "ca_key_file")]
+    ca_cert_file: Option<PathBuf>,
+    /// The cluster CA's private key (PEM: PKCS#8, SEC1 or PKCS#1), beside --ca-cert-file.
+    #[arg(long, env = "VKUBE_CA_KEY_FILE", requires = "ca_cert_file")]
+    ca_key_file: Option<PathBuf>,
     #[command(flatten)]
     auth: AuthArgs,
     #[command(flatten)]
     ha: HaArgs,
     #[command(flatten)]
-    etcd: EmbeddedEtcdArgs,
+    etcd: embedded_etcd::EmbeddedEtcdArgs,
     /// How often the leader compacts the store's history, as kube-apiserver's flag: `5m`,
     /// `30s`, `1h`; `0` never compacts. List continuations and watches older than one interval
     /// get 410 Gone.
@@ -134,71 +142,6 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m or h)")),
     };
     Ok(std::time::Duration::from_millis(ms))
-}
-
-/// Embedded etcd (vcluster's controlPlane.backingStore.etcd.embedded): each replica runs one
-/// member of an etcd cluster and keeps the state there.
-#[derive(clap::Args)]
-struct EmbeddedEtcdArgs {
-    /// Run and supervise one etcd member per replica, its data in the data dir's `etcd/`.
-    #[arg(long, conflicts_with = "store")]
-    etcd_embedded: bool,
-    /// The etcd binary (default: `etcd` on PATH).
-    #[arg(long, env = "VKUBE_ETCD_BINARY", default_value = "etcd")]
-    etcd_binary: PathBuf,
-    /// The peer URL of each replica's member, in replica order or as N=URL (comma-separated).
-    /// Default with one replica: http://LISTEN-ADDRESS:2380.
-    #[arg(long, value_delimiter = ',')]
-    etcd_peers: Vec<String>,
-    /// The client URL of each replica's member, likewise (default: each peer URL's host, port 2379).
-    #[arg(long, value_delimiter = ',')]
-    etcd_clients: Vec<String>,
-}
-
-impl EmbeddedEtcdArgs {
-    /// This replica's member, from the replica list.
-    fn options(
-        &self,
-        replicas: u32,
-        replica: u32,
-        data_dir: &std::path::Path,
-        listen: std::net::SocketAddr,
-        extra_args: Vec<String>,
-    ) -> Result<embedded_etcd::Options> {
-        let replicas = replicas as usize;
-        if replica as usize >= replicas {
-            anyhow::bail!("--replica-id {replica} with {replicas} replicas: ids run from 0");
-        }
-        let peers = if self.etcd_peers.is_empty() && replicas == 1 {
-            let ip = match listen.ip() {
-                ip if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
-                ip => ip,
-            };
-            vec![format!("http://{}", std::net::SocketAddr::new(ip, 2380))]
-        } else if self.etcd_peers.is_empty() {
-            anyhow::bail!(
-                "embedded etcd with {replicas} replicas needs every member's peer URL: --etcd-peers http://HOST-0:2380,http://HOST-1:2380,…"
-            );
-        } else {
-            embedded_etcd::parse_urls("etcd-peers", &self.etcd_peers, replicas)?
-        };
-        let clients = if self.etcd_clients.is_empty() {
-            peers
-                .iter()
-                .map(|p| embedded_etcd::client_url_of(p))
-                .collect::<Result<_>>()?
-        } else {
-            embedded_etcd::parse_urls("etcd-clients", &self.etcd_clients, replicas)?
-        };
-        Ok(embedded_etcd::Options {
-            binary: self.etcd_binary.clone(),
-            dir: data_dir.join("etcd"),
-            replica: replica as usize,
-            peers,
-            clients,
-            extra_args,
-        })
-    }
 }
 
 /// Replicas and leader election (vcluster's controlPlane.statefulSet.highAvailability).
@@ -475,6 +418,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 retry_period: ha.retry_period,
             }),
     )?;
+    let given_ca = match (&args.ca_cert_file, &args.ca_key_file) {
+        (Some(cert), Some(key)) => Some(vkube_server::identity::GivenCa::from_files(cert, key)?),
+        _ => None,
+    };
     let data_dir = args.store.data_dir()?;
     let mut host = host::setup(&args.host, &data_dir, args.listen, sync, replica_id).await?;
     if let Some(dns) = host.dns.take() {
@@ -499,21 +446,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
         host_proxy: host.proxy,
         host_services: host.services,
         kubernetes_service: host.kubernetes_service,
+        ca: given_ca.clone(),
     };
     let member = match embedded {
         Some(embedded) => {
-            let options = args.etcd.options(
+            let place = embedded_etcd::Place {
                 replicas,
-                replica_id,
-                &data_dir,
-                args.listen,
-                embedded.extra_args,
-            )?;
-            url = StoreUrl::Etcd {
-                endpoints: options.endpoints(),
-                prefix: String::new(),
-                tls: None,
+                replica: replica_id,
+                data_dir: &data_dir,
+                listen: args.listen,
+                advertise: args.host.advertise_address(),
+                ca: given_ca.as_ref(),
             };
+            let options = args.etcd.options(place, embedded.extra_args)?;
+            url = options.store_url();
             let member = embedded_etcd::start(options).await?;
             // Serving (and so being ready) waits for the local member.
             tokio::select! {
@@ -616,7 +562,10 @@ fn redact(url: &StoreUrl) -> String {
         } => {
             let hosts: Vec<_> = endpoints
                 .iter()
-                .map(|e| e.trim_start_matches("http://"))
+                .map(|e| {
+                    e.trim_start_matches("http://")
+                        .trim_start_matches("https://")
+                })
                 .collect();
             format!("etcd://{}?prefix={prefix}", hosts.join(","))
         }

@@ -17,7 +17,23 @@
 //! joins only a member that answers for the recorded cluster, never another one at the same
 //! address. Founding anew is an explicit act, for a cluster that is really lost: delete
 //! `<data-dir>/etcd/cluster-id` on that replica (the message that says it waits names the file).
+//! That record and the joining are in [`founding`].
+//!
+//! In a StatefulSet pod the members are the StatefulSet's pods, at their stable names
+//! ([`args::StatefulSetPod`]); elsewhere `--etcd-peers` lists them. With the cluster CA in files,
+//! peers and clients speak TLS and must present a certificate of that CA ([`tls`]). A member
+//! listens on the addresses its URLs name; for a URL that names a host (a pod's FQDN), on the
+//! pod's address, and for clients on 127.0.0.1 too: never on every address.
 
+mod args;
+mod founding;
+#[cfg(test)]
+mod tests;
+mod tls;
+
+pub use args::{EmbeddedEtcdArgs, Place};
+
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -28,10 +44,7 @@ use etcd_client::{Client, ConnectOptions, GetOptions};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-/// How long replica 0, its data dir empty, looks for running members before it founds a new
-/// cluster: after a full restart the others may still be starting, and founding a second cluster
-/// beside them would split the state.
-const FOUNDING_GRACE: Duration = Duration::from_secs(2);
+use founding::{Bootstrap, bootstrap, founding_token, record_when_up, removed};
 /// Restart delays of a member that exits: from the first to the largest.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
 /// A member that ran this long before exiting is restarted after the first delay again.
@@ -52,6 +65,10 @@ pub struct Options {
     pub clients: Vec<String>,
     /// More flags for etcd (vcluster's `embedded.extraArgs`); they come last, so they win.
     pub extra_args: Vec<String>,
+    /// The pod's address: where the member listens when its URLs name a host.
+    pub advertise: Option<IpAddr>,
+    /// TLS for clients and peers, with certificates from the cluster CA; `None`: plain HTTP.
+    pub tls: Option<tls::Tls>,
 }
 
 /// A member's name: the replica's name.
@@ -119,6 +136,31 @@ impl Options {
             .collect()
     }
 
+    /// The store on these members: this replica's first, with vkube's client certificate.
+    pub fn store_url(&self) -> vkube_store::StoreUrl {
+        vkube_store::StoreUrl::Etcd {
+            endpoints: self.endpoints(),
+            prefix: String::new(),
+            tls: self.tls.as_ref().map(tls::Tls::store),
+        }
+    }
+
+    /// A client of the member at `endpoint`, with TLS when the members use it.
+    async fn connect(
+        &self,
+        endpoint: &str,
+        require_leader: bool,
+    ) -> Result<Client, etcd_client::Error> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_require_leader(require_leader);
+        if let Some(tls) = &self.tls {
+            options = options.with_tls(tls.client.clone());
+        }
+        Client::connect([endpoint], Some(options)).await
+    }
+
     /// The other members' client URLs, which answer membership questions.
     fn others(&self) -> impl Iterator<Item = &String> {
         self.clients
@@ -136,74 +178,6 @@ impl Options {
     fn cluster_file(&self) -> PathBuf {
         self.dir.join("cluster-id")
     }
-}
-
-/// The cluster this replica's member belonged to, as recorded; `None` when nothing is.
-fn recorded_cluster(options: &Options) -> Result<Option<u64>> {
-    let file = options.cluster_file();
-    let text = match std::fs::read_to_string(&file) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
-    };
-    let id = u64::from_str_radix(text.trim(), 16).with_context(|| {
-        format!(
-            "{} holds {:?}, not an etcd cluster ID (hex); delete it only to found a new cluster",
-            file.display(),
-            text.trim()
-        )
-    })?;
-    Ok(Some(id))
-}
-
-/// Records `cluster` as this member's (written whole, then renamed, so a crash leaves the old
-/// record or the new one).
-fn record_cluster(options: &Options, cluster: u64) -> Result<()> {
-    let file = options.cluster_file();
-    let tmp = options.dir.join("cluster-id.tmp");
-    std::fs::write(&tmp, format!("{cluster:x}\n"))
-        .and_then(|()| std::fs::rename(&tmp, &file))
-        .with_context(|| format!("writing {}", file.display()))
-}
-
-/// The cluster ID the member at `client` reports (its own status: no quorum needed).
-async fn cluster_of(client: &str) -> Option<u64> {
-    let ask = async {
-        let mut client = connect(client, false).await.ok()?;
-        let status = client.status().await.ok()?;
-        status.header().map(|h| h.cluster_id())
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, ask)
-        .await
-        .ok()
-        .flatten()
-}
-
-/// Once the member answers, records its cluster (then waits forever: it runs beside the
-/// member's process in the supervisor).
-async fn record_when_up(options: &Options) {
-    loop {
-        if let Some(cluster) = cluster_of(options.client()).await {
-            match recorded_cluster(options) {
-                Ok(Some(recorded)) if recorded == cluster => {}
-                Ok(recorded) => {
-                    if let Some(recorded) = recorded {
-                        eprintln!(
-                            "vkube: etcd member {} runs in cluster {cluster:x}, not in the recorded {recorded:x}; recording {cluster:x}",
-                            options.name()
-                        );
-                    }
-                    if let Err(err) = record_cluster(options, cluster) {
-                        eprintln!("vkube: {err:#}");
-                    }
-                }
-                Err(err) => eprintln!("vkube: {err:#}"),
-            }
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    std::future::pending::<()>().await
 }
 
 /// The running member and its supervisor.
@@ -268,7 +242,7 @@ impl Member {
         loop {
             let running = *self.running.borrow();
             if let Some(running) = running {
-                if healthy(self.options.client(), running.id).await {
+                if healthy(&self.options, running.id).await {
                     return;
                 }
             }
@@ -294,11 +268,11 @@ impl Member {
     }
 }
 
-/// Whether the member at `client` (with member ID `id`, when known) serves a linearizable read
+/// Whether this replica's member (with member ID `id`, when known) serves a linearizable read
 /// within the request timeout.
-async fn healthy(client: &str, id: Option<u64>) -> bool {
+async fn healthy(options: &Options, id: Option<u64>) -> bool {
     let check = async {
-        let client = connect(client, true).await.ok()?;
+        let client = options.connect(options.client(), true).await.ok()?;
         if let Some(id) = id {
             let status = client.maintenance_client().status().await.ok()?;
             if status.header().map(|h| h.member_id()) != Some(id) {
@@ -314,14 +288,6 @@ async fn healthy(client: &str, id: Option<u64>) -> bool {
         tokio::time::timeout(REQUEST_TIMEOUT, check).await,
         Ok(Some(_))
     )
-}
-
-async fn connect(endpoint: &str, require_leader: bool) -> Result<Client, etcd_client::Error> {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(REQUEST_TIMEOUT)
-        .with_timeout(REQUEST_TIMEOUT)
-        .with_require_leader(require_leader);
-    Client::connect([endpoint], Some(options)).await
 }
 
 /// Starts the member, waits for it to exit and starts it again, until told to stop.
@@ -392,29 +358,6 @@ async fn terminate(child: &mut Child, pid: u32) {
     }
 }
 
-/// etcd's `--initial-cluster-token`, which only a founding member reads: etcd derives the member
-/// and cluster IDs from it and the peer URLs, so a token of each founding's own gives each cluster
-/// an ID of its own. With one fixed token, replica 0 founding again at the same address would
-/// get the very ID of the cluster it split from, and the ID could not tell them apart.
-fn founding_token(state: &str) -> String {
-    if state != "new" {
-        return "vkube".into();
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("vkube-{nanos:x}-{:x}", std::process::id())
-}
-
-/// How the member starts: alone, founding the cluster, or joining the existing one.
-struct Bootstrap {
-    initial_cluster: String,
-    state: &'static str,
-    /// The member ID `member add` gave it.
-    id: Option<u64>,
-}
-
-/// Prepares the data dir and membership, then spawns etcd (and says which member ID it has, when
 /// known).
 async fn launch(options: &Options) -> Result<(Child, Option<u64>)> {
     wait_until_free(options).await;
@@ -457,12 +400,12 @@ async fn launch(options: &Options) -> Result<(Child, Option<u64>)> {
         .arg(format!("--data-dir={}", data.display()))
         .arg(format!(
             "--listen-client-urls={}",
-            listen_url(options.client())?
+            listen_urls(options.client(), options.advertise, true)?
         ))
         .arg(format!("--advertise-client-urls={}", options.client()))
         .arg(format!(
             "--listen-peer-urls={}",
-            listen_url(options.peer())?
+            listen_urls(options.peer(), options.advertise, false)?
         ))
         .arg(format!("--initial-advertise-peer-urls={}", options.peer()))
         .arg(format!("--initial-cluster={}", bootstrap.initial_cluster))
@@ -472,6 +415,7 @@ async fn launch(options: &Options) -> Result<(Child, Option<u64>)> {
             founding_token(bootstrap.state)
         ))
         .args(["--logger=zap", "--log-outputs=stderr", "--log-level=warn"])
+        .args(options.tls.iter().flat_map(tls::Tls::etcd_args))
         .args(&options.extra_args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -509,16 +453,47 @@ async fn wait_until_free(options: &Options) {
     }
 }
 
-/// What etcd listens on for an advertised URL: its address, or every address for a DNS name
-/// (etcd binds IP addresses only).
-fn listen_url(advertised: &str) -> Result<String> {
+/// What etcd listens on for an advertised URL: its address, when it names one; for a host name
+/// (a pod's FQDN), the pod's address (`advertise`, else the name's addresses as the resolver
+/// gives them, /etc/hosts first), and for clients (`loopback`) 127.0.0.1 too, so that nothing
+/// listens on every address.
+fn listen_urls(advertised: &str, advertise: Option<IpAddr>, loopback: bool) -> Result<String> {
     let url = url::Url::parse(advertised).with_context(|| format!("URL {advertised:?}"))?;
     let port = url.port().context("a URL without a port")?;
-    Ok(match url.host() {
-        Some(url::Host::Ipv4(ip)) => format!("{}://{ip}:{port}", url.scheme()),
-        Some(url::Host::Ipv6(ip)) => format!("{}://[{ip}]:{port}", url.scheme()),
-        _ => format!("{}://0.0.0.0:{port}", url.scheme()),
-    })
+    let scheme = url.scheme();
+    let at = |ip: IpAddr| match ip {
+        IpAddr::V4(ip) => format!("{scheme}://{ip}:{port}"),
+        IpAddr::V6(ip) => format!("{scheme}://[{ip}]:{port}"),
+    };
+    let mut ips: Vec<IpAddr> = match url.host() {
+        Some(url::Host::Ipv4(ip)) => return Ok(at(ip.into())),
+        Some(url::Host::Ipv6(ip)) => return Ok(at(ip.into())),
+        Some(url::Host::Domain(name)) => match advertise {
+            Some(ip) => vec![ip],
+            None => {
+                use std::net::ToSocketAddrs;
+                let resolved: Vec<IpAddr> = (name, port)
+                    .to_socket_addrs()
+                    .map(|a| a.map(|a| a.ip()).collect())
+                    .unwrap_or_default();
+                if resolved.is_empty() {
+                    bail!(
+                        "embedded etcd's URL {advertised} names {name}, which does not resolve here, and no --advertise-address (VKUBE_ADVERTISE_ADDRESS) says which address to listen on"
+                    );
+                }
+                resolved
+            }
+        },
+        None => bail!("URL {advertised:?} has no host"),
+    };
+    if loopback {
+        ips.push(IpAddr::from([127, 0, 0, 1]));
+    }
+    ips.dedup();
+    if let Some(any) = ips.iter().find(|ip| ip.is_unspecified()) {
+        bail!("embedded etcd listens on its pod's address, never on {any}");
+    }
+    Ok(ips.into_iter().map(at).collect::<Vec<_>>().join(","))
 }
 
 /// A `kill -9` of vkube runs no destructor; this watchdog stops etcd once vkube is gone, so no
@@ -537,385 +512,15 @@ fn watch_parent(child: u32) {
 }
 
 /// Whether `data` holds a member: etcd's write-ahead log exists.
-fn has_wal(data: &Path) -> bool {
+pub(crate) fn has_wal(data: &Path) -> bool {
     std::fs::read_dir(data.join("member").join("wal")).is_ok_and(|dir| {
         dir.flatten()
             .any(|e| e.path().extension().is_some_and(|x| x == "wal"))
     })
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Another member that answered: where, its cluster's ID and members, and a client to it.
-struct Found {
-    endpoint: String,
-    cluster: u64,
-    members: Vec<etcd_client::Member>,
-    client: Client,
-}
-
-/// The first other member that answers, with the cluster's members.
-async fn find_cluster(options: &Options) -> Option<Found> {
-    for endpoint in options.others() {
-        let ask = async {
-            let mut client = connect(endpoint, false).await.ok()?;
-            let list = client.member_list().await.ok()?;
-            Some(Found {
-                endpoint: endpoint.clone(),
-                cluster: list.header()?.cluster_id(),
-                members: list.members().to_vec(),
-                client,
-            })
-        };
-        if let Ok(Some(found)) = tokio::time::timeout(REQUEST_TIMEOUT, ask).await {
-            return Some(found);
-        }
-    }
-    None
-}
-
-/// Whether `found` answers for another cluster than the recorded one (then it must not be
-/// joined, nor believed about this member's membership).
-fn foreign(recorded: Option<u64>, found: &Found) -> bool {
-    recorded.is_some_and(|r| r != found.cluster)
-}
-
-/// Whether the cluster, asked through another member of it, no longer lists this one.
-async fn removed(options: &Options) -> bool {
-    let recorded = recorded_cluster(options).ok().flatten();
-    match find_cluster(options).await {
-        Some(found) if !foreign(recorded, &found) => !found
-            .members
-            .iter()
-            .any(|m| m.peer_urls().iter().any(|u| u == options.peer())),
-        _ => false,
-    }
-}
-
-/// Founds the cluster (replica 0, when no other member answers) or joins it: removes a stale
-/// member of this name or peer URL, adds this one, and starts from the membership the add
-/// returned. Retries until it succeeds, since a join has to wait for quorum and for etcd's
-/// reconfiguration checks (one unstarted member at a time, peers connected for 5 s).
-async fn bootstrap(options: &Options) -> Result<Bootstrap> {
-    let started = Instant::now();
-    // Set once this replica's member has been up: it then never founds a cluster again.
-    let recorded = recorded_cluster(options)?;
-    let file = options.cluster_file();
-    // When it last said why it waits: once at first, then every 5 s.
-    let mut said: Option<Instant> = None;
-    let mut due = || {
-        let due = said.is_none_or(|at| at.elapsed() > Duration::from_secs(5));
-        if due {
-            said = Some(Instant::now());
-        }
-        due
-    };
-    loop {
-        // Why it has not started yet, if it should say so.
-        let waiting = match find_cluster(options).await {
-            Some(found) if foreign(recorded, &found) => Some(format!(
-                "vkube: etcd member {} belongs to cluster {:x} (recorded in {}), but the member at {} answers for cluster {:x}; it joins no other cluster and waits for a member of its own",
-                options.name(),
-                recorded.unwrap_or_default(),
-                file.display(),
-                found.endpoint,
-                found.cluster
-            )),
-            Some(mut found) => match join(options, &mut found.client, &found.members).await {
-                Ok(bootstrap) => return Ok(bootstrap),
-                Err(err) => Some(format!(
-                    "vkube: etcd member {} cannot join yet: {err:#}; retrying",
-                    options.name()
-                )),
-            },
-            None if recorded.is_some() => {
-                let others: Vec<String> = options.others().cloned().collect();
-                let waits = if others.is_empty() {
-                    "it has no other member, and will not found a new cluster by itself".into()
-                } else {
-                    format!(
-                        "it waits for a member of that cluster to answer at {} and will not found a new one",
-                        others.join(",")
-                    )
-                };
-                Some(format!(
-                    "vkube: etcd member {} has no data but belongs to cluster {:x} (recorded in {}); {waits}. Only if that cluster is lost for good: delete {} to found a new, empty cluster from this replica",
-                    options.name(),
-                    recorded.unwrap_or_default(),
-                    file.display(),
-                    file.display()
-                ))
-            }
-            None if options.replica == 0
-                && (options.peers.len() == 1 || started.elapsed() >= FOUNDING_GRACE) =>
-            {
-                eprintln!(
-                    "vkube: no other etcd member answers; {} founds the cluster",
-                    options.name()
-                );
-                return Ok(Bootstrap {
-                    initial_cluster: format!("{}={}", options.name(), options.peer()),
-                    state: "new",
-                    id: None,
-                });
-            }
-            None if options.replica != 0 => Some(format!(
-                "vkube: etcd member {} waits for a member of the cluster to answer at {}",
-                options.name(),
-                options.others().cloned().collect::<Vec<_>>().join(",")
-            )),
-            None => None,
-        };
-        if let Some(why) = waiting
-            && due()
-        {
-            eprintln!("{why}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-async fn join(
-    options: &Options,
-    client: &mut Client,
-    members: &[etcd_client::Member],
-) -> Result<Bootstrap> {
-    let timeout = |what: &'static str| move |_| anyhow::anyhow!("{what}: timed out");
-    for stale in members
-        .iter()
-        .filter(|m| m.name() == options.name() || m.peer_urls().iter().any(|u| u == options.peer()))
-    {
-        eprintln!(
-            "vkube: etcd member {} ({:x}) is listed but this replica has no data: removing it to add it anew",
-            options.name(),
-            stale.id()
-        );
-        tokio::time::timeout(REQUEST_TIMEOUT, client.member_remove(stale.id()))
-            .await
-            .map_err(timeout("member remove"))?
-            .context("member remove")?;
-    }
-    let added = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        client.member_add([options.peer().to_string()], None),
-    )
-    .await
-    .map_err(timeout("member add"))?
-    .context("member add")?;
-    let new_id = added.member().map(|m| m.id());
-    // Members that have not started yet have no name: theirs comes from the replica list.
-    let mut cluster = Vec::new();
-    for m in added.member_list() {
-        let name = if Some(m.id()) == new_id {
-            options.name()
-        } else if !m.name().is_empty() {
-            m.name().to_string()
-        } else if let Some(i) = options.peers.iter().position(|p| m.peer_urls().contains(p)) {
-            member_name(i)
-        } else {
-            continue;
-        };
-        cluster.extend(m.peer_urls().iter().map(|u| format!("{name}={u}")));
-    }
-    eprintln!(
-        "vkube: etcd member {} added to the cluster ({})",
-        options.name(),
-        cluster.join(",")
-    );
-    Ok(Bootstrap {
-        initial_cluster: cluster.join(","),
-        state: "existing",
-        id: new_id,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_by_position_or_index() {
-        let by_position = parse_urls(
-            "etcd-peers",
-            &[
-                "http://10.0.0.1:2380".into(),
-                "http://10.0.0.2:2380/".into(),
-            ],
-            2,
-        )
-        .unwrap();
-        assert_eq!(
-            by_position,
-            ["http://10.0.0.1:2380", "http://10.0.0.2:2380"]
-        );
-        let by_index = parse_urls(
-            "etcd-peers",
-            &["1=http://b:2380".into(), "0=http://a:2380".into()],
-            2,
-        )
-        .unwrap();
-        assert_eq!(by_index, ["http://a:2380", "http://b:2380"]);
-        let err = |items: &[&str], n| {
-            let items: Vec<String> = items.iter().map(|s| s.to_string()).collect();
-            parse_urls("etcd-peers", &items, n).unwrap_err().to_string()
-        };
-        assert!(err(&["http://a:2380"], 2).contains("no URL for replica 1"));
-        assert!(err(&["0=http://a:2380", "0=http://b:2380"], 2).contains("named twice"));
-        assert!(err(&["a:2380"], 1).contains("not an http://HOST:PORT URL"));
-        assert!(err(&["3=http://a:2380"], 3).contains("does not exist"));
-    }
-
-    #[test]
-    fn client_and_listen_urls() {
-        assert_eq!(
-            client_url_of("http://vkube-1.vkube-headless:2380").unwrap(),
-            "http://vkube-1.vkube-headless:2379"
-        );
-        assert_eq!(
-            listen_url("http://127.0.0.3:4001").unwrap(),
-            "http://127.0.0.3:4001"
-        );
-        assert_eq!(
-            listen_url("http://vkube-1.vkube-headless:2380").unwrap(),
-            "http://0.0.0.0:2380"
-        );
-    }
-
-    /// Two replicas' URLs on loopback ports free now.
-    fn two_replicas(dir: &Path) -> Options {
-        let ports: Vec<std::net::TcpListener> = (0..4)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let url = |i: usize| format!("http://127.0.0.1:{}", ports[i].local_addr().unwrap().port());
-        Options {
-            binary: "etcd".into(),
-            dir: dir.to_path_buf(),
-            replica: 0,
-            peers: vec![url(0), url(1)],
-            clients: vec![url(2), url(3)],
-            extra_args: vec![],
-        }
-    }
-
-    async fn recorded_soon(options: &Options) -> u64 {
-        for _ in 0..100 {
-            if let Some(id) = recorded_cluster(options).unwrap() {
-                return id;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!(
-            "no cluster ID recorded in {}",
-            options.cluster_file().display()
-        );
-    }
-
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "vkube-{name}-{}-{}",
-            std::process::id(),
-            unix_now()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    #[tokio::test]
-    async fn a_replica_that_lost_its_etcd_data_never_founds_a_second_cluster() {
-        let dir = temp_dir("refound");
-        let options = two_replicas(&dir);
-        // First start: no peer answers, nothing recorded: replica 0 founds the cluster.
-        let member = start(options.clone()).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(20), member.wait_healthy())
-            .await
-            .expect("replica 0 founds the cluster");
-        let first = recorded_soon(&options).await;
-        member.stop().await;
-
-        // Its etcd data is lost; the other replica does not answer (yet). Founding now would
-        // split the cluster: it must wait, well past the founding grace.
-        std::fs::remove_dir_all(options.data()).unwrap();
-        let member = start(options.clone()).await.unwrap();
-        assert!(
-            tokio::time::timeout(FOUNDING_GRACE * 4, member.wait_healthy())
-                .await
-                .is_err(),
-            "a member of cluster {first:x} founded a new cluster"
-        );
-        member.stop().await;
-
-        // The explicit, documented act: delete the record. Then it founds a new cluster.
-        std::fs::remove_file(options.cluster_file()).unwrap();
-        let member = start(options.clone()).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(20), member.wait_healthy())
-            .await
-            .expect("a replica told to found anew does");
-        assert_ne!(recorded_soon(&options).await, first);
-        member.stop().await;
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_member_of_another_cluster_is_not_joined() {
-        let dir = temp_dir("foreign");
-        let options = two_replicas(&dir);
-        // Replica 1's address is served by a member of an unrelated, single-member cluster.
-        let other = dir.join("other");
-        let mut foreign = tokio::process::Command::new("etcd")
-            .arg("--name=other")
-            .arg(format!("--data-dir={}", other.display()))
-            .arg(format!("--listen-client-urls={}", options.clients[1]))
-            .arg(format!("--advertise-client-urls={}", options.clients[1]))
-            .arg(format!("--listen-peer-urls={}", options.peers[1]))
-            .arg(format!(
-                "--initial-advertise-peer-urls={}",
-                options.peers[1]
-            ))
-            .arg(format!("--initial-cluster=other={}", options.peers[1]))
-            .arg("--log-level=error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let foreign_cluster = loop {
-            if let Some(id) = cluster_of(&options.clients[1]).await {
-                break id;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        // Replica 0 was a member of another cluster, and has lost its data.
-        std::fs::create_dir_all(&dir).unwrap();
-        record_cluster(&options, foreign_cluster ^ 1).unwrap();
-        let member = start(options.clone()).await.unwrap();
-        assert!(
-            tokio::time::timeout(FOUNDING_GRACE * 3, member.wait_healthy())
-                .await
-                .is_err()
-        );
-        member.stop().await;
-        let mut client = connect(&options.clients[1], false).await.unwrap();
-        let members = client.member_list().await.unwrap().members().len();
-        assert_eq!(members, 1, "replica 0 was added to a cluster not its own");
-        foreign.kill().await.unwrap();
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn endpoints_start_with_the_local_member() {
-        let options = Options {
-            binary: "etcd".into(),
-            dir: "/tmp".into(),
-            replica: 1,
-            peers: vec![],
-            clients: vec!["a".into(), "b".into(), "c".into()],
-            extra_args: vec![],
-        };
-        assert_eq!(options.endpoints(), ["b", "c", "a"]);
-        assert_eq!(options.others().collect::<Vec<_>>(), ["a", "c"]);
-    }
 }
