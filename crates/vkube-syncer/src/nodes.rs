@@ -377,6 +377,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             .join(","),
     );
     let access = access::of(&config);
+    let mut warned = false;
     loop {
         // `sync.fromHost.nodes.enabled`: every host node that matches, pods or not.
         if config.settings.all_nodes && access.allowed(Read::Nodes) {
@@ -389,13 +390,17 @@ pub async fn run(config: Config) -> Result<(), Error> {
                         }
                     }
                 }
-                Err(err) if access.refused(Read::Nodes, &err) => tracing::warn!(
-                    %err,
-                    "sync.fromHost.nodes.enabled needs the host's nodes (the ClusterRole of \
-                     deploy/host-rbac.yaml): only the nodes of virtual pods appear, as fake nodes"
-                ),
+                Err(err) if access.refused(Read::Nodes, &err) => {}
                 Err(err) => tracing::warn!(%err, "listing host nodes"),
             }
+        }
+        // Refused here or by any other read of a host node: said once.
+        if config.settings.all_nodes && !access.allowed(Read::Nodes) && !warned {
+            warned = true;
+            tracing::warn!(
+                "sync.fromHost.nodes.enabled needs the host's nodes (the ClusterRole of \
+                 deploy/host-rbac.yaml): only the nodes of virtual pods appear, as fake nodes"
+            );
         }
         match virtual_nodes.list(&ours).await {
             Ok(list) => {
