@@ -8,6 +8,7 @@ mod clients;
 mod crds;
 mod difftest;
 mod embedded_etcd;
+mod embedded_etcd_tls;
 mod gc;
 mod ha;
 mod harness;
