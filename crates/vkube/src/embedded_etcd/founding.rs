@@ -104,8 +104,6 @@ pub(super) struct Bootstrap {
     pub(super) id: Option<u64>,
 }
 
-/// Prepares the data dir and membership, then spawns etcd (and says which member ID it has, when
-
 /// Another member that answered: where, its cluster's ID and members, and a client to it.
 struct Found {
     endpoint: String,

@@ -45,6 +45,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use founding::{Bootstrap, bootstrap, founding_token, record_when_up, removed};
+
 /// Restart delays of a member that exits: from the first to the largest.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
 /// A member that ran this long before exiting is restarted after the first delay again.
@@ -358,6 +359,7 @@ async fn terminate(child: &mut Child, pid: u32) {
     }
 }
 
+/// Prepares the data dir and membership, then spawns etcd (and says which member ID it has, when
 /// known).
 async fn launch(options: &Options) -> Result<(Child, Option<u64>)> {
     wait_until_free(options).await;

@@ -22,11 +22,18 @@ use etcd_client::{Certificate, Identity, TlsOptions};
 use vkube_server::identity::{GivenCa, write_pair, write_private};
 
 /// The files of one replica's etcd TLS, and the client configuration made of them.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Tls {
     pub dir: PathBuf,
     /// The supervisor's own client (membership, health), as the store's.
     pub client: TlsOptions,
+}
+
+/// The directory only: the client configuration holds a private key, which no log may show.
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("dir", &self.dir).finish()
+    }
 }
 
 impl Tls {
