@@ -17,7 +17,7 @@ use crate::harness::*;
 static NEXT_HOST: AtomicU8 = AtomicU8::new(0);
 
 /// A CA's certificate and key in `dir`, as a Secret mounted in every replica holds them.
-fn ca_files(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn ca_files(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params

@@ -414,6 +414,37 @@ fn no_secret_in_a_trace_log_on_etcd() {
     assert_clean(&server, secrets, "etcd", &store);
 }
 
+/// Embedded etcd with TLS (the cluster CA from files): the member's and vkube's etcd client keys
+/// under `DATA-DIR/etcd/pki` join the keys searched for, and the TLS traffic to etcd is traced.
+#[test]
+fn no_secret_in_a_trace_log_on_embedded_etcd_with_tls() {
+    let secret = tempfile::tempdir().unwrap();
+    let (ca_cert, ca_key) = crate::embedded_etcd_tls::ca_files(secret.path(), "hygiene-ca");
+    let url = |port: u16| format!("https://127.0.0.1:{port}");
+    let (peer, client) = (url(free_port()), url(free_port()));
+    let server = start_tracing(&[
+        "--etcd-embedded",
+        "--etcd-peers",
+        &peer,
+        "--etcd-clients",
+        &client,
+        "--ca-cert-file",
+        &ca_cert.display().to_string(),
+        "--ca-key-file",
+        &ca_key.display().to_string(),
+    ]);
+    let secrets = exercise(&server);
+    let pki = server.dir.path().join("etcd/pki");
+    let store = format!(
+        "etcd://{}?ca={}&cert={}&key={}",
+        client.trim_start_matches("https://"),
+        pki.join("ca.crt").display(),
+        pki.join("client.crt").display(),
+        pki.join("client.key").display()
+    );
+    assert_clean(&server, secrets, "embedded etcd with TLS", &store);
+}
+
 /// OIDC tokens: accepted, of another audience, and signed by a key the issuer does not publish
 /// (which sends the verifier refetching the JWKS) — none of them in the trace log.
 #[test]
