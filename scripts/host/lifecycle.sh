@@ -217,6 +217,13 @@ host_up() {
     --enable-hostpath-provisioner=true \
     --service-cluster-ip-range "$SERVICE_CIDR" --cluster-cidr "$CLUSTER_CIDR" --allocate-node-cidrs=false \
     --kube-api-qps 200 --kube-api-burst 400 --concurrent-deployment-syncs 10 --concurrent-replicaset-syncs 10 --v=1
+  # The hostpath provisioner makes each volume's directory 0750 root:root, and fsGroup does not
+  # apply to hostPath volumes, so a non-root pod (vkube's own StatefulSet) could not write its
+  # claim. Make them 0777, as kind's local-path-provisioner does with its volumes.
+  start hostpath-modes bash -c 'while :; do
+      find /tmp/hostpath_pv -mindepth 1 -maxdepth 1 -type d ! -perm -0777 -exec chmod 0777 {} + 2>/dev/null
+      sleep 0.3
+    done'
   start kube-scheduler "$UPSTREAM_BIN/kube-scheduler" \
     --kubeconfig "$DIR/scheduler.kubeconfig" \
     --authentication-kubeconfig "$DIR/scheduler.kubeconfig" --authorization-kubeconfig "$DIR/scheduler.kubeconfig" \

@@ -5,7 +5,7 @@
 //   node tests/idp/provider.mjs --port P --cert CERT.pem --key KEY.pem \
 //        --signing-key SIGNING.json
 //
-// Serves HTTPS on 127.0.0.1:P with issuer exactly `https://127.0.0.1:P`.
+// Serves HTTPS on 127.0.0.1:P (or --host ADDRESS) with issuer exactly `https://ADDRESS:P`.
 // Prints exactly one line `ready https://127.0.0.1:P` on stdout once it is
 // listening; everything else goes to stderr. Exits 0 on SIGTERM/SIGINT.
 //
@@ -42,6 +42,9 @@ try {
       cert: { type: 'string' },
       key: { type: 'string' },
       'signing-key': { type: 'string' },
+      // An address of this machine other than loopback (a bridge the tests made), so pods
+      // of the test host cluster reach the issuer too. Default 127.0.0.1.
+      host: { type: 'string' },
     },
     strict: true,
     allowPositionals: false,
@@ -55,7 +58,8 @@ for (const name of ['port', 'cert', 'key', 'signing-key']) {
 const port = Number(args.port);
 if (!Number.isInteger(port) || port < 1 || port > 65535) die(`invalid --port ${args.port}`);
 
-const HOST = '127.0.0.1';
+const HOST = args.host || '127.0.0.1';
+if (!/^(127\.|198\.1[89]\.)/.test(HOST)) die(`--host ${HOST}: tests stay on loopback or the test bridge (127.0.0.0/8, 198.18.0.0/15)`);
 const ISSUER = `https://${HOST}:${port}`;
 
 // ---- TLS material ---------------------------------------------------------

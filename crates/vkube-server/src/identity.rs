@@ -204,7 +204,7 @@ impl Ca {
         }
     }
 
-    pub(crate) fn generate() -> Result<Ca, IdentityError> {
+    pub fn generate() -> Result<Ca, IdentityError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params

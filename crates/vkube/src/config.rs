@@ -156,6 +156,20 @@ struct EtcdTlsFiles {
     other: Other,
 }
 
+/// vcluster.yaml keys that the chart reads when it renders the pods (image, resources,
+/// volumes, the Service); `vkube serve` reads the file the chart mounts, and these are not for it.
+const CHART_KEYS: &[&str] = &[
+    "controlPlane.statefulSet.image",
+    "controlPlane.statefulSet.imagePullPolicy",
+    "controlPlane.statefulSet.resources",
+    "controlPlane.statefulSet.persistence",
+    "controlPlane.statefulSet.env",
+    "controlPlane.statefulSet.labels",
+    "controlPlane.statefulSet.annotations",
+    "controlPlane.statefulSet.pods",
+    "controlPlane.service",
+];
+
 /// What a vcluster.yaml asks of vkube.
 #[derive(Debug, PartialEq)]
 pub struct Config {
@@ -270,6 +284,9 @@ pub fn parse(text: &str, file: &Path) -> Result<Config> {
         "controlPlane.backingStore.etcd.external.tls",
         &bs.etcd.external.tls.other,
     );
+
+    // Keys the chart (`chart/`, `vkube create`) consumes: how the pods run, not what vkube does.
+    unsupported.retain(|k| !CHART_KEYS.contains(&k.as_str()));
 
     let (sync, sync_unsupported) = yaml.sync.settings();
     unsupported.extend(sync_unsupported);
@@ -432,5 +449,12 @@ mod tests {
         );
         let err = p("controlPlane:\n  backingStore:\n    database:\n      external: {enabled: true, dataSource: mysql://x@h/d}\n").unwrap_err().to_string();
         assert!(err.contains("vkube supports PostgreSQL"), "{err}");
+    }
+
+    #[test]
+    fn the_charts_defaults_are_a_config_vkube_reads_without_warnings() {
+        let c = parse(crate::cli::values::DEFAULTS, Path::new("chart/values.yaml")).unwrap();
+        assert!(c.unsupported.is_empty(), "{:?}", c.unsupported);
+        assert_eq!(c.store, None);
     }
 }

@@ -91,6 +91,8 @@ pub struct Host {
     pub tls_sans: Vec<String>,
     /// The virtual cluster's DNS server, to run on every replica.
     pub dns: Option<Dns>,
+    /// Inside a pod of the host: publishes the admin kubeconfig for `vkube connect`.
+    pub kubeconfig_publisher: Option<crate::host_kubeconfig::Publisher>,
 }
 
 /// The virtual cluster's DNS server: bound at setup, serving once the API answers.
@@ -206,6 +208,13 @@ pub async fn setup(
         kubeconfig: data_dir.join("admin.kubeconfig"),
     };
     let kubeconfig = data_dir.join("admin.kubeconfig");
+    let kubeconfig_publisher = in_pod.then(|| crate::host_kubeconfig::Publisher {
+        client: host_client.clone(),
+        namespace: host_namespace.clone(),
+        name: args.name.clone(),
+        kubeconfig: kubeconfig.clone(),
+        port: listen.port(),
+    });
     let (cluster, namespace) = (args.name.clone(), host_namespace);
     eprintln!(
         "vkube: syncing pods to host namespace {namespace} as virtual cluster {cluster}; pods reach vkube at {}",
@@ -252,6 +261,7 @@ pub async fn setup(
         kubernetes_service,
         tls_sans,
         dns: Some(dns),
+        kubeconfig_publisher,
     })
 }
 

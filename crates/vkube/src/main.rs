@@ -5,10 +5,12 @@
 #![forbid(unsafe_code)]
 
 mod check;
+mod cli;
 mod config;
 mod embedded_etcd;
 mod host;
 mod host_front;
+mod host_kubeconfig;
 mod host_proxy;
 mod sync_config;
 
@@ -35,6 +37,11 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Ask every replica directly and compare their answers (exits 1 on any disagreement).
     Check(check::CheckArgs),
+    #[command(flatten)]
+    Cluster(cli::Command),
+    /// The port forward that `vkube connect` runs in the background.
+    #[command(hide = true)]
+    PortForwardDaemon(cli::connect::PortForwardArgs),
     /// Inspect the store.
     Store {
         #[command(subcommand)]
@@ -128,7 +135,7 @@ fn disabled_controllers(list: &[String]) -> anyhow::Result<Vec<String>> {
 }
 
 /// A Go-style duration of one unit (`300ms`, `30s`, `5m`, `1h`) or plain seconds.
-fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
     let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit = &s[digits.len()..];
     let n: u64 = digits
@@ -427,6 +434,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(dns) = host.dns.take() {
         tokio::spawn(dns.serve());
     }
+    if let Some(publisher) = host.kubeconfig_publisher.take() {
+        tokio::spawn(publisher.run());
+    }
     let mut tls_sans = args.tls_sans.clone();
     tls_sans.extend(host.tls_sans.iter().cloned());
     let config = vkube_server::Config {
@@ -595,6 +605,8 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(*args).await?,
+        Command::Cluster(command) => cli::run(command).await?,
+        Command::PortForwardDaemon(args) => cli::connect::port_forward(args).await?,
         Command::Check(args) => {
             if !check::run(args).await? {
                 std::process::exit(1);

@@ -169,3 +169,22 @@ fn services_jobs_cronjobs_and_rbac() {
         "RoleBinding.rbac.authorization.k8s.io \"b\" is invalid: roleRef: Invalid value: rbac.RoleRef{APIGroup:\"rbac.authorization.k8s.io\", Kind:\"Role\", Name:\"s\"}: cannot change roleRef"
     );
 }
+
+#[test]
+fn a_statefulsets_mounts_may_name_its_claim_templates_as_upstream_allows() {
+    let set = |labels: Value| {
+        json!({"metadata": {"name": "db"}, "spec": {
+            "serviceName": "db",
+            "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{
+                "name": "c", "image": "nginx", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}],
+        }})
+    };
+    check("apps", "statefulsets", set(json!({"app": "db"})), None).unwrap();
+    assert_eq!(
+        check("apps", "statefulsets", set(json!({"app": "web"})), None).unwrap_err(),
+        "StatefulSet.apps \"db\" is invalid: spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"web\"}: `selector` does not match template `labels`"
+    );
+}

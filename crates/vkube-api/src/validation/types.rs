@@ -63,6 +63,12 @@ fn template(t: &Value, path: &str, selector: Option<&Value>, errs: &mut Errors) 
         errs.required(path, "");
         return;
     }
+    template_metadata(t, path, selector, errs);
+    pods::spec(&t["spec"], &format!("{path}.spec"), errs);
+}
+
+/// A pod template's metadata, and that the selector matches its labels.
+fn template_metadata(t: &Value, path: &str, selector: Option<&Value>, errs: &mut Errors) {
     metadata(&t["metadata"], &format!("{path}.metadata"), errs);
     if let Some(selector) = selector {
         let labels = t["metadata"]["labels"].clone();
@@ -76,7 +82,6 @@ fn template(t: &Value, path: &str, selector: Option<&Value>, errs: &mut Errors) 
             );
         }
     }
-    pods::spec(&t["spec"], &format!("{path}.spec"), errs);
 }
 
 fn restart_always(t: &Value, errs: &mut Errors) {
@@ -112,12 +117,38 @@ fn workload(kind: &str, spec: &Value, old: Option<&Value>, errs: &mut Errors) {
     } else {
         true
     };
-    template(
-        &spec["template"],
-        "spec.template",
-        selector_ok.then_some(selector),
-        errs,
-    );
+    if kind == "StatefulSet" {
+        // Upstream leaves a StatefulSet's pod spec unvalidated (ValidatePodTemplateSpecForStatefulSet:
+        // its volume mounts may name volumeClaimTemplates, which are no pod volumes), and checks
+        // only the template's metadata and selector match.
+        let mut metadata_only = spec["template"].clone();
+        if let Some(t) = metadata_only.as_object_mut() {
+            t.remove("spec");
+        }
+        if spec["template"].is_null() {
+            errs.required("spec.template", "");
+        } else {
+            template_metadata(
+                &metadata_only,
+                "spec.template",
+                selector_ok.then_some(selector),
+                errs,
+            );
+        }
+        if !spec["template"]["spec"]["activeDeadlineSeconds"].is_null() {
+            errs.forbidden(
+                "spec.template.spec.activeDeadlineSeconds",
+                "activeDeadlineSeconds in StatefulSet is not Supported",
+            );
+        }
+    } else {
+        template(
+            &spec["template"],
+            "spec.template",
+            selector_ok.then_some(selector),
+            errs,
+        );
+    }
     restart_always(&spec["template"], errs);
     if let Some(old) = old {
         if !old["selector"].is_null() && old["selector"] != *selector {

@@ -1,0 +1,131 @@
+# Sourced by tests/host/run once the host is up: `vkube create / connect / list / pause / resume /
+# disconnect / delete` against the real host, with the vkube image in its containerd. The CLI
+# runs as a user would: its own kubeconfig (a copy of the host's admin one, which `connect`
+# edits) and its own HOME (where `connect` keeps its records).
+
+CLI_HOME=$DIR/cli-home
+CLI_KUBECONFIG=$DIR/cli.kubeconfig
+mkdir -p "$CLI_HOME"
+cp "$DIR/kubeconfig" "$CLI_KUBECONFIG"
+HOST_CONTEXT=$(kubectl --kubeconfig "$CLI_KUBECONFIG" config current-context)
+HELM_BIN=${VKUBE_UPSTREAM_CACHE:-$HOME/.cache/vkube/upstream}/bin/helm
+# c ARGS...: the vkube CLI as the user runs it; ck: kubectl on whatever context is current.
+c() { KUBECONFIG=$CLI_KUBECONFIG HOME=$CLI_HOME "$VKUBE_BIN" "$@"; }
+ck() { kubectl --kubeconfig "$CLI_KUBECONFIG" "$@"; }
+current_context() { kubectl --kubeconfig "$CLI_KUBECONFIG" config current-context; }
+
+t_cli_create() {
+  local t0 out
+  t0=$(date +%s.%N)
+  out=$(c create one 2>&1) || { echo "$out"; return 1; }
+  echo "# vkube create one (1 replica, SQLite) to a ready, connected cluster: $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')s" >&2
+  local step
+  for step in "namespace vkube-one created" "objects applied, Helm release one revision 1" \
+    "1 pod(s) scheduled" "replica one-0 ready" "kubeconfig fetched" "connected to virtual cluster one"; do
+    grep -q "$step" <<<"$out" || { echo "no step '$step' in:"; echo "$out"; return 1; }
+  done
+  # Piped, each step is a plain line with its time.
+  grep -qE '^done replica one-0 ready \([0-9.]+s\)$' <<<"$out" || { echo "$out"; return 1; }
+  [ "$(current_context)" = "vkube_one_vkube-one_$HOST_CONTEXT" ] || { echo "current context: $(current_context)"; return 1; }
+  ck get namespace default >/dev/null
+  [ "$(ck auth whoami -o jsonpath='{.status.userInfo.username}')" = kubernetes-admin ]
+  # The release is Helm's: helm lists it, deployed, of chart vkube.
+  if [ -x "$HELM_BIN" ]; then
+    "$HELM_BIN" --kubeconfig "$DIR/kubeconfig" list -n vkube-one -o json | jq -e '.[0] | .name == "one" and .status == "deployed" and .chart == "vkube-0.1.0"' >/dev/null \
+      || { "$HELM_BIN" --kubeconfig "$DIR/kubeconfig" list -n vkube-one; return 1; }
+  fi
+}
+check "vkube create one: progress step by step, a Helm release, connected as the current context" t_cli_create
+
+t_cli_create_twice() {
+  local out
+  if out=$(c create one --connect=false 2>&1); then echo "a second create succeeded"; return 1; fi
+  grep -q -- "--upgrade" <<<"$out" || { echo "$out"; return 1; }
+}
+check "a second vkube create of the same name fails and points to --upgrade" t_cli_create_twice
+
+t_cli_workload() {
+  ck create deployment web --image=vkube.local/busybox:1 --replicas=2 -- sh -c 'exec httpd -f -p 8080' >/dev/null
+  until_true 120 bash -c "[ \"\$(kubectl --kubeconfig '$CLI_KUBECONFIG' get pods -l app=web --field-selector=status.phase=Running -o name | wc -l)\" = 2 ]"
+  # They run on the host, in the virtual cluster's namespace, as the syncer's copies.
+  [ "$(k -n vkube-one get pods -l vkube.dev/cluster=one --field-selector=status.phase=Running -o name | wc -l)" = 2 ]
+}
+check "a Deployment through the connected context runs on the host (the syncer in the pod)" t_cli_workload
+
+t_cli_list() {
+  local out
+  out=$(c list) || return 1
+  head -1 <<<"$out" | grep -qE '^NAME +NAMESPACE +STATUS +VERSION +CONNECTED +AGE$' || { echo "$out"; return 1; }
+  grep -qE '^one +vkube-one +Running +dev +True +[0-9]+[smhd]$' <<<"$out" || { echo "$out"; return 1; }
+  c list -o json | jq -e '.[] | select(.name == "one") | .status == "Running" and .connected == true' >/dev/null
+}
+check "vkube list: NAME NAMESPACE STATUS VERSION CONNECTED AGE, as a table and as JSON" t_cli_list
+
+t_cli_idle_rss() {
+  # The kubelet's own figure for the vkube pod (its summary API), with two web pods synced.
+  local rss
+  rss=$(k get --raw "/api/v1/nodes/$NODE_NAME/proxy/stats/summary" \
+    | jq -r '.pods[] | select(.podRef.namespace == "vkube-one" and .podRef.name == "one-0") | .containers[] | select(.name == "vkube") | .memory.rssBytes')
+  [ -n "$rss" ] && [ "$rss" -gt 0 ] || { echo "no RSS for one-0 in the kubelet's summary"; return 1; }
+  echo "# idle RSS of pod one-0 as the kubelet reports it: $((rss / 1048576)) MiB (vcluster's chart requests 256 MiB)" >&2
+}
+check "the kubelet reports the vkube pod's memory" t_cli_idle_rss
+
+t_cli_disconnect_and_run() {
+  c disconnect >/dev/null 2>&1 || return 1
+  [ "$(current_context)" = "$HOST_CONTEXT" ] || { echo "after disconnect: $(current_context)"; return 1; }
+  ! kubectl --kubeconfig "$CLI_KUBECONFIG" config get-contexts -o name | grep -q '^vkube_one_' || { echo "the context is left"; return 1; }
+  # connect -- CMD: the command sees the virtual cluster; the user's kubeconfig is untouched.
+  local out
+  out=$(c connect one -- kubectl get deployment web -o jsonpath='{.metadata.name}' 2>/dev/null) || return 1
+  [ "$out" = web ] || { echo "connect -- kubectl printed '$out'"; return 1; }
+  [ "$(current_context)" = "$HOST_CONTEXT" ]
+  # --print: a kubeconfig on stdout that works.
+  c connect one --print >"$DIR/one.kubeconfig" 2>/dev/null
+  kubectl --kubeconfig "$DIR/one.kubeconfig" get deployment web >/dev/null
+}
+check "vkube disconnect switches back; connect -- CMD and --print reach the cluster" t_cli_disconnect_and_run
+
+t_cli_pause_resume() {
+  c pause one >/dev/null 2>&1 || return 1
+  [ "$(k -n vkube-one get statefulset one -o jsonpath='{.spec.replicas}')" = 0 ]
+  until_true 60 bash -c "[ -z \"\$(kubectl --kubeconfig '$DIR/kubeconfig' -n vkube-one get pods -l vkube.dev/cluster=one -o name)\" ]"
+  c list | grep -qE '^one +vkube-one +Paused' || { c list; return 1; }
+  local out
+  if out=$(c connect one --print 2>&1); then echo "connect to a paused cluster worked"; return 1; fi
+  grep -q "vkube resume one" <<<"$out" || { echo "$out"; return 1; }
+  c resume one >/dev/null 2>&1 || return 1
+  c connect one >/dev/null 2>&1 || return 1
+  # Workload state survived: the Deployment is there, and its pods run on the host again.
+  until_true 180 bash -c "[ \"\$(kubectl --kubeconfig '$CLI_KUBECONFIG' get pods -l app=web --field-selector=status.phase=Running -o name | wc -l)\" = 2 ]"
+  until_true 60 bash -c "[ \"\$(kubectl --kubeconfig '$DIR/kubeconfig' -n vkube-one get pods -l vkube.dev/cluster=one --field-selector=status.phase=Running -o name | wc -l)\" = 2 ]"
+}
+check "vkube pause stops the control plane and the workloads; resume brings both back" t_cli_pause_resume
+
+t_cli_delete() {
+  c delete one --wait >/dev/null 2>&1 || return 1
+  ! k get namespace vkube-one >/dev/null 2>&1 || { echo "namespace vkube-one is left"; return 1; }
+  [ -z "$(k get pods -A -l vkube.dev/cluster=one -o name)" ] || { echo "synced pods left"; return 1; }
+  [ -z "$(k get pv -o jsonpath='{range .items[?(@.spec.claimRef.namespace=="vkube-one")]}{.metadata.name}{end}')" ] \
+    || until_true 60 bash -c "[ -z \"\$(kubectl --kubeconfig '$DIR/kubeconfig' get pv -o jsonpath='{range .items[?(@.spec.claimRef.namespace==\"vkube-one\")]}{.metadata.name}{end}')\" ]"
+  [ "$(current_context)" = "$HOST_CONTEXT" ] || { echo "context after delete: $(current_context)"; return 1; }
+  local out
+  if out=$(c delete one 2>&1); then echo "deleting a missing cluster succeeded"; return 1; fi
+  grep -q "not found" <<<"$out" || { echo "$out"; return 1; }
+  c delete one --ignore-not-found >/dev/null 2>&1
+}
+check "vkube delete --wait leaves nothing of it on the host; a missing one is an error unless --ignore-not-found" t_cli_delete
+
+t_cli_bad() {
+  local out
+  if out=$(c create bad --set controlPlane.statefulSet.highAvailability.replicas=3 2>&1); then echo "created"; return 1; fi
+  grep -q "3 replicas on embedded SQLite" <<<"$out" && grep -q "etcd" <<<"$out" || { echo "$out"; return 1; }
+  ! k get namespace vkube-bad >/dev/null 2>&1 || { echo "namespace vkube-bad was created"; return 1; }
+  if out=$(c create bad --set controlPlane.statefulSet.highAvailability.replicas=three 2>&1); then echo "created"; return 1; fi
+  grep -q "controlPlane.statefulSet.highAvailability.replicas" <<<"$out" || { echo "$out"; return 1; }
+}
+check "vkube create with bad values fails before anything is applied, naming the key or etcd" t_cli_bad
+
+# Whatever a failed test left: the port forwards `vkube connect` started, the clusters it made.
+pkill -f "$VKUBE_BIN port-forward-daemon" 2>/dev/null
+for ns in vkube-one vkube-ha; do k delete namespace "$ns" --wait=false >/dev/null 2>&1; done
