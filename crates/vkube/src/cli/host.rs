@@ -26,10 +26,13 @@ impl Host {
                 "no kubeconfig for the host cluster ({e}); set KUBECONFIG or write ~/.kube/config for the cluster that should run the virtual cluster"
             )
         })?;
+        let current = kubeconfig.current_context.clone();
+        // Connected to a virtual cluster, the current context is vkube's; the host is the
+        // context it was made from (vcluster does the same with its parent context).
         let context = flags
             .context
             .clone()
-            .or_else(|| kubeconfig.current_context.clone())
+            .or_else(|| current.as_deref().map(parent_context))
             .context("the kubeconfig has no current context; pass --context NAME")?;
         let options = kube::config::KubeConfigOptions {
             context: Some(context.clone()),
@@ -127,6 +130,17 @@ impl Host {
     }
 }
 
+/// The host context of a context `vkube connect` wrote (`vkube_NAME_NS_HOSTCONTEXT`; names and
+/// namespaces are DNS labels, without `_`), or the context itself.
+pub fn parent_context(context: &str) -> String {
+    context
+        .strip_prefix("vkube_")
+        .and_then(|rest| rest.splitn(3, '_').nth(2))
+        .filter(|host| !host.is_empty())
+        .unwrap_or(context)
+        .to_string()
+}
+
 pub fn is_ready(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
         && pod
@@ -157,5 +171,17 @@ pub fn explain(err: kube::Error, doing: &str) -> anyhow::Error {
             s.message
         ),
         other => anyhow!("{doing}: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connected_context_leads_back_to_its_host() {
+        assert_eq!(parent_context("vkube_one_vkube-one_kind_a"), "kind_a");
+        assert_eq!(parent_context("admin@host"), "admin@host");
+        assert_eq!(parent_context("vkube_x"), "vkube_x");
     }
 }
