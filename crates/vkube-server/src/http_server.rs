@@ -50,6 +50,10 @@ pub struct Config {
     /// `default/kubernetes` as host pods reach it; `None`: the first address of vkube's range
     /// and the listen address.
     pub kubernetes_service: Option<crate::host_services::KubernetesService>,
+    /// The address other replicas and `vkube check` reach this one at, when it listens on every
+    /// address (kube-apiserver's `--advertise-address`; in a pod, the pod IP): recorded in the
+    /// replica membership and named in the serving certificate.
+    pub advertise_address: Option<std::net::IpAddr>,
     /// The cluster CA from files (`--ca-cert-file`, `--ca-key-file`); `None`: the first process
     /// creates one in the store.
     pub ca: Option<crate::identity::GivenCa>,
@@ -132,6 +136,7 @@ fn serving_names(config: &Config) -> Vec<String> {
     if !host.is_unspecified() {
         names.push(host.to_string());
     }
+    names.extend(config.advertise_address.map(|ip| ip.to_string()));
     names.extend(config.tls_sans.iter().cloned());
     names.dedup();
     names
@@ -281,7 +286,11 @@ fn renew_certificates(
 fn advertised(config: &Config) -> std::net::SocketAddr {
     let mut addr = config.listen;
     if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        addr.set_ip(
+            config
+                .advertise_address
+                .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+        );
     }
     addr
 }

@@ -456,6 +456,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         host_proxy: host.proxy,
         host_services: host.services,
         kubernetes_service: host.kubernetes_service,
+        advertise_address: args.host.advertise_address(),
         ca: given_ca.clone(),
     };
     let member = match embedded {
