@@ -127,6 +127,8 @@ t_cli_bad() {
 }
 check "vkube create with bad values fails before anything is applied, naming the key or etcd" t_cli_bad
 
+source "$ROOT/tests/host/ha.sh"
+
 # Whatever a failed test left: the port forwards `vkube connect` started, the clusters it made.
 pkill -f "$VKUBE_BIN port-forward-daemon" 2>/dev/null
 for ns in vkube-one vkube-ha; do k delete namespace "$ns" --wait=false >/dev/null 2>&1; done

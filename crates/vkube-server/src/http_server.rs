@@ -508,6 +508,7 @@ pub async fn serve(
     election.abort();
     // Hand the lease over now rather than make the next leader wait it out.
     elector.release().await;
+    crate::replicas::leave(&api, &config.replica).await;
     if let Some(r) = reloader {
         r.abort();
     }

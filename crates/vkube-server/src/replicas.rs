@@ -70,6 +70,13 @@ async fn beat(api: &Api, me: &Replica) -> Result<Vec<Replica>, StoreError> {
     list(api).await
 }
 
+/// A replica that shuts down leaves the membership at once, rather than being listed (as the
+/// leader, perhaps) until its record's TTL runs out. Best effort: bounded, and the TTL remains.
+pub async fn leave(api: &Api, id: &str) {
+    let key = format!("{PREFIX}{id}");
+    let _ = tokio::time::timeout(Duration::from_secs(2), api.store.delete(&key, None)).await;
+}
+
 /// The live replicas' records, read from the store.
 pub async fn list(api: &Api) -> Result<Vec<Replica>, StoreError> {
     let list = api.store.list(PREFIX, ListOptions::default()).await?;

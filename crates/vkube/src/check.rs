@@ -56,35 +56,67 @@ struct Credential {
     server: String,
 }
 
-fn field(config: &str, name: &str) -> Option<String> {
-    config.lines().find_map(|l| {
-        l.trim()
-            .strip_prefix(&format!("{name}: "))
-            .map(|v| v.trim().to_string())
-    })
+/// The current context's cluster and user of a kubeconfig, parsed as YAML (any writer's style:
+/// kubectl's, vkube connect's, folded or quoted scalars).
+struct KubeconfigEntries {
+    cluster: serde_json::Value,
+    user: serde_json::Value,
 }
 
-fn decoded(config: &str, name: &str) -> Result<Vec<u8>> {
-    let v = field(config, name).with_context(|| format!("the kubeconfig has no {name}"))?;
-    Ok(base64::engine::general_purpose::STANDARD.decode(v)?)
+impl KubeconfigEntries {
+    fn parse(text: &str, path: &std::path::Path) -> Result<KubeconfigEntries> {
+        let doc = crate::cli::values::parse_yaml(text, &path.display().to_string())?;
+        let named = |list: &str, name: &serde_json::Value, key: &str| {
+            doc[list]
+                .as_array()
+                .and_then(|l| l.iter().find(|e| e["name"] == *name))
+                .map(|e| e[key].clone())
+                .with_context(|| format!("{}: no {list} entry named {name}", path.display()))
+        };
+        let current = match &doc["current-context"] {
+            serde_json::Value::String(s) if !s.is_empty() => doc["current-context"].clone(),
+            _ => doc["contexts"][0]["name"].clone(),
+        };
+        let context = named("contexts", &current, "context")?;
+        Ok(KubeconfigEntries {
+            cluster: named("clusters", &context["cluster"], "cluster")?,
+            user: named("users", &context["user"], "user")?,
+        })
+    }
+}
+
+fn text_of(v: &serde_json::Value) -> Option<String> {
+    v.as_str().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+fn decoded(v: &serde_json::Value, name: &str) -> Result<Vec<u8>> {
+    let v = text_of(v).with_context(|| format!("the kubeconfig has no {name}"))?;
+    base64::engine::general_purpose::STANDARD
+        .decode(v)
+        .with_context(|| format!("the kubeconfig's {name} is not base64"))
 }
 
 impl Credential {
     fn load(args: &CheckArgs) -> Result<Credential> {
-        let config = std::fs::read_to_string(&args.kubeconfig)
+        let text = std::fs::read_to_string(&args.kubeconfig)
             .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
-        let operator = match field(&config, "token") {
+        let entries = KubeconfigEntries::parse(&text, &args.kubeconfig)?;
+        let user = &entries.user;
+        let operator = match text_of(&user["token"]) {
             Some(token) => Auth::Token(token),
             None => Auth::Cert(
-                decoded(&config, "client-certificate-data")?,
-                decoded(&config, "client-key-data")?,
+                decoded(&user["client-certificate-data"], "client-certificate-data")?,
+                decoded(&user["client-key-data"], "client-key-data")?,
             ),
         };
         Ok(Credential {
-            ca: decoded(&config, "certificate-authority-data")?,
+            ca: decoded(
+                &entries.cluster["certificate-authority-data"],
+                "certificate-authority-data",
+            )?,
             checked: args.token.clone().map(Auth::Token),
             operator,
-            server: field(&config, "server").context("the kubeconfig has no server")?,
+            server: text_of(&entries.cluster["server"]).context("the kubeconfig has no server")?,
         })
     }
 }
@@ -605,5 +637,19 @@ mod tests {
             )) && warnings[0].contains(" expires in 9d23h, at "),
             "{warnings:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod kubeconfig_tests {
+    use super::*;
+
+    #[test]
+    fn the_current_contexts_entries_are_read_whatever_the_yaml_style() {
+        let text = "apiVersion: v1\nkind: Config\ncurrent-context: b\nclusters:\n- name: a\n  cluster: {server: 'https://a'}\n- name: cb\n  cluster:\n    server: https://b:6443\n    certificate-authority-data: >-\n      QUJD\nusers:\n- name: ub\n  user:\n    token: \"t0k\"\ncontexts:\n- name: a\n  context: {cluster: a, user: ub}\n- name: b\n  context: {cluster: cb, user: ub}\n";
+        let e = KubeconfigEntries::parse(text, std::path::Path::new("kc")).unwrap();
+        assert_eq!(text_of(&e.cluster["server"]).unwrap(), "https://b:6443");
+        assert_eq!(decoded(&e.cluster["certificate-authority-data"], "ca").unwrap(), b"ABC");
+        assert_eq!(text_of(&e.user["token"]).unwrap(), "t0k");
     }
 }

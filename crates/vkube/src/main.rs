@@ -587,6 +587,8 @@ fn redact(url: &StoreUrl) -> String {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
+        // No colour codes in a pod's log or a file, only on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // Warnings by default (a syncer that cannot reach the host says so); RUST_LOG for more.
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -222,7 +222,7 @@ async fn connect(host: &Host, args: &ConnectArgs, namespace: &str) -> Result<()>
     if !args.command.is_empty() {
         let file =
             std::env::temp_dir().join(format!("vkube-{name}-{}.kubeconfig", std::process::id()));
-        crate::cli::connect::write_private(&file, &serde_saphyr::to_string(&config)?)?;
+        crate::cli::connect::write_private(&file, &super::values::to_yaml(&config)?)?;
         let status = tokio::process::Command::new(&args.command[0])
             .args(&args.command[1..])
             .env("KUBECONFIG", &file)
@@ -241,13 +241,12 @@ async fn connect(host: &Host, args: &ConnectArgs, namespace: &str) -> Result<()>
     }
 
     // A second connect replaces the first (and its port forward).
-    if let Some(old) = load(name, namespace)?
-        && let Some(old_pid) = old.pid
-    {
+    let earlier = load(name, namespace)?;
+    if let Some(old_pid) = earlier.as_ref().and_then(|c| c.pid) {
         stop(old_pid);
     }
     if args.print {
-        print!("{}", serde_saphyr::to_string(&config)?);
+        print!("{}", super::values::to_yaml(&config)?);
         save(&Connection {
             name: name.into(),
             namespace: namespace.into(),
@@ -261,12 +260,14 @@ async fn connect(host: &Host, args: &ConnectArgs, namespace: &str) -> Result<()>
 
     let path = kubeconfig_path(&args.kube_config)?;
     let mut user = read_kubeconfig(&path)?;
+    // Reconnecting from the cluster's own context keeps the context to go back to.
     let previous = user["current-context"]
         .as_str()
         .filter(|c| !c.is_empty() && *c != context)
-        .map(str::to_string);
+        .map(str::to_string)
+        .or_else(|| earlier.and_then(|c| c.previous_context));
     merge_context(&mut user, &config, &context, args.update_current);
-    write_private(&path, &serde_saphyr::to_string(&user)?)?;
+    write_private(&path, &super::values::to_yaml(&user)?)?;
     save(&Connection {
         name: name.into(),
         namespace: namespace.into(),
@@ -440,7 +441,7 @@ pub async fn disconnect(args: DisconnectArgs) -> Result<()> {
     }
     remove_context(&mut user, &connection.context);
     user["current-context"] = json!(connection.previous_context.clone().unwrap_or_default());
-    write_private(&path, &serde_saphyr::to_string(&user)?)?;
+    write_private(&path, &super::values::to_yaml(&user)?)?;
     let _ = std::fs::remove_file(record_path(&connection.name, &connection.namespace)?);
     eprintln!(
         "disconnected from virtual cluster {}; current context: {}",
@@ -467,7 +468,7 @@ pub fn forget(name: &str, namespace: &str) -> Result<()> {
                 json!(connection.previous_context.clone().unwrap_or_default());
         }
         remove_context(&mut user, &connection.context);
-        write_private(path, &serde_saphyr::to_string(&user)?)?;
+        write_private(path, &super::values::to_yaml(&user)?)?;
     }
     let _ = std::fs::remove_file(record_path(name, namespace)?);
     Ok(())

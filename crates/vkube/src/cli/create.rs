@@ -61,6 +61,7 @@ pub async fn run(args: CreateArgs) -> Result<()> {
     values::merge(&mut merged, config.clone());
     // Bad values fail here, before anything reaches the host.
     render::validate(&merged)?;
+    check_config(&merged)?;
     if args.dry_run {
         let ca = generate_ca()?;
         let rendered = render::render(&args.name, &namespace, &merged, &ca)?;
@@ -160,6 +161,20 @@ pub async fn run(args: CreateArgs) -> Result<()> {
         super::connect::connect_after_create(&host, name, &namespace).await?;
     } else {
         eprintln!("connect with: vkube connect {name} -n {namespace}");
+    }
+    Ok(())
+}
+
+/// The values as `vkube serve` will read them (the chart mounts them as its `--config`): what
+/// it would refuse at start is refused here, before anything is applied.
+fn check_config(merged: &Value) -> Result<()> {
+    let yaml = values::to_yaml(merged)?;
+    let config = crate::config::parse(&yaml, std::path::Path::new("the values"))?;
+    let mut flags = vkube_auth::oidc::Flags::default();
+    for arg in &config.api_server_args {
+        flags
+            .set(arg)
+            .map_err(|e| anyhow::anyhow!("controlPlane.distro.k8s.apiServer.extraArgs: {e}"))?;
     }
     Ok(())
 }
@@ -288,6 +303,12 @@ pub async fn wait_ready(
             progress.done(format!("{replicas} pod(s) scheduled"));
             scheduled_reported = true;
         }
+        if let Some((pod_name, why)) = pods.iter().find_map(crash_looping) {
+            let logs = host.previous_logs(namespace, &pod_name).await;
+            bail!(
+                "replica {pod_name} keeps failing ({why}); its last log lines:\n{logs}\n(see `kubectl -n {namespace} logs {pod_name} --previous`; fix the values and run `vkube create {name} -n {namespace} --upgrade`)"
+            );
+        }
         for pod in &pods {
             let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
             let Some(ordinal) = pod_name
@@ -333,4 +354,18 @@ pub async fn wait_ready(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// A pod whose container is in CrashLoopBackOff after failing twice: waiting longer will not help.
+fn crash_looping(pod: &k8s_openapi::api::core::v1::Pod) -> Option<(String, String)> {
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    statuses.iter().find_map(|c| {
+        let waiting = c.state.as_ref()?.waiting.as_ref()?;
+        (waiting.reason.as_deref() == Some("CrashLoopBackOff") && c.restart_count >= 2).then(|| {
+            (
+                pod.metadata.name.clone().unwrap_or_default(),
+                format!("CrashLoopBackOff, {} restarts", c.restart_count),
+            )
+        })
+    })
 }

@@ -111,6 +111,20 @@ impl Host {
         ))
     }
 
+    /// The last lines a pod's container wrote before its last restart (for a crash's message).
+    pub async fn previous_logs(&self, namespace: &str, pod: &str) -> String {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let params = kube::api::LogParams {
+            previous: true,
+            tail_lines: Some(8),
+            ..Default::default()
+        };
+        match pods.logs(pod, &params).await {
+            Ok(text) => text.trim_end().to_string(),
+            Err(e) => format!("(no logs: {e})"),
+        }
+    }
+
     /// The virtual cluster's control-plane pods, by ordinal.
     pub async fn control_plane_pods(&self, namespace: &str, name: &str) -> Result<Vec<Pod>> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);

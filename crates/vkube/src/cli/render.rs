@@ -82,8 +82,7 @@ pub fn render(name: &str, namespace: &str, values: &Value, ca: &CaPair) -> Resul
     let r = Reader(values);
     let labels = json!({"app": "vkube", "release": name});
     let meta = |object_name: String| json!({"name": object_name, "namespace": namespace, "labels": labels.clone()});
-    let config_yaml =
-        serde_saphyr::to_string(values).map_err(|e| anyhow::anyhow!("the values as YAML: {e}"))?;
+    let config_yaml = super::values::to_yaml(values)?;
     let mut out = Vec::new();
     let mut push = |template: &'static str, object: Value| out.push(Rendered { template, object });
 
@@ -397,8 +396,7 @@ fn hex(bytes: &[u8]) -> String {
 pub fn manifest(rendered: &[Rendered]) -> Result<String> {
     let mut out = String::new();
     for item in rendered {
-        let yaml = serde_saphyr::to_string(&item.object)
-            .map_err(|e| anyhow::anyhow!("{} as YAML: {e}", item.template))?;
+        let yaml = super::values::to_yaml(&item.object)?;
         out.push_str(&format!("---\n# Source: vkube/{}\n{}", item.template, yaml));
         if !out.ends_with('\n') {
             out.push('\n');

@@ -29,6 +29,13 @@ pub fn parse_yaml(text: &str, what: &str) -> Result<Value> {
     }
 }
 
+/// YAML as kubectl writes it: plain or quoted scalars, never folded, so that line-based readers
+/// of kubeconfigs and manifests see each value on its key's line.
+pub fn to_yaml(value: &impl serde::Serialize) -> Result<String> {
+    let options = serde_saphyr::ser_options! { prefer_block_scalars: false };
+    serde_saphyr::to_string_with_options(value, options).map_err(|e| anyhow::anyhow!("as YAML: {e}"))
+}
+
 /// The user's values: every `-f` file in order, then every `--set` (Helm's order). This is what
 /// the release records as its `config`.
 pub fn user_values(files: &[impl AsRef<Path>], sets: &[String]) -> Result<Value> {
