@@ -423,20 +423,37 @@ where
 {
     tokio::spawn(async move {
         let mut rx = elector.subscribe();
-        let mut running: Vec<tokio::task::AbortHandle> = Vec::new();
+        // Aborted with this task too (a shutdown aborts it before releasing the lease): the
+        // leader-only work must not outlive it, or it would overlap the next leader's.
+        let mut running = AbortOnDrop(Vec::new());
         loop {
             let leading = *rx.borrow_and_update();
-            if leading && running.is_empty() {
-                running = work();
+            if leading && running.0.is_empty() {
+                running.0 = work();
             } else if !leading {
-                running.drain(..).for_each(|h| h.abort());
+                running.abort_all();
             }
             if rx.changed().await.is_err() {
-                running.drain(..).for_each(|h| h.abort());
+                running.abort_all();
                 return;
             }
         }
     })
+}
+
+/// Tasks that are aborted when this is dropped.
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl AbortOnDrop {
+    fn abort_all(&mut self) {
+        self.0.drain(..).for_each(|h| h.abort());
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.abort_all();
+    }
 }
 
 #[cfg(test)]
@@ -759,5 +776,34 @@ mod tests {
             b.try_acquire_or_renew().await.unwrap(),
             "a released lease needs no waiting out"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn aborting_the_leader_loop_aborts_the_leader_only_work() {
+        // A graceful shutdown aborts the loop before it releases the lease: the work it started
+        // must end with it, not run on beside the next leader's.
+        let a = Elector::new(MemoryStore::new(), "vkube-0".into(), Timing::default());
+        a.start();
+        while !a.is_leader() {
+            advance(0.01).await;
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let looped = while_leader(a.clone(), move || {
+            let tx = tx.clone();
+            vec![
+                tokio::spawn(async move {
+                    let _tx = tx;
+                    std::future::pending::<()>().await
+                })
+                .abort_handle(),
+            ]
+        });
+        advance(0.01).await;
+        assert!(a.is_leader());
+        looped.abort();
+        // Every sender is gone only once the work was aborted.
+        tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .expect("the leader-only work was aborted with its loop");
     }
 }

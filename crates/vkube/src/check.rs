@@ -86,7 +86,9 @@ impl KubeconfigEntries {
 }
 
 fn text_of(v: &serde_json::Value) -> Option<String> {
-    v.as_str().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    v.as_str()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 fn decoded(v: &serde_json::Value, name: &str) -> Result<Vec<u8>> {
@@ -649,7 +651,10 @@ mod kubeconfig_tests {
         let text = "apiVersion: v1\nkind: Config\ncurrent-context: b\nclusters:\n- name: a\n  cluster: {server: 'https://a'}\n- name: cb\n  cluster:\n    server: https://b:6443\n    certificate-authority-data: >-\n      QUJD\nusers:\n- name: ub\n  user:\n    token: \"t0k\"\ncontexts:\n- name: a\n  context: {cluster: a, user: ub}\n- name: b\n  context: {cluster: cb, user: ub}\n";
         let e = KubeconfigEntries::parse(text, std::path::Path::new("kc")).unwrap();
         assert_eq!(text_of(&e.cluster["server"]).unwrap(), "https://b:6443");
-        assert_eq!(decoded(&e.cluster["certificate-authority-data"], "ca").unwrap(), b"ABC");
+        assert_eq!(
+            decoded(&e.cluster["certificate-authority-data"], "ca").unwrap(),
+            b"ABC"
+        );
         assert_eq!(text_of(&e.user["token"]).unwrap(), "t0k");
     }
 }
