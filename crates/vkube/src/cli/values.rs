@@ -33,7 +33,8 @@ pub fn parse_yaml(text: &str, what: &str) -> Result<Value> {
 /// of kubeconfigs and manifests see each value on its key's line.
 pub fn to_yaml(value: &impl serde::Serialize) -> Result<String> {
     let options = serde_saphyr::ser_options! { prefer_block_scalars: false };
-    serde_saphyr::to_string_with_options(value, options).map_err(|e| anyhow::anyhow!("as YAML: {e}"))
+    serde_saphyr::to_string_with_options(value, options)
+        .map_err(|e| anyhow::anyhow!("as YAML: {e}"))
 }
 
 /// The user's values: every `-f` file in order, then every `--set` (Helm's order). This is what
