@@ -169,6 +169,16 @@ pub fn render(name: &str, namespace: &str, values: &Value, ca: &CaPair) -> Resul
     Ok(out)
 }
 
+/// The chart's `appVersion` (chart/Chart.yaml), the image tag when `image.tag` is empty.
+fn app_version() -> Result<String> {
+    let chart: Value = serde_saphyr::from_str(include_str!("../../../../chart/Chart.yaml"))
+        .map_err(|e| anyhow::anyhow!("chart/Chart.yaml: {e}"))?;
+    match &chart["appVersion"] {
+        Value::String(s) if !s.is_empty() => Ok(s.clone()),
+        other => bail!("chart/Chart.yaml: appVersion is {other}, not a version"),
+    }
+}
+
 fn stateful_set(
     name: &str,
     namespace: &str,
@@ -181,11 +191,12 @@ fn stateful_set(
     let ss = "controlPlane.statefulSet";
     let store = Store::of(values)?;
     let registry = r.string(&format!("{ss}.image.registry"))?;
-    let repository_tag = format!(
-        "{}:{}",
-        r.string(&format!("{ss}.image.repository"))?,
-        r.string(&format!("{ss}.image.tag"))?
-    );
+    // `tag | default .Chart.AppVersion`: an empty or absent tag is the chart's appVersion.
+    let mut tag = r.string(&format!("{ss}.image.tag"))?;
+    if tag.is_empty() {
+        tag = app_version()?;
+    }
+    let repository_tag = format!("{}:{tag}", r.string(&format!("{ss}.image.repository"))?);
     let image = if registry.is_empty() {
         repository_tag
     } else {
@@ -510,6 +521,26 @@ mod tests {
         assert_eq!(
             err,
             "controlPlane.backingStore: enable one store, not several"
+        );
+    }
+
+    #[test]
+    fn an_empty_or_null_tag_is_the_charts_app_version() {
+        let image = |set: &str| {
+            let r = render("x", "ns", &with(&[set]), &ca()).unwrap();
+            r.last().unwrap().object["spec"]["template"]["spec"]["containers"][0]["image"].clone()
+        };
+        assert_eq!(
+            image("controlPlane.statefulSet.image.tag="),
+            "vkube.local/vkube:dev"
+        );
+        assert_eq!(
+            image("controlPlane.statefulSet.image.tag=null"),
+            "vkube.local/vkube:dev"
+        );
+        assert_eq!(
+            image("controlPlane.statefulSet.image.tag=v2"),
+            "vkube.local/vkube:v2"
         );
     }
 
