@@ -331,7 +331,7 @@ host_down() {
     crictl_ stopp $(crictl_ pods -q 2>/dev/null) >/dev/null 2>&1 || true
     crictl_ rmp -f -a >/dev/null 2>&1 || true
   fi
-  for name in kube-proxy coredns kube-scheduler kube-controller-manager containerd kube-apiserver etcd; do
+  for name in hostpath-modes kube-proxy coredns kube-scheduler kube-controller-manager containerd kube-apiserver etcd; do
     stop_pid "$name" "$(pid_of "$name")"
   done
   machine_cleanup

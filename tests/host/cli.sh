@@ -8,7 +8,9 @@ CLI_KUBECONFIG=$DIR/cli.kubeconfig
 mkdir -p "$CLI_HOME"
 cp "$DIR/kubeconfig" "$CLI_KUBECONFIG"
 HOST_CONTEXT=$(kubectl --kubeconfig "$CLI_KUBECONFIG" config current-context)
-HELM_BIN=${VKUBE_UPSTREAM_CACHE:-$HOME/.cache/vkube/upstream}/bin/helm
+# A real helm (helm.sh/helm/v4 from the Go module proxy, cached): it must read vkube's release.
+HELM_BIN=$("$ROOT/scripts/build-upstream" helm 2>"$DIR/build-helm.log" | tail -n1)
+h() { "$HELM_BIN" --kubeconfig "$DIR/kubeconfig" "$@"; }
 # c ARGS...: the vkube CLI as the user runs it; ck: kubectl on whatever context is current.
 c() { KUBECONFIG=$CLI_KUBECONFIG HOME=$CLI_HOME "$VKUBE_BIN" "$@"; }
 ck() { kubectl --kubeconfig "$CLI_KUBECONFIG" "$@"; }
@@ -30,10 +32,9 @@ t_cli_create() {
   ck get namespace default >/dev/null
   [ "$(ck auth whoami -o jsonpath='{.status.userInfo.username}')" = kubernetes-admin ]
   # The release is Helm's: helm lists it, deployed, of chart vkube.
-  if [ -x "$HELM_BIN" ]; then
-    "$HELM_BIN" --kubeconfig "$DIR/kubeconfig" list -n vkube-one -o json | jq -e '.[0] | .name == "one" and .status == "deployed" and .chart == "vkube-0.1.0"' >/dev/null \
-      || { "$HELM_BIN" --kubeconfig "$DIR/kubeconfig" list -n vkube-one; return 1; }
-  fi
+  [ -x "$HELM_BIN" ] || { echo "no helm: $(tail -3 "$DIR/build-helm.log")"; return 1; }
+  h list -n vkube-one -o json | jq -e '.[0] | .name == "one" and .status == "deployed" and .chart == "vkube-0.1.0" and .revision == "1"' >/dev/null \
+    || { h list -n vkube-one; return 1; }
 }
 check "vkube create one: progress step by step, a Helm release, connected as the current context" t_cli_create
 
@@ -60,6 +61,29 @@ t_cli_list() {
   c list -o json | jq -e '.[] | select(.name == "one") | .status == "Running" and .connected == true' >/dev/null
 }
 check "vkube list: NAME NAMESPACE STATUS VERSION CONNECTED AGE, as a table and as JSON" t_cli_list
+
+t_cli_upgrade() {
+  # A changed value: revision 2 (the first superseded, as helm upgrade leaves it), the pod rolls
+  # and comes back ready, and the CA is kept, so the connected context still works.
+  c create one --upgrade --connect=false --set controlPlane.statefulSet.pods.labels.tier=gold >/dev/null 2>&1 || return 1
+  h history one -n vkube-one -o json | jq -e 'length == 2 and .[0].status == "superseded" and .[1].status == "deployed"' >/dev/null \
+    || { h history one -n vkube-one; return 1; }
+  h get values one -n vkube-one -o json | jq -e '.controlPlane.statefulSet.pods.labels.tier == "gold"' >/dev/null
+  until_true 120 bash -c "[ \"\$(kubectl --kubeconfig '$DIR/kubeconfig' -n vkube-one get pods -l tier=gold -o jsonpath='{.items[0].status.conditions[?(@.type==\"Ready\")].status}')\" = True ]"
+  until_true 30 ck get deployment web >/dev/null 2>&1
+}
+check "vkube create --upgrade: Helm revision 2 (the first superseded), the pod rolls, the CA and the connection hold" t_cli_upgrade
+
+t_cli_helm_uninstall() {
+  # A release vkube made, removed by helm itself.
+  c create two --connect=false >/dev/null 2>&1 || return 1
+  h uninstall two -n vkube-two --wait --timeout 120s >/dev/null || return 1
+  [ -z "$(k -n vkube-two get statefulset,service,secret,serviceaccount,role,rolebinding -l release=two -o name 2>/dev/null)" ] \
+    || { k -n vkube-two get all,secret -l release=two; return 1; }
+  [ -z "$(k -n vkube-two get secret -l owner=helm -o name)" ]
+  k delete namespace vkube-two --wait=false >/dev/null
+}
+check "helm uninstall removes a virtual cluster vkube create made" t_cli_helm_uninstall
 
 t_cli_idle_rss() {
   # The kubelet's own figure for the vkube pod (its summary API: the working set, what `kubectl
@@ -131,4 +155,4 @@ source "$ROOT/tests/host/ha.sh"
 
 # Whatever a failed test left: the port forwards `vkube connect` started, the clusters it made.
 pkill -f "$VKUBE_BIN port-forward-daemon" 2>/dev/null
-for ns in vkube-one vkube-ha; do k delete namespace "$ns" --wait=false >/dev/null 2>&1; done
+for ns in vkube-one vkube-two vkube-ha; do k delete namespace "$ns" --wait=false >/dev/null 2>&1; done
