@@ -78,9 +78,11 @@ t_cli_helm_uninstall() {
   # A release vkube made, removed by helm itself.
   c create two --connect=false >/dev/null 2>&1 || return 1
   h uninstall two -n vkube-two --wait --timeout 120s >/dev/null || return 1
-  [ -z "$(k -n vkube-two get statefulset,service,secret,serviceaccount,role,rolebinding -l release=two -o name 2>/dev/null)" ] \
+  [ -z "$(k -n vkube-two get statefulset,service,serviceaccount,role,rolebinding -l release=two -o name 2>/dev/null)" ] \
     || { k -n vkube-two get all,secret -l release=two; return 1; }
   [ -z "$(k -n vkube-two get secret -l owner=helm -o name)" ]
+  # The kubeconfig Secret vkube published is owned by the release's Service: the host's GC takes it.
+  until_true 60 bash -c "[ -z \"\$(kubectl --kubeconfig '$DIR/kubeconfig' -n vkube-two get secret vc-two -o name 2>/dev/null)\" ]"
   k delete namespace vkube-two --wait=false >/dev/null
 }
 check "helm uninstall removes a virtual cluster vkube create made" t_cli_helm_uninstall

@@ -69,10 +69,26 @@ impl Publisher {
         .into_iter()
         .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
         .collect();
+        // Owned by the front Service (the chart's), so that whatever removes the release
+        // (`vkube delete`, `helm uninstall`) takes the credentials with it, through the host's GC.
+        let services: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let owner = services.get_opt(&self.name).await?.and_then(|s| {
+            Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "v1".into(),
+                    kind: "Service".into(),
+                    name: self.name.clone(),
+                    uid: s.metadata.uid?,
+                    ..Default::default()
+                },
+            )
+        });
         let mut secret = Secret {
             metadata: kube::api::ObjectMeta {
                 name: Some(secret_name.clone()),
                 namespace: Some(self.namespace.clone()),
+                owner_references: owner.map(|o| vec![o]),
                 labels: Some(
                     [
                         ("app".to_string(), "vkube".to_string()),

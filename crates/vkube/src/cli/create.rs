@@ -107,7 +107,8 @@ pub async fn run(args: CreateArgs) -> Result<()> {
     let rendered = render::render(name, &namespace, &merged, &ca)?;
     progress.waiting("applying objects");
     for item in &rendered {
-        host.apply(&item.object).await?;
+        host.apply(&helm_owned(&item.object, name, &namespace))
+            .await?;
     }
     let manifest = render::manifest(&rendered)?;
     // An upgrade that drops an object (a ClusterRole no longer asked for) deletes it.
@@ -222,6 +223,17 @@ async fn existing_ca(host: &Host, namespace: &str, name: &str) -> Result<Option<
         (Some(cert_pem), Some(key_pem)) => Some(CaPair { cert_pem, key_pem }),
         _ => None,
     })
+}
+
+/// An object as `helm install` applies it: the manifest's object plus the ownership metadata
+/// Helm adds (and `helm upgrade` and `helm uninstall` check before touching an object).
+fn helm_owned(object: &Value, release: &str, namespace: &str) -> Value {
+    let mut object = object.clone();
+    let meta = &mut object["metadata"];
+    meta["labels"]["app.kubernetes.io/managed-by"] = json!("Helm");
+    meta["annotations"]["meta.helm.sh/release-name"] = json!(release);
+    meta["annotations"]["meta.helm.sh/release-namespace"] = json!(namespace);
+    object
 }
 
 fn generate_ca() -> Result<CaPair> {
