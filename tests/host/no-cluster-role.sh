@@ -45,9 +45,12 @@ EOF
   # cluster's version as kubelet version, vcluster's capacity.
   version=$(ro get --raw /version | sed -n 's/.*"gitVersion": *"\([^"]*\)".*/\1/p')
   local got want
-  got=$(ro get node "$NODE_NAME" -o jsonpath='{.metadata.labels.vcluster\.loft\.sh/fake-node} {.metadata.labels.kubernetes\.io/hostname} {.metadata.labels.kubernetes\.io/os} {.status.conditions[?(@.type=="Ready")].status} {.status.addresses[?(@.type=="InternalIP")].address} {.status.nodeInfo.kubeletVersion} {.status.capacity.cpu} {.status.capacity.pods}')
+  fake_node() { ro get node "$NODE_NAME" -o jsonpath='{.metadata.labels.vcluster\.loft\.sh/fake-node} {.metadata.labels.kubernetes\.io/hostname} {.metadata.labels.kubernetes\.io/os} {.status.conditions[?(@.type=="Ready")].status} {.status.addresses[?(@.type=="InternalIP")].address} {.status.nodeInfo.kubeletVersion} {.status.capacity.cpu} {.status.capacity.pods}'; }
   want="true fake-$NODE_NAME linux True $(ro get pod ro-pod -o jsonpath='{.status.hostIP}') $version 16 110"
-  [ "$got" = "$want" ] || { echo "fake node: '$got', want '$want'"; ro get node "$NODE_NAME" -o yaml; return 1; }
+  # The node's status follows its pods (the InternalIP is the host pod's hostIP, which may come
+  # after the node was made): it converges within the syncer's 10 s loop.
+  fake_node_ok() { [ "$(fake_node)" = "$want" ]; }
+  until_true 30 fake_node_ok || { echo "fake node: '$(fake_node)', want '$want'"; return 1; }
   # Its heartbeat is kept current (renewed at 20 s; the loop runs every 10 s).
   local beat; beat=$(ro get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}')
   renewed() { [ "$(ro get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}')" != "$beat" ]; }
