@@ -486,30 +486,7 @@ pub async fn run(args: CheckArgs) -> Result<bool> {
             cells
         })
         .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            table
-                .iter()
-                .map(|r| r[i].len())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: &[String]| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("   ")
-            .trim_end()
-            .to_string()
-    };
-    println!("{}", line(&header));
-    for r in &table {
-        println!("{}", line(r));
-    }
+    print_table(&header, &table);
     // Disagreements: any column that should be equal, and readiness.
     let mut odd = Vec::new();
     for (i, name) in [(1, "version"), (5, "fingerprint"), (6, "whoami")]
@@ -656,5 +633,32 @@ mod kubeconfig_tests {
             b"ABC"
         );
         assert_eq!(text_of(&e.user["token"]).unwrap(), "t0k");
+    }
+}
+
+/// Prints a kubectl-style table: left-aligned columns three spaces apart, no trailing blanks.
+pub fn print_table(header: &[String], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i).map(String::len))
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("   ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(header));
+    for r in rows {
+        println!("{}", line(r));
     }
 }

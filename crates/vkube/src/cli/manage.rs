@@ -130,12 +130,14 @@ pub async fn list(args: ListArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    let header = ["NAME", "NAMESPACE", "STATUS", "VERSION", "CONNECTED", "AGE"];
-    let table: Vec<[String; 6]> = rows
+    let header: Vec<String> = ["NAME", "NAMESPACE", "STATUS", "VERSION", "CONNECTED", "AGE"]
+        .map(str::to_string)
+        .to_vec();
+    let table: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
-            [
+            vec![
                 s("name"),
                 s("namespace"),
                 s("status"),
@@ -150,33 +152,7 @@ pub async fn list(args: ListArgs) -> Result<()> {
             ]
         })
         .collect();
-    let widths: Vec<usize> = (0..6)
-        .map(|i| {
-            table
-                .iter()
-                .map(|r| r[i].len())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: &[&str]| {
-        cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect::<Vec<_>>()
-            .join("   ")
-            .trim_end()
-            .to_string()
-    };
-    println!("{}", line(&header));
-    for r in &table {
-        println!(
-            "{}",
-            line(&r.iter().map(String::as_str).collect::<Vec<_>>())
-        );
-    }
+    crate::check::print_table(&header, &table);
     Ok(())
 }
 
