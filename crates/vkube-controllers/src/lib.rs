@@ -1,0 +1,98 @@
+#![forbid(unsafe_code)]
+//! kube-controller-manager's job for a virtual cluster: the workload controllers (Deployment,
+//! ReplicaSet, ReplicationController, StatefulSet, DaemonSet, Job, CronJob, TTL after finished).
+//!
+//! They are clients of the API and nothing else: every read and write goes through a
+//! [`kube::Client`], so what they write passes authentication, RBAC, admission (quota),
+//! validation, defaulting and managedFields like any client's write. The binary gives them an
+//! in-process client that calls the server's request path as each controller's service account
+//! (`system:serviceaccount:kube-system:deployment-controller`, …), as kube-controller-manager
+//! runs with `--use-service-account-credentials`. Tests give them a fake API
+//! ([`testing`]). They run on the leader only; the binary starts and stops them.
+//!
+//! One runner ([`runner`]) drives each of them: kube's `Controller` (a queue that de-duplicates
+//! keys, fed by watches that the server answers from its shared hub), with per-key exponential
+//! backoff on errors, periodic resync and `workers` concurrent reconciles.
+
+use std::sync::Arc;
+
+pub mod clock;
+pub mod pods;
+pub mod runner;
+#[cfg(test)]
+pub(crate) mod testing;
+
+mod cronjob;
+mod daemonset;
+mod deployment;
+mod job;
+mod replicaset;
+mod statefulset;
+mod ttl_after_finished;
+
+pub use clock::{Clock, SystemClock};
+
+/// The controllers of this crate by kube-controller-manager's names (`--controllers`), each
+/// with the kube-system service account it runs as, as upstream names them.
+pub const CONTROLLERS: &[(&str, &str)] = &[
+    ("deployment", "deployment-controller"),
+    ("replicaset", "replicaset-controller"),
+    ("replicationcontroller", "replication-controller"),
+    ("statefulset", "statefulset-controller"),
+    ("daemonset", "daemon-set-controller"),
+    ("job", "job-controller"),
+    ("cronjob", "cronjob-controller"),
+    ("ttl-after-finished", "ttl-after-finished-controller"),
+];
+
+/// What a controller runs with.
+#[derive(Clone)]
+pub struct Context {
+    /// The API, as this controller's service account.
+    pub client: kube::Client,
+    /// Wall-clock time for the fields the API writes (`startTime`, `lastScheduleTime`, …).
+    pub clock: Arc<dyn Clock>,
+    /// Concurrent reconciles (kube-controller-manager's `--concurrent-*-syncs`).
+    pub workers: u16,
+    /// Every object is reconciled again this often, events or not.
+    pub resync: std::time::Duration,
+}
+
+impl Context {
+    pub fn new(client: kube::Client) -> Self {
+        Self {
+            client,
+            clock: Arc::new(SystemClock),
+            workers: 5,
+            resync: std::time::Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    /// The object cannot be acted on as written (a bad selector, …): retried only on change.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Starts controller `name` (one of [`CONTROLLERS`]); `None` for an unknown name.
+pub fn start(name: &str, ctx: Context) -> Option<tokio::task::JoinHandle<()>> {
+    let ctx = Arc::new(ctx);
+    let run: futures_util::future::BoxFuture<'static, ()> = match name {
+        "deployment" => Box::pin(deployment::run(ctx)),
+        "replicaset" => Box::pin(replicaset::run_replicasets(ctx)),
+        "replicationcontroller" => Box::pin(replicaset::run_replication_controllers(ctx)),
+        "statefulset" => Box::pin(statefulset::run(ctx)),
+        "daemonset" => Box::pin(daemonset::run(ctx)),
+        "job" => Box::pin(job::run(ctx)),
+        "cronjob" => Box::pin(cronjob::run(ctx)),
+        "ttl-after-finished" => Box::pin(ttl_after_finished::run(ctx)),
+        _ => return None,
+    };
+    Some(tokio::spawn(run))
+}

@@ -1,0 +1,1 @@
+//! Placeholder until the controller's e2e tests land.
