@@ -1,8 +1,9 @@
 //! Upstream's bootstrap RBAC policy (the part a tenant cluster needs), reconciled at start:
 //! cluster-admin, the aggregated admin/edit/view roles and what they aggregate, discovery,
 //! basic-user, public-info-viewer, monitoring and the service-account issuer documents, with
-//! their ClusterRoleBindings. Objects carry `rbac.authorization.kubernetes.io/autoupdate: "true"`;
-//! one a user set to "false" is left alone.
+//! their ClusterRoleBindings, and kube-controller-manager's `system:controller:*` roles bound to
+//! its controllers' service accounts ([`super::controller_roles`]). Objects carry
+//! `rbac.authorization.kubernetes.io/autoupdate: "true"`; one a user set to "false" is left alone.
 
 use serde_json::{Value, json};
 
@@ -52,6 +53,12 @@ const AGG: &str = "rbac.authorization.k8s.io/aggregate-to-";
 
 /// The bootstrap ClusterRoles.
 pub fn cluster_roles() -> Vec<Value> {
+    let mut roles = basic_cluster_roles();
+    roles.extend(super::controller_roles::cluster_roles());
+    roles
+}
+
+fn basic_cluster_roles() -> Vec<Value> {
     let health = ["/healthz", "/livez", "/readyz", "/version", "/version/"];
     vec![
         cluster_role(
@@ -312,6 +319,12 @@ pub fn cluster_roles() -> Vec<Value> {
 
 /// The bootstrap ClusterRoleBindings.
 pub fn cluster_role_bindings() -> Vec<Value> {
+    let mut bindings = basic_cluster_role_bindings();
+    bindings.extend(super::controller_roles::cluster_role_bindings());
+    bindings
+}
+
+fn basic_cluster_role_bindings() -> Vec<Value> {
     vec![
         binding("cluster-admin", "cluster-admin", &["system:masters"]),
         binding(

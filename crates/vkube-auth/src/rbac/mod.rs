@@ -5,6 +5,7 @@
 //! the bindings of the user, its groups and its service account.
 
 pub mod bootstrap;
+pub mod controller_roles;
 pub mod rules;
 
 use std::collections::{BTreeSet, HashMap};

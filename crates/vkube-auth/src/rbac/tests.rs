@@ -176,3 +176,258 @@ fn reconciling_adds_and_respects_opt_out() {
     have["metadata"]["annotations"][bootstrap::AUTOUPDATE] = json!("false");
     assert!(bootstrap::reconcile(&have, want).is_none());
 }
+
+/// The rules of upstream's `testdata/controller-roles.yaml` for the workload controllers.
+fn upstream_controller_rules(name: &str) -> serde_json::Value {
+    let events = json!({"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]});
+    let r = |groups: &[&str], resources: &[&str], verbs: &[&str]| json!({"apiGroups": groups, "resources": resources, "verbs": verbs});
+    let ae = ["apps", "extensions"];
+    json!(match name {
+        "deployment-controller" => vec![
+            r(&ae, &["deployments"], &["get", "list", "update", "watch"]),
+            r(&ae, &["deployments/status"], &["update"]),
+            r(&ae, &["deployments/finalizers"], &["update"]),
+            r(
+                &ae,
+                &["replicasets"],
+                &[
+                    "create", "delete", "get", "list", "patch", "update", "watch"
+                ]
+            ),
+            r(&[""], &["pods"], &["get", "list", "update", "watch"]),
+            events,
+        ],
+        "replicaset-controller" => vec![
+            r(&ae, &["replicasets"], &["get", "list", "update", "watch"]),
+            r(&ae, &["replicasets/status"], &["update"]),
+            r(&ae, &["replicasets/finalizers"], &["update"]),
+            r(
+                &[""],
+                &["pods"],
+                &["create", "delete", "list", "patch", "watch"]
+            ),
+            events,
+        ],
+        "replication-controller" => vec![
+            r(
+                &[""],
+                &["replicationcontrollers"],
+                &["get", "list", "update", "watch"]
+            ),
+            r(&[""], &["replicationcontrollers/status"], &["update"]),
+            r(&[""], &["replicationcontrollers/finalizers"], &["update"]),
+            r(
+                &[""],
+                &["pods"],
+                &["create", "delete", "list", "patch", "watch"]
+            ),
+            events,
+        ],
+        "statefulset-controller" => vec![
+            r(&[""], &["pods"], &["list", "watch"]),
+            r(&["apps"], &["statefulsets"], &["get", "list", "watch"]),
+            r(&["apps"], &["statefulsets/status"], &["update"]),
+            r(&["apps"], &["statefulsets/finalizers"], &["update"]),
+            r(
+                &[""],
+                &["pods"],
+                &["create", "delete", "get", "patch", "update"]
+            ),
+            r(
+                &["apps"],
+                &["controllerrevisions"],
+                &[
+                    "create", "delete", "get", "list", "patch", "update", "watch"
+                ]
+            ),
+            r(
+                &[""],
+                &["persistentvolumeclaims"],
+                &["create", "get", "list", "watch"]
+            ),
+            r(&[""], &["persistentvolumeclaims"], &["delete", "update"]),
+            r(&[""], &["pods/finalizers"], &["update"]),
+            events,
+        ],
+        "daemon-set-controller" => vec![
+            r(&ae, &["daemonsets"], &["get", "list", "watch"]),
+            r(&ae, &["daemonsets/status"], &["update"]),
+            r(&ae, &["daemonsets/finalizers"], &["update"]),
+            r(&[""], &["nodes"], &["list", "watch"]),
+            r(
+                &[""],
+                &["pods"],
+                &["create", "delete", "list", "patch", "watch"]
+            ),
+            r(&[""], &["pods/binding"], &["create"]),
+            r(
+                &["apps"],
+                &["controllerrevisions"],
+                &[
+                    "create", "delete", "get", "list", "patch", "update", "watch"
+                ]
+            ),
+            events,
+        ],
+        "job-controller" => vec![
+            r(
+                &["batch"],
+                &["jobs"],
+                &["get", "list", "patch", "update", "watch"]
+            ),
+            r(&["batch"], &["jobs/status"], &["update"]),
+            r(&["batch"], &["jobs/finalizers"], &["update"]),
+            r(
+                &[""],
+                &["pods"],
+                &["create", "delete", "list", "patch", "watch"]
+            ),
+            events,
+        ],
+        "cronjob-controller" => vec![
+            r(
+                &["batch"],
+                &["cronjobs"],
+                &["get", "list", "update", "watch"]
+            ),
+            r(
+                &["batch"],
+                &["jobs"],
+                &[
+                    "create", "delete", "get", "list", "patch", "update", "watch"
+                ]
+            ),
+            r(&["batch"], &["cronjobs/status"], &["update"]),
+            r(&["batch"], &["cronjobs/finalizers"], &["update"]),
+            r(&[""], &["pods"], &["delete", "list", "watch"]),
+            events,
+        ],
+        "ttl-after-finished-controller" => vec![
+            r(&["batch"], &["jobs"], &["delete", "get", "list", "watch"]),
+            events,
+        ],
+        other => panic!("no upstream rules recorded for {other}"),
+    })
+}
+
+#[test]
+fn controller_roles_are_upstreams() {
+    let roles = bootstrap::cluster_roles();
+    let bindings = bootstrap::cluster_role_bindings();
+    let workload = [
+        "deployment-controller",
+        "replicaset-controller",
+        "replication-controller",
+        "statefulset-controller",
+        "daemon-set-controller",
+        "job-controller",
+        "cronjob-controller",
+        "ttl-after-finished-controller",
+    ];
+    for sa in workload {
+        let name = format!("system:controller:{sa}");
+        let role = roles
+            .iter()
+            .find(|r| r["metadata"]["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(role["rules"], upstream_controller_rules(sa), "{name}");
+        assert_eq!(
+            role["metadata"]["annotations"][bootstrap::AUTOUPDATE],
+            "true"
+        );
+        assert_eq!(
+            role["metadata"]["labels"]["kubernetes.io/bootstrapping"],
+            "rbac-defaults"
+        );
+        let binding = bindings
+            .iter()
+            .find(|b| b["metadata"]["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("binding {name} missing"));
+        assert_eq!(
+            binding["roleRef"],
+            json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name})
+        );
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": sa, "namespace": "kube-system"}])
+        );
+    }
+    // Upstream's full list with 1.33's default feature gates, each role bound once.
+    let names: BTreeSet<&str> = roles
+        .iter()
+        .filter_map(|r| r["metadata"]["name"].as_str())
+        .filter_map(|n| n.strip_prefix("system:controller:"))
+        .collect();
+    assert_eq!(names.len(), 35);
+    for n in [
+        "generic-garbage-collector",
+        "namespace-controller",
+        "service-cidrs-controller",
+    ] {
+        assert!(names.contains(n), "{n}");
+    }
+    let bound: BTreeSet<&str> = bindings
+        .iter()
+        .filter_map(|b| b["metadata"]["name"].as_str())
+        .filter_map(|n| n.strip_prefix("system:controller:"))
+        .collect();
+    assert_eq!(bound, names);
+}
+
+#[test]
+fn controllers_may_do_their_job_and_no_more() {
+    let rbac = Rbac::new();
+    for role in bootstrap::cluster_roles() {
+        let name = role["metadata"]["name"].as_str().unwrap().to_string();
+        rbac.apply(&format!("/registry/clusterroles/{name}"), Some(&role));
+    }
+    for b in bootstrap::cluster_role_bindings() {
+        let name = b["metadata"]["name"].as_str().unwrap().to_string();
+        rbac.apply(&format!("/registry/clusterrolebindings/{name}"), Some(&b));
+    }
+    let ds = user(
+        "system:serviceaccount:kube-system:daemon-set-controller",
+        &[
+            "system:serviceaccounts",
+            "system:serviceaccounts:kube-system",
+            "system:authenticated",
+        ],
+    );
+    let at = |verb: &str, group: &str, resource: &str, sub: &str| Attributes {
+        verb: verb.into(),
+        resource_request: true,
+        group: group.into(),
+        resource: resource.into(),
+        subresource: sub.into(),
+        namespace: "team-a".into(),
+        ..Default::default()
+    };
+    for (verb, group, resource, sub) in [
+        ("create", "", "pods", ""),
+        ("delete", "", "pods", ""),
+        ("list", "", "nodes", ""),
+        ("update", "apps", "daemonsets", "status"),
+        ("create", "apps", "controllerrevisions", ""),
+        ("create", "events.k8s.io", "events", ""),
+    ] {
+        assert!(
+            matches!(
+                rbac.authorize(&ds, &at(verb, group, resource, sub)),
+                Decision::Allow(_)
+            ),
+            "{verb} {group}/{resource}/{sub}"
+        );
+    }
+    for (verb, group, resource, sub) in [
+        ("update", "apps", "daemonsets", ""),
+        ("delete", "apps", "daemonsets", ""),
+        ("get", "", "secrets", ""),
+        ("update", "", "pods", "status"),
+    ] {
+        assert_eq!(
+            rbac.authorize(&ds, &at(verb, group, resource, sub)),
+            Decision::Deny,
+            "{verb} {group}/{resource}/{sub}"
+        );
+    }
+}
