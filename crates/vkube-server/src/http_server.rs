@@ -61,11 +61,13 @@ pub struct Config {
 
 /// See [`Config::leader_tasks`].
 #[derive(Clone)]
-pub struct LeaderTask(pub std::sync::Arc<dyn Fn() -> tokio::task::AbortHandle + Send + Sync>);
+pub struct LeaderTask(
+    pub std::sync::Arc<dyn Fn(&crate::router::InProcess) -> tokio::task::AbortHandle + Send + Sync>,
+);
 
 impl LeaderTask {
-    fn start(&self) -> tokio::task::AbortHandle {
-        (self.0)()
+    fn start(&self, api: &crate::router::InProcess) -> tokio::task::AbortHandle {
+        (self.0)(api)
     }
 }
 
@@ -81,7 +83,6 @@ pub const CONTROLLERS: &[&str] = &[
     "customresourcedefinition",
     "resourcequota",
     "garbagecollector",
-    "workloads",
 ];
 
 /// How requests authenticate besides client certificates.
@@ -431,16 +432,14 @@ pub async fn serve(
             if on("garbagecollector") {
                 work.push(crate::gc::start(api.clone()));
             }
-            if on("workloads") {
-                work.push(crate::workloads::start(api.clone()));
-            }
             if let Some(interval) = compaction {
                 work.push(crate::compactor::start(store.clone(), interval));
             }
             // kube-apiserver's allocation repair loops: not controllers, so always on.
             let host_services = api.host_services.is_some();
             work.push(crate::service_repair::start(store.clone(), host_services));
-            work.extend(tasks.iter().map(LeaderTask::start));
+            let in_process = crate::router::InProcess(api.clone());
+            work.extend(tasks.iter().map(|t| t.start(&in_process)));
             work
         })
     };
@@ -490,6 +489,7 @@ pub async fn serve(
                 .and_then(|c| vkube_auth::x509::user_of(c.as_ref()));
             let service = service_fn(move |req| {
                 let (api, user) = (api.clone(), user.clone());
+                let req = req.map(crate::router::RequestBody::Wire);
                 async move { Ok::<_, std::convert::Infallible>(api.handle(user, req).await) }
             });
             let builder = auto::Builder::new(TokioExecutor::new());

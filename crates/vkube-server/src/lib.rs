@@ -34,10 +34,10 @@ mod service_repair;
 mod services;
 mod tls;
 mod watch_stream;
-mod workloads;
 mod yaml;
 
 pub use filters::Limits;
 pub use http_server::{AuthOptions, CONTROLLERS, Config, LeaderTask, ServeError, serve};
 pub use identity::{Ca, CertKey};
 pub use response::Body as ResponseBody;
+pub use router::InProcess;

@@ -51,12 +51,53 @@ pub struct Api {
     pub kubernetes_service: Option<crate::host_services::KubernetesService>,
 }
 
+/// A request's body: from a connection, or from an in-process client ([`InProcess`]).
+pub enum RequestBody {
+    Wire(Incoming),
+    InProcess(http_body_util::Full<Bytes>),
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            RequestBody::Wire(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::InProcess(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Wire(b) => b.is_end_stream(),
+            RequestBody::InProcess(b) => b.is_end_stream(),
+        }
+    }
+}
+
+/// The server's request path for clients in this process (the controllers): a request is served
+/// exactly as one that arrived on a connection whose client certificate names `user`, through
+/// RBAC, the in-flight limits, admission, validation, defaulting and managedFields.
+#[derive(Clone)]
+pub struct InProcess(pub(crate) Arc<Api>);
+
+impl InProcess {
+    pub async fn call(&self, user: vkube_auth::UserInfo, req: Request<Bytes>) -> Response<Body> {
+        let req = req.map(|b| RequestBody::InProcess(http_body_util::Full::new(b)));
+        self.0.clone().handle(Some(user), req).await
+    }
+}
+
 impl Api {
     /// Serves one request and records it in the request metrics.
     pub async fn handle(
         self: Arc<Self>,
         cert_user: Option<vkube_auth::UserInfo>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Response<Body> {
         let started = std::time::Instant::now();
         let method = req.method().clone();
@@ -83,7 +124,7 @@ impl Api {
     async fn serve(
         self: Arc<Self>,
         cert_user: Option<vkube_auth::UserInfo>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Response<Body> {
         let path = req.uri().path().to_string();
         let user = match crate::authn::authenticate(&self, cert_user, req.headers(), &path).await {
@@ -146,6 +187,13 @@ impl Api {
                 .await
             {
                 Ok(Some(_)) => {
+                    let (parts, body) = req.into_parts();
+                    let RequestBody::Wire(body) = body else {
+                        return response::status(&Status::bad_request(
+                            "the kubelet's subresources need a connection",
+                        ));
+                    };
+                    let req = Request::from_parts(parts, body);
                     proxy
                         .0
                         .forward(&info.namespace, &info.name, &info.subresource, req)

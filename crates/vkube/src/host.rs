@@ -223,7 +223,7 @@ pub async fn setup(
             .unwrap_or("(nowhere: give --advertise-address)")
     );
     let sync_services = settings.services;
-    let syncer = vkube_server::LeaderTask(Arc::new(move || {
+    let syncer = vkube_server::LeaderTask(Arc::new(move |_: &vkube_server::InProcess| {
         let (host_client, kubeconfig) = (host_client.clone(), kubeconfig.clone());
         let (cluster, namespace) = (cluster.clone(), namespace.clone());
         let (vkube_ip, settings) = (vkube_ip.clone(), settings.clone());

@@ -7,6 +7,7 @@
 mod check;
 mod cli;
 mod config;
+mod controllers;
 mod embedded_etcd;
 mod host;
 mod host_front;
@@ -101,7 +102,8 @@ struct ServeArgs {
     etcd_compaction_interval: std::time::Duration,
     /// The leader's controllers, as kube-controller-manager's flag: `*` for all, `-NAME` to
     /// leave one out (namespace, customresourcedefinition, resourcequota, garbagecollector,
-    /// workloads).
+    /// deployment, replicaset, replicationcontroller, statefulset, daemonset, job, cronjob,
+    /// ttl-after-finished; upstream's `NAME-controller` spellings too).
     #[arg(long, value_delimiter = ',', default_value = "*")]
     controllers: Vec<String>,
     /// Requests served at once that change nothing, as kube-apiserver's flag; beyond it, 429
@@ -120,11 +122,12 @@ struct ServeArgs {
 fn disabled_controllers(list: &[String]) -> anyhow::Result<Vec<String>> {
     let mut disabled = Vec::new();
     for item in list.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-        let name = item.strip_prefix('-').unwrap_or(item);
-        if name != "*" && !vkube_server::CONTROLLERS.contains(&name) {
+        let given = item.strip_prefix('-').unwrap_or(item);
+        let name = controllers::canonical(given);
+        if name != "*" && !controllers::known().contains(&name) {
             anyhow::bail!(
-                "--controllers: unknown controller {name:?}; known: {}",
-                vkube_server::CONTROLLERS.join(", ")
+                "--controllers: unknown controller {given:?}; known: {}",
+                controllers::known().join(", ")
             );
         }
         if item.starts_with('-') {
@@ -452,7 +455,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
             max_mutating_requests_inflight: args.max_mutating_requests_inflight,
         },
         disabled_controllers: disabled_controllers(&args.controllers)?,
-        leader_tasks: host.syncer.into_iter().collect(),
+        leader_tasks: host
+            .syncer
+            .into_iter()
+            .chain(controllers::leader_tasks(&disabled_controllers(
+                &args.controllers,
+            )?))
+            .collect(),
         host_proxy: host.proxy,
         host_services: host.services,
         kubernetes_service: host.kubernetes_service,
@@ -642,15 +651,15 @@ mod controller_flag_tests {
     fn controllers_are_left_out_by_name_and_unknown_names_refused() {
         let list = |s: &str| s.split(',').map(str::to_string).collect::<Vec<_>>();
         assert_eq!(
-            disabled_controllers(&list("*,-workloads,-garbagecollector")).unwrap(),
-            ["workloads", "garbagecollector"]
+            disabled_controllers(&list("*,-deployment-controller,-garbagecollector")).unwrap(),
+            ["deployment", "garbagecollector"]
         );
         assert!(disabled_controllers(&list("*")).unwrap().is_empty());
         let err = disabled_controllers(&list("*,-nope"))
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("unknown controller \"nope\"") && err.contains("workloads"),
+            err.contains("unknown controller \"nope\"") && err.contains("statefulset"),
             "{err}"
         );
     }
