@@ -115,7 +115,7 @@ pub fn is_ready(pod: &Pod) -> bool {
 
 /// When the pod's `Ready` condition last became `True`, if it is `True` (`None` for the time
 /// when the condition has none: treated as long ago).
-fn ready_since(pod: &Pod) -> Option<Option<Timestamp>> {
+pub fn ready_since(pod: &Pod) -> Option<Option<Timestamp>> {
     let condition = pod
         .status
         .as_ref()?

@@ -17,6 +17,8 @@ struct Inner {
     objects: BTreeMap<String, Value>,
     revision: u64,
     writes: Vec<String>,
+    /// `(method, path prefix, code, reason, message)`: requests refused, as admission would.
+    refusals: Vec<(String, String, u16, String, String)>,
 }
 
 /// The fake API; clones share it.
@@ -159,6 +161,24 @@ impl FakeApi {
         obj["metadata"]["resourceVersion"] = json!(rv);
     }
 
+    /// From now on, `method` requests on paths starting with `path_prefix` fail with `code`
+    /// (a quota's 403, …) until [`FakeApi::accept`].
+    pub fn refuse(&self, method: &str, path_prefix: &str, code: u16, reason: &str, message: &str) {
+        let mut inner = self.0.lock().expect("fake lock");
+        inner.refusals.push((
+            method.into(),
+            path_prefix.into(),
+            code,
+            reason.into(),
+            message.into(),
+        ));
+    }
+
+    /// Ends every [`FakeApi::refuse`].
+    pub fn accept(&self) {
+        self.0.lock().expect("fake lock").refusals.clear();
+    }
+
     /// The writes so far: `METHOD path`.
     pub fn writes(&self) -> Vec<String> {
         self.0.lock().expect("fake lock").writes.clone()
@@ -199,6 +219,14 @@ impl FakeApi {
         let collection = segments[..base + collection_len].join("/");
         if method != "GET" {
             inner.writes.push(format!("{method} {path}"));
+        }
+        // Refused writes are recorded too: they were tried.
+        if let Some((_, _, code, reason, message)) = inner
+            .refusals
+            .iter()
+            .find(|(m, prefix, ..)| m == method && path.starts_with(prefix.as_str()))
+        {
+            return status(*code, reason, message);
         }
         inner.revision += 1;
         let rv = inner.revision.to_string();
