@@ -147,13 +147,24 @@ pub async fn claim<K: Resource<DynamicType = ()>>(
     owner: &K,
     selector: &LabelSelector,
 ) -> Result<Vec<Pod>> {
+    claim_filtered(client, owner, selector, |_| true).await
+}
+
+/// [`claim`] among the pods `filter` accepts (upstream's `ClaimPods` filters: a StatefulSet
+/// claims only pods named after it); the others are neither adopted, released nor returned.
+pub async fn claim_filtered<K: Resource<DynamicType = ()>>(
+    client: &kube::Client,
+    owner: &K,
+    selector: &LabelSelector,
+    filter: impl Fn(&Pod) -> bool,
+) -> Result<Vec<Pod>> {
     let namespace = owner.meta().namespace.clone().unwrap_or_default();
     let uid = owner.meta().uid.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let pods = api.list(&ListParams::default()).await?;
     let deleting = owner.meta().deletion_timestamp.is_some();
     let mut owned = Vec::new();
-    for pod in pods.items {
+    for pod in pods.items.into_iter().filter(|p| filter(p)) {
         let matches = selects(selector, pod.metadata.labels.as_ref());
         let name = pod.metadata.name.clone().unwrap_or_default();
         match controller_of(&pod.metadata) {
