@@ -10,8 +10,7 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use serde_json::json;
+use kube::api::{Api, PostParams};
 
 use super::{in_ordinal_range, ordinal};
 use crate::pods::controller_ref;
@@ -313,8 +312,7 @@ pub(super) async fn match_policy(
 }
 
 /// Brings the references of the pod's existing claims in line with the policy (upstream's
-/// `UpdatePodClaimForRetentionPolicy`). The resourceVersion precondition makes a claim changed
-/// meanwhile a conflict, retried.
+/// `UpdatePodClaimForRetentionPolicy`).
 pub(super) async fn update_for_policy(
     api: &Api<PersistentVolumeClaim>,
     set: &StatefulSet,
@@ -331,13 +329,12 @@ pub(super) async fn update_for_policy(
         if owner_up_to_date(&claim, set, pod) {
             continue;
         }
+        // An update, as upstream (its role may not patch claims); a claim changed meanwhile is a
+        // conflict, retried.
+        let mut updated = claim.clone();
         let refs = owner_refs_for_policy(&claim, set, pod);
-        let patch = json!({"metadata": {"ownerReferences": refs,
-                           "resourceVersion": claim.metadata.resource_version}});
-        match api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
+        updated.metadata.owner_references = (!refs.is_empty()).then_some(refs);
+        match api.replace(&name, &PostParams::default(), &updated).await {
             Ok(_) => {}
             Err(err) if is_not_found(&err) => {}
             Err(err) => return Err(err.into()),
