@@ -18,6 +18,8 @@ mod jobs;
 mod objects;
 mod outage;
 mod quota;
+pub(crate) mod rbac;
+#[path = "../../../vkube-store/tests/common/servers.rs"]
 mod servers;
 mod shared_etcd;
 mod statefulsets;
