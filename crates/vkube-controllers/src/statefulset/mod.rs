@@ -40,6 +40,8 @@ pub(crate) const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 pub(crate) const REVISION_LABEL: &str = "controller-revision-hash";
 /// Upstream's `MaxBatchSize`: the largest batch of concurrent writes under `Parallel`.
 const MAX_BATCH: usize = 500;
+/// How soon a set whose pod waits for a stale claim to go is looked at again.
+const CLAIM_WAIT: Duration = Duration::from_secs(1);
 
 pub(crate) async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
@@ -218,6 +220,9 @@ struct Sync<'a> {
     now: Timestamp,
     min_ready: i32,
     monotonic: bool,
+    /// A pod waits for a claim of an earlier pod of its name to be collected: no event of ours
+    /// says when, so the set is looked at again soon.
+    waiting_for_claims: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> Sync<'a> {
@@ -235,6 +240,7 @@ impl<'a> Sync<'a> {
             now: ctx.clock.now(),
             min_ready: spec.and_then(|s| s.min_ready_seconds).unwrap_or(0),
             monotonic: spec.and_then(|s| s.pod_management_policy.as_deref()) != Some("Parallel"),
+            waiting_for_claims: Default::default(),
         }
     }
 
@@ -279,6 +285,12 @@ impl<'a> Sync<'a> {
         result?;
         status_result?;
         truncated?;
+        if self
+            .waiting_for_claims
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(Action::requeue(CLAIM_WAIT));
+        }
         if self.min_ready > 0 && status.available_replicas.unwrap_or(0) != spec_replicas(self.set) {
             let wait = u64::try_from(self.min_ready).unwrap_or(1);
             return Ok(Action::requeue(Duration::from_secs(wait)));
@@ -532,6 +544,8 @@ impl<'a> Sync<'a> {
         let mut pod = pod.clone();
         if !member.created {
             if claims::is_stale(&self.claims, self.set, &pod).await? {
+                self.waiting_for_claims
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 return Ok(true);
             }
             claims::create(&self.claims, self.set, ordinal(&pod)).await?;

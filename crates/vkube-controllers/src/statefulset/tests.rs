@@ -352,7 +352,7 @@ async fn retention_policy_sets_the_owners_upstream_sets() {
 
     // Scaling up again while the claim still names the old pod: no pod until it is collected.
     t.change(|s| s["replicas"] = json!(2));
-    t.sync().await;
+    assert_eq!(t.sync().await, Action::requeue(CLAIM_WAIT));
     assert_eq!(t.pods(), ["web-0"]);
     let api: Api<PersistentVolumeClaim> = Api::namespaced(t.fake.client(), "ns");
     api.delete("data-web-1", &DeleteParams::default())
