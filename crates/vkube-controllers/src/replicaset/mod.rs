@@ -475,4 +475,4 @@ fn same_status(current: &Value, wanted: &Value) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
