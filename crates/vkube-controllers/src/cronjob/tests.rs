@@ -234,7 +234,7 @@ async fn history_limits_keep_the_newest_finished_jobs() {
         (20, "Complete"),
     ] {
         let at = format!("2026-01-01T00:{minute:02}:00Z");
-        e.at(&format!("{at}"));
+        e.at(&at);
         e.sync("hist").await;
         let name = name_at("hist", &at);
         e.finish(&name, kind, &at);
