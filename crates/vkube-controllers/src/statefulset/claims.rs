@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, PostParams};
 
-use super::{in_ordinal_range, ordinal};
+use super::{Sync, in_ordinal_range, ordinal};
 use crate::pods::controller_ref;
 use crate::{Error, Result};
 
@@ -133,27 +133,31 @@ pub(super) fn retry(message: String) -> Error {
     Error::Api(kube::Error::Service(message.into()))
 }
 
-/// Creates the claims of `ordinal` that do not exist (upstream's `createPersistentVolumeClaims`);
-/// a claim being deleted is an error until it is gone.
-pub(super) async fn create(
-    api: &Api<PersistentVolumeClaim>,
-    set: &StatefulSet,
-    ordinal: i32,
-) -> Result<()> {
+/// Creates the claims of the pod's ordinal that do not exist (upstream's
+/// `createPersistentVolumeClaims`), with an event each; a claim being deleted is an error until
+/// it is gone.
+pub(super) async fn create(sync: &Sync<'_>, pod: &Pod) -> Result<()> {
+    let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
     let mut first_error = None;
-    for (_, claim) in claims_for(set, ordinal) {
+    for (_, claim) in claims_for(sync.set, ordinal(pod)) {
         let name = claim.metadata.name.clone().unwrap_or_default();
-        match api.get_opt(&name).await {
-            Ok(None) => {
-                if let Err(err) = api.create(&PostParams::default(), &claim).await {
+        match sync.claims.get_opt(&name).await {
+            Ok(None) => match sync.claims.create(&PostParams::default(), &claim).await {
+                Ok(_) => sync.claim_event(&name, pod_name, None).await,
+                Err(err) => {
+                    let exists = matches!(&err, kube::Error::Api(s) if s.reason == "AlreadyExists");
+                    if !exists {
+                        sync.claim_event(&name, pod_name, Some(&err)).await;
+                    }
                     first_error.get_or_insert(Error::Api(err));
                 }
-            }
+            },
             Ok(Some(existing)) if existing.metadata.deletion_timestamp.is_some() => {
                 first_error.get_or_insert(retry(format!("pvc {name} is being deleted")));
             }
             Ok(Some(_)) => {}
             Err(err) => {
+                sync.claim_event(&name, pod_name, Some(&err)).await;
                 first_error.get_or_insert(Error::Api(err));
             }
         }

@@ -210,6 +210,7 @@ where
 }
 
 struct Sync<'a> {
+    ctx: &'a Context,
     set: &'a StatefulSet,
     name: String,
     sets: Api<StatefulSet>,
@@ -226,10 +227,11 @@ struct Sync<'a> {
 }
 
 impl<'a> Sync<'a> {
-    fn new(ctx: &Context, set: &'a StatefulSet) -> Self {
+    fn new(ctx: &'a Context, set: &'a StatefulSet) -> Self {
         let namespace = set.metadata.namespace.clone().unwrap_or_default();
         let spec = set.spec.as_ref();
         Sync {
+            ctx,
             set,
             name: set.metadata.name.clone().unwrap_or_default(),
             sets: Api::namespaced(ctx.client.clone(), &namespace),
@@ -506,7 +508,7 @@ impl<'a> Sync<'a> {
         // above it is updated and available.
         for m in replicas.iter().skip(lowest).rev() {
             if m.created && revision_of(&m.pod) != update_name && !terminating(&m.pod) {
-                tracing::info!(set = %self.name, pod = ?m.pod.metadata.name, "terminating for update");
+                tracing::info!(set = %self.name, pod = m.pod.metadata.name.as_deref().unwrap_or_default(), "terminating for update");
                 let result = self.delete(&m.pod).await;
                 status.current_replicas =
                     status.current_replicas.map(|c| c - 1).filter(|c| *c != 0);
@@ -521,10 +523,64 @@ impl<'a> Sync<'a> {
 
     async fn delete(&self, pod: &Pod) -> Result<()> {
         let name = pod.metadata.name.as_deref().unwrap_or_default();
-        match self.pods.delete(name, &DeleteParams::default()).await {
+        let result = self.pods.delete(name, &DeleteParams::default()).await;
+        self.pod_event("delete", name, result.as_ref().err()).await;
+        match result {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
             Err(err) => Err(err.into()),
+        }
+    }
+
+    /// An event about the set, as client-go's recorder writes it.
+    async fn event(&self, type_: &str, reason: &str, message: &str) {
+        crate::cronjob::events::record_as(
+            self.ctx,
+            "statefulset-controller",
+            self.set,
+            type_,
+            reason,
+            message,
+        )
+        .await;
+    }
+
+    /// Upstream's `recordPodEvent`: `SuccessfulCreate` … or `FailedCreate` … with the error.
+    async fn pod_event(&self, verb: &str, pod: &str, err: Option<&kube::Error>) {
+        let set = &self.name;
+        match err {
+            None => {
+                let message = format!("{verb} Pod {pod} in StatefulSet {set} successful");
+                self.event("Normal", &format!("Successful{}", title(verb)), &message)
+                    .await;
+            }
+            Some(err) => {
+                let message = format!(
+                    "{verb} Pod {pod} in StatefulSet {set} failed error: {}",
+                    error_message(err)
+                );
+                self.event("Warning", &format!("Failed{}", title(verb)), &message)
+                    .await;
+            }
+        }
+    }
+
+    /// Upstream's `recordClaimEvent`.
+    async fn claim_event(&self, claim: &str, pod: &str, err: Option<&kube::Error>) {
+        let set = &self.name;
+        match err {
+            None => {
+                let message =
+                    format!("create Claim {claim} Pod {pod} in StatefulSet {set} success");
+                self.event("Normal", "SuccessfulCreate", &message).await;
+            }
+            Some(err) => {
+                let message = format!(
+                    "create Claim {claim} for Pod {pod} in StatefulSet {set} failed error: {}",
+                    error_message(err)
+                );
+                self.event("Warning", "FailedCreate", &message).await;
+            }
         }
     }
 
@@ -548,8 +604,20 @@ impl<'a> Sync<'a> {
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 return Ok(true);
             }
-            claims::create(&self.claims, self.set, ordinal(&pod)).await?;
-            let created = self.pods.create(&PostParams::default(), &pod).await?;
+            claims::create(self, &pod).await?;
+            let created = match self.pods.create(&PostParams::default(), &pod).await {
+                Ok(created) => {
+                    self.pod_event("create", &name, None).await;
+                    created
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {
+                    return Err(Error::Api(kube::Error::Api(s)));
+                }
+                Err(err) => {
+                    self.pod_event("create", &name, Some(&err)).await;
+                    return Err(err.into());
+                }
+            };
             claims::update_for_policy(&self.claims, self.set, &created).await?;
             if self.monotonic {
                 return Ok(true);
@@ -557,7 +625,7 @@ impl<'a> Sync<'a> {
             pod = created;
         }
         if phase(&pod) == "Pending" {
-            claims::create(&self.claims, self.set, ordinal(&pod)).await?;
+            claims::create(self, &pod).await?;
             claims::update_for_policy(&self.claims, self.set, &pod).await?;
         }
         if self.monotonic
@@ -578,12 +646,15 @@ impl<'a> Sync<'a> {
             let o = ordinal(&pod);
             let patch = json!({"metadata": {"labels": {POD_NAME_LABEL: name, POD_INDEX_LABEL: o.to_string()},
                                "resourceVersion": pod.metadata.resource_version}});
-            self.pods
+            let result = self
+                .pods
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
+                .await;
+            self.pod_event("update", &name, result.as_ref().err()).await;
+            result?;
         }
         if !storage {
-            claims::create(&self.claims, self.set, ordinal(&pod)).await?;
+            claims::create(self, &pod).await?;
         }
         if !retention {
             claims::update_for_policy(&self.claims, self.set, &pod).await?;
@@ -602,7 +673,7 @@ impl<'a> Sync<'a> {
         if self.monotonic && !first && (!running_and_ready(pod) || !self.available(pod)) {
             return Ok(true);
         }
-        tracing::info!(set = %self.name, pod = ?pod.metadata.name, "terminating for scale down");
+        tracing::info!(set = %self.name, pod = pod.metadata.name.as_deref().unwrap_or_default(), "terminating for scale down");
         self.delete(pod).await?;
         Ok(true)
     }
@@ -659,6 +730,23 @@ impl<'a> Sync<'a> {
             "status of statefulset {}: conflicts",
             self.name
         )))
+    }
+}
+
+/// `create` → `Create`.
+fn title(verb: &str) -> String {
+    let mut chars = verb.chars();
+    chars
+        .next()
+        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+        .unwrap_or_default()
+}
+
+/// What Go's `err.Error()` says: an API error's message.
+fn error_message(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(s) => s.message.clone(),
+        err => err.to_string(),
     }
 }
 

@@ -12,6 +12,7 @@ const SETS: &str = "/apis/apps/v1/namespaces/ns/statefulsets";
 const PODS: &str = "/api/v1/namespaces/ns/pods";
 const CLAIMS: &str = "/api/v1/namespaces/ns/persistentvolumeclaims";
 const REVISIONS: &str = "/apis/apps/v1/namespaces/ns/controllerrevisions";
+const EVENTS: &str = "/api/v1/namespaces/ns/events";
 
 struct Test {
     fake: FakeApi,
@@ -122,6 +123,30 @@ impl Test {
     }
 }
 
+/// `reason: message` of every event, oldest first.
+fn events(t: &Test) -> Vec<String> {
+    let mut events = t.fake.list(EVENTS);
+    events.sort_by_key(|e| {
+        e["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    });
+    events
+        .iter()
+        .map(|e| {
+            assert_eq!(e["involvedObject"]["kind"], "StatefulSet");
+            assert_eq!(e["source"]["component"], "statefulset-controller");
+            format!(
+                "{}: {}",
+                e["reason"].as_str().unwrap(),
+                e["message"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
 fn names(objects: &[Value]) -> Vec<String> {
     let mut names: Vec<String> = objects
         .iter()
@@ -177,6 +202,14 @@ async fn ordered_scale_up_waits_for_each_pod_to_be_running_and_ready() {
     assert_eq!(status["currentRevision"], revision.as_str());
     assert_eq!(status["observedGeneration"], 1);
     assert_eq!(status["collisionCount"], 0);
+    assert_eq!(
+        events(&t),
+        [
+            "SuccessfulCreate: create Pod web-0 in StatefulSet web successful",
+            "SuccessfulCreate: create Pod web-1 in StatefulSet web successful",
+            "SuccessfulCreate: create Pod web-2 in StatefulSet web successful",
+        ]
+    );
     assert!(
         t.fake
             .writes()
@@ -229,6 +262,10 @@ async fn scale_down_removes_the_highest_ordinal_first_one_at_a_time() {
         .filter(|w| w.starts_with("DELETE"))
         .collect();
     assert_eq!(deletes, ["DELETE /api/v1/namespaces/ns/pods/web-2"]);
+    assert_eq!(
+        events(&t).last().unwrap(),
+        "SuccessfulDelete: delete Pod web-2 in StatefulSet web successful"
+    );
     t.sync().await;
     assert_eq!(t.pods(), ["web-0"]);
     t.settle().await;
@@ -275,6 +312,14 @@ async fn claims_are_made_per_template_before_their_pod() {
         .position(|w| w == &format!("POST {PODS}"))
         .unwrap();
     assert!(claim < pod, "claims first: {writes:?}");
+    assert_eq!(
+        events(&t)[..3],
+        [
+            "SuccessfulCreate: create Claim data-web-0 Pod web-0 in StatefulSet web success",
+            "SuccessfulCreate: create Claim logs-web-0 Pod web-0 in StatefulSet web success",
+            "SuccessfulCreate: create Pod web-0 in StatefulSet web successful",
+        ]
+    );
     t.all_ready().await;
     assert_eq!(
         names(&t.fake.list(CLAIMS)),
