@@ -213,7 +213,8 @@ async fn reconcile(
                 .as_ref()
                 .is_none_or(|m| m.is_empty()))
     {
-        // Upstream: "This daemon set is selecting all pods. A non-empty selector is required."
+        let why = "This daemon set is selecting all pods. A non-empty selector is required.";
+        event(&ctx, &ds, "Warning", "SelectingAll", why).await;
         return Err(Error::Invalid(format!(
             "daemon set {ns}/{name} is selecting all pods; a non-empty selector is required"
         )));
@@ -241,8 +242,19 @@ async fn reconcile(
     let now = ctx.clock.now();
     let mut pods = claim(client, &pass.ds, &spec.selector).await?;
     let mut requeue: Option<Duration> = None;
-    let (delete, create) = manage(&pass, &by_node(&pods), &failures, now, &mut requeue);
-    let mut wrote = sync(client, &pass, &delete, &create).await?;
+    let mut failed = Vec::new();
+    let (delete, create) = manage(
+        &pass,
+        &by_node(&pods),
+        &failures,
+        now,
+        &mut requeue,
+        &mut failed,
+    );
+    for message in failed {
+        event(&ctx, &pass.ds, "Warning", "FailedDaemonPod", &message).await;
+    }
+    let mut wrote = sync(&ctx, &pass, &delete, &create).await?;
     let on_delete = spec
         .update_strategy
         .as_ref()
@@ -250,7 +262,7 @@ async fn reconcile(
         == Some("OnDelete");
     if !wrote && !on_delete {
         let (delete, create) = update::plan(&pass, &by_node(&pods), now)?;
-        wrote = sync(client, &pass, &delete, &create).await?;
+        wrote = sync(&ctx, &pass, &delete, &create).await?;
     }
     if wrote {
         pods = claim(client, &pass.ds, &spec.selector).await?;
@@ -279,6 +291,7 @@ fn manage(
     failures: &Failures,
     now: Timestamp,
     requeue: &mut Option<Duration>,
+    failed: &mut Vec<String>,
 ) -> (Vec<String>, Vec<String>) {
     let ds = &pass.ds;
     let template = ds
@@ -323,7 +336,11 @@ fn manage(
                                 continue;
                             }
                             failures.next(&key, now);
-                            tracing::info!(namespace = ?ds.metadata.namespace, pod = ?pod.metadata.name, node = %node_name, "found failed daemon pod, will try to kill it");
+                            failed.push(format!(
+                                "Found failed daemon pod {}/{} on node {node_name}, will try to kill it",
+                                pod.metadata.namespace.as_deref().unwrap_or_default(),
+                                name_of(pod)
+                            ));
                             delete.push(name_of(pod));
                         }
                         "Succeeded" => delete.push(name_of(pod)),
@@ -395,6 +412,12 @@ fn manage(
     (delete, create)
 }
 
+/// An event about `ds` from `daemonset-controller` (upstream's event source), best effort.
+async fn event(ctx: &Context, ds: &DaemonSet, type_: &str, reason: &str, message: &str) {
+    crate::cronjob::events::record_as(ctx, "daemonset-controller", ds, type_, reason, message)
+        .await;
+}
+
 /// Upstream's `CreatePodTemplate`: the template with the daemon tolerations, the template
 /// generation and the revision's hash.
 fn pod_template(ds: &DaemonSet, hash: &str) -> PodTemplateSpec {
@@ -421,18 +444,13 @@ fn pod_template(ds: &DaemonSet, hash: &str) -> PodTemplateSpec {
 /// Upstream's `syncNodes`: deletes `delete` and creates a pod on each node of `create` (at most
 /// [`BURST`] of each; creations in batches of 1, 2, 4, … that stop at the first failure, as
 /// upstream's slow start). Whether it wrote anything.
-async fn sync(
-    client: &kube::Client,
-    pass: &Pass,
-    delete: &[String],
-    create: &[String],
-) -> Result<bool> {
+async fn sync(ctx: &Context, pass: &Pass, delete: &[String], create: &[String]) -> Result<bool> {
     if delete.is_empty() && create.is_empty() {
         return Ok(false);
     }
     let ds = &pass.ds;
     let ns = ds.metadata.namespace.clone().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let template = pod_template(ds, &pass.hash);
     let generate = format!("{}-", ds.metadata.name.as_deref().unwrap_or_default());
     let mut pending = create.iter().take(BURST).peekable();
@@ -447,8 +465,21 @@ async fn sync(
             async move { api.create(&PostParams::default(), &pod).await }
         }))
         .await;
-        if let Some(err) = made.into_iter().find_map(|r| r.err()) {
-            tracing::debug!(namespace = %ns, daemonset = ?ds.metadata.name, %err, "creating daemon pods");
+        let mut failure = None;
+        for made in made {
+            match made {
+                Ok(pod) => {
+                    let message = format!("Created pod: {}", pod.metadata.name.unwrap_or_default());
+                    event(ctx, ds, "Normal", "SuccessfulCreate", &message).await;
+                }
+                Err(err) => {
+                    let message = format!("Error creating: {err}");
+                    event(ctx, ds, "Warning", "FailedCreate", &message).await;
+                    failure.get_or_insert(err);
+                }
+            }
+        }
+        if let Some(err) = failure {
             result = Err(err.into());
             break;
         }
@@ -456,11 +487,25 @@ async fn sync(
     }
     let deleted = future::join_all(delete.iter().take(BURST).map(|name| {
         let api = api.clone();
-        async move { history::ignore_gone(api.delete(name, &DeleteParams::default()).await) }
+        async move {
+            let r = history::ignore_gone(api.delete(name, &DeleteParams::default()).await);
+            (name, r)
+        }
     }))
     .await;
-    for r in deleted {
-        r?;
+    for (name, r) in deleted {
+        match r {
+            Ok(Some(_)) => {
+                let message = format!("Deleted pod: {name}");
+                event(ctx, ds, "Normal", "SuccessfulDelete", &message).await;
+            }
+            Ok(None) => {}
+            Err(err) => {
+                let message = format!("Error deleting: {err}");
+                event(ctx, ds, "Warning", "FailedDelete", &message).await;
+                result = result.and(Err(err.into()));
+            }
+        }
     }
     result.map(|()| true)
 }

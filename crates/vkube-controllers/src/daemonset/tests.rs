@@ -18,6 +18,7 @@ const NODES: &str = "/api/v1/nodes";
 const PODS: &str = "/api/v1/namespaces/ns/pods";
 const SETS: &str = "/apis/apps/v1/namespaces/ns/daemonsets";
 const REVISIONS: &str = "/apis/apps/v1/namespaces/ns/controllerrevisions";
+const EVENTS: &str = "/api/v1/namespaces/ns/events";
 
 struct Fixture {
     fake: FakeApi,
@@ -90,6 +91,18 @@ impl Fixture {
             .collect();
         out.sort();
         out
+    }
+
+    /// The reasons of the events recorded so far.
+    fn events(&self) -> Vec<String> {
+        self.fake
+            .list(EVENTS)
+            .iter()
+            .map(|e| {
+                assert_eq!(e["source"]["component"], "daemonset-controller");
+                e["reason"].as_str().unwrap().to_string()
+            })
+            .collect()
     }
 
     fn status(&self) -> Value {
@@ -211,6 +224,7 @@ async fn one_pod_per_node_pinned_by_affinity_with_upstreams_tolerations() {
     assert_eq!(status["numberUnavailable"], 3);
     assert_eq!(status["numberMisscheduled"], 0);
     assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(f.events(), ["SuccessfulCreate"; 3]);
 
     // Nothing more to do.
     let before = f.fake.writes().len();
@@ -498,6 +512,8 @@ async fn failed_pods_are_replaced_with_backoff() {
         f.fake.get(PODS, &first).is_none(),
         "the failed pod is deleted"
     );
+    assert!(f.events().contains(&"FailedDaemonPod".to_string()));
+    assert!(f.events().contains(&"SuccessfulDelete".to_string()));
     f.sync().await;
     assert_eq!(f.pods().len(), 1, "and made again");
     let second = fail_the_pod();
