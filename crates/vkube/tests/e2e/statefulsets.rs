@@ -149,6 +149,27 @@ fn statefulsets_scale_in_order_with_claims_and_roll_at_a_partition() {
         "3 3 3 3 3"
     );
 
+    let events = run(
+        &server,
+        K,
+        &[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            "involvedObject.kind=StatefulSet,involvedObject.name=web",
+            "-o",
+            "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+        ],
+    );
+    for want in [
+        "SuccessfulCreate: create Claim data-web-0 Pod web-0 in StatefulSet web success",
+        "SuccessfulCreate: create Pod web-2 in StatefulSet web successful",
+    ] {
+        assert!(events.lines().any(|l| l == want), "{want} in {events}");
+    }
+
     // Scale down: web-2 goes before web-1; the claims stay (Retain).
     run(&server, K, &["scale", "sts/web", "--replicas=1", "-n", ns]);
     let deadline = Instant::now() + Duration::from_secs(20);
