@@ -80,10 +80,11 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Starts controller `name` (one of [`CONTROLLERS`]); `None` for an unknown name.
-pub fn start(name: &str, ctx: Context) -> Option<tokio::task::JoinHandle<()>> {
+/// Controller `name` (one of [`CONTROLLERS`]) as a future that runs until dropped; `None` for an
+/// unknown name.
+pub fn run(name: &str, ctx: Context) -> Option<futures_util::future::BoxFuture<'static, ()>> {
     let ctx = Arc::new(ctx);
-    let run: futures_util::future::BoxFuture<'static, ()> = match name {
+    Some(match name {
         "deployment" => Box::pin(deployment::run(ctx)),
         "replicaset" => Box::pin(replicaset::run_replicasets(ctx)),
         "replicationcontroller" => Box::pin(replicaset::run_replication_controllers(ctx)),
@@ -93,6 +94,5 @@ pub fn start(name: &str, ctx: Context) -> Option<tokio::task::JoinHandle<()>> {
         "cronjob" => Box::pin(cronjob::run(ctx)),
         "ttl-after-finished" => Box::pin(ttl_after_finished::run(ctx)),
         _ => return None,
-    };
-    Some(tokio::spawn(run))
+    })
 }

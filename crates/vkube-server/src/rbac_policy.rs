@@ -48,7 +48,8 @@ async fn reconcile_one(
         match api.store.get(&key, None).await? {
             None => {
                 let mut obj = want.clone();
-                if object::prepare_create(resource, &mut obj).is_err() {
+                if let Err(status) = object::prepare_create(resource, &mut obj) {
+                    tracing::error!(%name, message = %status.message, "a bootstrap RBAC object is invalid");
                     break;
                 }
                 match api

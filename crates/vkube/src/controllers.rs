@@ -35,30 +35,59 @@ pub fn leader_tasks(disabled: &[String]) -> Vec<LeaderTask> {
         .filter(|(name, _)| !disabled.iter().any(|d| d == name))
         .map(|&(name, account)| {
             LeaderTask(Arc::new(move |api: &InProcess| {
-                let ctx = vkube_controllers::Context::new(client(api.clone(), account));
-                vkube_controllers::start(name, ctx)
-                    .expect("a controller of vkube_controllers::CONTROLLERS")
-                    .abort_handle()
+                let api = api.clone();
+                tokio::spawn(async move {
+                    ensure_account(&api, account).await;
+                    let user = user(
+                        format!("system:serviceaccount:kube-system:{account}"),
+                        &[
+                            "system:serviceaccounts",
+                            "system:serviceaccounts:kube-system",
+                        ],
+                    );
+                    let ctx = vkube_controllers::Context::new(client(api, user, account));
+                    vkube_controllers::run(name, ctx)
+                        .expect("a controller of vkube_controllers::CONTROLLERS")
+                        .await;
+                })
+                .abort_handle()
             }))
         })
         .collect()
 }
 
-/// A client whose requests the server serves in this process as `system:serviceaccount:
-/// kube-system:ACCOUNT`.
-fn client(api: InProcess, account: &'static str) -> kube::Client {
-    let user = vkube_auth::UserInfo {
-        username: format!("system:serviceaccount:kube-system:{account}"),
-        groups: vec![
-            "system:serviceaccounts".into(),
-            "system:serviceaccounts:kube-system".into(),
-            "system:authenticated".into(),
-        ],
+fn user(username: String, groups: &[&str]) -> vkube_auth::UserInfo {
+    let mut groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    groups.push("system:authenticated".into());
+    vkube_auth::UserInfo {
+        username,
+        groups,
         ..Default::default()
-    };
-    // Upstream's User-Agent: the server names the field manager after its first word.
+    }
+}
+
+/// The controller's ServiceAccount in kube-system, made as kube-controller-manager's own identity
+/// (upstream's client builder does the same), so `kubectl get sa -n kube-system` lists it.
+async fn ensure_account(api: &InProcess, account: &str) {
+    let kcm = user("system:kube-controller-manager".into(), &[]);
+    let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> = kube::Api::namespaced(
+        client(api.clone(), kcm, "kube-controller-manager"),
+        "kube-system",
+    );
+    let sa = serde_json::from_value(serde_json::json!({"metadata": {"name": account}}))
+        .expect("a ServiceAccount");
+    match accounts.create(&Default::default(), &sa).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(err) => tracing::warn!(%err, account, "creating the controller's service account"),
+    }
+}
+
+/// A client whose requests the server serves in this process as `user`, with upstream's
+/// User-Agent for `who` (the server names the field manager after its first word).
+fn client(api: InProcess, user: vkube_auth::UserInfo, who: &str) -> kube::Client {
     let agent = http::HeaderValue::from_str(&format!(
-        "kube-controller-manager/v1.33.0 (linux/amd64) kubernetes/vkube/system:serviceaccount:kube-system:{account}"
+        "kube-controller-manager/v1.33.0 (linux/amd64) kubernetes/vkube/{who}"
     ))
     .expect("an ASCII User-Agent");
     let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {

@@ -301,6 +301,34 @@ fn basic_cluster_roles() -> Vec<Value> {
                 &["get"],
             )],
         ),
+        // kube-controller-manager's own identity: vkube's controllers make their service
+        // accounts with it, as upstream's client builder does before each controller starts.
+        cluster_role(
+            "system:kube-controller-manager",
+            json!({}),
+            vec![
+                super::controller_roles::events_rule(),
+                rule(&["coordination.k8s.io"], &["leases"], &["create"]),
+                json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                       "resourceNames": ["kube-controller-manager"], "verbs": ["get", "update"]}),
+                rule(&[""], &["secrets", "serviceaccounts"], &["create"]),
+                rule(&[""], &["secrets"], &["delete"]),
+                rule(
+                    &[""],
+                    &["namespaces", "secrets", "serviceaccounts"],
+                    &["get"],
+                ),
+                rule(&[""], &["secrets", "serviceaccounts"], &["update"]),
+                rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+                rule(
+                    &["authorization.k8s.io"],
+                    &["subjectaccessreviews"],
+                    &["create"],
+                ),
+                rule(&["*"], &["*"], &["list", "watch"]),
+                rule(&[""], &["serviceaccounts/token"], &["create"]),
+            ],
+        ),
         cluster_role(
             "system:service-account-issuer-discovery",
             json!({}),
@@ -347,6 +375,12 @@ fn basic_cluster_role_bindings() -> Vec<Value> {
             "system:monitoring",
             &["system:monitoring"],
         ),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": meta("system:kube-controller-manager", json!({})),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:kube-controller-manager"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:kube-controller-manager"}],
+        }),
         binding(
             "system:service-account-issuer-discovery",
             "system:service-account-issuer-discovery",

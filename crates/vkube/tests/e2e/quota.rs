@@ -168,3 +168,76 @@ fn quota_counts_charges_refuses_and_releases() {
         );
     }
 }
+
+/// The controllers are clients of the API: the pods a ReplicaSet makes pass quota admission
+/// like any client's, so the quota stops the third, and the ReplicaSet says why, as upstream's
+/// `ReplicaFailure` condition does. Their writes are recorded under `kube-controller-manager`.
+#[test]
+fn pods_a_replicaset_creates_are_charged_to_the_quota() {
+    let server = Server::start();
+    let k = "kubectl";
+    let ns = "quota-controllers";
+    run(&server, k, &["create", "namespace", ns]);
+    run(
+        &server,
+        k,
+        &["create", "quota", "q", "-n", ns, "--hard=pods=2"],
+    );
+    wait_for_request_column(&server, k, ns, "pods: 0/2");
+    let rs = "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: web}\nspec:\n  replicas: 3\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: c, image: nginx}]}\n";
+    let out = create(&server, k, ns, rs);
+    assert!(out.ok, "{}", out.stderr);
+    crate::gc::eventually("the ReplicaSet reports the quota's refusal", || {
+        let got = run(
+            &server,
+            k,
+            &[
+                "get",
+                "rs",
+                "web",
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"ReplicaFailure\")].message}",
+            ],
+        );
+        got.contains("exceeded quota: q")
+    });
+    let pods = run(&server, k, &["get", "pods", "-n", ns, "-o", "name"]);
+    assert_eq!(pods.lines().count(), 2, "the quota allows two pods: {pods}");
+    wait_for_request_column(&server, k, ns, "pods: 2/2");
+    let managers = run(
+        &server,
+        k,
+        &[
+            "get",
+            "pods",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.items[*].metadata.managedFields[*].manager}",
+        ],
+    );
+    assert!(
+        managers
+            .split_whitespace()
+            .all(|m| m == "kube-controller-manager"),
+        "pods written by the controller: {managers}"
+    );
+    // As upstream, each controller's service account exists in kube-system.
+    let accounts = run(
+        &server,
+        k,
+        &["get", "sa", "-n", "kube-system", "-o", "name"],
+    );
+    for sa in [
+        "replicaset-controller",
+        "deployment-controller",
+        "job-controller",
+    ] {
+        assert!(
+            accounts.contains(&format!("serviceaccount/{sa}")),
+            "{sa}: {accounts}"
+        );
+    }
+}
