@@ -233,15 +233,16 @@ impl Sync<'_> {
         Ok(())
     }
 
-    /// Sets the Deployment's revision annotation (upstream writes it with the status; here a
-    /// metadata-only patch, which the status subresource would not keep).
+    /// Sets the Deployment's revision annotation (upstream writes it with an update of the
+    /// status, whose strategy keeps annotations; here an update of the Deployment, which its
+    /// role allows, so it does not depend on that quirk).
     async fn set_revision(&mut self, revision: &str) -> Result<()> {
         if let Some(annotations) = with_revision(&self.d, revision) {
-            let patch = json!({"metadata": {"annotations": annotations,
-                               "resourceVersion": self.d.metadata.resource_version}});
+            let mut d = self.d.clone();
+            d.metadata.annotations = Some(annotations);
             self.d = self
                 .deployments
-                .patch(&self.name(), &PatchParams::default(), &Patch::Merge(&patch))
+                .replace(&self.name(), &PostParams::default(), &d)
                 .await?;
         }
         Ok(())

@@ -15,7 +15,7 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Resource;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -197,12 +197,20 @@ pub(crate) async fn sync<K: Replicated>(seen: &K, ctx: &Context) -> Result<Actio
         .map(|v| v["status"].clone())
         .unwrap_or(Value::Null);
     if !same_status(&current, &status) {
-        api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await?;
+        // An update of the status subresource, as upstream (its role may not patch it).
+        let mut whole = serde_json::to_value(&obj).map_err(kube::Error::SerdeError)?;
+        let mut merged = current.as_object().cloned().unwrap_or_default();
+        for (k, v) in status.as_object().into_iter().flatten() {
+            if v.is_null() {
+                merged.remove(k);
+            } else {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        whole["status"] = Value::Object(merged);
+        let updated: K = serde_json::from_value(whole).map_err(kube::Error::SerdeError)?;
+        api.replace_status(&name, &PostParams::default(), &updated)
+            .await?;
     }
     if let Some((_, err)) = failure {
         return Err(err.into());

@@ -1,6 +1,15 @@
 //! Deployments, ReplicaSets and ReplicationControllers through kubectl: a Deployment creates its
 //! ReplicaSet and pods (Pending: there is no kubelet), `kubectl scale` changes the pod count,
 //! and deleting in the background, orphaning or in the foreground does what kubectl promises.
+//! The test plays kubelet (it marks pods Ready through their status) to roll Deployments out:
+//! a rolling update watched pod by pod stays within maxSurge and maxUnavailable, and `kubectl
+//! rollout status|history|undo|pause|resume|restart` do what they say.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::gc::{eventually, exists};
 use crate::harness::*;
@@ -112,4 +121,401 @@ fn orphaned_and_foreground_deletion() {
     );
     assert!(!exists(&server, ns, "rc/fg"));
     assert_eq!(count(&server, ns, "pods"), 0);
+}
+
+/// Plays kubelet for one pod: it runs and is Ready. False when every pod already is.
+fn kubelet_one(server: &Server, ns: &str) -> bool {
+    let out = run(
+        server,
+        "kubectl",
+        &[
+            "get",
+            "pods",
+            "-n",
+            ns,
+            "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#,
+        ],
+    );
+    let Some(pod) = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() == 1)
+        .map(|f| f[0].to_string())
+    else {
+        return false;
+    };
+    let ready = r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#;
+    // The pod may be gone meanwhile (scaled down): the next call finds another.
+    let _ = server.kubectl(
+        "kubectl",
+        &[
+            "patch",
+            "pod",
+            &pod,
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            ready,
+        ],
+    );
+    true
+}
+
+/// Plays kubelet, one pod at a time, until the Deployment is rolled out.
+fn roll_out(server: &Server, ns: &str, deployment: &str) {
+    let what = format!("deployment/{deployment}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = field(
+            server,
+            ns,
+            &what,
+            "{.spec.replicas}/{.status.replicas}/{.status.updatedReplicas}/{.status.availableReplicas}/{.metadata.generation}/{.status.observedGeneration}",
+        );
+        let f: Vec<&str> = status.split('/').collect();
+        if f[0] == f[1] && f[0] == f[2] && f[0] == f[3] && f[4] == f[5] {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} never rolled out: {status}"
+        );
+        if !kubelet_one(server, ns) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Pods as a watch reports them: name → ready; with the fewest ready and the most pods seen
+/// since `armed` (the watch's first events add the pods one by one).
+#[derive(Default)]
+struct Seen {
+    armed: bool,
+    pods: BTreeMap<String, bool>,
+    min_ready: Option<usize>,
+    max_pods: usize,
+}
+
+/// Watches the pods of `ns` with kubectl, recording the extremes, until the returned child is
+/// killed.
+fn watch_pods(server: &Server, ns: &str) -> (std::process::Child, Arc<Mutex<Seen>>) {
+    let mut child = Command::new(kubectl_path("kubectl"))
+        .args([
+            "get",
+            "pods",
+            "-n",
+            ns,
+            "-w",
+            "--output-watch-events",
+            "-o",
+            r#"jsonpath={.type} {.object.metadata.name} {.object.status.conditions[?(@.type=="Ready")].status}{.object.metadata.deletionTimestamp}{"\n"}"#,
+        ])
+        .env("KUBECONFIG", server.kubeconfig())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl get -w");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stdout = child.stdout.take().unwrap();
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 2 {
+                continue;
+            }
+            let mut s = record.lock().unwrap();
+            if f[0] == "DELETED" {
+                s.pods.remove(f[1]);
+            } else {
+                // "True" alone: ready; with a deletion timestamp after it, terminating.
+                s.pods.insert(f[1].to_string(), f.get(2) == Some(&"True"));
+            }
+            if !s.armed {
+                continue;
+            }
+            let ready = s.pods.values().filter(|r| **r).count();
+            let count = s.pods.len();
+            s.min_ready = Some(s.min_ready.map_or(ready, |m| m.min(ready)));
+            s.max_pods = s.max_pods.max(count);
+        }
+    });
+    (child, seen)
+}
+
+fn rs_of_revision(server: &Server, ns: &str, revision: &str) -> String {
+    let out = run(
+        server,
+        "kubectl",
+        &[
+            "get",
+            "rs",
+            "-n",
+            ns,
+            "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name} {.metadata.annotations.deployment\.kubernetes\.io/revision}{"\n"}{end}"#,
+        ],
+    );
+    out.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(1) == Some(&revision))
+        .map(|f| f[0].to_string())
+        .unwrap_or_default()
+}
+
+/// A rolling update of 4 replicas with maxSurge 1 and maxUnavailable 1, the kubelet readying one
+/// pod at a time: a pod watch never sees more than 5 pods nor fewer than 3 ready, and `kubectl
+/// rollout status` waits for the end and succeeds. Then `rollout history`, `undo` (the first
+/// ReplicaSet is scaled up again as revision 3), `pause` (no rollout, scaling still works),
+/// `resume` and `restart`.
+#[test]
+fn rolling_updates_and_kubectl_rollout() {
+    let server = Server::start();
+    let k = "kubectl";
+    let ns = "rollouts";
+    run(&server, k, &["create", "namespace", ns]);
+    let manifest = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web, namespace: {ns}}}\nspec:\n  replicas: 4\n  selector: {{matchLabels: {{app: web}}}}\n  strategy: {{type: RollingUpdate, rollingUpdate: {{maxSurge: 1, maxUnavailable: 1}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec: {{containers: [{{name: c, image: 'nginx:1'}}]}}\n"
+    );
+    apply_file(&server, k, &manifest, "create");
+    eventually("4 pods", || count(&server, ns, "pods") == 4);
+    roll_out(&server, ns, "web");
+    let first = rs_of_revision(&server, ns, "1");
+    assert!(first.starts_with("web-"), "{first}");
+    let out = run(
+        &server,
+        k,
+        &["rollout", "status", "deployment/web", "-n", ns],
+    );
+    assert!(out.contains("successfully rolled out"), "{out}");
+
+    // A rolling update, watched.
+    let (mut watch, seen) = watch_pods(&server, ns);
+    eventually("the watch sees the 4 ready pods", || {
+        let mut s = seen.lock().unwrap();
+        s.armed = s.pods.len() == 4 && s.pods.values().all(|r| *r);
+        s.armed
+    });
+    run(
+        &server,
+        k,
+        &[
+            "annotate",
+            "deployment/web",
+            "-n",
+            ns,
+            "kubernetes.io/change-cause=image nginx:2",
+        ],
+    );
+    run(
+        &server,
+        k,
+        &["set", "image", "deployment/web", "c=nginx:2", "-n", ns],
+    );
+    let kubeconfig = server.kubeconfig();
+    let status = std::thread::spawn(move || {
+        kubectl_with(
+            "kubectl",
+            &kubeconfig,
+            &[
+                "rollout",
+                "status",
+                "deployment/web",
+                "-n",
+                ns,
+                "--timeout=90s",
+            ],
+        )
+    });
+    roll_out(&server, ns, "web");
+    let status = status.join().unwrap();
+    assert!(status.ok, "rollout status: {}", status.stderr);
+    assert!(
+        status
+            .stdout
+            .contains("deployment \"web\" successfully rolled out"),
+        "{}",
+        status.stdout
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = watch.kill();
+    let _ = watch.wait();
+    {
+        let s = seen.lock().unwrap();
+        assert!(
+            s.max_pods <= 5,
+            "{} pods at once: more than replicas + maxSurge",
+            s.max_pods
+        );
+        let min = s.min_ready.unwrap();
+        assert!(
+            min >= 3,
+            "{min} ready: fewer than replicas - maxUnavailable"
+        );
+    }
+    assert_eq!(count(&server, ns, "pods"), 4);
+    assert_eq!(
+        field(&server, ns, &format!("rs/{first}"), "{.spec.replicas}"),
+        "0"
+    );
+    let second = rs_of_revision(&server, ns, "2");
+    assert_ne!(second, "");
+    let history = run(
+        &server,
+        k,
+        &["rollout", "history", "deployment/web", "-n", ns],
+    );
+    let rows = lines(&history);
+    assert!(
+        rows.iter()
+            .any(|r| r.first().map(String::as_str) == Some("1")),
+        "{history}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.first().map(String::as_str) == Some("2")
+                && r.join(" ").contains("image nginx:2")),
+        "{history}"
+    );
+    let revision2 = run(
+        &server,
+        k,
+        &[
+            "rollout",
+            "history",
+            "deployment/web",
+            "-n",
+            ns,
+            "--revision=2",
+        ],
+    );
+    assert!(revision2.contains("nginx:2"), "{revision2}");
+
+    // Undo: back to nginx:1, the first ReplicaSet scaled up again as revision 3.
+    let out = run(&server, k, &["rollout", "undo", "deployment/web", "-n", ns]);
+    assert!(out.contains("rolled back"), "{out}");
+    assert_eq!(
+        field(
+            &server,
+            ns,
+            "deployment/web",
+            "{.spec.template.spec.containers[0].image}"
+        ),
+        "nginx:1"
+    );
+    roll_out(&server, ns, "web");
+    assert_eq!(rs_of_revision(&server, ns, "3"), first);
+    assert_eq!(
+        field(&server, ns, &format!("rs/{first}"), "{.spec.replicas}"),
+        "4"
+    );
+    assert_eq!(
+        field(&server, ns, &format!("rs/{second}"), "{.spec.replicas}"),
+        "0"
+    );
+    assert_eq!(
+        field(
+            &server,
+            ns,
+            "deployment/web",
+            r#"{.metadata.annotations.deployment\.kubernetes\.io/revision}"#
+        ),
+        "3"
+    );
+    let out = run(
+        &server,
+        k,
+        &["rollout", "status", "deployment/web", "-n", ns],
+    );
+    assert!(out.contains("successfully rolled out"), "{out}");
+
+    // Paused: a new template is not rolled out, scaling still is.
+    run(
+        &server,
+        k,
+        &["rollout", "pause", "deployment/web", "-n", ns],
+    );
+    run(
+        &server,
+        k,
+        &["set", "image", "deployment/web", "c=nginx:3", "-n", ns],
+    );
+    eventually("the Deployment reports it is paused", || {
+        field(
+            &server,
+            ns,
+            "deployment/web",
+            r#"{.status.conditions[?(@.type=="Progressing")].reason}"#,
+        ) == "DeploymentPaused"
+    });
+    run(
+        &server,
+        k,
+        &["scale", "deployment/web", "--replicas=5", "-n", ns],
+    );
+    eventually("5 pods of the first ReplicaSet", || {
+        field(&server, ns, &format!("rs/{first}"), "{.spec.replicas}") == "5"
+            && count(&server, ns, "pods") == 5
+    });
+    assert_eq!(
+        count(&server, ns, "replicasets"),
+        2,
+        "no rollout while paused"
+    );
+    run(
+        &server,
+        k,
+        &["rollout", "resume", "deployment/web", "-n", ns],
+    );
+    eventually("a third ReplicaSet", || {
+        count(&server, ns, "replicasets") == 3
+    });
+    roll_out(&server, ns, "web");
+    let third = rs_of_revision(&server, ns, "4");
+    assert_eq!(
+        field(
+            &server,
+            ns,
+            &format!("rs/{third}"),
+            "{.spec.template.spec.containers[0].image}"
+        ),
+        "nginx:3"
+    );
+
+    // Restart: a new ReplicaSet with the same image.
+    run(
+        &server,
+        k,
+        &["rollout", "restart", "deployment/web", "-n", ns],
+    );
+    eventually("a fourth ReplicaSet", || {
+        count(&server, ns, "replicasets") == 4
+    });
+    roll_out(&server, ns, "web");
+    let out = run(
+        &server,
+        k,
+        &["rollout", "status", "deployment/web", "-n", ns],
+    );
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let fourth = rs_of_revision(&server, ns, "5");
+    assert_eq!(
+        field(&server, ns, &format!("rs/{fourth}"), "{.spec.replicas}"),
+        "5"
+    );
+    assert_eq!(
+        field(&server, ns, &format!("rs/{third}"), "{.spec.replicas}"),
+        "0"
+    );
+    let available = field(
+        &server,
+        ns,
+        "deployment/web",
+        r#"{.status.conditions[?(@.type=="Available")].reason}"#,
+    );
+    assert_eq!(available, "MinimumReplicasAvailable");
 }
