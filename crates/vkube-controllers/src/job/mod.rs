@@ -465,6 +465,10 @@ async fn sync(obj: &Job, ctx: &Context, backoffs: &Backoffs) -> Result<Action> {
     status.active = Some(active);
     status.ready = Some(s.ready);
     status.terminating = Some(s.terminating);
+    // Go leaves an empty list out.
+    if status.conditions.as_ref().is_some_and(Vec::is_empty) {
+        status.conditions = None;
+    }
     track::status_and_finalizers(&mut s, needs_update).await?;
     backoffs.store(&key, s.record.clone());
     if let Some(err) = manage_err {
@@ -566,6 +570,8 @@ pub(crate) async fn remove_finalizer(api: &Api<Pod>, pod: &Pod) -> kube::Result<
         .flatten()
         .filter(|f| *f != TRACKING_FINALIZER)
         .collect();
+    // An empty list is left out (as Go writes it): null removes the field.
+    let kept = Some(kept).filter(|k| !k.is_empty());
     let patch = json!({"metadata": {"finalizers": kept, "uid": pod.metadata.uid,
                        "resourceVersion": pod.metadata.resource_version}});
     let name = pod.metadata.name.as_deref().unwrap_or_default();

@@ -157,10 +157,7 @@ async fn completions_with_parallelism_complete_and_count_each_pod_once() {
         "one more pod for the third completion"
     );
     assert!(job["status"]["uncountedTerminatedPods"]["succeeded"].is_null());
-    assert_eq!(
-        e.fake.get(PODS, &names[0]).unwrap()["metadata"]["finalizers"],
-        json!([])
-    );
+    assert!(e.fake.get(PODS, &names[0]).unwrap()["metadata"]["finalizers"].is_null());
     // Synced again with nothing new: still one.
     e.sync("pi").await;
     assert_eq!(e.job("pi")["status"]["succeeded"], 1);
