@@ -150,8 +150,8 @@ pub async fn claim<K: Resource<DynamicType = ()>>(
     claim_filtered(client, owner, selector, |_| true).await
 }
 
-/// [`claim`] among the pods `filter` accepts (upstream's `ClaimPods` filters: a StatefulSet
-/// claims only pods named after it); the others are neither adopted, released nor returned.
+/// [`claim`] where a pod must also pass `filter` to match (upstream's `ClaimPods` filters: a
+/// StatefulSet claims only pods named after it, and releases a pod it controls that is not).
 pub async fn claim_filtered<K: Resource<DynamicType = ()>>(
     client: &kube::Client,
     owner: &K,
@@ -164,8 +164,8 @@ pub async fn claim_filtered<K: Resource<DynamicType = ()>>(
     let pods = api.list(&ListParams::default()).await?;
     let deleting = owner.meta().deletion_timestamp.is_some();
     let mut owned = Vec::new();
-    for pod in pods.items.into_iter().filter(|p| filter(p)) {
-        let matches = selects(selector, pod.metadata.labels.as_ref());
+    for pod in pods.items {
+        let matches = selects(selector, pod.metadata.labels.as_ref()) && filter(&pod);
         let name = pod.metadata.name.clone().unwrap_or_default();
         match controller_of(&pod.metadata) {
             Some(r) if r.uid == uid => {

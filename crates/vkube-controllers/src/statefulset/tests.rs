@@ -650,12 +650,20 @@ async fn pods_of_others_and_unnamed_pods_are_left_alone_and_orphans_adopted() {
         PODS,
         json!({"metadata": {"name": "other", "labels": {"app": "web"}}}),
     );
+    // A pod it controls whose name is not its own is released.
+    t.fake.put(
+        PODS,
+        json!({"metadata": {"name": "stray", "labels": {"app": "web"},
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web",
+                             "uid": "uid-web", "controller": true}]}}),
+    );
     t.sync().await;
     assert_eq!(
         t.pod("web-0")["metadata"]["ownerReferences"][0]["uid"],
         "uid-web"
     );
     assert!(t.pod("other")["metadata"]["ownerReferences"].is_null());
+    assert_eq!(t.pod("stray")["metadata"]["ownerReferences"], json!([]));
     // The adopted pod gets its identity labels.
     t.ready("web-0");
     t.settle().await;
@@ -663,7 +671,7 @@ async fn pods_of_others_and_unnamed_pods_are_left_alone_and_orphans_adopted() {
         t.pod("web-0")["metadata"]["labels"][POD_NAME_LABEL],
         "web-0"
     );
-    assert_eq!(t.pods(), ["other", "web-0"]);
+    assert_eq!(t.pods(), ["other", "stray", "web-0"]);
 }
 
 #[test]
