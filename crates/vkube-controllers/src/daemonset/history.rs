@@ -213,6 +213,11 @@ async fn snapshot(
             let mut fresh = ds_api
                 .get(ds.metadata.name.as_deref().unwrap_or_default())
                 .await?;
+            let seen = ds.status.as_ref().and_then(|s| s.collision_count);
+            if fresh.status.as_ref().and_then(|s| s.collision_count) != seen {
+                // Hashed with a stale count: the next sync hashes with the current one.
+                return Ok(None);
+            }
             let status = fresh.status.get_or_insert_with(Default::default);
             status.collision_count = Some(status.collision_count.unwrap_or(0) + 1);
             tracing::info!(daemonset = ?ds.metadata.name, %name, "revision name collision; raising collisionCount");

@@ -472,6 +472,11 @@ async fn sync(ctx: &Context, pass: &Pass, delete: &[String], create: &[String]) 
                     let message = format!("Created pod: {}", pod.metadata.name.unwrap_or_default());
                     event(ctx, ds, "Normal", "SuccessfulCreate", &message).await;
                 }
+                // The namespace is going: every later creation fails too (upstream ignores it).
+                Err(kube::Error::Api(e))
+                    if e.details.as_ref().is_some_and(|d| {
+                        d.causes.iter().any(|c| c.reason == "NamespaceTerminating")
+                    }) => {}
                 Err(err) => {
                     let message = format!("Error creating: {err}");
                     event(ctx, ds, "Warning", "FailedCreate", &message).await;

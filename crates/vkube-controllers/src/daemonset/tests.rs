@@ -609,3 +609,34 @@ fn percentages_round_up() {
     assert_eq!(update::scaled(Some(&IntOrString::Int(3)), 5).unwrap(), 3);
     assert!(update::scaled(Some(&IntOrString::String("x".into())), 5).is_err());
 }
+
+#[tokio::test]
+async fn surge_retires_pods_of_tainted_nodes_only_while_enough_stay_available() {
+    let f = Fixture::new();
+    f.node("n1", json!({}), json!([]));
+    f.node("n2", json!({}), json!([]));
+    f.daemonset(
+        json!({"updateStrategy": {"type": "RollingUpdate",
+               "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}}),
+        json!({}),
+    );
+    f.sync().await;
+    f.all_ready();
+    // n2 is tainted NoSchedule: its pod may stay, no new one goes there.
+    f.fake.edit(NODES, "n2", |n| {
+        n["spec"]["taints"] = json!([{"key": "maintenance", "effect": "NoSchedule"}]);
+    });
+    f.set_image("agent:2");
+    f.sync().await;
+    // n1 surges; n2's old pod is the one left over (2 available, 1 node wants a pod).
+    assert_eq!(
+        f.placement(),
+        [("n1", "agent:1"), ("n1", "agent:2")].map(|(a, b)| (a.to_string(), b.to_string())),
+    );
+    for _ in 0..4 {
+        f.all_ready();
+        f.sync().await;
+    }
+    assert_eq!(f.placement(), [("n1".to_string(), "agent:2".to_string())]);
+    assert_eq!(f.status()["desiredNumberScheduled"], 1);
+}

@@ -175,14 +175,20 @@ pub fn plan(
     }
 
     let mut delete = Vec::new();
+    // Old available pods on nodes that should no longer run one: they go only while as many
+    // pods stay available as nodes want one (with surge the owner expects full availability).
+    let mut sunset = Vec::new();
     let mut allowed_nodes = Vec::new();
     let mut candidate_nodes = Vec::new();
-    let mut surging = 0;
+    let (mut surging, mut num_available) = (0, 0);
     for (node_name, pods) in &considered {
         let Some((new, old)) = updated_and_old(ds, pods, hash) else {
             surging += 1;
             continue;
         };
+        if old.or(new).is_some_and(available) {
+            num_available += 1;
+        }
         let runs_here = || {
             nodes
                 .get(node_name)
@@ -197,8 +203,10 @@ pub fn plan(
                     delete.push(name_of(old));
                 }
             }
-            (None, Some(_)) => {
-                if runs_here() && surging < max_surge {
+            (None, Some(old)) => {
+                if !runs_here() {
+                    sunset.push(name_of(old));
+                } else if surging < max_surge {
                     candidate_nodes.push(node_name.to_string());
                 }
             }
@@ -211,6 +219,8 @@ pub fn plan(
             }
         }
     }
+    let deletable = (num_available - desired).max(0) as usize;
+    delete.extend(sunset.into_iter().take(deletable));
     let room = (max_surge - surging).max(0) as usize;
     candidate_nodes.truncate(room);
     allowed_nodes.extend(candidate_nodes);
