@@ -2,7 +2,8 @@
 //! DaemonSet gets one pod per eligible node, placed by node affinity on the node's name (no
 //! scheduler binds them here); the test plays the kubelet (pod status through the `status`
 //! subresource) so `kubectl rollout status` completes, then rolls a new image out one node at a
-//! time, with `kubectl rollout history` listing both revisions.
+//! time, with `kubectl rollout history` listing both revisions, and `kubectl rollout undo` rolls
+//! the first image back out as revision 3.
 
 use std::time::{Duration, Instant};
 
@@ -220,6 +221,41 @@ fn daemonset_runs_on_each_eligible_node_and_rolls_out() {
         .filter(|w| w.parse::<u32>().is_ok())
         .collect();
     assert_eq!(revisions, ["1", "2"], "{history}");
+    let first = run(
+        &server,
+        "kubectl",
+        &["rollout", "history", "ds/agent", "-n", NS, "--revision=1"],
+    );
+    assert!(first.contains("busybox:1.36"), "{first}");
+
+    // Undo applies revision 1's patch: the old image rolls back out as revision 3.
+    run(
+        &server,
+        "kubectl",
+        &["rollout", "undo", "ds/agent", "-n", NS],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while placement(&server) != ["worker-1 busybox:1.36", "worker-2 busybox:1.36"] {
+        assert!(
+            Instant::now() < deadline,
+            "never rolled back: {:?}",
+            placement(&server)
+        );
+        start_pods(&server);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    roll_out(&server);
+    let history = run(
+        &server,
+        "kubectl",
+        &["rollout", "history", "ds/agent", "-n", NS],
+    );
+    let revisions: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(revisions, ["2", "3"], "{history}");
 
     // Deleting the DaemonSet takes its pods and revisions.
     run(&server, "kubectl", &["delete", "ds", "agent", "-n", NS]);
