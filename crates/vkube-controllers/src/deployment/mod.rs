@@ -137,7 +137,8 @@ impl Sync<'_> {
             .map(|s| s.selector.clone())
             .unwrap_or_default();
         if empty_selector(&selector) {
-            // upstream: "This deployment is selecting all pods. A non-empty selector is required."
+            let msg = "This deployment is selecting all pods. A non-empty selector is required.";
+            self.event("Warning", "SelectingAll", msg).await;
             let generation = self.d.metadata.generation;
             let mut status = self.status();
             if status.observed_generation < generation {
@@ -220,6 +221,19 @@ impl Sync<'_> {
                 &Patch::Merge(&patch),
             )
             .await
+    }
+
+    /// Records an event about the Deployment (best effort).
+    async fn event(&self, type_: &str, reason: &str, message: &str) {
+        crate::cronjob::events::record_as(
+            self.ctx,
+            "deployment-controller",
+            &self.d,
+            type_,
+            reason,
+            message,
+        )
+        .await;
     }
 
     /// Writes `status` through the status subresource; the Deployment becomes the answer.
@@ -395,11 +409,12 @@ impl Sync<'_> {
                 return Err(kube::Error::Api(e).into());
             }
             Err(err) => {
+                let message = format!(
+                    "Failed to create new replica set {name:?}: {}",
+                    crate::replicaset::message(&err)
+                );
+                self.event("Warning", FAILED_RS_CREATE, &message).await;
                 if progress_deadline(&self.d).is_some() {
-                    let message = format!(
-                        "Failed to create new replica set {name:?}: {}",
-                        crate::replicaset::message(&err)
-                    );
                     set_condition(
                         &mut status,
                         new_condition(
@@ -415,6 +430,10 @@ impl Sync<'_> {
                 return Err(err.into());
             }
         };
+        if replicas > 0 {
+            let msg = format!("Scaled up replica set {name} from 0 to {replicas}");
+            self.event("Normal", "ScalingReplicaSet", &msg).await;
+        }
         self.set_revision(&new_revision.to_string()).await?;
         if progress_deadline(&self.d).is_some() {
             let mut status = self.status();

@@ -74,7 +74,8 @@ impl Sync<'_> {
     pub(super) async fn scale_rs(&self, rs: &mut ReplicaSet, replicas: i32) -> Result<bool> {
         let desired = spec_replicas(&self.d);
         let max = desired + max_surge(&self.d);
-        let resize = rs_replicas(rs) != replicas;
+        let before = rs_replicas(rs);
+        let resize = before != replicas;
         let mut copy = rs.clone();
         let annotate = set_replicas_annotations(&mut copy, desired, max);
         if resize || annotate {
@@ -85,7 +86,10 @@ impl Sync<'_> {
                 .replace(&name, &PostParams::default(), &copy)
                 .await?;
             if resize {
-                tracing::debug!(deployment = %self.name(), replicaset = %name, replicas, "scaled");
+                let direction = if before < replicas { "up" } else { "down" };
+                let msg =
+                    format!("Scaled {direction} replica set {name} from {before} to {replicas}");
+                self.event("Normal", "ScalingReplicaSet", &msg).await;
             }
         }
         Ok(resize)

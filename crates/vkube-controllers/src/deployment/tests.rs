@@ -181,6 +181,17 @@ async fn creates_a_hashed_replicaset_and_reports_progress() {
         format!("Created new replica set \"web-{hash}\"")
     );
 
+    let scaled: Vec<Value> = fake
+        .list("/api/v1/namespaces/ns/events")
+        .into_iter()
+        .filter(|e| e["reason"] == "ScalingReplicaSet")
+        .collect();
+    assert_eq!(scaled.len(), 1);
+    assert_eq!(
+        scaled[0]["message"],
+        format!("Scaled up replica set web-{hash} from 0 to 3")
+    );
+    assert_eq!(scaled[0]["involvedObject"]["kind"], "Deployment");
     settle(&fake, &ctx).await;
     assert_eq!(fake.list(PODS).len(), 3);
     let d = get_d(&fake);
@@ -395,6 +406,13 @@ async fn scaling_mid_rollout_is_proportional() {
     settle(&fake, &ctx).await;
     let rss = replicasets(&fake);
     assert_eq!((rss[0].1, rss[1].1), (11, 7));
+    let messages: Vec<String> = fake
+        .list("/api/v1/namespaces/ns/events")
+        .iter()
+        .filter_map(|e| e["message"].as_str().map(str::to_string))
+        .collect();
+    let old_scaled = format!("Scaled up replica set {} from 8 to 11", rss[0].0);
+    assert!(messages.contains(&old_scaled), "{messages:#?}");
     for (name, _, _) in &rss {
         let rs = fake.get(RSS, name).unwrap();
         assert_eq!(rs["metadata"]["annotations"][DESIRED_REPLICAS], "15");

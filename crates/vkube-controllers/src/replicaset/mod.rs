@@ -47,9 +47,12 @@ pub(crate) trait Replicated:
     fn replicas(&self) -> i32;
     fn min_ready_seconds(&self) -> i32;
     fn template(&self) -> Option<&PodTemplateSpec>;
+    /// The controller's name in its events' source.
+    const COMPONENT: &'static str;
 }
 
 impl Replicated for ReplicaSet {
+    const COMPONENT: &'static str = "replicaset-controller";
     fn selector(&self) -> Option<LabelSelector> {
         self.spec.as_ref().map(|s| s.selector.clone())
     }
@@ -68,6 +71,7 @@ impl Replicated for ReplicaSet {
 }
 
 impl Replicated for ReplicationController {
+    const COMPONENT: &'static str = "replication-controller";
     fn selector(&self) -> Option<LabelSelector> {
         let spec = self.spec.as_ref()?;
         // The API defaults an RC's selector to its template's labels; an RC without either
@@ -176,7 +180,7 @@ pub(crate) async fn sync<K: Replicated>(seen: &K, ctx: &Context) -> Result<Actio
         let outcome = if diff < 0 {
             create(ctx, &obj, &namespace, &mut owned, (-diff) as usize).await
         } else if diff > 0 {
-            delete(ctx, &namespace, &mut owned, diff as usize).await
+            delete(ctx, &obj, &namespace, &mut owned, diff as usize).await
         } else {
             Ok(())
         };
@@ -238,6 +242,11 @@ pub(crate) async fn sync<K: Replicated>(seen: &K, ctx: &Context) -> Result<Actio
     Ok(Action::await_change())
 }
 
+/// Records an event about `obj`, as upstream's pod control does (best effort).
+async fn event<K: Replicated>(ctx: &Context, obj: &K, type_: &str, reason: &str, message: &str) {
+    crate::cronjob::events::record_as(ctx, K::COMPONENT, obj, type_, reason, message).await;
+}
+
 /// Creates `count` pods (at most [`BURST_REPLICAS`]) in batches of 1, 2, 4, …, stopping at the
 /// first batch with a failure (upstream's `slowStartBatch`); the made pods join `owned`.
 async fn create<K: Replicated>(
@@ -260,8 +269,17 @@ async fn create<K: Replicated>(
         let mut first_error = None;
         for result in results {
             match result {
-                Ok(made) => owned.push(made),
+                Ok(made) => {
+                    let msg = format!(
+                        "Created pod: {}",
+                        made.metadata.name.as_deref().unwrap_or_default()
+                    );
+                    event(ctx, obj, "Normal", "SuccessfulCreate", &msg).await;
+                    owned.push(made);
+                }
                 Err(err) => {
+                    let msg = format!("Error creating: {}", message(&err));
+                    event(ctx, obj, "Warning", "FailedCreate", &msg).await;
                     first_error.get_or_insert(err);
                 }
             }
@@ -276,8 +294,9 @@ async fn create<K: Replicated>(
 }
 
 /// Deletes the `count` least valuable pods of `owned` (upstream's `getPodsToDelete`).
-async fn delete(
+async fn delete<K: Replicated>(
     ctx: &Context,
+    obj: &K,
     namespace: &str,
     owned: &mut Vec<Pod>,
     count: usize,
@@ -295,10 +314,16 @@ async fn delete(
     .await;
     let mut first_error = None;
     for (pod, result) in victims.into_iter().zip(results) {
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
         match result {
-            Ok(_) => {}
+            Ok(_) => {
+                let msg = format!("Deleted pod: {name}");
+                event(ctx, obj, "Normal", "SuccessfulDelete", &msg).await;
+            }
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(err) => {
+                let msg = format!("Error deleting: {}", message(&err));
+                event(ctx, obj, "Warning", "FailedDelete", &msg).await;
                 // Still there: it counts.
                 owned.push(pod);
                 first_error.get_or_insert(err);

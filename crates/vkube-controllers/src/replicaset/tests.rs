@@ -68,6 +68,16 @@ async fn scales_up_with_owned_pods_and_reports_status() {
     sync_rs(&fake, &ctx, "web").await.unwrap();
     let pods = fake.list(PODS);
     assert_eq!(pods.len(), 3);
+    let events = fake.list("/api/v1/namespaces/ns/events");
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[0]["reason"], "SuccessfulCreate");
+    assert!(
+        events[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Created pod: web-")
+    );
+    assert_eq!(events[0]["involvedObject"]["kind"], "ReplicaSet");
     for p in &pods {
         assert!(p["metadata"]["name"].as_str().unwrap().starts_with("web-"));
         assert_eq!(p["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet");
@@ -214,13 +224,16 @@ async fn refused_creates_set_replica_failure_until_they_succeed() {
     assert_eq!(s["conditions"][0]["reason"], "FailedCreate");
     assert_eq!(s["conditions"][0]["message"], quota);
     // One refused pod, the slow start stops there.
-    assert_eq!(
-        fake.writes()
-            .iter()
-            .filter(|w| w.starts_with("POST"))
-            .count(),
-        2
-    );
+    let pod_posts = fake
+        .writes()
+        .iter()
+        .filter(|w| w.as_str() == format!("POST {PODS}"))
+        .count();
+    assert_eq!(pod_posts, 1);
+    let events = fake.list("/api/v1/namespaces/ns/events");
+    assert_eq!(events[0]["reason"], "FailedCreate");
+    assert_eq!(events[0]["message"], format!("Error creating: {quota}"));
+    assert_eq!(events[0]["source"]["component"], "replicaset-controller");
     fake.accept();
     sync_rs(&fake, &ctx, "web").await.unwrap();
     assert!(status(&fake, "web")["conditions"].is_null());

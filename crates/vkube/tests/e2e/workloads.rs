@@ -518,4 +518,12 @@ fn rolling_updates_and_kubectl_rollout() {
         r#"{.status.conditions[?(@.type=="Available")].reason}"#,
     );
     assert_eq!(available, "MinimumReplicasAvailable");
+    // The controllers' events, as kubectl describe lists them.
+    let described = run(&server, k, &["describe", "deployment/web", "-n", ns]);
+    assert!(
+        described.contains(&format!("Scaled up replica set {fourth} from 0 to")),
+        "{described}"
+    );
+    let described = run(&server, k, &["describe", &format!("rs/{fourth}"), "-n", ns]);
+    assert!(described.contains("SuccessfulCreate"), "{described}");
 }
