@@ -431,3 +431,19 @@ fn controllers_may_do_their_job_and_no_more() {
         );
     }
 }
+
+#[test]
+fn kube_controller_manager_has_its_own_role_and_binding() {
+    let roles = super::bootstrap::cluster_roles();
+    let role = roles
+        .iter()
+        .find(|r| r["metadata"]["name"] == "system:kube-controller-manager")
+        .expect("the role");
+    assert!(role["rules"].as_array().unwrap().len() >= 10);
+    let bindings = super::bootstrap::cluster_role_bindings();
+    let binding = bindings
+        .iter()
+        .find(|b| b["metadata"]["name"] == "system:kube-controller-manager")
+        .expect("the binding");
+    assert_eq!(binding["subjects"][0]["kind"], "User");
+}
