@@ -194,9 +194,12 @@ fn roll_out(server: &Server, ns: &str, deployment: &str) {
 #[derive(Default)]
 struct Seen {
     armed: bool,
-    pods: BTreeMap<String, bool>,
+    /// name → (pod-template-hash, ready).
+    pods: BTreeMap<String, (String, bool)>,
     min_ready: Option<usize>,
     max_pods: usize,
+    /// The most templates (ReplicaSets) with pods at once.
+    max_templates: usize,
 }
 
 /// Watches the pods of `ns` with kubectl, recording the extremes, until the returned child is
@@ -211,7 +214,7 @@ fn watch_pods(server: &Server, ns: &str) -> (std::process::Child, Arc<Mutex<Seen
             "-w",
             "--output-watch-events",
             "-o",
-            r#"jsonpath={.type} {.object.metadata.name} {.object.status.conditions[?(@.type=="Ready")].status}{.object.metadata.deletionTimestamp}{"\n"}"#,
+            r#"jsonpath={.type} {.object.metadata.name} {.object.metadata.labels.pod-template-hash} {.object.status.conditions[?(@.type=="Ready")].status}{.object.metadata.deletionTimestamp}{"\n"}"#,
         ])
         .env("KUBECONFIG", server.kubeconfig())
         .stdout(Stdio::piped())
@@ -225,7 +228,7 @@ fn watch_pods(server: &Server, ns: &str) -> (std::process::Child, Arc<Mutex<Seen
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { return };
             let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 2 {
+            if f.len() < 3 {
                 continue;
             }
             let mut s = record.lock().unwrap();
@@ -233,13 +236,18 @@ fn watch_pods(server: &Server, ns: &str) -> (std::process::Child, Arc<Mutex<Seen
                 s.pods.remove(f[1]);
             } else {
                 // "True" alone: ready; with a deletion timestamp after it, terminating.
-                s.pods.insert(f[1].to_string(), f.get(2) == Some(&"True"));
+                let ready = f.get(3) == Some(&"True");
+                s.pods.insert(f[1].to_string(), (f[2].to_string(), ready));
             }
             if !s.armed {
                 continue;
             }
-            let ready = s.pods.values().filter(|r| **r).count();
+            let ready = s.pods.values().filter(|(_, r)| *r).count();
             let count = s.pods.len();
+            let templates: std::collections::BTreeSet<&String> =
+                s.pods.values().map(|(h, _)| h).collect();
+            let templates = templates.len();
+            s.max_templates = s.max_templates.max(templates);
             s.min_ready = Some(s.min_ready.map_or(ready, |m| m.min(ready)));
             s.max_pods = s.max_pods.max(count);
         }
@@ -297,7 +305,7 @@ fn rolling_updates_and_kubectl_rollout() {
     let (mut watch, seen) = watch_pods(&server, ns);
     eventually("the watch sees the 4 ready pods", || {
         let mut s = seen.lock().unwrap();
-        s.armed = s.pods.len() == 4 && s.pods.values().all(|r| *r);
+        s.armed = s.pods.len() == 4 && s.pods.values().all(|(_, r)| *r);
         s.armed
     });
     run(
@@ -526,4 +534,45 @@ fn rolling_updates_and_kubectl_rollout() {
     );
     let described = run(&server, k, &["describe", &format!("rs/{fourth}"), "-n", ns]);
     assert!(described.contains("SuccessfulCreate"), "{described}");
+}
+
+/// Recreate: the old pods are all gone before the first new one is made.
+#[test]
+fn recreate_never_runs_two_templates_at_once() {
+    let server = Server::start();
+    let k = "kubectl";
+    let ns = "recreate";
+    run(&server, k, &["create", "namespace", ns]);
+    let manifest = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: db, namespace: {ns}}}\nspec:\n  replicas: 3\n  selector: {{matchLabels: {{app: db}}}}\n  strategy: {{type: Recreate}}\n  template:\n    metadata: {{labels: {{app: db}}}}\n    spec: {{containers: [{{name: c, image: 'postgres:16'}}]}}\n"
+    );
+    apply_file(&server, k, &manifest, "create");
+    eventually("3 pods", || count(&server, ns, "pods") == 3);
+    roll_out(&server, ns, "db");
+    let (mut watch, seen) = watch_pods(&server, ns);
+    eventually("the watch sees the 3 ready pods", || {
+        let mut s = seen.lock().unwrap();
+        s.armed = s.pods.len() == 3 && s.pods.values().all(|(_, r)| *r);
+        s.armed
+    });
+    run(
+        &server,
+        k,
+        &["set", "image", "deployment/db", "c=postgres:17", "-n", ns],
+    );
+    roll_out(&server, ns, "db");
+    let out = run(
+        &server,
+        k,
+        &["rollout", "status", "deployment/db", "-n", ns],
+    );
+    assert!(out.contains("successfully rolled out"), "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let s = seen.lock().unwrap();
+    assert_eq!(s.max_templates, 1, "old and new pods at once");
+    assert_eq!(s.min_ready, Some(0));
+    assert_eq!(s.max_pods, 3);
+    assert_eq!(count(&server, ns, "replicasets"), 2);
 }
