@@ -269,3 +269,42 @@ fn daemonset_runs_on_each_eligible_node_and_rolls_out() {
             .is_empty()
     });
 }
+
+/// Node changes reach the controller: a label that the nodeSelector wants brings a pod, a
+/// NoExecute taint evicts it, and a node deleted takes its (never scheduled) pod with it.
+#[test]
+fn daemon_pods_follow_node_labels_taints_and_removal() {
+    let server = Server::start();
+    run(&server, "kubectl", &["create", "namespace", NS]);
+    let nodes = nodes_yaml().replace(
+        "spec:\n  taints:\n  - {key: dedicated, value: db, effect: NoSchedule}\n",
+        "",
+    );
+    apply_file(&server, "kubectl", &nodes, "create");
+    let ds = daemonset_yaml().replace("kubernetes.io/os: linux", "role: agent");
+    apply_file(&server, "kubectl", &ds, "apply");
+    eventually("the DaemonSet is seen with no node to run on", || {
+        status(&server) == "0/0/0/0/0"
+    });
+    assert!(placement(&server).is_empty());
+
+    for node in ["worker-1", "worker-2"] {
+        run(&server, "kubectl", &["label", "node", node, "role=agent"]);
+    }
+    eventually("a pod for each labelled node", || {
+        placement(&server) == ["worker-1 busybox:1.36", "worker-2 busybox:1.36"]
+    });
+    run(
+        &server,
+        "kubectl",
+        &["taint", "node", "worker-2", "drain=now:NoExecute"],
+    );
+    eventually("the NoExecute taint evicts worker-2's pod", || {
+        placement(&server) == ["worker-1 busybox:1.36"]
+    });
+    run(&server, "kubectl", &["delete", "node", "worker-1"]);
+    eventually("the deleted node's pod goes", || {
+        placement(&server).is_empty()
+    });
+    eventually("nothing desired", || status(&server) == "0/0/0/0/0");
+}
