@@ -18,11 +18,52 @@ use crate::{Error, Result};
 
 pub(super) const HASH_LABEL: &str = "controller.kubernetes.io/hash";
 
-/// The data upstream stores: a strategic merge patch that replaces the set's pod template.
+/// The data upstream stores: a strategic merge patch that replaces the set's pod template,
+/// encoded as Go encodes it (see [`go_template`]), so that the same template makes the same
+/// data, hash and revision name as upstream's controller.
 pub(super) fn patch_of(template: &PodTemplateSpec) -> Value {
-    let mut template = serde_json::to_value(template).unwrap_or_else(|_| json!({}));
+    let mut template = go_template(template);
     template["$patch"] = json!("replace");
     json!({"spec": {"template": template}})
+}
+
+/// The template as Go's `encoding/json` writes a `PodTemplateSpec`: what k8s-openapi writes, plus
+/// the fields Go writes although empty (`omitempty` leaves structs alone): the metadata's
+/// `creationTimestamp` (null) and each container's `resources` (`{}`).
+fn go_template(template: &PodTemplateSpec) -> Value {
+    let mut t = serde_json::to_value(template).unwrap_or_else(|_| json!({}));
+    let Some(obj) = t.as_object_mut() else {
+        return t;
+    };
+    let meta = obj.entry("metadata").or_insert_with(|| json!({}));
+    if let Some(meta) = meta.as_object_mut() {
+        meta.entry("creationTimestamp").or_insert(Value::Null);
+    }
+    if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+        for list in ["initContainers", "containers", "ephemeralContainers"] {
+            let containers = spec.get_mut(list).and_then(Value::as_array_mut);
+            for c in containers
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_object_mut)
+            {
+                c.entry("resources").or_insert_with(|| json!({}));
+            }
+        }
+    }
+    t
+}
+
+/// Compact JSON with sorted keys and Go's escapes of `<`, `>`, `&`, U+2028 and U+2029 (only
+/// ever inside strings), as Go's `json.Marshal` of a map writes it.
+fn go_json(value: &Value) -> String {
+    value
+        .to_string()
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+        .replace('\u{2028}', "\\u2028")
+        .replace('\u{2029}', "\\u2029")
 }
 
 /// The pod template a revision restores (upstream's `ApplyRevision`: the patch replaces the
@@ -54,7 +95,7 @@ pub(super) fn hash(data: &Value, collision_count: Option<i32>) -> String {
             h ^= u32::from(*b);
         }
     };
-    write(data.to_string().as_bytes());
+    write(go_json(data).as_bytes());
     if let Some(c) = collision_count {
         write(c.to_string().as_bytes());
     }
@@ -115,7 +156,8 @@ fn data(revision: &ControllerRevision) -> Option<&Value> {
 }
 
 /// Upstream's `EqualRevision`: different hash labels mean different revisions; otherwise the
-/// data decides.
+/// data decides, compared as the templates they restore (whatever the API did to nulls and empty
+/// objects on the way).
 fn equal(a: &ControllerRevision, b: &ControllerRevision) -> bool {
     let label = |r: &ControllerRevision| {
         r.metadata
@@ -129,7 +171,10 @@ fn equal(a: &ControllerRevision, b: &ControllerRevision) -> bool {
     {
         return false;
     }
-    data(a) == data(b)
+    match (template_of(a), template_of(b)) {
+        (Ok(x), Ok(y)) => go_template(&x) == go_template(&y),
+        _ => data(a) == data(b),
+    }
 }
 
 /// The set's revisions, oldest first: those it controls and the orphans its selector matches,
@@ -221,7 +266,7 @@ pub(super) async fn current_and_update(
                 Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {
                     let name = attempt.metadata.name.clone().unwrap_or_default();
                     let existing = api.get(&name).await?;
-                    if data(&existing) == data(&attempt) {
+                    if equal(&existing, &attempt) {
                         break existing;
                     }
                     collision_count = collision_count.saturating_add(1);
@@ -289,6 +334,31 @@ pub(super) async fn truncate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Upstream's own vector (stateful_set_compatibility_test.go): a 1.33 set's defaulted
+    /// template, its revision data and the name `test-c77f6d978`.
+    #[test]
+    fn revisions_match_upstream_byte_for_byte() {
+        let template: PodTemplateSpec = serde_json::from_value(json!({
+            "metadata": {"annotations": {"test": "value"}, "labels": {"app": "foo"}},
+            "spec": {
+                "containers": [{"image": "test", "imagePullPolicy": "Always", "name": "test",
+                    "terminationMessagePath": "/dev/termination-log",
+                    "terminationMessagePolicy": "File"}],
+                "dnsPolicy": "ClusterFirst", "restartPolicy": "Always",
+                "schedulerName": "default-scheduler", "securityContext": {},
+                "terminationGracePeriodSeconds": 30
+            }
+        }))
+        .unwrap();
+        let data = patch_of(&template);
+        assert_eq!(
+            go_json(&data),
+            r#"{"spec":{"template":{"$patch":"replace","metadata":{"annotations":{"test":"value"},"creationTimestamp":null,"labels":{"app":"foo"}},"spec":{"containers":[{"image":"test","imagePullPolicy":"Always","name":"test","resources":{},"terminationMessagePath":"/dev/termination-log","terminationMessagePolicy":"File"}],"dnsPolicy":"ClusterFirst","restartPolicy":"Always","schedulerName":"default-scheduler","securityContext":{},"terminationGracePeriodSeconds":30}}}}"#
+        );
+        assert_eq!(hash(&data, Some(0)), "c77f6d978");
+        assert_eq!(go_json(&json!("a<b>&c")), r#""a\u003cb\u003e\u0026c""#);
+    }
 
     #[test]
     fn hashes_spell_as_upstream() {
