@@ -364,6 +364,10 @@ fn rolling_updates_and_kubectl_rollout() {
             min >= 3,
             "{min} ready: fewer than replicas - maxUnavailable"
         );
+        assert_eq!(
+            s.max_templates, 2,
+            "the watch saw old and new pods together"
+        );
     }
     assert_eq!(count(&server, ns, "pods"), 4);
     assert_eq!(
