@@ -25,7 +25,6 @@ use futures_util::{StreamExt, future};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, Pod, PodTemplateSpec, Taint};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
@@ -74,10 +73,16 @@ fn node_changes(api: Api<Node>) -> impl futures_util::Stream<Item = ()> + Send +
         .filter_map(move |event| {
             let mut seen = seen.lock().expect("node fingerprints");
             let changed = match event {
-                Ok(Event::Apply(n) | Event::InitApply(n)) => {
+                Ok(Event::Apply(n)) => {
                     let name = n.metadata.name.clone().unwrap_or_default();
                     let print = fingerprint(&n);
                     seen.insert(name, print.clone()).as_ref() != Some(&print)
+                }
+                // A (re-)list: one trigger once it is complete.
+                Ok(Event::InitApply(n)) => {
+                    let name = n.metadata.name.clone().unwrap_or_default();
+                    seen.insert(name, fingerprint(&n));
+                    false
                 }
                 Ok(Event::Delete(n)) => {
                     seen.remove(n.metadata.name.as_deref().unwrap_or_default());
@@ -110,6 +115,8 @@ impl Failures {
 
     fn next(&self, key: &str, now: Timestamp) {
         let mut map = self.0.lock().expect("backoff lock");
+        // Entries long expired go (upstream's periodic backoff GC).
+        map.retain(|_, (_, last)| Self::since(now, *last) <= 2 * FAILED_BACKOFF_MAX);
         let backoff = match map.get(key) {
             Some((b, last)) if Self::since(now, *last) <= 2 * FAILED_BACKOFF_MAX => {
                 (*b * 2).min(FAILED_BACKOFF_MAX)
@@ -201,17 +208,12 @@ async fn reconcile(
         return Ok(Action::await_change());
     };
     let spec = ds.spec.clone().unwrap_or_default();
-    if spec.selector == LabelSelector::default()
-        || (spec
-            .selector
-            .match_labels
+    let selector = &spec.selector;
+    if selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && selector
+            .match_expressions
             .as_ref()
             .is_none_or(|m| m.is_empty())
-            && spec
-                .selector
-                .match_expressions
-                .as_ref()
-                .is_none_or(|m| m.is_empty()))
     {
         let why = "This daemon set is selecting all pods. A non-empty selector is required.";
         event(&ctx, &ds, "Warning", "SelectingAll", why).await;
@@ -254,7 +256,15 @@ async fn reconcile(
     for message in failed {
         event(&ctx, &pass.ds, "Warning", "FailedDaemonPod", &message).await;
     }
-    let mut wrote = sync(&ctx, &pass, &delete, &create).await?;
+    // As upstream, the status is written even when creating or deleting failed (a quota, say);
+    // the failure is returned after it.
+    let mut outcome = Ok(());
+    let mut wrote = sync(&ctx, &pass, &delete, &create)
+        .await
+        .unwrap_or_else(|err| {
+            outcome = Err(err);
+            true
+        });
     let on_delete = spec
         .update_strategy
         .as_ref()
@@ -262,7 +272,12 @@ async fn reconcile(
         == Some("OnDelete");
     if !wrote && !on_delete {
         let (delete, create) = update::plan(&pass, &by_node(&pods), now)?;
-        wrote = sync(&ctx, &pass, &delete, &create).await?;
+        wrote = sync(&ctx, &pass, &delete, &create)
+            .await
+            .unwrap_or_else(|err| {
+                outcome = Err(err);
+                true
+            });
     }
     if wrote {
         pods = claim(client, &pass.ds, &spec.selector).await?;
@@ -279,6 +294,7 @@ async fn reconcile(
         let after = Duration::from_secs(min_ready as u64);
         requeue = Some(requeue.map_or(after, |r| r.min(after)));
     }
+    outcome?;
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }
 

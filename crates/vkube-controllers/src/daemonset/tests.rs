@@ -640,3 +640,38 @@ async fn surge_retires_pods_of_tainted_nodes_only_while_enough_stay_available() 
     assert_eq!(f.placement(), [("n1".to_string(), "agent:2".to_string())]);
     assert_eq!(f.status()["desiredNumberScheduled"], 1);
 }
+
+#[tokio::test]
+async fn a_refused_creation_stops_the_slow_start_and_the_status_is_still_written() {
+    let f = Fixture::new();
+    for n in ["n1", "n2", "n3", "n4"] {
+        f.node(n, json!({}), json!([]));
+    }
+    f.daemonset(json!({}), json!({}));
+    f.fake.refuse(
+        "POST",
+        PODS,
+        403,
+        "Forbidden",
+        "pods \"agent-x\" is forbidden: exceeded quota: pods",
+    );
+    let ds: DaemonSet = serde_json::from_value(f.fake.get(SETS, "agent").unwrap()).unwrap();
+    let err = reconcile(Arc::new(ds), f.ctx.clone(), f.failures.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Api(kube::Error::Api(e)) if e.code == 403),
+        "{err}"
+    );
+    assert_eq!(
+        f.creates_and_deletes(0),
+        (1, 0),
+        "the first batch of one failed"
+    );
+    assert_eq!(f.events(), ["FailedCreate"]);
+    assert_eq!(f.status()["desiredNumberScheduled"], 4);
+    assert_eq!(f.status()["currentNumberScheduled"], 0);
+    f.fake.accept();
+    f.sync().await;
+    assert_eq!(f.pods().len(), 4);
+}
