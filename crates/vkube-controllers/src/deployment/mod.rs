@@ -33,11 +33,18 @@ pub(crate) async fn run(ctx: Arc<Context>) {
         watcher::Config::default(),
     );
     let store = controller.store();
-    let controller = controller.watches(
-        Api::<ReplicaSet>::all(client),
-        watcher::Config::default(),
-        move |rs: ReplicaSet| owners_of(&store, &rs),
-    );
+    let recreating = store.clone();
+    let controller = controller
+        .watches(
+            Api::<ReplicaSet>::all(client.clone()),
+            watcher::Config::default(),
+            move |rs: ReplicaSet| owners_of(&store, &rs),
+        )
+        .watches(
+            Api::<Pod>::all(client),
+            watcher::Config::default(),
+            move |pod: Pod| recreating_with(&recreating, &pod),
+        );
     runner::drive(
         "deployment",
         controller,
@@ -69,6 +76,23 @@ fn owners_of(store: &Store<Deployment>, rs: &ReplicaSet) -> Vec<ObjectRef<Deploy
             .map(|d| ObjectRef::from_obj(d.as_ref()))
             .collect(),
     }
+}
+
+/// The Recreate Deployments selecting a pod: one waiting for its old pods to be gone learns it
+/// from their events (the old ReplicaSets report no replicas before terminating pods go).
+fn recreating_with(store: &Store<Deployment>, pod: &Pod) -> Vec<ObjectRef<Deployment>> {
+    store
+        .state()
+        .iter()
+        .filter(|d| d.metadata.namespace == pod.metadata.namespace && !is_rolling(d))
+        .filter(|d| {
+            d.spec.as_ref().is_some_and(|s| {
+                !empty_selector(&s.selector)
+                    && pods::selects(&s.selector, pod.metadata.labels.as_ref())
+            })
+        })
+        .map(|d| ObjectRef::from_obj(d.as_ref()))
+        .collect()
 }
 
 fn empty_selector(s: &LabelSelector) -> bool {

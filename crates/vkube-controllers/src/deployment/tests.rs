@@ -293,6 +293,11 @@ async fn recreate_removes_old_pods_before_creating_new_ones() {
     // Its pods still run: the Deployment waits.
     sync_d(&fake, &ctx).await;
     assert_eq!(replicasets(&fake).len(), 1);
+    // Even when its ReplicaSet no longer counts them (terminating pods).
+    let old = replicasets(&fake)[0].0.clone();
+    fake.edit(RSS, &old, |rs| rs["status"]["replicas"] = json!(0));
+    sync_d(&fake, &ctx).await;
+    assert_eq!(replicasets(&fake).len(), 1);
     settle(&fake, &ctx).await;
     let rss = replicasets(&fake);
     assert_eq!(rss.len(), 2);

@@ -476,7 +476,8 @@ fn status_of<K: Replicated>(
     match failure {
         Some((reason, err)) if !has_failure => conditions.push(json!({
             "type": "ReplicaFailure", "status": "True", "reason": reason,
-            "message": message(err), "lastTransitionTime": now.to_string(),
+            "message": message(err),
+            "lastTransitionTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now),
         })),
         None if has_failure => conditions.retain(|c| c["type"] != "ReplicaFailure"),
         _ => {}
