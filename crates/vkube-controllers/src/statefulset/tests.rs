@@ -684,3 +684,35 @@ fn names_parse_as_upstream() {
     assert_eq!(max_unavailable(&IntOrString::String("10%".into()), 3), 1);
     assert_eq!(max_unavailable(&IntOrString::Int(2), 3), 2);
 }
+
+#[tokio::test]
+async fn refused_creates_stop_the_slow_start_and_are_reported() {
+    let t = setup(json!({"podManagementPolicy": "Parallel", "replicas": 4}));
+    let quota = "pods \"web-0\" is forbidden: exceeded quota: q, requested: pods=1, used: pods=0, limited: pods=0";
+    t.fake.refuse("POST", PODS, 403, "Forbidden", quota);
+    let set: StatefulSet = serde_json::from_value(t.fake.get(SETS, "web").unwrap()).unwrap();
+    let err = reconcile(Arc::new(set), t.ctx.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Api(kube::Error::Api(ref s)) if s.code == 403),
+        "{err}"
+    );
+    let creates = t
+        .fake
+        .writes()
+        .iter()
+        .filter(|w| *w == &format!("POST {PODS}"))
+        .count();
+    assert_eq!(
+        creates, 1,
+        "the first batch (one pod) failed: no more are tried"
+    );
+    assert_eq!(
+        events(&t),
+        [format!(
+            "FailedCreate: create Pod web-0 in StatefulSet web failed error: {quota}"
+        )]
+    );
+    t.fake.accept();
+    t.sync().await;
+    assert_eq!(t.pods(), ["web-0", "web-1", "web-2", "web-3"]);
+}
