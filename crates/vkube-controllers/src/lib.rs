@@ -23,6 +23,7 @@ pub mod runner;
 pub(crate) mod testing;
 
 mod cronjob;
+pub mod csr_signing;
 mod daemonset;
 mod deployment;
 mod job;
@@ -43,6 +44,7 @@ pub const CONTROLLERS: &[(&str, &str)] = &[
     ("job", "job-controller"),
     ("cronjob", "cronjob-controller"),
     ("ttl-after-finished", "ttl-after-finished-controller"),
+    ("csrsigning", "certificate-controller"),
 ];
 
 /// What a controller runs with.
@@ -81,7 +83,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Controller `name` (one of [`CONTROLLERS`]) as a future that runs until dropped; `None` for an
-/// unknown name.
+/// unknown name and for `csrsigning`, which needs its CA ([`csr_signing::run`]).
 pub fn run(name: &str, ctx: Context) -> Option<futures_util::future::BoxFuture<'static, ()>> {
     let ctx = Arc::new(ctx);
     Some(match name {

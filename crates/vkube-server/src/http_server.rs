@@ -391,6 +391,7 @@ pub async fn serve(
         hub: hub.clone(),
         crds,
         ca_pem: ca.cert_pem.clone(),
+        ca: ca.clone(),
         serving: AtomicBool::new(true),
         listen: config.listen,
         host_proxy: config.host_proxy.clone(),

@@ -25,6 +25,8 @@ pub struct Api {
     pub store: Arc<dyn Store>,
     pub hub: Arc<Hub>,
     pub ca_pem: String,
+    /// The cluster CA with its key: what `kubectl certificate approve` gets signed with.
+    pub ca: crate::identity::Ca,
     /// False once shutdown began: /readyz then fails, so load balancers drain this replica.
     pub serving: AtomicBool,
     /// The token authenticators (service accounts, OIDC issuers) and the anonymous setting.
@@ -89,6 +91,11 @@ impl InProcess {
     pub async fn call(&self, user: vkube_auth::UserInfo, req: Request<Bytes>) -> Response<Body> {
         let req = req.map(|b| RequestBody::InProcess(http_body_util::Full::new(b)));
         self.0.clone().handle(Some(user), req).await
+    }
+
+    /// The cluster CA (the CertificateSigningRequest signer's).
+    pub fn cluster_ca(&self) -> crate::identity::Ca {
+        self.0.ca.clone()
     }
 }
 

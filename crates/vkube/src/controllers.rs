@@ -16,6 +16,7 @@ pub fn canonical(name: &str) -> &str {
     match name.strip_suffix("-controller").unwrap_or(name) {
         "garbage-collector" => "garbagecollector",
         "daemon-set" => "daemonset",
+        "certificatesigningrequest-signing" => "csrsigning",
         "replicationcontroller" => "replicationcontroller",
         short => short,
     }
@@ -45,7 +46,13 @@ pub fn leader_tasks(disabled: &[String]) -> Vec<LeaderTask> {
                             "system:serviceaccounts:kube-system",
                         ],
                     );
+                    let ca = api.cluster_ca();
                     let ctx = vkube_controllers::Context::new(client(api, user, account));
+                    if name == "csrsigning" {
+                        let ca =
+                            vkube_controllers::csr_signing::SigningCa::new(ca.cert_pem, ca.key_pem);
+                        return vkube_controllers::csr_signing::run(ctx, ca).await;
+                    }
                     vkube_controllers::run(name, ctx)
                         .expect("a controller of vkube_controllers::CONTROLLERS")
                         .await;

@@ -3,6 +3,7 @@
 
 mod apply;
 mod auth;
+mod certificates;
 mod cli;
 mod clients;
 mod crds;
