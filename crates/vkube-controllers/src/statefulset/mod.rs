@@ -622,9 +622,10 @@ impl<'a> Sync<'a> {
             if self.monotonic {
                 return Ok(true);
             }
+            // Its claims were just made and referenced; the rest is checked on the pod as
+            // created.
             pod = created;
-        }
-        if phase(&pod) == "Pending" {
+        } else if phase(&pod) == "Pending" {
             claims::create(self, &pod).await?;
             claims::update_for_policy(&self.claims, self.set, &pod).await?;
         }
