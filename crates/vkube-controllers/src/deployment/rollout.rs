@@ -69,9 +69,18 @@ pub(crate) fn timed_out(d: &Deployment, status: &DeploymentStatus, now: Timestam
 }
 
 impl Sync<'_> {
-    /// Scales `rs` to `replicas` and writes the replicas annotations; whether its size changed
-    /// (upstream's `scaleReplicaSet`).
+    /// Scales `rs` to `replicas` (with the replicas annotations); whether it did.
     pub(super) async fn scale_rs(&self, rs: &mut ReplicaSet, replicas: i32) -> Result<bool> {
+        // upstream's `scaleReplicaSetAndRecordEvent`: nothing at the same size.
+        if rs_replicas(rs) == replicas {
+            return Ok(false);
+        }
+        self.scale_replicaset(rs, replicas).await
+    }
+
+    /// Scales `rs` to `replicas` and brings its replicas annotations up to date, even at the
+    /// same size; whether its size changed (upstream's `scaleReplicaSet`).
+    async fn scale_replicaset(&self, rs: &mut ReplicaSet, replicas: i32) -> Result<bool> {
         let desired = spec_replicas(&self.d);
         let max = desired + max_surge(&self.d);
         let before = rs_replicas(rs);
@@ -339,7 +348,7 @@ impl Sync<'_> {
             if i == 0 && to_add != 0 {
                 size = (size + to_add - added).max(0);
             }
-            self.scale_rs(rs, size).await?;
+            self.scale_replicaset(rs, size).await?;
         }
         Ok(())
     }
