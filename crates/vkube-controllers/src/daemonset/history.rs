@@ -57,9 +57,28 @@ pub fn revision_data(ds: &DaemonSet) -> Value {
     json!({"spec": {"template": template}})
 }
 
-/// Whether `revision` holds `ds`'s current template.
+/// Whether `revision` holds `ds`'s current template (upstream compares the bytes; here the
+/// JSON, without nulls and empty objects, so data Go wrote — `"creationTimestamp":null`,
+/// `"resources":{}` — matches the same template).
 fn matches(ds: &DaemonSet, revision: &ControllerRevision) -> bool {
-    revision.data.as_ref().map(|d| &d.0) == Some(&revision_data(ds))
+    revision
+        .data
+        .as_ref()
+        .is_some_and(|d| pruned(&d.0) == pruned(&revision_data(ds)))
+}
+
+/// `value` without null members and members that are (or become) empty objects.
+fn pruned(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), pruned(v)))
+                .filter(|(_, v)| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(pruned).collect()),
+        other => other.clone(),
+    }
 }
 
 fn hash_of(revision: &ControllerRevision) -> String {

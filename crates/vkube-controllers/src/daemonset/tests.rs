@@ -675,3 +675,29 @@ async fn a_refused_creation_stops_the_slow_start_and_the_status_is_still_written
     f.sync().await;
     assert_eq!(f.pods().len(), 4);
 }
+
+#[tokio::test]
+async fn a_revision_go_wrote_matches_the_same_template() {
+    let f = Fixture::new();
+    f.node("n1", json!({}), json!([]));
+    f.daemonset(json!({}), json!({}));
+    f.sync().await;
+    let name = f.fake.list(REVISIONS)[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    f.fake.edit(REVISIONS, &name, |r| {
+        let template = &mut r["data"]["spec"]["template"];
+        template["metadata"]["creationTimestamp"] = Value::Null;
+        template["spec"]["containers"][0]["resources"] = json!({});
+    });
+    let before = f.fake.writes().len();
+    f.sync().await;
+    assert_eq!(f.fake.list(REVISIONS).len(), 1);
+    assert_eq!(
+        f.fake.writes().len(),
+        before,
+        "{:?}",
+        &f.fake.writes()[before..]
+    );
+}
