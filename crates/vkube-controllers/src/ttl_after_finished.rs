@@ -132,6 +132,9 @@ mod tests {
         sync_of("done").await;
         assert!(fake.get(JOBS, "done").is_none());
         assert!(fake.get(JOBS, "running").is_some() && fake.get(JOBS, "kept").is_some());
-        assert_eq!(fake.writes().last().unwrap(), &format!("DELETE {JOBS}/done"));
+        assert_eq!(
+            fake.writes().last().unwrap(),
+            &format!("DELETE {JOBS}/done")
+        );
     }
 }

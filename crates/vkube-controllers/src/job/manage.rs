@@ -168,7 +168,17 @@ pub(super) async fn manage(
         }
         let pod = from_template(&template, controller_ref(&s.job), &generate_name);
         match api.create(&PostParams::default(), &pod).await {
-            Ok(_) => active += 1,
+            Ok(made) => {
+                let name = made.metadata.name.unwrap_or_default();
+                super::event(
+                    s,
+                    "Normal",
+                    "SuccessfulCreate",
+                    &format!("Created pod: {name}"),
+                )
+                .await;
+                active += 1;
+            }
             Err(err) => {
                 // Upstream's slow start: stop at the first failure, the next sync retries.
                 error = Some(err.into());

@@ -44,14 +44,58 @@ const MANAGED_BY: &str = "kubernetes.io/job-controller";
 pub(crate) async fn run(ctx: Arc<Context>) {
     let jobs: Api<Job> = Api::all(ctx.client.clone());
     let pods: Api<Pod> = Api::all(ctx.client.clone());
-    let controller =
-        Controller::new(jobs, watcher::Config::default()).owns(pods, watcher::Config::default());
+    let controller = Controller::new(jobs, watcher::Config::default())
+        .owns(pods.clone(), watcher::Config::default());
     let backoffs = Arc::new(Backoffs::default());
-    crate::runner::drive("job", controller, ctx, move |job, ctx| {
+    let jobs = crate::runner::drive("job", controller, ctx.clone(), move |job, ctx| {
         let backoffs = backoffs.clone();
         async move { sync(&job, &ctx, &backoffs).await }
-    })
-    .await;
+    });
+    // Upstream's orphan queue: pods whose Job is gone or finished lose the tracking finalizer.
+    let orphans = crate::runner::drive(
+        "job-orphan-pods",
+        Controller::new(pods, watcher::Config::default()),
+        ctx,
+        |pod, ctx| async move { release_orphan(&pod, &ctx).await },
+    );
+    tokio::join!(jobs, orphans);
+}
+
+/// Removes the tracking finalizer of a pod no unfinished Job controls. The pod is the watch's
+/// (upstream reads its informer's; the job-controller role may not get pods): the patch's
+/// resourceVersion makes a stale one fail, and the next event brings the fresh one.
+async fn release_orphan(pod: &Pod, ctx: &Context) -> Result<Action> {
+    if !has_finalizer(pod) {
+        return Ok(Action::await_change());
+    }
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let fresh = pod;
+    if let Some(owner) = pods::controller_of(&fresh.metadata) {
+        if owner.kind != "Job" || owner.api_version != "batch/v1" {
+            return Ok(Action::await_change());
+        }
+        let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+        if let Some(job) = jobs.get_opt(&owner.name).await?
+            && job.metadata.uid.as_deref() == Some(owner.uid.as_str())
+            && (finished(&job).is_none()
+                || job
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.managed_by.as_deref())
+                    .is_some_and(|m| m != MANAGED_BY))
+        {
+            return Ok(Action::await_change());
+        }
+    }
+    remove_finalizer(&api, fresh).await?;
+    Ok(Action::await_change())
+}
+
+/// An event on the Job, as upstream's job-controller records it.
+async fn event(s: &Sync<'_>, type_: &str, reason: &str, message: &str) {
+    crate::cronjob::events::record_as(s.ctx, "job-controller", &s.job, type_, reason, message)
+        .await;
 }
 
 /// A condition of `type_` that is `True`.
@@ -440,6 +484,9 @@ async fn sync(obj: &Job, ctx: &Context, backoffs: &Backoffs) -> Result<Action> {
                     "Job suspended",
                     now,
                 );
+                if suspend_changed {
+                    event(&s, "Normal", "Suspended", "Job suspended").await;
+                }
             } else {
                 suspend_changed = ensure_condition(
                     conditions,
@@ -450,6 +497,7 @@ async fn sync(obj: &Job, ctx: &Context, backoffs: &Backoffs) -> Result<Action> {
                     now,
                 );
                 if suspend_changed {
+                    event(&s, "Normal", "Resumed", "Job resumed").await;
                     // A resumed Job's deadline counts from now.
                     s.job.status.get_or_insert_with(Default::default).start_time = Some(Time(now));
                 }
@@ -549,6 +597,13 @@ async fn delete_active(s: &Sync<'_>, victims: &[Pod], release: bool) -> (i32, i3
         }
         match result {
             Ok(()) => {
+                event(
+                    s,
+                    "Normal",
+                    "SuccessfulDelete",
+                    &format!("Deleted pod: {name}"),
+                )
+                .await;
                 deleted += 1;
                 if is_ready(pod) {
                     ready += 1;

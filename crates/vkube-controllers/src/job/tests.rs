@@ -521,3 +521,64 @@ async fn fewer_completions_delete_surplus_pods_without_counting_them() {
     assert_eq!(job["status"]["active"], 1);
     assert!(job["status"]["failed"].is_null());
 }
+
+#[tokio::test]
+async fn pods_of_a_deleted_job_lose_the_tracking_finalizer() {
+    let e = env();
+    e.create("gone", json!({"parallelism": 2, "completions": 2}));
+    e.create("alive", json!({}));
+    e.sync("gone").await;
+    e.sync("alive").await;
+    let pod_of = |job: &str| {
+        e.pods()
+            .into_iter()
+            .find(|p| p["metadata"]["labels"]["job-name"] == job)
+            .unwrap()
+    };
+    let alive = pod_of("alive");
+    let orphan = pod_of("gone");
+    e.fake
+        .edit(JOBS, "gone", |j| j["metadata"]["uid"] = json!("another"));
+    for pod in [&orphan, &alive] {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod.clone()).unwrap();
+        super::release_orphan(&pod, &e.ctx).await.unwrap();
+    }
+    let name = |p: &Value| p["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(e.fake.get(PODS, &name(&orphan)).unwrap()["metadata"]["finalizers"].is_null());
+    assert_eq!(
+        e.fake.get(PODS, &name(&alive)).unwrap()["metadata"]["finalizers"],
+        json!(["batch.kubernetes.io/job-tracking"])
+    );
+}
+
+#[tokio::test]
+async fn events_say_what_the_controller_did() {
+    let e = env();
+    e.create("told", json!({}));
+    e.sync("told").await;
+    let pod = e.pod_names()[0].clone();
+    e.finish(&pod, 0);
+    e.sync("told").await;
+    let events: Vec<(String, String, String)> = e
+        .fake
+        .list("/api/v1/namespaces/ns/events")
+        .iter()
+        .map(|ev| {
+            (
+                ev["reason"].as_str().unwrap().to_string(),
+                ev["message"].as_str().unwrap().to_string(),
+                ev["source"]["component"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(events.contains(&(
+        "SuccessfulCreate".into(),
+        format!("Created pod: {pod}"),
+        "job-controller".into()
+    )));
+    assert!(events.contains(&(
+        "Completed".into(),
+        "Job completed".into(),
+        "job-controller".into()
+    )));
+}

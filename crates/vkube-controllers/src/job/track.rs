@@ -280,11 +280,18 @@ pub(super) async fn status_and_finalizers(s: &mut Sync<'_>, mut flush: bool) -> 
         }
         return Err(err.into());
     }
-    if !reached_max && enact_finished(s) {
-        flush = true;
-    }
-    if flush {
+    let finished = !reached_max && enact_finished(s);
+    if finished || flush {
         write(s).await?;
+    }
+    if finished && let Some(done) = s.finished.clone() {
+        if done.type_ == "Complete" {
+            super::event(s, "Normal", "Completed", "Job completed").await;
+        } else {
+            let reason = done.reason.clone().unwrap_or_default();
+            let message = done.message.clone().unwrap_or_default();
+            super::event(s, "Warning", &reason, &message).await;
+        }
     }
     Ok(())
 }

@@ -373,3 +373,23 @@ fn ttl_seconds_after_finished_deletes_a_finished_job_and_its_pods() {
         !exists(&server, ns, &format!("pod/{pod}"))
     });
 }
+
+/// `kubectl delete job` deletes in the background: the garbage collector deletes the running
+/// pod, whose tracking finalizer the job controller then removes (upstream's orphan queue).
+#[test]
+fn deleting_a_running_job_leaves_no_pod_behind() {
+    let server = Server::start();
+    let ns = "deleted";
+    run(&server, "kubectl", &["create", "namespace", ns]);
+    apply_file(&server, "kubectl", &job_yaml(ns, "short", ""), "create");
+    within(20, "the pod", || pods_of(&server, ns, "short").len() == 1);
+    let pod = pods_of(&server, ns, "short").remove(0);
+    run(
+        &server,
+        "kubectl",
+        &["delete", "job", "short", "-n", ns, "--wait=false"],
+    );
+    within(20, "the pod deleted", || {
+        !exists(&server, ns, &format!("pod/{pod}"))
+    });
+}
