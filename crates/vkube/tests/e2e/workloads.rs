@@ -376,39 +376,46 @@ fn rolling_updates_and_kubectl_rollout() {
     );
     let second = rs_of_revision(&server, ns, "2");
     assert_ne!(second, "");
-    let history = run(
-        &server,
-        k,
-        &["rollout", "history", "deployment/web", "-n", ns],
-    );
-    let rows = lines(&history);
-    assert!(
-        rows.iter()
-            .any(|r| r.first().map(String::as_str) == Some("1")),
-        "{history}"
-    );
-    assert!(
-        rows.iter()
-            .any(|r| r.first().map(String::as_str) == Some("2")
-                && r.join(" ").contains("image nginx:2")),
-        "{history}"
-    );
-    let revision2 = run(
-        &server,
-        k,
-        &[
-            "rollout",
-            "history",
-            "deployment/web",
-            "-n",
-            ns,
-            "--revision=2",
-        ],
-    );
-    assert!(revision2.contains("nginx:2"), "{revision2}");
+    for kubectl in KUBECTLS {
+        let history = run(
+            &server,
+            kubectl,
+            &["rollout", "history", "deployment/web", "-n", ns],
+        );
+        let rows = lines(&history);
+        assert!(
+            rows.iter()
+                .any(|r| r.first().map(String::as_str) == Some("1")),
+            "{kubectl}: {history}"
+        );
+        assert!(
+            rows.iter()
+                .any(|r| r.first().map(String::as_str) == Some("2")
+                    && r.join(" ").contains("image nginx:2")),
+            "{kubectl}: {history}"
+        );
+        let revision2 = run(
+            &server,
+            kubectl,
+            &[
+                "rollout",
+                "history",
+                "deployment/web",
+                "-n",
+                ns,
+                "--revision=2",
+            ],
+        );
+        assert!(revision2.contains("nginx:2"), "{kubectl}: {revision2}");
+    }
 
-    // Undo: back to nginx:1, the first ReplicaSet scaled up again as revision 3.
-    let out = run(&server, k, &["rollout", "undo", "deployment/web", "-n", ns]);
+    // Undo (kubectl 1.33 finds the ReplicaSet of the previous revision and puts its template
+    // back): back to nginx:1, the first ReplicaSet scaled up again as revision 3.
+    let out = run(
+        &server,
+        "kubectl.1.33",
+        &["rollout", "undo", "deployment/web", "-n", ns],
+    );
     assert!(out.contains("rolled back"), "{out}");
     assert_eq!(
         field(
@@ -498,10 +505,10 @@ fn rolling_updates_and_kubectl_rollout() {
         "nginx:3"
     );
 
-    // Restart: a new ReplicaSet with the same image.
+    // Restart (kubectl 1.27 here): a new ReplicaSet with the same image.
     run(
         &server,
-        k,
+        "kubectl.1.27",
         &["rollout", "restart", "deployment/web", "-n", ns],
     );
     eventually("a fourth ReplicaSet", || {
