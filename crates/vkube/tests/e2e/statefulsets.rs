@@ -277,20 +277,34 @@ fn statefulsets_scale_in_order_with_claims_and_roll_at_a_partition() {
         format!("{first} 1 2")
     );
 
-    let history = run(&server, K, &["rollout", "history", "sts/web", "-n", ns]);
-    let revisions: Vec<String> = lines(&history)
-        .into_iter()
-        .skip_while(|l| l.first().map(String::as_str) != Some("REVISION"))
-        .skip(1)
-        .filter_map(|l| l.first().cloned())
-        .collect();
-    assert_eq!(revisions, ["1", "2"], "{history}");
-    let second_template = run(
-        &server,
-        K,
-        &["rollout", "history", "sts/web", "-n", ns, "--revision=2"],
-    );
-    assert!(second_template.contains("nginx:2"), "{second_template}");
+    for k in KUBECTLS {
+        let history = run(&server, k, &["rollout", "history", "sts/web", "-n", ns]);
+        let revisions: Vec<String> = lines(&history)
+            .into_iter()
+            .skip_while(|l| l.first().map(String::as_str) != Some("REVISION"))
+            .skip(1)
+            .filter_map(|l| l.first().cloned())
+            .collect();
+        assert_eq!(revisions, ["1", "2"], "{k}: {history}");
+        let second_template = run(
+            &server,
+            k,
+            &["rollout", "history", "sts/web", "-n", ns, "--revision=2"],
+        );
+        assert!(
+            second_template.contains("nginx:2"),
+            "{k}: {second_template}"
+        );
+        let status = run(
+            &server,
+            k,
+            &["rollout", "status", "sts/web", "-n", ns, "--timeout=20s"],
+        );
+        assert!(
+            status.contains("partitioned roll out complete"),
+            "{k}: {status}"
+        );
+    }
     assert_eq!(names(&server, ns, "controllerrevisions"), {
         let mut r = vec![first.clone(), second.clone()];
         r.sort();
