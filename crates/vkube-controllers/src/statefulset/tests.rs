@@ -716,3 +716,17 @@ async fn refused_creates_stop_the_slow_start_and_are_reported() {
     t.sync().await;
     assert_eq!(t.pods(), ["web-0", "web-1", "web-2", "web-3"]);
 }
+
+#[tokio::test]
+async fn a_set_being_deleted_only_reports() {
+    let t = setup(json!({"podManagementPolicy": "Parallel"}));
+    t.all_ready().await;
+    t.fake.edit(SETS, "web", |s| {
+        s["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        s["metadata"]["finalizers"] = json!(["foregroundDeletion"]);
+    });
+    t.delete_pod("web-1").await;
+    t.sync().await;
+    assert_eq!(t.pods(), ["web-0", "web-2"], "nothing is made again");
+    assert_eq!(t.status()["replicas"], 2);
+}

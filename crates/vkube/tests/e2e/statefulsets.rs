@@ -197,6 +197,40 @@ fn statefulsets_scale_in_order_with_claims_and_roll_at_a_partition() {
         "data-web-2"
     );
 
+    // A failed pod is deleted and made again (a new uid, the same name and claim).
+    let uid = pod("web-1", "{.metadata.uid}");
+    run(
+        &server,
+        K,
+        &[
+            "patch",
+            "pod",
+            "web-1",
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Failed"}}"#,
+        ],
+    );
+    eventually("web-1 made again", || {
+        let out = server.kubectl(
+            K,
+            &[
+                "get",
+                "pod",
+                "web-1",
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.metadata.uid}",
+            ],
+        );
+        out.ok && !out.stdout.is_empty() && out.stdout != uid
+    });
+    ready(&server, ns, "web-1");
+
     // A rolling update held at partition 1: web-2 then web-1 move, web-0 stays.
     let first = field(&server, ns, "sts/web", "{.status.currentRevision}");
     run(
