@@ -168,6 +168,24 @@ fn a_job_completes_after_its_completions_and_counts_each_pod_once() {
             ""
         );
     }
+    let events = run(
+        &server,
+        "kubectl",
+        &[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector=involvedObject.name=two",
+            "-o",
+            "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+        ],
+    );
+    assert!(
+        events.contains(&format!("SuccessfulCreate: Created pod: {first}")),
+        "{events}"
+    );
+    assert!(events.contains("Completed: Job completed"), "{events}");
     // The pods are written by the job controller's service account.
     let managers = get(
         &server,
