@@ -318,6 +318,7 @@ async fn sync(obj: &Job, ctx: &Context, backoffs: &Backoffs) -> Result<Action> {
         .ok_or_else(|| Error::Invalid("the Job has no selector".into()))?;
     let mut pods = claim(&ctx.client, &job, &selector).await?;
     pods.sort_by_key(|p| p.metadata.name.clone());
+    track_adopted(ctx, &mut pods).await?;
     let now = ctx.clock.now();
     let status = job.status.clone().unwrap_or_default();
     let uncounted = status.uncounted_terminated_pods.clone().unwrap_or_default();
@@ -638,6 +639,27 @@ pub(crate) async fn remove_finalizer(api: &Api<Pod>, pod: &Pod) -> kube::Result<
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Running pods without the tracking finalizer (adopted orphans) get it, as upstream's claim
+/// adds it on adoption: otherwise their end would never be counted.
+async fn track_adopted(ctx: &Context, pods: &mut [Pod]) -> Result<()> {
+    for pod in pods
+        .iter_mut()
+        .filter(|p| is_active(p) && !has_finalizer(p))
+    {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        let mut finalizers = pod.metadata.finalizers.clone().unwrap_or_default();
+        finalizers.push(TRACKING_FINALIZER.into());
+        let patch = json!({"metadata": {"finalizers": finalizers, "uid": pod.metadata.uid,
+                           "resourceVersion": pod.metadata.resource_version}});
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        *pod = api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    Ok(())
 }
 
 /// A finished Job's pods keep no tracking finalizer (upstream's orphan-pod cleanup).

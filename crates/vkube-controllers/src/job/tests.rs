@@ -582,3 +582,87 @@ async fn events_say_what_the_controller_did() {
         "job-controller".into()
     )));
 }
+
+#[tokio::test]
+async fn an_adopted_pod_is_tracked_and_counted() {
+    let e = env();
+    e.create("adopt", json!({"completions": 1}));
+    let labels = e.job("adopt")["spec"]["template"]["metadata"]["labels"].clone();
+    e.fake.put(
+        PODS,
+        json!({"metadata": {"name": "stray", "labels": labels},
+               "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+               "status": {"phase": "Running"}}),
+    );
+    e.sync("adopt").await;
+    let stray = e.fake.get(PODS, "stray").unwrap();
+    assert_eq!(stray["metadata"]["ownerReferences"][0]["name"], "adopt");
+    assert_eq!(
+        stray["metadata"]["finalizers"],
+        json!(["batch.kubernetes.io/job-tracking"])
+    );
+    assert_eq!(
+        e.pod_names(),
+        vec!["stray"],
+        "the adopted pod is the one running"
+    );
+    e.finish("stray", 0);
+    e.sync("adopt").await;
+    assert_eq!(e.job("adopt")["status"]["succeeded"], 1);
+    assert_eq!(
+        conditions(&e.job("adopt"))[1],
+        cond("Complete", "True", "CompletionsReached")
+    );
+}
+
+#[tokio::test]
+async fn fail_index_and_count_rules() {
+    let e = env();
+    let policy = json!({"rules": [
+        {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [3]}},
+        {"action": "Count", "onExitCodes": {"operator": "NotIn", "values": [3]}},
+    ]});
+    e.create(
+        "rules",
+        json!({"completionMode": "Indexed", "completions": 2, "parallelism": 2,
+               "backoffLimitPerIndex": 5, "backoffLimit": 2147483647, "podFailurePolicy": policy}),
+    );
+    e.sync("rules").await;
+    let by_index = |ix: &str| {
+        e.pods()
+            .into_iter()
+            .find(|p| {
+                p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == ix
+            })
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let (zero, one) = (by_index("0"), by_index("1"));
+    e.finish(&zero, 3);
+    e.finish(&one, 1);
+    e.sync("rules").await;
+    let job = e.job("rules");
+    assert_eq!(
+        job["status"]["failedIndexes"], "0",
+        "FailIndex: index 0 is not retried"
+    );
+    // Index 1's failed pod stays (uncounted) until its replacement carries its failure count.
+    assert_eq!(job["status"]["failed"], 1);
+    // Index 1 is retried after its backoff, with its failure counted on the new pod.
+    e.advance(10);
+    e.sync("rules").await;
+    let retry = e
+        .pods()
+        .into_iter()
+        .find(|p| {
+            p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "1"
+                && p["metadata"]["name"] != one.as_str()
+        })
+        .expect("a new pod for index 1");
+    assert_eq!(
+        retry["metadata"]["annotations"]["batch.kubernetes.io/job-index-failure-count"],
+        "1"
+    );
+    e.sync("rules").await;
+    assert_eq!(e.job("rules")["status"]["failed"], 2);
+}
