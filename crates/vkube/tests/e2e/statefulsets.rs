@@ -406,6 +406,11 @@ fn statefulset_claims_follow_the_retention_policy() {
             && names(&server, ns, "pvc") == ["data-web-0", "data-web-1"]
     });
     assert_eq!(owner("data-web-1"), "StatefulSet/web");
+    // Scaled up again: a new claim for the new pod, owned by the set.
+    run(&server, K, &["scale", "sts/web", "--replicas=3", "-n", ns]);
+    eventually("web-2 and a new claim", || {
+        names(&server, ns, "pods").len() == 3 && owner("data-web-2") == "StatefulSet/web"
+    });
 
     // Deleted: the claims go with the set.
     run(&server, K, &["delete", "sts", "web", "-n", ns]);
