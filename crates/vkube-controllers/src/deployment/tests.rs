@@ -508,3 +508,58 @@ async fn templates_equal_but_for_the_hash_label() {
         &t(json!({"app": "b"}))
     ));
 }
+
+/// A ReplicaSet with another template already has the name `<deployment>-<hash>`: the
+/// Deployment counts a collision and the next sync hashes with it.
+#[tokio::test]
+async fn a_hash_collision_raises_the_collision_count() {
+    let fake = FakeApi::default();
+    let (ctx, _) = context(&fake);
+    fake.put(DEPLOYMENTS, deployment(1, rolling(json!(1), json!(0))));
+    let d: Deployment = serde_json::from_value(get_d(&fake)).unwrap();
+    let hash = template_hash(&d.spec.unwrap().template, None);
+    fake.put(
+        RSS,
+        json!({"metadata": {"name": format!("web-{hash}"), "labels": {"app": "other"}},
+               "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "other"}},
+                        "template": {"metadata": {"labels": {"app": "other"}}}}}),
+    );
+    let d: Deployment = serde_json::from_value(get_d(&fake)).unwrap();
+    assert!(sync(&d, &ctx).await.is_err());
+    assert_eq!(get_d(&fake)["status"]["collisionCount"], 1);
+    sync_d(&fake, &ctx).await;
+    let ours: Vec<Value> = fake
+        .list(RSS)
+        .into_iter()
+        .filter(|rs| rs["metadata"]["ownerReferences"][0]["uid"] == "uid-web")
+        .collect();
+    assert_eq!(ours.len(), 1);
+    let collided = template_hash(
+        &serde_json::from_value(get_d(&fake)["spec"]["template"].clone()).unwrap(),
+        Some(1),
+    );
+    assert_eq!(ours[0]["metadata"]["name"], format!("web-{collided}"));
+}
+
+#[tokio::test]
+async fn min_ready_seconds_hold_availability_back() {
+    let fake = FakeApi::default();
+    let (ctx, clock) = context(&fake);
+    let mut d = deployment(2, rolling(json!(1), json!(0)));
+    d["spec"]["minReadySeconds"] = json!(5);
+    fake.put(DEPLOYMENTS, d);
+    settle(&fake, &ctx).await;
+    let rs = replicasets(&fake)[0].0.clone();
+    assert_eq!(fake.get(RSS, &rs).unwrap()["spec"]["minReadySeconds"], 5);
+    kubelet(&fake);
+    settle(&fake, &ctx).await;
+    let d = get_d(&fake);
+    assert_eq!(d["status"]["readyReplicas"], 2);
+    assert!(d["status"]["availableReplicas"].is_null());
+    assert_eq!(d["status"]["unavailableReplicas"], 2);
+    clock.advance(Duration::from_secs(6));
+    settle(&fake, &ctx).await;
+    let d = get_d(&fake);
+    assert_eq!(d["status"]["availableReplicas"], 2);
+    assert_eq!(condition_of(&d, "Available")["status"], "True");
+}

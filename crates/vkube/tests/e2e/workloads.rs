@@ -587,3 +587,49 @@ fn recreate_never_runs_two_templates_at_once() {
     assert_eq!(s.max_pods, 3);
     assert_eq!(count(&server, ns, "replicasets"), 2);
 }
+
+/// A rollout that makes no progress for progressDeadlineSeconds is reported as failed
+/// (`ProgressDeadlineExceeded`), which makes `kubectl rollout status` fail; once its pods are
+/// ready it completes.
+#[test]
+fn a_stuck_rollout_exceeds_its_progress_deadline() {
+    let server = Server::start();
+    let k = "kubectl";
+    let ns = "deadline";
+    run(&server, k, &["create", "namespace", ns]);
+    let manifest = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: slow, namespace: {ns}}}\nspec:\n  replicas: 2\n  progressDeadlineSeconds: 2\n  selector: {{matchLabels: {{app: slow}}}}\n  template:\n    metadata: {{labels: {{app: slow}}}}\n    spec: {{containers: [{{name: c, image: nginx}}]}}\n"
+    );
+    apply_file(&server, k, &manifest, "create");
+    eventually("the deadline is exceeded", || {
+        field(
+            &server,
+            ns,
+            "deployment/slow",
+            r#"{.status.conditions[?(@.type=="Progressing")].reason}"#,
+        ) == "ProgressDeadlineExceeded"
+    });
+    let out = server.kubectl(k, &["rollout", "status", "deployment/slow", "-n", ns]);
+    assert!(!out.ok);
+    assert!(
+        out.stderr
+            .contains("deployment \"slow\" exceeded its progress deadline"),
+        "{}",
+        out.stderr
+    );
+    roll_out(&server, ns, "slow");
+    eventually("the rollout completes", || {
+        field(
+            &server,
+            ns,
+            "deployment/slow",
+            r#"{.status.conditions[?(@.type=="Progressing")].reason}"#,
+        ) == "NewReplicaSetAvailable"
+    });
+    let out = run(
+        &server,
+        k,
+        &["rollout", "status", "deployment/slow", "-n", ns],
+    );
+    assert!(out.contains("successfully rolled out"), "{out}");
+}
