@@ -181,6 +181,12 @@ pub(super) async fn manage(
             }
             Err(err) => {
                 // Upstream's slow start: stop at the first failure, the next sync retries.
+                let why = match &err {
+                    kube::Error::Api(status) => status.message.clone(),
+                    other => other.to_string(),
+                };
+                let message = format!("Error creating: {why}");
+                super::event(s, "Warning", "FailedCreate", &message).await;
                 error = Some(err.into());
                 break;
             }

@@ -666,3 +666,28 @@ async fn fail_index_and_count_rules() {
     e.sync("rules").await;
     assert_eq!(e.job("rules")["status"]["failed"], 2);
 }
+
+#[tokio::test]
+async fn refused_pods_are_reported_and_retried() {
+    let e = env();
+    e.create("quota", json!({"parallelism": 2, "completions": 2}));
+    let message = "pods \"quota-x\" is forbidden: exceeded quota: pods";
+    e.fake.refuse("POST", PODS, 403, "Forbidden", message);
+    let obj: Job = serde_json::from_value(e.job("quota")).unwrap();
+    assert!(sync(&obj, &e.ctx, &e.backoffs).await.is_err());
+    let events = e.fake.list("/api/v1/namespaces/ns/events");
+    assert!(events.iter().any(|ev| ev["reason"] == "FailedCreate"
+        && ev["message"] == format!("Error creating: {message}")));
+    assert_eq!(
+        e.fake
+            .writes()
+            .iter()
+            .filter(|w| *w == &format!("POST {PODS}"))
+            .count(),
+        1,
+        "stops at the first refusal"
+    );
+    e.fake.accept();
+    e.sync("quota").await;
+    assert_eq!(e.pod_names().len(), 2);
+}
