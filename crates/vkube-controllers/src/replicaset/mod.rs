@@ -302,7 +302,7 @@ async fn delete<K: Replicated>(
     count: usize,
 ) -> kube::Result<()> {
     let count = count.min(BURST_REPLICAS);
-    rank_for_deletion(owned);
+    rank_for_deletion(owned, ctx.clock.now());
     let victims: Vec<Pod> = owned.drain(..count.min(owned.len())).collect();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let dp = DeleteParams::default();
@@ -373,8 +373,9 @@ fn after_or_zero(a: Option<Timestamp>, b: Option<Timestamp>) -> Ordering {
 /// Sorts `pods` so the first ones are the ones to delete first (upstream's
 /// `ActivePodsWithRanks`): unassigned before assigned; Pending, Unknown, then Running; not ready
 /// before ready; lower `pod-deletion-cost` first; more pods of the set on the same node first;
-/// ready for less time first; more restarts first; newer first.
-pub(crate) fn rank_for_deletion(pods: &mut [Pod]) {
+/// ready for less time first; more restarts first; newer first (times compared by logarithmic
+/// rank at `now`).
+pub(crate) fn rank_for_deletion(pods: &mut [Pod], now: Timestamp) {
     let mut on_node: HashMap<String, usize> = HashMap::new();
     for p in pods.iter() {
         if !node_of(p).is_empty() {
@@ -422,12 +423,12 @@ pub(crate) fn rank_for_deletion(pods: &mut [Pod]) {
             return by_rank;
         }
         if ra && rb {
-            let ready = after_or_zero(
+            let (ta, tb) = (
                 pods::ready_since(a).flatten(),
                 pods::ready_since(b).flatten(),
             );
-            if ready != Ordering::Equal {
-                return ready;
+            if ta != tb {
+                return logarithmic(a, b, ta, tb, now);
             }
         }
         let restarts = max_restarts(b).cmp(&max_restarts(a));
@@ -435,8 +436,37 @@ pub(crate) fn rank_for_deletion(pods: &mut [Pod]) {
             return restarts;
         }
         let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        after_or_zero(created(a), created(b))
+        if created(a) != created(b) {
+            return logarithmic(a, b, created(a), created(b), now);
+        }
+        Ordering::Equal
     });
+}
+
+/// Newer first by base-2 logarithmic rank of the age at `now`, then by uid (upstream's
+/// `LogarithmicScaleDown`, GA since 1.31): pods of about the same age go in random order.
+fn logarithmic(
+    a: &Pod,
+    b: &Pod,
+    ta: Option<Timestamp>,
+    tb: Option<Timestamp>,
+    now: Timestamp,
+) -> Ordering {
+    let (Some(ta), Some(tb)) = (ta, tb) else {
+        return after_or_zero(ta, tb);
+    };
+    let rank = |t: Timestamp| {
+        let age = now.duration_since(t).as_nanos();
+        if age > 0 {
+            (age as f64).log2() as i64
+        } else {
+            -1
+        }
+    };
+    match rank(ta).cmp(&rank(tb)) {
+        Ordering::Equal => a.metadata.uid.cmp(&b.metadata.uid),
+        other => other,
+    }
 }
 
 /// The status upstream's `calculateStatus` computes for `obj` with the active pods `owned`.

@@ -98,7 +98,8 @@ async fn scales_up_with_owned_pods_and_reports_status() {
 #[tokio::test]
 async fn scales_down_least_valuable_pods_first() {
     let fake = FakeApi::default();
-    let (ctx, _) = context(&fake);
+    let (ctx, clock) = context(&fake);
+    clock.advance(Duration::from_secs(600));
     fake.put(RSS, rs("web", 6, 0));
     sync_rs(&fake, &ctx, "web").await.unwrap();
     let names = pod_names(&fake);
@@ -137,7 +138,7 @@ async fn scales_down_least_valuable_pods_first() {
 }
 
 #[test]
-fn newer_pods_go_first_among_equals() {
+fn newer_pods_go_first_by_logarithmic_age_then_uid() {
     let pod = |name: &str, created: &str| -> Pod {
         serde_json::from_value(
             json!({"metadata": {"name": name, "creationTimestamp": created}, "spec": {"containers": []}}),
@@ -148,8 +149,17 @@ fn newer_pods_go_first_among_equals() {
         pod("old", "2026-01-01T00:00:00Z"),
         pod("new", "2026-01-02T00:00:00Z"),
     ];
-    rank_for_deletion(&mut pods);
+    rank_for_deletion(&mut pods, "2026-01-03T00:00:00Z".parse().unwrap());
     assert_eq!(pods[0].metadata.name.as_deref(), Some("new"));
+    // 40 and 50 days old: the same rank (2^52 ns ≈ 52 days), so the uid decides.
+    let mut pods = vec![
+        pod("b", "2026-01-01T00:00:00Z"),
+        pod("a", "2026-01-11T00:00:00Z"),
+    ];
+    pods[0].metadata.uid = Some("1".into());
+    pods[1].metadata.uid = Some("2".into());
+    rank_for_deletion(&mut pods, "2026-02-20T00:00:00Z".parse().unwrap());
+    assert_eq!(pods[0].metadata.name.as_deref(), Some("b"));
 }
 
 #[tokio::test]
