@@ -152,6 +152,15 @@ fn match_labels(o: &Value) -> Value {
     })
 }
 
+/// An IntOrString as kubectl prints it; `N/A` when unset.
+fn int_or_percent(v: &Value) -> Value {
+    match v {
+        Value::Null => json!("N/A"),
+        Value::String(s) => json!(s),
+        other => json!(other.to_string()),
+    }
+}
+
 fn columns(kind: &str) -> Vec<Col> {
     let name = Col("Name", 0, "name", |o, _| o["metadata"]["name"].clone());
     let age = Col("Age", 0, "", |o, now| json!(age(o, now)));
@@ -251,6 +260,17 @@ fn columns(kind: &str) -> Vec<Col> {
             }));
             cols.push(Col("Ready", 0, "", |o, _| {
                 json!(int(&o["status"]["readyReplicas"]))
+            }));
+        }
+        "PodDisruptionBudget" => {
+            cols.push(Col("Min Available", 0, "", |o, _| {
+                int_or_percent(&o["spec"]["minAvailable"])
+            }));
+            cols.push(Col("Max Unavailable", 0, "", |o, _| {
+                int_or_percent(&o["spec"]["maxUnavailable"])
+            }));
+            cols.push(Col("Allowed Disruptions", 0, "", |o, _| {
+                json!(int(&o["status"]["disruptionsAllowed"]))
             }));
         }
         "StatefulSet" => cols.push(Col("Ready", 0, "", |o, _| {

@@ -26,6 +26,7 @@ mod cronjob;
 pub mod csr_signing;
 mod daemonset;
 mod deployment;
+mod disruption;
 mod job;
 mod replicaset;
 mod statefulset;
@@ -44,6 +45,7 @@ pub const CONTROLLERS: &[(&str, &str)] = &[
     ("job", "job-controller"),
     ("cronjob", "cronjob-controller"),
     ("ttl-after-finished", "ttl-after-finished-controller"),
+    ("disruption", "disruption-controller"),
     ("csrsigning", "certificate-controller"),
 ];
 
@@ -95,6 +97,7 @@ pub fn run(name: &str, ctx: Context) -> Option<futures_util::future::BoxFuture<'
         "job" => Box::pin(job::run(ctx)),
         "cronjob" => Box::pin(cronjob::run(ctx)),
         "ttl-after-finished" => Box::pin(ttl_after_finished::run(ctx)),
+        "disruption" => Box::pin(disruption::run(ctx)),
         _ => return None,
     })
 }

@@ -124,7 +124,9 @@ fn mount_token(spec: &mut Value) {
     }
     let mount = json!({"name": name, "readOnly": true, "mountPath": MOUNT_PATH});
     for list in ["initContainers", "containers"] {
-        for c in spec[list].as_array_mut().into_iter().flatten() {
+        // `get_mut`, not indexing: indexing a missing key would write `initContainers: null`.
+        let containers = spec.get_mut(list).and_then(Value::as_array_mut);
+        for c in containers.into_iter().flatten() {
             match c["volumeMounts"].as_array_mut() {
                 Some(mounts) => mounts.push(mount.clone()),
                 None => c["volumeMounts"] = json!([mount]),
@@ -177,6 +179,13 @@ mod tests {
             assert_eq!(m["name"], name);
             assert_eq!(m["readOnly"], true);
         }
+    }
+
+    #[test]
+    fn a_pod_without_init_containers_gets_no_null_list() {
+        let mut spec = json!({"containers": [{"name": "a", "image": "x"}]});
+        mount_token(&mut spec);
+        assert!(spec.get("initContainers").is_none(), "{spec}");
     }
 
     #[test]

@@ -90,15 +90,40 @@ async fn ensure_account(api: &InProcess, account: &str) {
     }
 }
 
+/// Whether `path` names a collection (a list or a watch), not one object.
+fn is_collection(path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest = match segments.first() {
+        Some(&"api") => &segments[segments.len().min(2)..],
+        Some(&"apis") => &segments[segments.len().min(3)..],
+        _ => return false,
+    };
+    match rest {
+        ["namespaces"] | ["namespaces", _, _] => true,
+        ["namespaces", ..] => false,
+        [_] => true,
+        _ => false,
+    }
+}
+
 /// A client whose requests the server serves in this process as `user`, with upstream's
-/// User-Agent for `who` (the server names the field manager after its first word).
+/// User-Agent for `who` (the server names the field manager after its first word). Lists and
+/// watches go as `system:kube-controller-manager`, as upstream's shared informers do (its role
+/// may list and watch everything; a controller's own role often may not: the disruption
+/// controller's cannot list pods); everything else goes as `user`.
 fn client(api: InProcess, user: vkube_auth::UserInfo, who: &str) -> kube::Client {
+    let informers = self::user("system:kube-controller-manager".into(), &[]);
     let agent = http::HeaderValue::from_str(&format!(
         "kube-controller-manager/v1.33.0 (linux/amd64) kubernetes/vkube/{who}"
     ))
     .expect("an ASCII User-Agent");
     let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
-        let (api, user, agent) = (api.clone(), user.clone(), agent.clone());
+        let (api, agent) = (api.clone(), agent.clone());
+        let user = if req.method() == http::Method::GET && is_collection(req.uri().path()) {
+            informers.clone()
+        } else {
+            user.clone()
+        };
         async move {
             let (mut parts, body) = req.into_parts();
             let body = body.collect().await?.to_bytes();
@@ -129,5 +154,27 @@ mod tests {
             "ttl-after-finished"
         );
         assert!(known().contains(&"statefulset") && known().contains(&"namespace"));
+    }
+
+    #[test]
+    fn lists_and_watches_are_told_from_reads_of_one_object() {
+        for path in [
+            "/api/v1/pods",
+            "/api/v1/namespaces/ns/pods",
+            "/api/v1/namespaces",
+            "/apis/apps/v1/deployments",
+            "/apis/apps/v1/namespaces/ns/replicasets",
+        ] {
+            assert!(is_collection(path), "{path}");
+        }
+        for path in [
+            "/api/v1/namespaces/ns",
+            "/api/v1/namespaces/ns/pods/p",
+            "/api/v1/nodes/n",
+            "/apis/apps/v1/namespaces/ns/deployments/d/scale",
+            "/version",
+        ] {
+            assert!(!is_collection(path), "{path}");
+        }
     }
 }

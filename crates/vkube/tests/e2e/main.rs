@@ -9,6 +9,7 @@ mod clients;
 mod crds;
 mod daemonsets;
 mod difftest;
+mod disruption;
 mod embedded_etcd;
 mod embedded_etcd_tls;
 mod gc;
