@@ -254,6 +254,18 @@ async fn rolling_updates_stay_within_surge_and_unavailability() {
     let mut steps = 0;
     loop {
         settle_checked(&fake, &ctx, &check).await;
+        if steps == 1 {
+            let p = condition_of(&get_d(&fake), "Progressing");
+            let new = &replicasets(&fake)[1].0;
+            assert_eq!(
+                (&p["status"], &p["reason"]),
+                (&json!("True"), &json!(RS_UPDATED))
+            );
+            assert_eq!(
+                p["message"],
+                format!("ReplicaSet \"{new}\" is progressing.")
+            );
+        }
         if !kubelet_one(&fake) {
             break;
         }
