@@ -63,46 +63,30 @@ async fn controller_scale(client: &kube::Client, pod: &Pod) -> Result<Option<(St
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     let found = match (owner.api_version.as_str(), owner.kind.as_str()) {
         ("v1", "ReplicationController") => {
-            let api: Api<ReplicationController> = Api::namespaced(client.clone(), namespace);
-            api.get_opt(&owner.name)
-                .await?
-                .filter(|rc| rc.metadata.uid.as_deref() == Some(owner.uid.as_str()))
-                .map(|rc| {
-                    (
-                        owner.uid.clone(),
-                        rc.spec.and_then(|s| s.replicas).unwrap_or(1),
-                    )
-                })
+            let rc = get_owner::<ReplicationController>(client, namespace, owner).await?;
+            rc.map(|rc| {
+                (
+                    owner.uid.clone(),
+                    rc.spec.and_then(|s| s.replicas).unwrap_or(1),
+                )
+            })
         }
         ("apps/v1", "StatefulSet") => {
-            let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-            api.get_opt(&owner.name)
-                .await?
-                .filter(|s| s.metadata.uid.as_deref() == Some(owner.uid.as_str()))
-                .map(|s| {
-                    (
-                        owner.uid.clone(),
-                        s.spec.and_then(|s| s.replicas).unwrap_or(1),
-                    )
-                })
+            let set = get_owner::<StatefulSet>(client, namespace, owner).await?;
+            set.map(|s| {
+                (
+                    owner.uid.clone(),
+                    s.spec.and_then(|s| s.replicas).unwrap_or(1),
+                )
+            })
         }
         ("apps/v1", "ReplicaSet") => {
-            let api: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
-            let Some(rs) = api
-                .get_opt(&owner.name)
-                .await?
-                .filter(|rs| rs.metadata.uid.as_deref() == Some(owner.uid.as_str()))
-            else {
+            let Some(rs) = get_owner::<ReplicaSet>(client, namespace, owner).await? else {
                 return Ok(None);
             };
             // A Deployment's ReplicaSets share its scale: counted once, as the Deployment.
             if let Some(d) = controller_of(&rs.metadata).filter(|d| d.kind == "Deployment") {
-                let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-                if let Some(dep) = api
-                    .get_opt(&d.name)
-                    .await?
-                    .filter(|x| x.metadata.uid.as_deref() == Some(d.uid.as_str()))
-                {
+                if let Some(dep) = get_owner::<Deployment>(client, namespace, d).await? {
                     let replicas = dep.spec.and_then(|s| s.replicas).unwrap_or(1);
                     return Ok(Some((d.uid.clone(), replicas)));
                 }
@@ -116,6 +100,23 @@ async fn controller_scale(client: &kube::Client, pod: &Pod) -> Result<Option<(St
         _ => None,
     };
     Ok(found)
+}
+
+/// The object `owner` names, if it is still that object (same uid).
+async fn get_owner<K>(
+    client: &kube::Client,
+    namespace: &str,
+    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+) -> Result<Option<K>>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let found = api.get_opt(&owner.name).await?;
+    Ok(found.filter(|o| o.meta().uid.as_deref() == Some(owner.uid.as_str())))
 }
 
 /// `value` of `total`: a number as is, a percentage rounded up (upstream's
