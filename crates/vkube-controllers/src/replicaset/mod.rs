@@ -15,7 +15,7 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Resource;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -293,6 +293,39 @@ async fn create<K: Replicated>(
     Ok(())
 }
 
+/// The active pods per node of every set with the same controller as `obj` (the siblings of a
+/// Deployment's ReplicaSet; upstream's `getIndirectlyRelatedPods`); none for a set without one.
+async fn related_on_node<K: Replicated>(
+    ctx: &Context,
+    obj: &K,
+    namespace: &str,
+) -> kube::Result<HashMap<String, usize>> {
+    let mut on_node = HashMap::new();
+    let Some(owner) = pods::controller_of(obj.meta()).map(|r| r.uid.clone()) else {
+        return Ok(on_node);
+    };
+    let sets: Vec<LabelSelector> = Api::<K>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|o| pods::controller_of(o.meta()).is_some_and(|r| r.uid == owner))
+        .filter_map(|o| o.selector())
+        .collect();
+    let all = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default())
+        .await?;
+    for pod in all.items {
+        let related = sets
+            .iter()
+            .any(|s| pods::selects(s, pod.metadata.labels.as_ref()));
+        if related && pods::is_active(&pod) {
+            *on_node.entry(node_of(&pod).to_string()).or_default() += 1;
+        }
+    }
+    Ok(on_node)
+}
+
 /// Deletes the `count` least valuable pods of `owned` (upstream's `getPodsToDelete`).
 async fn delete<K: Replicated>(
     ctx: &Context,
@@ -302,7 +335,8 @@ async fn delete<K: Replicated>(
     count: usize,
 ) -> kube::Result<()> {
     let count = count.min(BURST_REPLICAS);
-    rank_for_deletion(owned, ctx.clock.now());
+    let on_node = related_on_node(ctx, obj, namespace).await?;
+    rank_for_deletion(owned, ctx.clock.now(), &on_node);
     let victims: Vec<Pod> = owned.drain(..count.min(owned.len())).collect();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let dp = DeleteParams::default();
@@ -372,23 +406,16 @@ fn after_or_zero(a: Option<Timestamp>, b: Option<Timestamp>) -> Ordering {
 
 /// Sorts `pods` so the first ones are the ones to delete first (upstream's
 /// `ActivePodsWithRanks`): unassigned before assigned; Pending, Unknown, then Running; not ready
-/// before ready; lower `pod-deletion-cost` first; more pods of the set on the same node first;
+/// before ready; lower `pod-deletion-cost` first; more related pods (`on_node`) on the same node
+/// first;
 /// ready for less time first; more restarts first; newer first (times compared by logarithmic
 /// rank at `now`).
-pub(crate) fn rank_for_deletion(pods: &mut [Pod], now: Timestamp) {
-    let mut on_node: HashMap<String, usize> = HashMap::new();
-    for p in pods.iter() {
-        if !node_of(p).is_empty() {
-            *on_node.entry(node_of(p).to_string()).or_default() += 1;
-        }
-    }
-    let rank = |p: &Pod| {
-        if node_of(p).is_empty() {
-            0
-        } else {
-            on_node.get(node_of(p)).copied().unwrap_or(0)
-        }
-    };
+pub(crate) fn rank_for_deletion(
+    pods: &mut [Pod],
+    now: Timestamp,
+    on_node: &HashMap<String, usize>,
+) {
+    let rank = |p: &Pod| on_node.get(node_of(p)).copied().unwrap_or(0);
     let cost = |p: &Pod| {
         p.metadata
             .annotations

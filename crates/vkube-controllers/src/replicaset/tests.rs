@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,7 +150,8 @@ fn newer_pods_go_first_by_logarithmic_age_then_uid() {
         pod("old", "2026-01-01T00:00:00Z"),
         pod("new", "2026-01-02T00:00:00Z"),
     ];
-    rank_for_deletion(&mut pods, "2026-01-03T00:00:00Z".parse().unwrap());
+    let none = HashMap::new();
+    rank_for_deletion(&mut pods, "2026-01-03T00:00:00Z".parse().unwrap(), &none);
     assert_eq!(pods[0].metadata.name.as_deref(), Some("new"));
     // 40 and 50 days old: the same rank (2^52 ns ≈ 52 days), so the uid decides.
     let mut pods = vec![
@@ -158,7 +160,7 @@ fn newer_pods_go_first_by_logarithmic_age_then_uid() {
     ];
     pods[0].metadata.uid = Some("1".into());
     pods[1].metadata.uid = Some("2".into());
-    rank_for_deletion(&mut pods, "2026-02-20T00:00:00Z".parse().unwrap());
+    rank_for_deletion(&mut pods, "2026-02-20T00:00:00Z".parse().unwrap(), &none);
     assert_eq!(pods[0].metadata.name.as_deref(), Some("b"));
 }
 
@@ -286,4 +288,43 @@ async fn a_deleted_set_is_left_alone() {
     fake.put(RSS, obj);
     sync_rs(&fake, &ctx, "web").await.unwrap();
     assert!(fake.list(PODS).is_empty());
+}
+
+/// A Deployment's ReplicaSet deletes first where its siblings' pods crowd the node.
+#[tokio::test]
+async fn pods_doubled_up_with_siblings_go_first() {
+    let fake = FakeApi::default();
+    let (ctx, _) = context(&fake);
+    let owner = json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "d", "uid": "uid-d", "controller": true}]);
+    let mut new = rs("new", 2, 0);
+    new["metadata"]["ownerReferences"] = owner.clone();
+    fake.put(RSS, new);
+    let mut old = rs("old", 1, 0);
+    old["metadata"]["ownerReferences"] = owner;
+    fake.put(RSS, old);
+    let rs_of = |name: &str| -> ReplicaSet {
+        serde_json::from_value(fake.get(RSS, name).unwrap()).unwrap()
+    };
+    sync(&rs_of("new"), &ctx).await.unwrap();
+    sync(&rs_of("old"), &ctx).await.unwrap();
+    let place = |app: &str, node: &str| {
+        for p in fake.list(PODS) {
+            if p["metadata"]["labels"]["app"] == app {
+                let name = p["metadata"]["name"].as_str().unwrap().to_string();
+                if p["spec"]["nodeName"].is_null() {
+                    fake.edit(PODS, &name, |p| p["spec"]["nodeName"] = json!(node));
+                    return name;
+                }
+            }
+        }
+        unreachable!()
+    };
+    let crowded = place("new", "n1");
+    let alone = place("new", "n2");
+    place("old", "n1");
+    fake.edit(RSS, "new", |r| r["spec"]["replicas"] = json!(1));
+    sync(&rs_of("new"), &ctx).await.unwrap();
+    let names = pod_names(&fake);
+    assert!(!names.contains(&crowded), "{names:?}");
+    assert!(names.contains(&alone), "{names:?}");
 }
