@@ -178,8 +178,9 @@ async fn sync_cronjob(
     if let Some(zone) = &spec.time_zone {
         match TimeZone::get(zone) {
             Ok(found) => tz = found,
-            Err(err) => {
-                let msg = format!("invalid timeZone: {zone:?}: {err}");
+            Err(_) => {
+                // Go's time.LoadLocation error.
+                let msg = format!("invalid timeZone: {zone:?}: unknown time zone {zone}");
                 events::record(ctx, cj, "Warning", "UnknownTimeZone", &msg).await;
                 return Ok((None, changed));
             }

@@ -284,7 +284,10 @@ async fn suspended_bad_schedules_and_zones_start_nothing() {
     assert!(e.jobs().is_empty());
     let reasons: Vec<String> = e.events().into_iter().map(|(r, _)| r).collect();
     assert!(reasons.contains(&"UnparseableSchedule".to_string()));
-    assert!(reasons.contains(&"UnknownTimeZone".to_string()));
+    assert!(e.events().contains(&(
+        "UnknownTimeZone".into(),
+        "invalid timeZone: \"Mars/Olympus\": unknown time zone Mars/Olympus".into()
+    )));
     assert!(e.events().contains(&(
         "UnparseableSchedule".into(),
         "unparseable schedule: \"61 * * * *\" : end of range (61) above maximum (59): 61".into()
