@@ -190,30 +190,22 @@ pub async fn claim_filtered<K: Resource<DynamicType = ()>>(
     Ok(owned)
 }
 
-/// Adds the controller reference to an orphan; the uid precondition makes sure it is the pod
-/// that was read.
+/// Adds the controller reference to an orphan.
 async fn adopt(api: &Api<Pod>, pod: &Pod, owner: OwnerReference) -> kube::Result<Pod> {
     let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
     refs.push(owner);
-    let patch = json!({"metadata": {"ownerReferences": refs, "uid": pod.metadata.uid,
-                       "resourceVersion": pod.metadata.resource_version}});
-    api.patch(
-        pod.metadata.name.as_deref().unwrap_or_default(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
+    set_owners(api, pod, refs).await
 }
 
 async fn release(api: &Api<Pod>, pod: &Pod, owner_uid: &str) -> kube::Result<Pod> {
-    let refs: Vec<_> = pod
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .filter(|r| r.uid != owner_uid)
-        .cloned()
-        .collect();
+    let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
+    refs.retain(|r| r.uid != owner_uid);
+    set_owners(api, pod, refs).await
+}
+
+/// Writes `refs` as the pod's owners; the uid and resourceVersion preconditions make sure it is
+/// the pod, as it was read.
+async fn set_owners(api: &Api<Pod>, pod: &Pod, refs: Vec<OwnerReference>) -> kube::Result<Pod> {
     let patch = json!({"metadata": {"ownerReferences": refs, "uid": pod.metadata.uid,
                        "resourceVersion": pod.metadata.resource_version}});
     api.patch(
