@@ -411,3 +411,80 @@ fn deleting_a_running_job_leaves_no_pod_behind() {
         !exists(&server, ns, &format!("pod/{pod}"))
     });
 }
+
+/// An Indexed Job created suspended: no pod until resumed, then one pod per index with its
+/// index in an annotation, a label, the hostname and `JOB_COMPLETION_INDEX`.
+#[test]
+fn an_indexed_job_resumed_runs_each_index() {
+    let server = Server::start();
+    let ns = "indexed";
+    run(&server, "kubectl", &["create", "namespace", ns]);
+    apply_file(
+        &server,
+        "kubectl",
+        &job_yaml(
+            ns,
+            "idx",
+            "  completionMode: Indexed\n  completions: 2\n  parallelism: 2\n  suspend: true\n",
+        ),
+        "create",
+    );
+    within(20, "the Suspended condition", || {
+        get(
+            &server,
+            ns,
+            "job/idx",
+            "{.status.conditions[0].type}/{.status.conditions[0].reason}",
+        ) == "Suspended/JobSuspended"
+    });
+    assert!(pods_of(&server, ns, "idx").is_empty());
+    run(
+        &server,
+        "kubectl",
+        &[
+            "patch",
+            "job",
+            "idx",
+            "-n",
+            ns,
+            "-p",
+            r#"{"spec":{"suspend":false}}"#,
+        ],
+    );
+    within(20, "a pod per index", || {
+        pods_of(&server, ns, "idx").len() == 2
+    });
+    for pod in pods_of(&server, ns, "idx") {
+        let got = get(
+            &server,
+            ns,
+            &format!("pod/{pod}"),
+            "{.metadata.annotations.batch\\.kubernetes\\.io/job-completion-index}/{.metadata.labels.batch\\.kubernetes\\.io/job-completion-index}/{.spec.hostname}/{.spec.containers[0].env[0].name}",
+        );
+        let ix = got.split('/').next().unwrap().to_string();
+        assert_eq!(got, format!("{ix}/{ix}/idx-{ix}/JOB_COMPLETION_INDEX"));
+        assert!(pod.starts_with(&format!("idx-{ix}-")), "{pod}");
+        finish(&server, ns, &pod, 0);
+    }
+    run(
+        &server,
+        "kubectl",
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/idx",
+            "-n",
+            ns,
+            "--timeout=30s",
+        ],
+    );
+    assert_eq!(
+        get(
+            &server,
+            ns,
+            "job/idx",
+            "{.status.completedIndexes}/{.status.succeeded}"
+        ),
+        "0,1/2"
+    );
+}
