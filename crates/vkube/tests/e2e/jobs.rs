@@ -488,3 +488,40 @@ fn an_indexed_job_resumed_runs_each_index() {
         "0,1/2"
     );
 }
+
+/// A FailJob rule on exit code 42 fails the Job at once, with upstream's message.
+#[test]
+fn a_pod_failure_policy_fails_the_job_on_its_exit_code() {
+    let server = Server::start();
+    let ns = "policy";
+    run(&server, "kubectl", &["create", "namespace", ns]);
+    let spec = "  backoffLimit: 6\n  podFailurePolicy:\n    rules:\n    - action: FailJob\n      onExitCodes:\n        containerName: main\n        operator: In\n        values: [42]\n";
+    apply_file(&server, "kubectl", &job_yaml(ns, "pfp", spec), "create");
+    within(20, "the pod", || pods_of(&server, ns, "pfp").len() == 1);
+    let pod = pods_of(&server, ns, "pfp").remove(0);
+    finish(&server, ns, &pod, 42);
+    run(
+        &server,
+        "kubectl",
+        &[
+            "wait",
+            "--for=condition=failed",
+            "job/pfp",
+            "-n",
+            ns,
+            "--timeout=30s",
+        ],
+    );
+    assert_eq!(
+        get(
+            &server,
+            ns,
+            "job/pfp",
+            "{.status.conditions[?(@.type==\"Failed\")].reason}: {.status.conditions[?(@.type==\"Failed\")].message}"
+        ),
+        format!(
+            "PodFailurePolicy: Container main for pod {ns}/{pod} failed with exit code 42 matching FailJob rule at index 0"
+        )
+    );
+    assert_eq!(pods_of(&server, ns, "pfp").len(), 1, "no retry");
+}
