@@ -633,3 +633,81 @@ fn a_stuck_rollout_exceeds_its_progress_deadline() {
     );
     assert!(out.contains("successfully rolled out"), "{out}");
 }
+
+/// minReadySeconds: pods Ready for less than it are not available; the ReplicaSet looks again
+/// when they have been, without any other event.
+#[test]
+fn min_ready_seconds_delay_availability() {
+    let server = Server::start();
+    let k = "kubectl";
+    let ns = "min-ready";
+    run(&server, k, &["create", "namespace", ns]);
+    let manifest = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web, namespace: {ns}}}\nspec:\n  replicas: 2\n  minReadySeconds: 3\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec: {{containers: [{{name: c, image: nginx}}]}}\n"
+    );
+    apply_file(&server, k, &manifest, "create");
+    eventually("2 pods", || count(&server, ns, "pods") == 2);
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let since = format_rfc3339(since);
+    let ready = format!(
+        r#"{{"status":{{"phase":"Running","conditions":[{{"type":"Ready","status":"True","lastTransitionTime":"{since}"}}]}}}}"#
+    );
+    for pod in run(&server, k, &["get", "pods", "-n", ns, "-o", "name"]).lines() {
+        run(
+            &server,
+            k,
+            &[
+                "patch",
+                pod,
+                "-n",
+                ns,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &ready,
+            ],
+        );
+    }
+    let started = Instant::now();
+    eventually("2 ready", || {
+        field(&server, ns, "rs", "{.items[0].status.readyReplicas}") == "2"
+    });
+    let available = field(&server, ns, "deployment/web", "{.status.availableReplicas}");
+    if started.elapsed() < Duration::from_secs(2) {
+        assert_eq!(available, "", "available before minReadySeconds");
+    }
+    eventually("2 available", || {
+        field(&server, ns, "deployment/web", "{.status.availableReplicas}") == "2"
+    });
+    let out = run(
+        &server,
+        k,
+        &["rollout", "status", "deployment/web", "-n", ns],
+    );
+    assert!(out.contains("successfully rolled out"), "{out}");
+}
+
+/// Seconds since the epoch as RFC 3339 (UTC).
+fn format_rfc3339(secs: u64) -> String {
+    let days = secs / 86400;
+    let rem = secs % 86400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
