@@ -575,3 +575,21 @@ async fn min_ready_seconds_hold_availability_back() {
     assert_eq!(d["status"]["availableReplicas"], 2);
     assert_eq!(condition_of(&d, "Available")["status"], "True");
 }
+
+/// A Deployment being deleted only reports status: no new ReplicaSet, no scaling.
+#[tokio::test]
+async fn a_deleted_deployment_only_reports_status() {
+    let fake = FakeApi::default();
+    let (ctx, _) = context(&fake);
+    fake.put(DEPLOYMENTS, deployment(2, rolling(json!(1), json!(0))));
+    settle(&fake, &ctx).await;
+    fake.edit(DEPLOYMENTS, "web", |d| {
+        d["metadata"]["deletionTimestamp"] = json!(T0);
+        d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:2");
+    });
+    settle(&fake, &ctx).await;
+    let rss = replicasets(&fake);
+    assert_eq!(rss.len(), 1);
+    assert_eq!(rss[0].1, 2);
+    assert_eq!(get_d(&fake)["status"]["replicas"], 2);
+}
