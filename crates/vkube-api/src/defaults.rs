@@ -392,9 +392,13 @@ fn job(spec: &mut Value) {
     );
     set(spec, "completionMode", json!("NonIndexed"));
     set(spec, "suspend", json!(false));
-    if spec["podFailurePolicy"].is_null() {
-        set(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
-    }
+    // With a pod failure policy, a pod counts as failed only once it is gone (upstream).
+    let replacement = if spec["podFailurePolicy"].is_null() {
+        "TerminatingOrFailed"
+    } else {
+        "Failed"
+    };
+    set(spec, "podReplacementPolicy", json!(replacement));
     template(spec.get_mut("template"));
 }
 
@@ -572,6 +576,13 @@ mod tests {
             j["spec"]["completions"].is_null(),
             "a work queue has no completions"
         );
+        assert_eq!(j["spec"]["podReplacementPolicy"], "TerminatingOrFailed");
+        let j = defaulted(
+            "batch",
+            "jobs",
+            json!({"spec": {"podFailurePolicy": {"rules": []}}}),
+        );
+        assert_eq!(j["spec"]["podReplacementPolicy"], "Failed");
         let b = defaulted(
             "rbac.authorization.k8s.io",
             "rolebindings",

@@ -41,6 +41,15 @@ pub fn prepare_for_create(resource: &Resource, obj: &mut Value) {
             ] {
                 labels[key] = value.clone();
             }
+            // Upstream's defaulting gives a Job without labels its template's, and it runs on
+            // every read of the stored Job, after the labels above were generated: so a
+            // client sees them on the Job too (`kubectl get job -o yaml`, `describe`).
+            if obj["metadata"]["labels"]
+                .as_object()
+                .is_none_or(|l| l.is_empty())
+            {
+                obj["metadata"]["labels"] = obj["spec"]["template"]["metadata"]["labels"].clone();
+            }
             obj.as_object_mut().map(|m| m.remove("status"));
         }
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
@@ -178,4 +187,25 @@ pub fn apply_part(
         _ => {}
     }
     Ok(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_without_labels_gets_its_templates_generated_ones() {
+        let jobs = crate::registry::find("batch", "v1", "jobs").unwrap();
+        let mut job = json!({"metadata": {"name": "j", "uid": "u1"},
+                             "spec": {"template": {"metadata": {"labels": {"app": "x"}}}}});
+        prepare_for_create(jobs, &mut job);
+        let labels = &job["metadata"]["labels"];
+        assert_eq!(labels["app"], "x");
+        assert_eq!(labels["batch.kubernetes.io/controller-uid"], "u1");
+        assert_eq!(labels["job-name"], "j");
+        let mut labelled = json!({"metadata": {"name": "j", "uid": "u1", "labels": {"mine": "1"}},
+                                  "spec": {"template": {}}});
+        prepare_for_create(jobs, &mut labelled);
+        assert_eq!(labelled["metadata"]["labels"], json!({"mine": "1"}));
+    }
 }
