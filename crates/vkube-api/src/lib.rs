@@ -5,6 +5,7 @@
 
 pub mod convert;
 pub mod crd;
+pub mod cron;
 pub mod custom_objects;
 pub mod defaults;
 pub mod discovery;

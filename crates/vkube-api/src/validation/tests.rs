@@ -145,6 +145,39 @@ fn services_jobs_cronjobs_and_rbac() {
         check("batch", "cronjobs", cron, None).unwrap_err(),
         "CronJob.batch \"c\" is invalid: spec.schedule: Invalid value: \"* * *\": expected exactly 5 fields, found 3: [* * *]"
     );
+    let cron = |schedule: &str, zone: Option<&str>| {
+        let mut c = json!({"metadata": {"name": "c"}, "spec": {"schedule": schedule, "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "a", "image": "x"}]}}}}}});
+        if let Some(z) = zone {
+            c["spec"]["timeZone"] = json!(z);
+        }
+        c
+    };
+    let err = check("batch", "cronjobs", cron("61 * * * *", None), None).unwrap_err();
+    assert!(
+        err.contains("spec.schedule: Invalid value: \"61 * * * *\": "),
+        "{err}"
+    );
+    assert_eq!(
+        check("batch", "cronjobs", cron("TZ=UTC * * * * *", None), None).unwrap_err(),
+        "CronJob.batch \"c\" is invalid: spec.schedule: Invalid value: \"TZ=UTC * * * * *\": cannot use TZ or CRON_TZ in schedule, use timeZone field instead"
+    );
+    assert_eq!(
+        check(
+            "batch",
+            "cronjobs",
+            cron("@hourly", Some("Mars/Olympus")),
+            None
+        )
+        .unwrap_err(),
+        "CronJob.batch \"c\" is invalid: spec.timeZone: Invalid value: \"Mars/Olympus\": unknown time zone Mars/Olympus"
+    );
+    check(
+        "batch",
+        "cronjobs",
+        cron("*/5 * * * 1-5", Some("Europe/Berlin")),
+        None,
+    )
+    .unwrap();
     let role = json!({"metadata": {"name": "r"}, "rules": [{"resources": ["pods"]}]});
     assert_eq!(
         check("rbac.authorization.k8s.io", "roles", role, None).unwrap_err(),

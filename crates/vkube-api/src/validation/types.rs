@@ -33,7 +33,7 @@ pub fn validate(resource: &Resource, obj: &Value, old: Option<&Value>, errs: &mu
         }
         ("batch", "Job") => job(spec, "spec", errs),
         ("batch", "CronJob") => {
-            cron_schedule(&spec["schedule"], errs);
+            cron_schedule(spec, old, errs);
             for field in [
                 "startingDeadlineSeconds",
                 "successfulJobsHistoryLimit",
@@ -271,44 +271,50 @@ fn job(spec: &Value, path: &str, errs: &mut Errors) {
 }
 
 /// Five cron fields, or one of the descriptors robfig/cron accepts.
-fn cron_schedule(schedule: &Value, errs: &mut Errors) {
+/// A CronJob's schedule and time zone, as upstream's validation reads them: robfig/cron's
+/// parser and its messages, no `TZ=` in a new or changed schedule (the `timeZone` field says
+/// it), and a time zone the IANA database knows.
+fn cron_schedule(spec: &Value, old: Option<&Value>, errs: &mut Errors) {
+    let schedule = &spec["schedule"];
     let text = schedule.as_str().unwrap_or_default();
     if text.is_empty() {
         errs.required("spec.schedule", "");
         return;
     }
-    let spec = text
-        .strip_prefix("TZ=")
-        .or(text.strip_prefix("CRON_TZ="))
-        .and_then(|rest| rest.split_once(' ').map(|(_, s)| s))
-        .unwrap_or(text);
-    let ok = if spec.starts_with('@') {
-        matches!(
-            spec,
-            "@yearly" | "@annually" | "@monthly" | "@weekly" | "@daily" | "@midnight" | "@hourly"
-        ) || spec
-            .strip_prefix("@every ")
-            .is_some_and(|d| !d.trim().is_empty())
-    } else {
-        let fields: Vec<&str> = spec.split_whitespace().collect();
-        fields.len() == 5
-            && fields.iter().all(|f| {
-                f.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | '/' | ',' | '-' | '?'))
-            })
-    };
-    if !ok {
-        let fields = spec.split_whitespace().count();
-        let why = if spec.starts_with('@') {
-            format!("unrecognized descriptor: {spec}")
-        } else if fields != 5 {
-            // robfig/cron prints the fields as a Go slice.
-            let list = spec.split_whitespace().collect::<Vec<_>>().join(" ");
-            format!("expected exactly 5 fields, found {fields}: [{list}]")
-        } else {
-            format!("failed to parse: {spec}")
-        };
+    if let Err(why) = crate::cron::parse(text, jiff::tz::TimeZone::UTC) {
         errs.invalid("spec.schedule", schedule, &why);
+    }
+    // An unchanged schedule may keep its TZ (objects from before the timeZone field).
+    let tz_allowed = old.is_some_and(|o| o["spec"]["schedule"] == *schedule);
+    if text.contains("TZ") {
+        if !tz_allowed {
+            errs.invalid(
+                "spec.schedule",
+                schedule,
+                "cannot use TZ or CRON_TZ in schedule, use timeZone field instead",
+            );
+        } else if spec["timeZone"].is_string() {
+            errs.invalid(
+                "spec.schedule",
+                schedule,
+                "cannot use both timeZone field and TZ or CRON_TZ in schedule",
+            );
+        }
+    }
+    let zone = &spec["timeZone"];
+    if let Some(name) = zone.as_str() {
+        let why = if name.is_empty() {
+            Some("timeZone must be nil or non-empty string".to_string())
+        } else if name.eq_ignore_ascii_case("local") {
+            Some("timeZone must be an explicit time zone as defined in https://www.iana.org/time-zones".to_string())
+        } else if jiff::tz::TimeZone::get(name).is_err() {
+            Some(format!("unknown time zone {name}"))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            errs.invalid("spec.timeZone", zone, &why);
+        }
     }
 }
 

@@ -5,7 +5,6 @@
 //! again at the next scheduled time.
 
 pub(crate) mod events;
-mod schedule;
 #[cfg(test)]
 mod tests;
 
@@ -26,7 +25,7 @@ use kube::runtime::watcher;
 use crate::job::{condition, finished};
 use crate::pods::{controller_of, controller_ref};
 use crate::{Context, Result};
-use schedule::Schedule;
+use vkube_api::cron::{self as schedule, Schedule};
 
 /// Upstream's `nextScheduleDelta`: the requeue lands just after the scheduled time.
 const NEXT_DELTA: Duration = Duration::from_millis(100);

@@ -18,7 +18,7 @@ const DAYS: &[&str] = &["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 const STAR: u64 = 1 << 63;
 
 #[derive(Debug, Clone)]
-pub(crate) enum Schedule {
+pub enum Schedule {
     Cron {
         minute: u64,
         hour: u64,
@@ -180,7 +180,7 @@ fn go_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Parses `text`; the schedule's times are in `tz` unless the text names its own zone.
-pub(crate) fn parse(text: &str, tz: TimeZone) -> Result<Schedule, String> {
+pub fn parse(text: &str, tz: TimeZone) -> Result<Schedule, String> {
     let mut text = text.trim();
     let mut tz = tz;
     if let Some(rest) = text
@@ -229,7 +229,7 @@ pub(crate) fn parse(text: &str, tz: TimeZone) -> Result<Schedule, String> {
 impl Schedule {
     /// The first time strictly after `t` (`None` if there is none within five years, where
     /// robfig/cron gives up too).
-    pub(crate) fn next(&self, t: Timestamp) -> Option<Timestamp> {
+    pub fn next(&self, t: Timestamp) -> Option<Timestamp> {
         let (minute, hour, dom, month, dow, tz) = match self {
             Schedule::Every(d) => {
                 let d = SignedDuration::try_from(*d).ok()?;
@@ -295,7 +295,7 @@ impl Schedule {
         None
     }
 
-    pub(crate) fn time_zone(&self) -> TimeZone {
+    pub fn time_zone(&self) -> TimeZone {
         match self {
             Schedule::Cron { tz, .. } => tz.clone(),
             Schedule::Every(_) => TimeZone::UTC,
