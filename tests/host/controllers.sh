@@ -40,7 +40,7 @@ spec:
       - name: c
         image: vkube.local/busybox:1
         imagePullPolicy: Never
-        command: [sh, -c, "sleep 2; exec httpd -f -p 8080"]
+        command: [sh, -c, "mkdir -p /tmp/www && echo ok >/tmp/www/index.html && sleep 2 && exec httpd -f -p 8080 -h /tmp/www"]
         readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
 YAML
   vc rollout status deployment/roll --timeout=120s >/dev/null
