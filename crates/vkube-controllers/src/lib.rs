@@ -27,6 +27,7 @@ pub mod csr_signing;
 mod daemonset;
 mod deployment;
 mod disruption;
+mod events;
 mod job;
 mod replicaset;
 mod statefulset;

@@ -4,7 +4,6 @@
 //! the status (`active`, `lastScheduleTime`, `lastSuccessfulTime`). Each sync asks to be run
 //! again at the next scheduled time.
 
-pub(crate) mod events;
 #[cfg(test)]
 mod tests;
 
@@ -133,7 +132,7 @@ async fn sync_cronjob(
                 "Saw a job that the controller did not create or forgot: {}",
                 j.metadata.name.as_deref().unwrap_or_default()
             );
-            events::record(ctx, cj, "Warning", "UnexpectedJob", &msg).await;
+            record(ctx, cj, "Warning", "UnexpectedJob", &msg).await;
         } else if let (true, Some(c)) = (listed, done) {
             remove_active(cj, j.metadata.uid.as_ref());
             let msg = format!(
@@ -141,7 +140,7 @@ async fn sync_cronjob(
                 j.metadata.name.as_deref().unwrap_or_default(),
                 c.type_
             );
-            events::record(ctx, cj, "Normal", "SawCompletedJob", &msg).await;
+            record(ctx, cj, "Normal", "SawCompletedJob", &msg).await;
             changed = true;
         } else if condition(j, "Complete").is_some() {
             let done_at = j.status.as_ref().and_then(|s| s.completion_time.clone());
@@ -164,7 +163,7 @@ async fn sync_cronjob(
         let name = r.name.clone().unwrap_or_default();
         if jobs_api.get_opt(&name).await?.is_none() {
             let msg = format!("Active job went missing: {name}");
-            events::record(ctx, cj, "Normal", "MissingJob", &msg).await;
+            record(ctx, cj, "Normal", "MissingJob", &msg).await;
             remove_active(cj, r.uid.as_ref());
             changed = true;
         }
@@ -180,7 +179,7 @@ async fn sync_cronjob(
             Err(_) => {
                 // Go's time.LoadLocation error.
                 let msg = format!("invalid timeZone: {zone:?}: unknown time zone {zone}");
-                events::record(ctx, cj, "Warning", "UnknownTimeZone", &msg).await;
+                record(ctx, cj, "Warning", "UnknownTimeZone", &msg).await;
                 return Ok((None, changed));
             }
         }
@@ -193,20 +192,20 @@ async fn sync_cronjob(
             "CRON_TZ or TZ used in schedule {:?} is not officially supported, see https://kubernetes.io/docs/concepts/workloads/controllers/cron-jobs/ for more details",
             spec.schedule
         );
-        events::record(ctx, cj, "Warning", "UnsupportedSchedule", &msg).await;
+        record(ctx, cj, "Warning", "UnsupportedSchedule", &msg).await;
     }
     let sched = match schedule::parse(&spec.schedule, tz) {
         Ok(s) => s,
         Err(err) => {
             let msg = format!("unparseable schedule: {:?} : {err}", spec.schedule);
-            events::record(ctx, cj, "Warning", "UnparseableSchedule", &msg).await;
+            record(ctx, cj, "Warning", "UnparseableSchedule", &msg).await;
             return Ok((None, changed));
         }
     };
     let scheduled = match most_recent(cj, now, &sched, true) {
         Err(err) => {
             let msg = format!("invalid schedule: {} : {err}", spec.schedule);
-            events::record(ctx, cj, "Warning", "InvalidSchedule", &msg).await;
+            record(ctx, cj, "Warning", "InvalidSchedule", &msg).await;
             return Ok((None, changed));
         }
         Ok(Recent { time: None, .. }) => return Ok((next_in(cj, now, &sched), changed)),
@@ -217,7 +216,7 @@ async fn sync_cronjob(
         }) => {
             if many {
                 let msg = "too many missed start times. Set or decrease .spec.startingDeadlineSeconds or check clock skew";
-                events::record(ctx, cj, "Warning", "TooManyMissedTimes", msg).await;
+                record(ctx, cj, "Warning", "TooManyMissedTimes", msg).await;
             }
             t
         }
@@ -231,7 +230,7 @@ async fn sync_cronjob(
             "Missed scheduled time to start a job: {}",
             scheduled.strftime("%a, %d %b %Y %H:%M:%S +0000")
         );
-        events::record(ctx, cj, "Warning", "MissSchedule", &msg).await;
+        record(ctx, cj, "Warning", "MissSchedule", &msg).await;
         return Ok((next_in(cj, now, &sched), changed));
     }
     let cj_name = cj.metadata.name.clone().unwrap_or_default();
@@ -248,7 +247,7 @@ async fn sync_cronjob(
     if policy == "Forbid" && !active(cj).is_empty() {
         let msg =
             "Not starting job because prior execution is running and concurrency policy is Forbid";
-        events::record(ctx, cj, "Normal", "JobAlreadyActive", msg).await;
+        record(ctx, cj, "Normal", "JobAlreadyActive", msg).await;
         return Ok((next_in(cj, now, &sched), changed));
     }
     if policy == "Replace" {
@@ -262,7 +261,7 @@ async fn sync_cronjob(
     let made = match jobs_api.create(&PostParams::default(), &request).await {
         Ok(made) => {
             let msg = format!("Created job {name}");
-            events::record(ctx, cj, "Normal", "SuccessfulCreate", &msg).await;
+            record(ctx, cj, "Normal", "SuccessfulCreate", &msg).await;
             made
         }
         Err(kube::Error::Api(e)) if e.code == 409 => {
@@ -277,7 +276,7 @@ async fn sync_cronjob(
         }
         Err(err) => {
             let msg = format!("Error creating job: {err}");
-            events::record(ctx, cj, "Warning", "FailedCreate", &msg).await;
+            record(ctx, cj, "Warning", "FailedCreate", &msg).await;
             return Err(err.into());
         }
     };
@@ -304,12 +303,12 @@ async fn delete_job(ctx: &Context, cj: &mut CronJob, job: &Job) -> Result<()> {
         Err(kube::Error::Api(e)) if e.code == 404 => {}
         Err(err) => {
             let msg = format!("Deleted job: {err}");
-            events::record(ctx, cj, "Warning", "FailedDelete", &msg).await;
+            record(ctx, cj, "Warning", "FailedDelete", &msg).await;
             return Err(err.into());
         }
     }
     remove_active(cj, job.metadata.uid.as_ref());
-    events::record(
+    record(
         ctx,
         cj,
         "Normal",
@@ -486,4 +485,15 @@ async fn cleanup_finished(ctx: &Context, cj: &mut CronJob, jobs: &[Job]) -> bool
         }
     }
     changed
+}
+
+/// An event from `cronjob-controller`.
+async fn record<K: kube::Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    type_: &str,
+    reason: &str,
+    message: &str,
+) {
+    crate::events::record_as(ctx, "cronjob-controller", obj, type_, reason, message).await;
 }

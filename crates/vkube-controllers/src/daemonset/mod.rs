@@ -430,8 +430,7 @@ fn manage(
 
 /// An event about `ds` from `daemonset-controller` (upstream's event source), best effort.
 async fn event(ctx: &Context, ds: &DaemonSet, type_: &str, reason: &str, message: &str) {
-    crate::cronjob::events::record_as(ctx, "daemonset-controller", ds, type_, reason, message)
-        .await;
+    crate::events::record_as(ctx, "daemonset-controller", ds, type_, reason, message).await;
 }
 
 /// Upstream's `CreatePodTemplate`: the template with the daemon tolerations, the template

@@ -249,7 +249,7 @@ impl Sync<'_> {
 
     /// Records an event about the Deployment (best effort).
     async fn event(&self, type_: &str, reason: &str, message: &str) {
-        crate::cronjob::events::record_as(
+        crate::events::record_as(
             self.ctx,
             "deployment-controller",
             &self.d,

@@ -94,8 +94,7 @@ async fn release_orphan(pod: &Pod, ctx: &Context) -> Result<Action> {
 
 /// An event on the Job, as upstream's job-controller records it.
 async fn event(s: &Sync<'_>, type_: &str, reason: &str, message: &str) {
-    crate::cronjob::events::record_as(s.ctx, "job-controller", &s.job, type_, reason, message)
-        .await;
+    crate::events::record_as(s.ctx, "job-controller", &s.job, type_, reason, message).await;
 }
 
 /// A condition of `type_` that is `True`.

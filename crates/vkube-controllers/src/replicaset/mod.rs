@@ -244,7 +244,7 @@ pub(crate) async fn sync<K: Replicated>(seen: &K, ctx: &Context) -> Result<Actio
 
 /// Records an event about `obj`, as upstream's pod control does (best effort).
 async fn event<K: Replicated>(ctx: &Context, obj: &K, type_: &str, reason: &str, message: &str) {
-    crate::cronjob::events::record_as(ctx, K::COMPONENT, obj, type_, reason, message).await;
+    crate::events::record_as(ctx, K::COMPONENT, obj, type_, reason, message).await;
 }
 
 /// Creates `count` pods (at most [`BURST_REPLICAS`]) in batches of 1, 2, 4, …, stopping at the

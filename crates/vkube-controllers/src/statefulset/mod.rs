@@ -534,7 +534,7 @@ impl<'a> Sync<'a> {
 
     /// An event about the set, as client-go's recorder writes it.
     async fn event(&self, type_: &str, reason: &str, message: &str) {
-        crate::cronjob::events::record_as(
+        crate::events::record_as(
             self.ctx,
             "statefulset-controller",
             self.set,

@@ -61,14 +61,3 @@ pub(crate) async fn record_as<K: Resource<DynamicType = ()>>(
         tracing::debug!(%reason, %err, "recording an event");
     }
 }
-
-/// An event from the CronJob controller.
-pub(crate) async fn record<K: Resource<DynamicType = ()>>(
-    ctx: &Context,
-    obj: &K,
-    type_: &str,
-    reason: &str,
-    message: &str,
-) {
-    record_as(ctx, "cronjob-controller", obj, type_, reason, message).await;
-}
