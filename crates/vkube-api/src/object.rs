@@ -270,6 +270,17 @@ pub fn prepare_update(old: &Value, obj: &mut Value) -> Result<(), Status> {
         let generation = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
         obj["metadata"]["generation"] = json!(generation);
     }
+    // Only DaemonSets carry it: their template generation rises with each template change.
+    let key = crate::strategy::TEMPLATE_GENERATION;
+    if let Some(was) = old["metadata"]["annotations"][key].as_str() {
+        let was = was.parse::<i64>().unwrap_or(1);
+        let now = if old["spec"]["template"] != obj["spec"]["template"] {
+            was + 1
+        } else {
+            was
+        };
+        obj["metadata"]["annotations"][key] = json!(now.to_string());
+    }
     Ok(())
 }
 

@@ -7,6 +7,9 @@ use serde_json::{Value, json};
 use crate::{Resource, Status};
 
 /// What a type sets on create besides metadata, as upstream's PrepareForCreate does.
+/// A DaemonSet's template generation (upstream's `deprecated.daemonset.template.generation`).
+pub const TEMPLATE_GENERATION: &str = "deprecated.daemonset.template.generation";
+
 pub fn prepare_for_create(resource: &Resource, obj: &mut Value) {
     match (resource.group, resource.plural) {
         ("", "namespaces") => {
@@ -50,6 +53,17 @@ pub fn prepare_for_create(resource: &Resource, obj: &mut Value) {
             {
                 obj["metadata"]["labels"] = obj["spec"]["template"]["metadata"]["labels"].clone();
             }
+            obj.as_object_mut().map(|m| m.remove("status"));
+        }
+        ("apps", "daemonsets") => {
+            // apps/v1 carries the internal spec.templateGeneration in this annotation; it starts
+            // at 1 (or what the client gave) and the DaemonSet controller labels pods with it.
+            let given = obj["metadata"]["annotations"][TEMPLATE_GENERATION]
+                .as_str()
+                .and_then(|g| g.parse::<i64>().ok())
+                .filter(|g| *g >= 1)
+                .unwrap_or(1);
+            obj["metadata"]["annotations"][TEMPLATE_GENERATION] = json!(given.to_string());
             obj.as_object_mut().map(|m| m.remove("status"));
         }
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
@@ -192,6 +206,22 @@ pub fn apply_part(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_daemonsets_template_generation_starts_at_one_and_follows_the_template() {
+        let sets = crate::registry::find("apps", "v1", "daemonsets").unwrap();
+        let mut ds = json!({"metadata": {"name": "d"}, "spec": {"template": {"spec": {"a": 1}}}});
+        prepare_for_create(sets, &mut ds);
+        assert_eq!(ds["metadata"]["annotations"][TEMPLATE_GENERATION], "1");
+        let mut same = ds.clone();
+        same["spec"]["minReadySeconds"] = json!(5);
+        crate::object::prepare_update(&ds, &mut same).unwrap();
+        assert_eq!(same["metadata"]["annotations"][TEMPLATE_GENERATION], "1");
+        let mut changed = ds.clone();
+        changed["spec"]["template"]["spec"]["a"] = json!(2);
+        crate::object::prepare_update(&ds, &mut changed).unwrap();
+        assert_eq!(changed["metadata"]["annotations"][TEMPLATE_GENERATION], "2");
+    }
 
     #[test]
     fn a_job_without_labels_gets_its_templates_generated_ones() {
