@@ -81,6 +81,9 @@ pub enum Error {
     /// The object cannot be acted on as written (a bad selector, …): retried only on change.
     #[error("{0}")]
     Invalid(String),
+    /// The reconcile panicked (a bug): logged and retried with backoff, the controller goes on.
+    #[error("reconcile panicked: {0}")]
+    Panicked(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

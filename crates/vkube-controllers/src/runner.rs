@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use kube::Resource;
 use kube::runtime::controller::{Action, Config, Controller};
 use serde::de::DeserializeOwned;
@@ -83,7 +83,18 @@ pub async fn drive<K, F, Fut>(
                 let key = key(obj.as_ref());
                 let run = (state.reconcile)(obj, state.ctx.clone());
                 async move {
-                    let action = run.await?;
+                    // A panic ends this reconcile, not the controller (its task runs them all).
+                    let action = std::panic::AssertUnwindSafe(run)
+                        .catch_unwind()
+                        .await
+                        .map_err(|panic| {
+                            let why = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            Error::Panicked(why)
+                        })??;
                     state.backoff.succeeded(&key);
                     if action == Action::await_change() {
                         return Ok(Action::requeue(state.ctx.resync));
@@ -101,6 +112,11 @@ pub async fn drive<K, F, Fut>(
                     Error::Api(err) => {
                         let delay = state.backoff.failed(&key);
                         tracing::debug!(controller = state.name, %key, %err, ?delay, "retrying");
+                        Action::requeue(delay)
+                    }
+                    Error::Panicked(why) => {
+                        let delay = state.backoff.failed(&key);
+                        tracing::error!(controller = state.name, %key, %why, ?delay, "reconcile panicked; retrying");
                         Action::requeue(delay)
                     }
                 }

@@ -4,7 +4,6 @@
 //! reports `replicas`, `fullyLabeledReplicas`, `readyReplicas`, `availableReplicas`,
 //! `observedGeneration` and a `ReplicaFailure` condition when creating or deleting fails.
 
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -394,16 +393,6 @@ fn max_restarts(pod: &Pod) -> i32 {
         .unwrap_or(0)
 }
 
-/// upstream's `afterOrZero`: a missing time first, then the later one.
-fn after_or_zero(a: Option<Timestamp>, b: Option<Timestamp>) -> Ordering {
-    match (a, b) {
-        (None, None) => Ordering::Equal,
-        (None, Some(_)) => Ordering::Less,
-        (Some(_), None) => Ordering::Greater,
-        (Some(a), Some(b)) => b.cmp(&a),
-    }
-}
-
 /// Sorts `pods` so the first ones are the ones to delete first (upstream's
 /// `ActivePodsWithRanks`): unassigned before assigned; Pending, Unknown, then Running; not ready
 /// before ready; lower `pod-deletion-cost` first; more related pods (`on_node`) on the same node
@@ -424,75 +413,44 @@ pub(crate) fn rank_for_deletion(
             .and_then(|v| v.parse::<i32>().ok())
             .unwrap_or(0)
     };
-    pods.sort_by(|a, b| {
-        let (na, nb) = (node_of(a), node_of(b));
-        if na != nb && (na.is_empty() || nb.is_empty()) {
-            return if na.is_empty() {
-                Ordering::Less
-            } else {
-                Ordering::Greater
-            };
-        }
-        let phase = phase_ordinal(a).cmp(&phase_ordinal(b));
-        if phase != Ordering::Equal {
-            return phase;
-        }
-        let (ra, rb) = (pods::is_ready(a), pods::is_ready(b));
-        if ra != rb {
-            return ra.cmp(&rb);
-        }
-        let by_cost = cost(a).cmp(&cost(b));
-        if by_cost != Ordering::Equal {
-            return by_cost;
-        }
-        let by_rank = rank(b).cmp(&rank(a));
-        if by_rank != Ordering::Equal {
-            return by_rank;
-        }
-        if ra && rb {
-            let (ta, tb) = (
-                pods::ready_since(a).flatten(),
-                pods::ready_since(b).flatten(),
-            );
-            if ta != tb {
-                return logarithmic(a, b, ta, tb, now);
-            }
-        }
-        let restarts = max_restarts(b).cmp(&max_restarts(a));
-        if restarts != Ordering::Equal {
-            return restarts;
-        }
-        let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        if created(a) != created(b) {
-            return logarithmic(a, b, created(a), created(b), now);
-        }
-        Ordering::Equal
+    // A key per pod, not a comparison of two: upstream's `Less` is not transitive where equal
+    // times skip the uid tiebreak and near-equal ones use it, and Rust's sort may panic on such
+    // an order (it did, scaling 500 pods down). The key keeps upstream's criteria in its order,
+    // with the uid last.
+    pods.sort_by_cached_key(|p| {
+        let ready = pods::is_ready(p);
+        let ready_rank = if ready {
+            log_rank(pods::ready_since(p).flatten(), now)
+        } else {
+            0
+        };
+        let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        (
+            !node_of(p).is_empty(),
+            phase_ordinal(p),
+            ready,
+            cost(p),
+            std::cmp::Reverse(rank(p)),
+            ready_rank,
+            std::cmp::Reverse(max_restarts(p)),
+            log_rank(created, now),
+            p.metadata.uid.clone().unwrap_or_default(),
+        )
     });
 }
 
-/// Newer first by base-2 logarithmic rank of the age at `now`, then by uid (upstream's
-/// `LogarithmicScaleDown`, GA since 1.31): pods of about the same age go in random order.
-fn logarithmic(
-    a: &Pod,
-    b: &Pod,
-    ta: Option<Timestamp>,
-    tb: Option<Timestamp>,
-    now: Timestamp,
-) -> Ordering {
-    let (Some(ta), Some(tb)) = (ta, tb) else {
-        return after_or_zero(ta, tb);
+/// The base-2 logarithm of the age at `now` (upstream's `LogarithmicScaleDown`, GA since 1.31):
+/// pods of about the same age rank the same, newer ranks lower; an unknown time ranks lowest
+/// (upstream's `afterOrZero`: the zero time sorts first).
+fn log_rank(t: Option<Timestamp>, now: Timestamp) -> i64 {
+    let Some(t) = t else {
+        return i64::MIN;
     };
-    let rank = |t: Timestamp| {
-        let age = now.duration_since(t).as_nanos();
-        if age > 0 {
-            (age as f64).log2() as i64
-        } else {
-            -1
-        }
-    };
-    match rank(ta).cmp(&rank(tb)) {
-        Ordering::Equal => a.metadata.uid.cmp(&b.metadata.uid),
-        other => other,
+    let age = now.duration_since(t).as_nanos();
+    if age > 0 {
+        (age as f64).log2() as i64
+    } else {
+        -1
     }
 }
 

@@ -164,6 +164,32 @@ fn newer_pods_go_first_by_logarithmic_age_then_uid() {
     assert_eq!(pods[0].metadata.name.as_deref(), Some("b"));
 }
 
+/// Scaling 500 pods down once panicked: equal creation times skipped the uid tiebreak that
+/// near-equal ones used, so the comparison was not a total order.
+#[test]
+fn many_pods_with_equal_and_near_equal_times_sort_in_a_total_order() {
+    let none = HashMap::new();
+    let mut pods: Vec<Pod> = (0..500)
+        .map(|i| {
+            let second = [0, 0, 1, 1, 2][i % 5];
+            serde_json::from_value(json!({"metadata": {"name": format!("p{i}"), "uid": format!("{:03}", (i * 7919) % 500),
+                "creationTimestamp": format!("2026-01-01T00:00:0{second}Z")}, "spec": {"containers": []}}))
+            .unwrap()
+        })
+        .collect();
+    rank_for_deletion(&mut pods, "2026-01-01T00:00:03Z".parse().unwrap(), &none);
+    let uids: Vec<_> = pods
+        .iter()
+        .map(|p| p.metadata.uid.clone().unwrap())
+        .collect();
+    let mut sorted = uids.clone();
+    sorted.sort();
+    assert_ne!(
+        uids, sorted,
+        "newer pods (a lower rank) go first, before the uid decides"
+    );
+}
+
 #[tokio::test]
 async fn adopts_orphans_releases_strays_and_leaves_others_alone() {
     let fake = FakeApi::default();
