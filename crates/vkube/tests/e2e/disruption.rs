@@ -24,20 +24,7 @@ fn make_ready(server: &Server, ns: &str) {
         &["get", "pods", "-n", ns, "-l", "app=web", "-o", "name"],
     );
     for pod in names.lines().filter(|l| !l.is_empty()) {
-        run(
-            server,
-            "kubectl",
-            &[
-                "patch",
-                pod,
-                "-n",
-                ns,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#,
-            ],
-        );
+        patch_pod_status(server, ns, pod, POD_READY);
     }
 }
 

@@ -272,3 +272,36 @@ pub(crate) fn apply_file_result(server: &Server, binary: &str, yaml: &str) -> St
     assert!(!out.ok, "creating existing objects must fail");
     out.stderr
 }
+
+/// What a kubelet writes for a started pod: Running and Ready (the controllers' tests play it).
+pub(crate) const POD_READY: &str =
+    r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#;
+
+/// Writes `patch` (a merge patch) to `pod`'s status as a kubelet would; `pod` is a name or
+/// `pod/NAME`.
+pub(crate) fn patch_pod_status(server: &Server, ns: &str, pod: &str, patch: &str) -> String {
+    let pod = pod.strip_prefix("pod/").unwrap_or(pod);
+    run(
+        server,
+        "kubectl",
+        &[
+            "patch",
+            "pod",
+            pod,
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            patch,
+        ],
+    )
+}
+
+/// Seconds since the epoch as RFC 3339 in UTC, as the API writes times.
+pub(crate) fn rfc3339(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .expect("a time in range")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339")
+}

@@ -37,21 +37,7 @@ fn field(server: &Server, ns: &str, what: &str, path: &str) -> String {
 
 /// Plays the kubelet: the pod runs and is Ready.
 fn ready(server: &Server, ns: &str, pod: &str) {
-    run(
-        server,
-        K,
-        &[
-            "patch",
-            "pod",
-            pod,
-            "-n",
-            ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#,
-        ],
-    );
+    patch_pod_status(server, ns, pod, POD_READY);
 }
 
 /// `names` stays `want` for a while: the controller is waiting.

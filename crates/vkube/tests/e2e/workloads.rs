@@ -651,25 +651,12 @@ fn min_ready_seconds_delay_availability() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let since = format_rfc3339(since);
+    let since = rfc3339(since as i64);
     let ready = format!(
         r#"{{"status":{{"phase":"Running","conditions":[{{"type":"Ready","status":"True","lastTransitionTime":"{since}"}}]}}}}"#
     );
     for pod in run(&server, k, &["get", "pods", "-n", ns, "-o", "name"]).lines() {
-        run(
-            &server,
-            k,
-            &[
-                "patch",
-                pod,
-                "-n",
-                ns,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &ready,
-            ],
-        );
+        patch_pod_status(&server, ns, pod, &ready);
     }
     let started = Instant::now();
     eventually("2 ready", || {
@@ -688,26 +675,4 @@ fn min_ready_seconds_delay_availability() {
         &["rollout", "status", "deployment/web", "-n", ns],
     );
     assert!(out.contains("successfully rolled out"), "{out}");
-}
-
-/// Seconds since the epoch as RFC 3339 (UTC).
-fn format_rfc3339(secs: u64) -> String {
-    let days = secs / 86400;
-    let rem = secs % 86400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
