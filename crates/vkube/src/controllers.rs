@@ -90,20 +90,11 @@ async fn ensure_account(api: &InProcess, account: &str) {
     }
 }
 
-/// Whether `path` names a collection (a list or a watch), not one object.
-fn is_collection(path: &str) -> bool {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let rest = match segments.first() {
-        Some(&"api") => &segments[segments.len().min(2)..],
-        Some(&"apis") => &segments[segments.len().min(3)..],
-        _ => return false,
-    };
-    match rest {
-        ["namespaces"] | ["namespaces", _, _] => true,
-        ["namespaces", ..] => false,
-        [_] => true,
-        _ => false,
-    }
+/// Whether the request lists or watches (the server's own reading of the request).
+fn is_collection_read(req: &http::Request<kube::client::Body>) -> bool {
+    let q = vkube_server::query(req.uri().query());
+    let info = vkube_server::RequestInfo::parse(req.method(), req.uri().path(), &q);
+    matches!(info.verb.as_str(), "list" | "watch")
 }
 
 /// A client whose requests the server serves in this process as `user`, with upstream's
@@ -119,7 +110,7 @@ fn client(api: InProcess, user: vkube_auth::UserInfo, who: &str) -> kube::Client
     .expect("an ASCII User-Agent");
     let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
         let (api, agent) = (api.clone(), agent.clone());
-        let user = if req.method() == http::Method::GET && is_collection(req.uri().path()) {
+        let user = if is_collection_read(&req) {
             informers.clone()
         } else {
             user.clone()
@@ -158,23 +149,32 @@ mod tests {
 
     #[test]
     fn lists_and_watches_are_told_from_reads_of_one_object() {
-        for path in [
+        let read = |method: &str, uri: &str| {
+            let req = http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(kube::client::Body::empty())
+                .unwrap();
+            is_collection_read(&req)
+        };
+        for uri in [
             "/api/v1/pods",
-            "/api/v1/namespaces/ns/pods",
+            "/api/v1/namespaces/ns/pods?watch=true",
             "/api/v1/namespaces",
             "/apis/apps/v1/deployments",
             "/apis/apps/v1/namespaces/ns/replicasets",
         ] {
-            assert!(is_collection(path), "{path}");
+            assert!(read("GET", uri), "{uri}");
         }
-        for path in [
+        for uri in [
             "/api/v1/namespaces/ns",
             "/api/v1/namespaces/ns/pods/p",
             "/api/v1/nodes/n",
             "/apis/apps/v1/namespaces/ns/deployments/d/scale",
             "/version",
         ] {
-            assert!(!is_collection(path), "{path}");
+            assert!(!read("GET", uri), "{uri}");
         }
+        assert!(!read("POST", "/api/v1/namespaces/ns/pods"));
     }
 }
