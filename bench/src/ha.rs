@@ -48,6 +48,20 @@ impl Backend {
     }
 }
 
+/// The cluster secret every replica of a benchmark run shares (`--identity-secret-file`).
+fn shared_secret() -> Result<std::path::PathBuf> {
+    static FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    if let Some(path) = FILE.get() {
+        return Ok(path.clone());
+    }
+    let path = std::env::temp_dir().join(format!("vkube-bench-secret-{}", std::process::id()));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
+    std::fs::write(&path, format!("bench cluster secret {nanos:040}\n"))?;
+    Ok(FILE.get_or_init(|| path).clone())
+}
+
 async fn replica(vkube: &str, backend: &Backend, id: usize, n: usize) -> Result<Server> {
     let dir = tempfile::tempdir()?;
     let port = free_port();
@@ -66,6 +80,8 @@ async fn replica(vkube: &str, backend: &Backend, id: usize, n: usize) -> Result<
             "--replica-id",
             &id.to_string(),
         ])
+        .arg("--identity-secret-file")
+        .arg(shared_secret()?)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;

@@ -57,6 +57,9 @@ pub struct Config {
     /// The cluster CA from files (`--ca-cert-file`, `--ca-key-file`); `None`: the first process
     /// creates one in the store.
     pub ca: Option<crate::identity::GivenCa>,
+    /// `--identity-secret-file`: the cluster secret that seals the identity in the store
+    /// ([`crate::cluster_secret`]); `None`: the CA key of `ca`, else `DATA-DIR/identity-secret`.
+    pub identity_secret_file: Option<PathBuf>,
 }
 
 /// See [`Config::leader_tasks`].
@@ -355,7 +358,14 @@ pub async fn serve(
         path: config.data_dir.display().to_string(),
         err,
     })?;
-    let ca = Ca::load_or_create(store.as_ref(), config.ca.as_ref()).await?;
+    let secret = crate::cluster_secret::resolve(
+        store.as_ref(),
+        config.identity_secret_file.as_deref(),
+        config.ca.as_ref().map(|given| given.ca.key_pem.as_str()),
+        &config.data_dir,
+    )
+    .await?;
+    let ca = Ca::load_or_create(store.as_ref(), config.ca.as_ref(), &secret).await?;
     let serving = serving_cert(
         &ca,
         &config.data_dir,
@@ -373,7 +383,8 @@ pub async fn serve(
     let tls = tokio_rustls::TlsAcceptor::from(tls::server_config(&ca.cert_pem, serving.clone())?);
     let renewal = renew_certificates(ca.clone(), &config, serving);
 
-    let sa_key = crate::identity::service_account_key(store.as_ref()).await?;
+    let sa_key = crate::identity::service_account_key(store.as_ref(), &secret).await?;
+    drop(secret);
     let issuer = vkube_auth::service_account::Issuer::new(
         config.auth.service_account_issuer.clone(),
         config.auth.api_audiences.clone(),

@@ -14,28 +14,60 @@ use rcgen::{
 use serde::{Deserialize, Serialize};
 use vkube_store::{Store, StoreError};
 
+use base64::Engine;
+
+use crate::cluster_secret::ClusterSecret;
+
 /// Where the CA lives in the store.
 pub const CA_KEY: &str = "/vkube/identity/ca";
 /// The service-account signing key (PKCS#8, base64), shared by every replica.
 pub const SA_KEY: &str = "/vkube/identity/service-account-key";
 
 /// The service-account signing key: read from the store, or created there by the first process
-/// (a racing loser adopts the winner's).
+/// (a racing loser adopts the winner's). Sealed with the cluster secret either way.
 pub async fn service_account_key(
     store: &dyn Store,
+    secret: &ClusterSecret,
 ) -> Result<vkube_auth::keys::SigningKey, IdentityError> {
     use vkube_auth::keys::SigningKey;
-    if let Some(kv) = store.get(SA_KEY, None).await? {
-        let text = String::from_utf8_lossy(&kv.value);
+    if let Some(value) = read_record(store, secret, SA_KEY).await? {
+        let text = String::from_utf8_lossy(&value);
         return SigningKey::from_stored(&text).map_err(|e| IdentityError::Corrupt(e.to_string()));
     }
     let key = SigningKey::generate().map_err(|e| IdentityError::Corrupt(e.to_string()))?;
     match store
-        .create(SA_KEY, key.to_stored().into_bytes(), None)
+        .create(
+            SA_KEY,
+            secret.seal(SA_KEY, key.to_stored().as_bytes()),
+            None,
+        )
         .await
     {
         Ok(_) => Ok(key),
-        Err(StoreError::AlreadyExists { .. }) => Box::pin(service_account_key(store)).await,
+        Err(StoreError::AlreadyExists { .. }) => Box::pin(service_account_key(store, secret)).await,
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// An identity record's plain value, `None` if the store has none. A plain record (written by a
+/// vkube before the sealing) is sealed in place; a replica that loses that race to another
+/// one doing the same finds the record sealed and reads it again.
+async fn read_record(
+    store: &dyn Store,
+    secret: &ClusterSecret,
+    record: &str,
+) -> Result<Option<Vec<u8>>, IdentityError> {
+    let Some(kv) = store.get(record, None).await? else {
+        return Ok(None);
+    };
+    if let Some(plain) = secret.open(record, &kv.value)? {
+        return Ok(Some(plain));
+    }
+    let sealed = secret.seal(record, &kv.value);
+    match store.update(record, sealed, kv.mod_revision, None).await {
+        Ok(_) | Err(StoreError::Conflict { .. }) => {
+            Box::pin(read_record(store, secret, record)).await
+        }
         Err(err) => Err(err.into()),
     }
 }
@@ -52,6 +84,12 @@ pub enum IdentityError {
     Io { path: String, err: std::io::Error },
     #[error("{0}")]
     GivenCa(String),
+    #[error("{0}")]
+    Secret(String),
+    #[error(
+        "the cluster secret ({from}) does not open this cluster's identity in the store ({record}): the cluster was created with another secret, or the record is damaged. Give every replica the secret the cluster was created with (--identity-secret-file, or the --ca-key-file it was created with); vkube never replaces a sealed identity"
+    )]
+    WrongSecret { record: String, from: String },
     #[error(
         "the cluster CA given in {given_file} is {given}, but this cluster's store already holds another CA ({stored}, at {CA_KEY}): every replica must serve with the one CA the cluster was created with, so this one refuses to start. Mount that CA's certificate and key in every replica (its certificate is each running replica's DATA-DIR/ca.crt), or start the replicas on a new, empty store"
     )]
@@ -66,6 +104,31 @@ pub enum IdentityError {
 pub struct Ca {
     pub cert_pem: String,
     pub key_pem: String,
+}
+
+/// The CA's record in the store: the certificate plain (it is public), the key sealed with the
+/// cluster secret. Older vkubes stored `key_pem` plain; such a record is sealed on first read.
+#[derive(Serialize, Deserialize)]
+struct StoredCa {
+    cert_pem: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_pem: Option<String>,
+    /// base64 of [`ClusterSecret::seal`] of the key's PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_sealed: Option<String>,
+}
+
+impl StoredCa {
+    /// The record for `ca`, its key sealed.
+    fn sealing(ca: &Ca, secret: &ClusterSecret) -> Result<Vec<u8>, IdentityError> {
+        let sealed = secret.seal(CA_KEY, ca.key_pem.as_bytes());
+        let record = StoredCa {
+            cert_pem: ca.cert_pem.clone(),
+            key_pem: None,
+            key_sealed: Some(base64::engine::general_purpose::STANDARD.encode(sealed)),
+        };
+        serde_json::to_vec(&record).map_err(|e| IdentityError::Corrupt(e.to_string()))
+    }
 }
 
 /// A certificate and its private key, PEM.
@@ -175,10 +238,13 @@ impl Ca {
     pub async fn load_or_create(
         store: &dyn Store,
         given: Option<&GivenCa>,
+        secret: &ClusterSecret,
     ) -> Result<Ca, IdentityError> {
         if let Some(kv) = store.get(CA_KEY, None).await? {
-            let stored: Ca = serde_json::from_slice(&kv.value)
+            let stored: StoredCa = serde_json::from_slice(&kv.value)
                 .map_err(|e| IdentityError::Corrupt(e.to_string()))?;
+            // The certificate is public and stored plain, so a replica given another CA is told
+            // which two differ before any secret is tried.
             if let Some(given) = given
                 && first_cert_der(&given.ca.cert_pem) != first_cert_der(&stored.cert_pem)
             {
@@ -188,17 +254,53 @@ impl Ca {
                     stored: describe_ca(&stored.cert_pem),
                 });
             }
-            return Ok(stored);
+            let key_pem = match (&stored.key_sealed, &stored.key_pem) {
+                (Some(sealed), _) => {
+                    let sealed = base64::engine::general_purpose::STANDARD
+                        .decode(sealed)
+                        .map_err(|e| IdentityError::Corrupt(format!("{CA_KEY}: {e}")))?;
+                    let plain = secret.open(CA_KEY, &sealed)?.ok_or_else(|| {
+                        IdentityError::Corrupt(format!("{CA_KEY}: the sealed key is not sealed"))
+                    })?;
+                    String::from_utf8(plain)
+                        .map_err(|e| IdentityError::Corrupt(format!("{CA_KEY}: {e}")))?
+                }
+                // A CA stored plain by an older vkube: sealed in place. A replica that loses the
+                // race to another one doing the same reads the record again.
+                (None, Some(key_pem)) => {
+                    let ca = Ca {
+                        cert_pem: stored.cert_pem.clone(),
+                        key_pem: key_pem.clone(),
+                    };
+                    let sealed = StoredCa::sealing(&ca, secret)?;
+                    match store.update(CA_KEY, sealed, kv.mod_revision, None).await {
+                        Ok(_) => return Ok(ca),
+                        Err(StoreError::Conflict { .. }) => {
+                            return Box::pin(Ca::load_or_create(store, given, secret)).await;
+                        }
+                        Err(err) => return Err(err.into()),
+                    }
+                }
+                (None, None) => {
+                    return Err(IdentityError::Corrupt(format!("{CA_KEY}: no key")));
+                }
+            };
+            return Ok(Ca {
+                cert_pem: stored.cert_pem,
+                key_pem,
+            });
         }
         let ca = match given {
             Some(given) => given.ca.clone(),
             None => Ca::generate()?,
         };
-        let value = serde_json::to_vec(&ca).map_err(|e| IdentityError::Corrupt(e.to_string()))?;
-        match store.create(CA_KEY, value, None).await {
+        match store
+            .create(CA_KEY, StoredCa::sealing(&ca, secret)?, None)
+            .await
+        {
             Ok(_) => Ok(ca),
             Err(StoreError::AlreadyExists { .. }) => {
-                Box::pin(Ca::load_or_create(store, given)).await
+                Box::pin(Ca::load_or_create(store, given, secret)).await
             }
             Err(err) => Err(err.into()),
         }
@@ -508,25 +610,28 @@ mod tests {
     #[tokio::test]
     async fn a_given_ca_is_stored_once_and_another_one_is_refused_naming_both() {
         let store = vkube_store::MemoryStore::new();
+        let secret = &test_secret();
         let first = Ca::generate().unwrap();
         let (_dir, cert, key) = ca_files(&first);
         let given = GivenCa::from_files(&cert, &key).unwrap();
-        let ca = Ca::load_or_create(store.as_ref(), Some(&given))
+        let ca = Ca::load_or_create(store.as_ref(), Some(&given), secret)
             .await
             .unwrap();
         assert_eq!(ca.cert_pem, first.cert_pem, "the given CA is the cluster's");
         // Every replica given the same files starts; one without files adopts it.
-        let again = Ca::load_or_create(store.as_ref(), Some(&given))
+        let again = Ca::load_or_create(store.as_ref(), Some(&given), secret)
             .await
             .unwrap();
         assert_eq!(again.key_pem, first.key_pem);
-        let adopted = Ca::load_or_create(store.as_ref(), None).await.unwrap();
+        let adopted = Ca::load_or_create(store.as_ref(), None, secret)
+            .await
+            .unwrap();
         assert_eq!(adopted.cert_pem, first.cert_pem);
 
         let other = Ca::generate().unwrap();
         let (_dir2, cert2, key2) = ca_files(&other);
         let given2 = GivenCa::from_files(&cert2, &key2).unwrap();
-        let err = Ca::load_or_create(store.as_ref(), Some(&given2))
+        let err = Ca::load_or_create(store.as_ref(), Some(&given2), secret)
             .await
             .err()
             .expect("another CA is refused")
@@ -540,6 +645,67 @@ mod tests {
             "{err}"
         );
         assert!(fingerprint(&first).contains("CN=vkube-ca"), "{err}");
+    }
+
+    fn test_secret() -> ClusterSecret {
+        ClusterSecret::derive(
+            b"a cluster secret of 32 bytes or more",
+            crate::cluster_secret::Source::CaKey,
+        )
+    }
+
+    #[tokio::test]
+    async fn the_identity_is_sealed_in_the_store_and_plain_records_are_sealed_in_place() {
+        let store = vkube_store::MemoryStore::new();
+        let secret = &test_secret();
+        let ca = Ca::load_or_create(store.as_ref(), None, secret)
+            .await
+            .unwrap();
+        let sa = service_account_key(store.as_ref(), secret).await.unwrap();
+        let sa_record = store.get(SA_KEY, None).await.unwrap().unwrap();
+        assert!(crate::cluster_secret::is_sealed(&sa_record.value));
+        let ca_record = store.get(CA_KEY, None).await.unwrap().unwrap();
+        let stored: StoredCa = serde_json::from_slice(&ca_record.value).unwrap();
+        assert_eq!(stored.cert_pem, ca.cert_pem, "the certificate is plain");
+        assert!(stored.key_pem.is_none());
+        for record in [&sa_record, &ca_record] {
+            let text = String::from_utf8_lossy(&record.value);
+            assert!(!text.contains("PRIVATE KEY"), "{text}");
+        }
+        // Read back through the secret: the same identity.
+        let again = Ca::load_or_create(store.as_ref(), None, secret)
+            .await
+            .unwrap();
+        assert_eq!(again.key_pem, ca.key_pem);
+        let sa_again = service_account_key(store.as_ref(), secret).await.unwrap();
+        assert_eq!(sa_again.to_stored(), sa.to_stored());
+        // Another secret: refused, and the record is left as it was.
+        let other = ClusterSecret::derive(
+            b"some other secret of 32 bytes or more",
+            crate::cluster_secret::Source::CaKey,
+        );
+        let before = store.get(CA_KEY, None).await.unwrap().unwrap();
+        let err = Ca::load_or_create(store.as_ref(), None, &other)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, IdentityError::WrongSecret { .. }), "{err}");
+        assert_eq!(store.get(CA_KEY, None).await.unwrap().unwrap(), before);
+
+        // A store from before the sealing: plain records are read, then sealed in place.
+        let legacy = vkube_store::MemoryStore::new();
+        let plain = Ca::generate().unwrap();
+        legacy
+            .create(CA_KEY, serde_json::to_vec(&plain).unwrap(), None)
+            .await
+            .unwrap();
+        let read = Ca::load_or_create(legacy.as_ref(), None, secret)
+            .await
+            .unwrap();
+        assert_eq!(read.key_pem, plain.key_pem);
+        let kv = legacy.get(CA_KEY, None).await.unwrap().unwrap();
+        let stored: StoredCa = serde_json::from_slice(&kv.value).unwrap();
+        assert!(stored.key_pem.is_none() && stored.key_sealed.is_some());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod apply;
 mod authn;
 mod authz;
+pub mod cluster_secret;
 mod compactor;
 mod controllers;
 mod crds;

@@ -89,6 +89,12 @@ struct ServeArgs {
     /// The cluster CA's private key (PEM: PKCS#8, SEC1 or PKCS#1), beside --ca-cert-file.
     #[arg(long, env = "VKUBE_CA_KEY_FILE", requires = "ca_cert_file")]
     ca_key_file: Option<PathBuf>,
+    /// The cluster secret (a file of at least 32 bytes) that seals the CA key and the
+    /// service-account signing key in the store; every replica needs the same one. Default: the
+    /// CA key of --ca-key-file, else DATA-DIR/identity-secret, created on a new cluster's first
+    /// start. A replica without the secret of a sealed store refuses to start.
+    #[arg(long, env = "VKUBE_IDENTITY_SECRET_FILE")]
+    identity_secret_file: Option<PathBuf>,
     #[command(flatten)]
     auth: AuthArgs,
     #[command(flatten)]
@@ -467,6 +473,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         kubernetes_service: host.kubernetes_service,
         advertise_address: args.host.advertise_address(),
         ca: given_ca.clone(),
+        identity_secret_file: args.identity_secret_file.clone(),
     };
     let member = match embedded {
         Some(embedded) => {

@@ -51,6 +51,8 @@ impl Members {
             &self.peers.join(","),
             "--etcd-clients",
             &self.clients.join(","),
+            "--identity-secret-file",
+            &shared_secret(),
         ]
         .map(str::to_string)
         .to_vec()

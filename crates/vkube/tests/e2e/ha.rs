@@ -43,7 +43,7 @@ fn sqlite_with_several_replicas_is_refused() {
 #[test]
 fn a_second_process_on_one_sqlite_database_is_refused() {
     let first = Server::start();
-    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_vkube"))
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_vkube"))
         .args([
             "serve",
             "--data-dir",
@@ -56,17 +56,7 @@ fn a_second_process_on_one_sqlite_database_is_refused() {
         .spawn()
         .unwrap();
     // Refused at once; one still running after a while is serving.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while second.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let refused = second.try_wait().unwrap().is_some_and(|s| !s.success());
-    if !refused {
-        second.kill().ok();
-    }
-    let out = second.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(refused, "a second process started: {stderr}");
+    let stderr = expect_refused(second, 15);
     assert!(
         stderr.contains("another vkube serve is already serving the embedded SQLite database")
             && stderr.contains("give this one its own --data-dir")
@@ -196,6 +186,8 @@ fn a_replica_with_drifted_config_is_not_ready_and_check_names_it() {
                 "3",
                 "--replica-id",
                 &id.to_string(),
+                "--identity-secret-file",
+                &shared_secret(),
                 "--oidc-issuer-url=https://127.0.0.1:9/unreachable",
                 &format!("--oidc-client-id={client}"),
             ],

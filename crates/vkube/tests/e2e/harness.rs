@@ -43,6 +43,40 @@ pub(crate) fn watch_parent(child: u32) {
         .status();
 }
 
+/// A cluster secret file (`--identity-secret-file`) for every test in this process that runs
+/// several `vkube serve` on one store: replicas must share it, as a StatefulSet's Secret.
+pub(crate) fn shared_secret() -> String {
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("vkube-e2e-secret-{}", std::process::id()));
+        std::fs::write(
+            &path,
+            format!("e2e cluster secret {:032x}\n", rand_suffix()),
+        )
+        .unwrap();
+        path
+    })
+    .display()
+    .to_string()
+}
+
+/// Waits for a `vkube serve` expected to refuse to start (its stderr piped) and returns its
+/// stderr; one still running after `secs` is serving, which fails the test.
+pub(crate) fn expect_refused(mut child: std::process::Child, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refused = child.try_wait().unwrap().is_some_and(|s| !s.success());
+    if !refused {
+        child.kill().ok();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(refused, "it started: {stderr}");
+    stderr
+}
+
 /// Replica `i` of three on `store`.
 pub(crate) fn replica_flags(store: &str, i: usize) -> Vec<String> {
     [
@@ -52,6 +86,8 @@ pub(crate) fn replica_flags(store: &str, i: usize) -> Vec<String> {
         "3",
         "--replica-id",
         &i.to_string(),
+        "--identity-secret-file",
+        &shared_secret(),
     ]
     .map(str::to_string)
     .to_vec()

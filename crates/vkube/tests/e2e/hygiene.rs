@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
+use vkube_server::cluster_secret::{ClusterSecret, DATA_DIR_FILE, Source};
+
 use crate::auth::token_kubeconfig;
 use crate::harness::*;
 
@@ -131,41 +133,32 @@ fn private_keys(dir: &Path) -> Vec<String> {
     keys
 }
 
-/// The cluster's own private keys (the CA's, the service-account signing key), as the store
-/// holds them: whatever PEM keys their records contain.
-fn identity_keys(store: &str) -> Vec<String> {
+/// The cluster secret a server given none created in its data dir.
+fn data_dir_secret(server: &Server) -> ClusterSecret {
+    let file = server.dir.path().join(DATA_DIR_FILE);
+    ClusterSecret::from_file(&file, Source::DataDir(file.clone()))
+        .expect("the server's cluster secret")
+}
+
+/// The cluster's own private keys (the CA's, the service-account signing key), opened with the
+/// cluster's secret as the server opens them.
+fn identity_keys(store: &str, secret: &ClusterSecret) -> Vec<String> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let store = vkube_store::open(store)
             .await
             .expect("open the server's store");
-        let mut keys = Vec::new();
-        for key in [
-            vkube_server::identity::CA_KEY,
-            vkube_server::identity::SA_KEY,
-        ] {
-            let Some(kv) = store.get(key, None).await.unwrap() else {
-                continue;
-            };
-            let text = String::from_utf8_lossy(&kv.value).to_string();
-            let mut strings = vec![text.clone()];
-            if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) {
-                let mut pending = vec![value];
-                while let Some(v) = pending.pop() {
-                    match v {
-                        serde_json::Value::String(s) => strings.push(s),
-                        serde_json::Value::Array(items) => pending.extend(items),
-                        serde_json::Value::Object(map) => {
-                            pending.extend(map.into_iter().map(|(_, v)| v))
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            for s in strings {
-                keys.extend(key_lines(&s));
-            }
-        }
+        // Read as the server reads them, so a missing record fails here, not silently.
+        let ca = vkube_server::identity::Ca::load_or_create(store.as_ref(), None, secret)
+            .await
+            .expect("the CA opens with the server's secret");
+        let sa = vkube_server::identity::service_account_key(store.as_ref(), secret)
+            .await
+            .expect("the service-account key opens with the server's secret");
+        let mut keys = key_lines(&ca.key_pem);
+        // The service-account key is stored as base64 of its PKCS#8, not PEM.
+        keys.push(sa.to_stored());
+        assert!(!keys.is_empty(), "no key lines in the identity");
         keys
     })
 }
@@ -338,11 +331,17 @@ fn exercise(server: &Server) -> Vec<(String, String)> {
 }
 
 /// `store` is the server's store URL.
-fn assert_clean(server: &Server, mut secrets: Vec<(String, String)>, backend: &str, store: &str) {
+fn assert_clean(
+    server: &Server,
+    mut secrets: Vec<(String, String)>,
+    backend: &str,
+    store: &str,
+    cluster_secret: &ClusterSecret,
+) {
     for key in private_keys(server.dir.path()) {
         secrets.push(("private key".into(), key));
     }
-    for key in identity_keys(store) {
+    for key in identity_keys(store, cluster_secret) {
         secrets.push(("cluster identity key".into(), key));
     }
     assert!(
@@ -387,7 +386,13 @@ fn no_secret_in_a_trace_log_on_sqlite() {
     let server = start_tracing(&[]);
     let secrets = exercise(&server);
     let store = format!("sqlite://{}", server.dir.path().join("state.db").display());
-    assert_clean(&server, secrets, "sqlite", &store);
+    assert_clean(
+        &server,
+        secrets,
+        "sqlite",
+        &store,
+        &data_dir_secret(&server),
+    );
 }
 
 #[test]
@@ -399,7 +404,13 @@ fn no_secret_in_a_trace_log_on_postgres() {
     )));
     let server = start_tracing(&["--store", &url]);
     let secrets = exercise(&server);
-    assert_clean(&server, secrets, "postgres", &url);
+    assert_clean(
+        &server,
+        secrets,
+        "postgres",
+        &url,
+        &data_dir_secret(&server),
+    );
 }
 
 #[test]
@@ -411,7 +422,7 @@ fn no_secret_in_a_trace_log_on_etcd() {
     );
     let server = start_tracing(&["--store", &store]);
     let secrets = exercise(&server);
-    assert_clean(&server, secrets, "etcd", &store);
+    assert_clean(&server, secrets, "etcd", &store, &data_dir_secret(&server));
 }
 
 /// Embedded etcd with TLS (the cluster CA from files): the member's and vkube's etcd client keys
@@ -442,7 +453,15 @@ fn no_secret_in_a_trace_log_on_embedded_etcd_with_tls() {
         pki.join("client.crt").display(),
         pki.join("client.key").display()
     );
-    assert_clean(&server, secrets, "embedded etcd with TLS", &store);
+    // The cluster secret is the CA key given in a file.
+    let ca_secret = ClusterSecret::derive(&std::fs::read(&ca_key).unwrap(), Source::CaKey);
+    assert_clean(
+        &server,
+        secrets,
+        "embedded etcd with TLS",
+        &store,
+        &ca_secret,
+    );
 }
 
 /// OIDC tokens: accepted, of another audience, and signed by a key the issuer does not publish
@@ -502,5 +521,11 @@ fn no_oidc_token_in_a_trace_log() {
         .collect();
     secrets.extend(signatures);
     let store = format!("sqlite://{}", server.dir.path().join("state.db").display());
-    assert_clean(&server, secrets, "sqlite with OIDC", &store);
+    assert_clean(
+        &server,
+        secrets,
+        "sqlite with OIDC",
+        &store,
+        &data_dir_secret(&server),
+    );
 }

@@ -16,6 +16,7 @@ mod gc;
 mod ha;
 mod harness;
 mod hygiene;
+mod identity;
 mod jobs;
 mod objects;
 mod outage;

@@ -270,8 +270,8 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 /// Two `vkube serve` processes on one store: a RoleBinding created through A, then at once a
 /// request through B by the user it binds. B must allow it every time.
 fn no_stale_deny_across_two_processes(store: &str, tries: usize) {
-    let a = Server::start_with(&["--store", store]);
-    let b = Server::start_with(&["--store", store]);
+    let a = Server::start_with(&["--store", store, "--identity-secret-file", &shared_secret()]);
+    let b = Server::start_with(&["--store", store, "--identity-secret-file", &shared_secret()]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // One cluster identity: A's admin kubeconfig works against B.
