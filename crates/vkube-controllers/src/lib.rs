@@ -29,6 +29,7 @@ mod deployment;
 mod disruption;
 mod events;
 mod job;
+mod pod_gc;
 mod replicaset;
 mod statefulset;
 mod ttl_after_finished;
@@ -48,6 +49,7 @@ pub const CONTROLLERS: &[(&str, &str)] = &[
     ("ttl-after-finished", "ttl-after-finished-controller"),
     ("disruption", "disruption-controller"),
     ("csrsigning", "certificate-controller"),
+    ("podgc", "pod-garbage-collector"),
 ];
 
 /// What a controller runs with.
@@ -102,6 +104,7 @@ pub fn run(name: &str, ctx: Context) -> Option<futures_util::future::BoxFuture<'
         "cronjob" => Box::pin(cronjob::run(ctx)),
         "ttl-after-finished" => Box::pin(ttl_after_finished::run(ctx)),
         "disruption" => Box::pin(disruption::run(ctx)),
+        "podgc" => Box::pin(pod_gc::run(ctx)),
         _ => return None,
     })
 }

@@ -234,10 +234,27 @@ impl FakeApi {
             ("GET", None) => {
                 let prefix = format!("{collection}/");
                 let selector = query.get("labelSelector").cloned().unwrap_or_default();
+                // A namespaced resource's collection across namespaces (`/api/v1/pods`) holds
+                // what `/api/v1/namespaces/*/pods` hold.
+                let across = (rest.len() == 1).then(|| {
+                    let root = segments[..base].join("/");
+                    (format!("{root}/namespaces/"), format!("/{}/", rest[0]))
+                });
+                let in_collection = |k: &str| {
+                    (k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
+                        || across.as_ref().is_some_and(|(ns, res)| {
+                            k.strip_prefix(ns.as_str())
+                                .and_then(|r| r.split_once('/'))
+                                .is_some_and(|(_, r)| {
+                                    r.strip_prefix(&res[1..])
+                                        .is_some_and(|name| !name.contains('/'))
+                                })
+                        })
+                };
                 let items: Vec<Value> = inner
                     .objects
                     .iter()
-                    .filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
+                    .filter(|(k, _)| in_collection(k))
                     .map(|(_, v)| v.clone())
                     .filter(|v| matches(&selector, &v["metadata"]["labels"]))
                     .collect();

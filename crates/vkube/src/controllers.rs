@@ -17,6 +17,7 @@ pub fn canonical(name: &str) -> &str {
         "garbage-collector" => "garbagecollector",
         "daemon-set" => "daemonset",
         "certificatesigningrequest-signing" => "csrsigning",
+        "pod-garbage-collector" => "podgc",
         "replicationcontroller" => "replicationcontroller",
         short => short,
     }

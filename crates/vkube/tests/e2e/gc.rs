@@ -225,3 +225,41 @@ spec:
         !exists(&server, ns, "configmap/web-config")
     });
 }
+
+/// The pod garbage collector: a pod bound to a node that does not exist is force-deleted once
+/// the node has been missing for upstream's 40 s quarantine (checked every 20 s); a pod on a
+/// node that exists stays.
+#[test]
+fn pods_of_a_node_that_does_not_exist_are_collected() {
+    let server = Server::start();
+    let ns = ns_name("kubectl", "podgc");
+    run(&server, "kubectl", &["create", "namespace", &ns]);
+    apply_file(
+        &server,
+        "kubectl",
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: podgc-here\n",
+        "create",
+    );
+    for (pod, node) in [("orphan", "podgc-ghost"), ("kept", "podgc-here")] {
+        apply_file(
+            &server,
+            "kubectl",
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  namespace: {ns}\nspec:\n  nodeName: {node}\n  containers:\n  - {{name: c, image: busybox}}\n"
+            ),
+            "create",
+        );
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    while exists(&server, &ns, "pod/orphan") {
+        assert!(Instant::now() < deadline, "the orphan is still there");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(35),
+        "collected inside the quarantine, after {:?}",
+        started.elapsed()
+    );
+    assert!(exists(&server, &ns, "pod/kept"), "a pod on a live node");
+}
