@@ -60,6 +60,8 @@ pub struct Config {
     /// `--identity-secret-file`: the cluster secret that seals the identity in the store
     /// ([`crate::cluster_secret`]); `None`: the CA key of `ca`, else `DATA-DIR/identity-secret`.
     pub identity_secret_file: Option<PathBuf>,
+    /// `--audit-policy-file` and `--audit-log-*`; `None`: no audit log.
+    pub audit: Option<crate::audit::AuditOptions>,
 }
 
 /// See [`Config::leader_tasks`].
@@ -126,6 +128,8 @@ pub enum ServeError {
     Store(#[from] vkube_store::StoreError),
     #[error("authentication: {0}")]
     Auth(String),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     #[error("listening on {addr}: {err}")]
     Listen {
         addr: SocketAddr,
@@ -397,7 +401,9 @@ pub async fn serve(
     let authorizer = crate::authz::Authorizer::start(store.clone(), hub.clone()).await?;
     let crds = crate::crds::CrdView::start(store.clone(), hub.clone()).await?;
     let filters = crate::filters::Filters::new(config.limits);
+    let audit = config.audit.as_ref().map(crate::audit::Auditor::start);
     let api = Arc::new(Api {
+        audit: audit.transpose()?.map(Arc::new),
         store: store.clone(),
         hub: hub.clone(),
         crds,
@@ -501,7 +507,8 @@ pub async fn serve(
                 .and_then(|c| vkube_auth::x509::user_of(c.as_ref()));
             let service = service_fn(move |req| {
                 let (api, user) = (api.clone(), user.clone());
-                let req = req.map(crate::router::RequestBody::Wire);
+                let mut req = req.map(crate::router::RequestBody::Wire);
+                req.extensions_mut().insert(crate::audit::Peer(peer.ip()));
                 async move { Ok::<_, std::convert::Infallible>(api.handle(user, req).await) }
             });
             let builder = auto::Builder::new(TokioExecutor::new());

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod apply;
+pub mod audit;
 mod authn;
 mod authz;
 pub mod cluster_secret;

@@ -1,6 +1,6 @@
-//! The filter chain and dispatch: panic recovery → request info → authentication →
-//! impersonation → in-flight limits → authorization → body limit → handler (the order is
-//! kube-apiserver's; see [`crate::filters`]).
+//! The filter chain and dispatch: audit ID → panic recovery → request info → authentication →
+//! audit → impersonation → in-flight limits → authorization → body limit → handler (the order
+//! is kube-apiserver's; see [`crate::filters`]).
 //! Non-resource paths (health, version, discovery) are answered here; resources go to `rest`.
 
 use std::sync::Arc;
@@ -51,6 +51,8 @@ pub struct Api {
     pub host_services: Option<crate::host_services::HostServicesHandle>,
     /// `default/kubernetes` as host pods reach it, if they run on a host.
     pub kubernetes_service: Option<crate::host_services::KubernetesService>,
+    /// The audit policy and log (`--audit-policy-file`, `--audit-log-path`), if auditing.
+    pub audit: Option<Arc<crate::audit::Auditor>>,
 }
 
 /// A request's body: from a connection, or from an in-process client ([`InProcess`]).
@@ -107,17 +109,25 @@ impl Api {
         req: Request<RequestBody>,
     ) -> Response<Body> {
         let started = std::time::Instant::now();
+        let received = std::time::SystemTime::now();
         let method = req.method().clone();
         let q = query(req.uri().query());
         let info = RequestInfo::parse(&method, req.uri().path(), &q);
         let dry_run = q.get("dryRun").is_some_and(|v| v == "All");
         let api = self.clone();
         let path = req.uri().path().to_string();
+        // Outside panic recovery, as upstream's WithAuditInit: every answer has an Audit-Id.
+        let audit = crate::audit::Tracker::new(self.audit.as_ref(), &req, &info, received);
         let resp = api
             .filters
             .panics
-            .recover(&method, &path, self.serve(cert_user, req))
+            .recover(
+                &method,
+                &path,
+                audit.guard(self.serve(cert_user, req, &audit)),
+            )
             .await;
+        let resp = audit.finish(resp).await;
         api.metrics.observe(
             &info,
             &method,
@@ -132,13 +142,22 @@ impl Api {
         self: Arc<Self>,
         cert_user: Option<vkube_auth::UserInfo>,
         req: Request<RequestBody>,
+        audit: &crate::audit::Tracker,
     ) -> Response<Body> {
         let path = req.uri().path().to_string();
         let user = match crate::authn::authenticate(&self, cert_user, req.headers(), &path).await {
             Ok(u) => u,
-            Err(status) => return response::status(&status),
+            Err(status) => {
+                audit.unauthenticated();
+                return response::status(&status);
+            }
         };
+        audit.begin(&user).await;
         let user = match crate::authn::impersonate(&self, user, req.headers()).await {
+            Ok(u) if req.headers().contains_key("impersonate-user") => {
+                audit.impersonated(&u);
+                u
+            }
             Ok(u) => u,
             Err(status) => return response::status(&status),
         };
@@ -164,10 +183,14 @@ impl Api {
             Ok(slot) => slot,
             Err(too_many) => return too_many.response(),
         };
-        if let Err(status) =
-            crate::authz::authorize(&self.authorizer, &user, &info, req.method(), &path).await
-        {
-            return response::status(&status);
+        match crate::authz::authorize(&self.authorizer, &user, &info, req.method(), &path).await {
+            Ok(reason) => audit.authorized(true, &reason),
+            Err(status) => {
+                // RBAC gives no reason for a deny (upstream's reason is its authorizers'
+                // joined reasons, empty unless one failed).
+                audit.authorized(false, "");
+                return response::status(&status);
+            }
         }
         let accept = req
             .headers()
@@ -251,6 +274,7 @@ impl Api {
             Ok(decoded) => decoded,
             Err(status) => return response::status(&status),
         };
+        audit.request_body(&parts.method, &body);
         crate::rest::handle(&self, &user, &info, &q, &accept, &content_type, body).await
     }
 

@@ -4,6 +4,7 @@
 //! inspects the store.
 #![forbid(unsafe_code)]
 
+mod audit_flags;
 mod check;
 mod cli;
 mod config;
@@ -120,6 +121,8 @@ struct ServeArgs {
     /// kube-apiserver's flag; beyond it, 429 with Retry-After. 0: no limit.
     #[arg(long, default_value_t = 200)]
     max_mutating_requests_inflight: usize,
+    #[command(flatten)]
+    audit: audit_flags::AuditArgs,
     #[command(flatten)]
     host: host::HostArgs,
 }
@@ -389,6 +392,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         embedded = embedded.or(config.embedded_etcd);
     }
+    // The audit policy is loaded now: a bad one refuses the start, naming the file.
+    let (audit, extra_args) = args.audit.options(&extra_args)?;
     if embedded.is_none() && !(args.etcd.etcd_peers.is_empty() && args.etcd.etcd_clients.is_empty())
     {
         anyhow::bail!(
@@ -474,6 +479,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         advertise_address: args.host.advertise_address(),
         ca: given_ca.clone(),
         identity_secret_file: args.identity_secret_file.clone(),
+        audit,
     };
     let member = match embedded {
         Some(embedded) => {

@@ -4,11 +4,14 @@
 //!
 //! 1. [`panic_recovery`]: a handler that panics answers 500 and the process carries on.
 //! 2. Request info: [`crate::request::RequestInfo::parse`].
-//! 3. Authentication: [`crate::authn::authenticate`].
-//! 4. Impersonation: [`crate::authn::impersonate`].
-//! 5. [`max_in_flight`]: `--max-requests-inflight` and `--max-mutating-requests-inflight`.
-//! 6. Authorization: [`crate::authz::authorize`].
-//! 7. Audit: not yet.
+//! 3. Authentication: [`crate::authn::authenticate`]; a failure is audited with no user.
+//! 4. Audit ([`crate::audit`]): the policy's level for the authenticated user and the
+//!    `RequestReceived` event; the later steps add to the event, and the answer writes
+//!    `ResponseStarted`/`ResponseComplete` (or `Panic`). The `Audit-Id` response header is
+//!    set outside everything, as upstream's `WithAuditInit`.
+//! 5. Impersonation: [`crate::authn::impersonate`].
+//! 6. [`max_in_flight`]: `--max-requests-inflight` and `--max-mutating-requests-inflight`.
+//! 7. Authorization: [`crate::authz::authorize`].
 
 pub mod max_in_flight;
 pub mod panic_recovery;
