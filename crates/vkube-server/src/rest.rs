@@ -551,7 +551,15 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
         }
         set_resource_version(&mut new, cur.mod_revision);
         crate::quota::admit(ctx, &new, Some(&old)).await?;
-        if new == old || ctx.dry_run() {
+        // An unchanged object is not written, unless encryption at rest wants it rewritten.
+        let unchanged = new == old
+            && !ctx
+                .api
+                .store
+                .stale(&key, cur.mod_revision)
+                .await
+                .map_err(store_status)?;
+        if unchanged || ctx.dry_run() {
             return Ok(ctx.respond(200, &new));
         }
         match ctx

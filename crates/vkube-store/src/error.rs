@@ -40,6 +40,12 @@ pub enum StoreError {
     #[error("invalid store URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
 
+    /// A value the configured encryption providers cannot read, or could not encrypt
+    /// (`--encryption-provider-config`); the message is kube-apiserver's, and the API answers
+    /// it as upstream answers a storage internal error (500 InternalError).
+    #[error("{message}")]
+    Transform { key: String, message: String },
+
     /// The backend failed or could not be reached.
     #[error("{backend}: {message}")]
     Backend {

@@ -16,6 +16,7 @@ mod memory;
 mod postgres;
 mod sql;
 mod sqlite;
+pub mod transform;
 mod url;
 mod watch;
 
@@ -89,6 +90,16 @@ pub trait Store: Send + Sync + 'static {
     /// Resume by passing the last revision seen. The watch also answers progress requests
     /// ([`WatchItem::Progress`]).
     async fn watch(&self, prefix: &str, from: Revision) -> Result<Watch>;
+
+    /// Whether the value of `key` at `revision` (its current one) is stored in a form a write
+    /// would not produce now: encryption at rest read it through a provider or key other than
+    /// the one that writes. An update that changes nothing must still write such a value, as
+    /// kube-apiserver writes its "stale" reads, so that upstream's rotation step (`kubectl get
+    /// -o json | kubectl replace -f -`) re-encrypts everything. Plain backends: never.
+    async fn stale(&self, key: &str, revision: Revision) -> Result<bool> {
+        let _ = (key, revision);
+        Ok(false)
+    }
 
     /// One round of the periodic compaction every replica runs each interval, given what the
     /// previous round returned (start from `Compaction::default()`): compacts at the revision the

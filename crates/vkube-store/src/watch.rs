@@ -71,6 +71,26 @@ impl Watch {
         Watch { rx, task, progress }
     }
 
+    /// This watch with every event passed through `f` (a store decorator's view of the
+    /// values). Progress requests still reach this watch; dropping the result stops both.
+    pub(crate) fn map(self, f: impl Fn(Event) -> Event + Send + 'static) -> Watch {
+        let progress = self.progress.clone();
+        let (tx, rx) = mpsc::channel(BATCH);
+        let mut inner = self;
+        let task = tokio::spawn(async move {
+            while let Some(item) = inner.next_item().await {
+                let item = match item {
+                    Ok(WatchItem::Event(event)) => Ok(WatchItem::Event(f(event))),
+                    other => other,
+                };
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Watch::new(rx, task.abort_handle(), progress)
+    }
+
     /// The next event, skipping progress reports; `None` once the watch has ended.
     pub async fn next(&mut self) -> Option<Result<Event>> {
         loop {

@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod controllers;
 mod embedded_etcd;
+mod encryption;
 mod host;
 mod host_front;
 mod host_kubeconfig;
@@ -121,6 +122,11 @@ struct ServeArgs {
     /// kube-apiserver's flag; beyond it, 429 with Retry-After. 0: no limit.
     #[arg(long, default_value_t = 200)]
     max_mutating_requests_inflight: usize,
+    /// An EncryptionConfiguration file (apiserver.config.k8s.io/v1), as kube-apiserver's flag:
+    /// the resources it names are encrypted at rest (aescbc, aesgcm, secretbox; identity to
+    /// read plain values). Read once at start; there is no automatic reload.
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
     #[command(flatten)]
     audit: audit_flags::AuditArgs,
     #[command(flatten)]
@@ -270,6 +276,8 @@ impl AuthArgs {
                 Some(("--authentication-config", v)) if options.authentication_config.is_none() => {
                     options.authentication_config = Some(PathBuf::from(v))
                 }
+                // Read by serve(), with the store.
+                Some(("--encryption-provider-config", _)) => {}
                 _ => ignored.push(arg.clone()),
             }
         }
@@ -394,6 +402,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     // The audit policy is loaded now: a bad one refuses the start, naming the file.
     let (audit, extra_args) = args.audit.options(&extra_args)?;
+    // Checked before anything starts: a bad file refuses the start.
+    let encryption =
+        encryption::from_args(args.encryption_provider_config.as_deref(), &extra_args)?;
     if embedded.is_none() && !(args.etcd.etcd_peers.is_empty() && args.etcd.etcd_clients.is_empty())
     {
         anyhow::bail!(
@@ -511,7 +522,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         StoreUrl::Sqlite { path, .. } => Some(lock_sqlite(path)?),
         _ => None,
     };
-    let served = serve_on(url, config).await;
+    let served = serve_on(url, config, encryption.as_ref()).await;
     if let Some(member) = member {
         member.stop().await;
     }
@@ -553,11 +564,16 @@ fn lock_sqlite(path: &std::path::Path) -> Result<std::fs::File> {
     }
 }
 
-async fn serve_on(url: StoreUrl, config: vkube_server::Config) -> Result<()> {
+async fn serve_on(
+    url: StoreUrl,
+    config: vkube_server::Config,
+    encryption: Option<&vkube_store::transform::EncryptionConfig>,
+) -> Result<()> {
     let shown = redact(&url);
     let store = vkube_store::open_url(&url)
         .await
         .with_context(|| format!("opening {shown}"))?;
+    let store = encryption::wrap(store, encryption);
     let listen = config.listen;
     vkube_server::serve(
         store,

@@ -13,6 +13,9 @@ use vkube_store::{Event, Revision, Store, Watch};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Memory,
+    /// Memory behind encryption at rest (every key, AES-GCM): the decorator must keep every
+    /// promise of the store it wraps.
+    Encrypted,
     Sqlite,
     Postgres,
     Etcd,
@@ -43,10 +46,20 @@ fn unique(tag: &str) -> String {
     )
 }
 
+/// `store` with every key encrypted by AES-GCM.
+fn encrypted(store: Arc<dyn Store>) -> Arc<dyn Store> {
+    let config = vkube_store::transform::parse(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: ['*.*']\n  providers:\n  - aesgcm: {keys: [{name: k, secret: AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=}]}\n",
+        "conformance",
+    )
+    .expect("a valid config");
+    vkube_store::transform::EncryptedStore::wrap(store, &config, |_| vec![String::new()])
+}
+
 impl Fixture {
     pub async fn new(backend: Backend) -> Fixture {
         let (url, dir, lock) = match backend {
-            Backend::Memory => (None, None, None),
+            Backend::Memory | Backend::Encrypted => (None, None, None),
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}", dir.path().join("state.db").display());
@@ -67,6 +80,7 @@ impl Fixture {
             Some(url) => vkube_store::open(url)
                 .await
                 .unwrap_or_else(|e| panic!("{backend:?} at {url}: {e}")),
+            None if backend == Backend::Encrypted => encrypted(vkube_store::MemoryStore::new()),
             None => vkube_store::MemoryStore::new(),
         };
         Fixture {

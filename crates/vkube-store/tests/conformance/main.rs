@@ -49,6 +49,10 @@ mod memory {
     suite!(crate::common::Backend::Memory);
 }
 
+mod encrypted {
+    suite!(crate::common::Backend::Encrypted);
+}
+
 mod sqlite {
     suite!(crate::common::Backend::Sqlite);
     cases!(crate::common::Backend::Sqlite; processes::kill_9_of_a_writer_loses_no_acknowledged_write);

@@ -13,6 +13,7 @@ mod difftest;
 mod disruption;
 mod embedded_etcd;
 mod embedded_etcd_tls;
+mod encryption;
 mod gc;
 mod ha;
 mod harness;
