@@ -29,6 +29,7 @@ mod deployment;
 mod disruption;
 mod events;
 mod job;
+pub mod namespace_defaults;
 mod pod_gc;
 mod replicaset;
 mod statefulset;
@@ -50,6 +51,8 @@ pub const CONTROLLERS: &[(&str, &str)] = &[
     ("disruption", "disruption-controller"),
     ("csrsigning", "certificate-controller"),
     ("podgc", "pod-garbage-collector"),
+    ("serviceaccount", "service-account-controller"),
+    ("root-ca-cert-publisher", "root-ca-cert-publisher"),
 ];
 
 /// What a controller runs with.
@@ -91,7 +94,9 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Controller `name` (one of [`CONTROLLERS`]) as a future that runs until dropped; `None` for an
-/// unknown name and for `csrsigning`, which needs its CA ([`csr_signing::run`]).
+/// unknown name, for `csrsigning`, which needs its CA ([`csr_signing::run`]), and for
+/// `root-ca-cert-publisher`, which needs its certificate
+/// ([`namespace_defaults::run_root_ca_publisher`]).
 pub fn run(name: &str, ctx: Context) -> Option<futures_util::future::BoxFuture<'static, ()>> {
     let ctx = Arc::new(ctx);
     Some(match name {
@@ -105,6 +110,7 @@ pub fn run(name: &str, ctx: Context) -> Option<futures_util::future::BoxFuture<'
         "ttl-after-finished" => Box::pin(ttl_after_finished::run(ctx)),
         "disruption" => Box::pin(disruption::run(ctx)),
         "podgc" => Box::pin(pod_gc::run(ctx)),
+        "serviceaccount" => Box::pin(namespace_defaults::run_service_accounts(ctx)),
         _ => return None,
     })
 }

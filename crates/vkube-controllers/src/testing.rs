@@ -257,6 +257,13 @@ impl FakeApi {
                     .filter(|(k, _)| in_collection(k))
                     .map(|(_, v)| v.clone())
                     .filter(|v| matches(&selector, &v["metadata"]["labels"]))
+                    // Field selectors: `metadata.name=X` only.
+                    .filter(|v| {
+                        query
+                            .get("fieldSelector")
+                            .and_then(|f| f.strip_prefix("metadata.name="))
+                            .is_none_or(|name| v["metadata"]["name"] == name)
+                    })
                     .collect();
                 (
                     200,
@@ -285,7 +292,8 @@ impl FakeApi {
                 meta["uid"] = json!(format!("uid-{name}"));
                 meta["resourceVersion"] = json!(rv);
                 meta["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
-                if segments.get(base) == Some(&"namespaces") {
+                // `/api/v1/namespaces/NS/...`; `/api/v1/namespaces` itself makes Namespaces.
+                if segments.get(base) == Some(&"namespaces") && segments.len() > base + 2 {
                     meta["namespace"] = json!(segments[base + 1]);
                 }
                 if meta.get("generation").is_none() {

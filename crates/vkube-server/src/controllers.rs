@@ -1,5 +1,4 @@
-//! The minimum controllers that make the API behave: the default namespaces exist; each
-//! namespace gets a `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap; deleting a
+//! The minimum controllers that make the API behave: the default namespaces exist; deleting a
 //! namespace deletes its contents, then the namespace. (With HA these run on the leader only.)
 
 use std::collections::BTreeSet;
@@ -19,7 +18,6 @@ use crate::router::Api;
 pub const DEFAULT_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
 
-const ROOT_CA_DESCRIPTION: &str = "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters.";
 
 fn core(plural: &str) -> &'static Resource {
     registry::find("", "v1", plural).expect("a core resource of the registry")
@@ -285,18 +283,8 @@ async fn reconcile(api: &Api, name: &str) -> Result<bool, StoreError> {
             Err(err) => Err(err),
         };
     }
-    ensure(
-        api,
-        core("serviceaccounts"),
-        name,
-        json!({"metadata": {"name": "default", "namespace": name}}),
-    )
-    .await?;
-    let root_ca = json!({
-        "metadata": {"name": "kube-root-ca.crt", "namespace": name, "annotations": {"kubernetes.io/description": ROOT_CA_DESCRIPTION}},
-        "data": {"ca.crt": api.ca_pem},
-    });
-    ensure(api, core("configmaps"), name, root_ca).await?;
+    // The `default` ServiceAccount and `kube-root-ca.crt` come from vkube-controllers'
+    // `serviceaccount` and `root-ca-cert-publisher`, through the API.
     Ok(true)
 }
 

@@ -18,6 +18,7 @@ pub fn canonical(name: &str) -> &str {
         "daemon-set" => "daemonset",
         "certificatesigningrequest-signing" => "csrsigning",
         "pod-garbage-collector" => "podgc",
+        "root-ca-certificate-publisher" => "root-ca-cert-publisher",
         "replicationcontroller" => "replicationcontroller",
         short => short,
     }
@@ -53,6 +54,13 @@ pub fn leader_tasks(disabled: &[String]) -> Vec<LeaderTask> {
                         let ca =
                             vkube_controllers::csr_signing::SigningCa::new(ca.cert_pem, ca.key_pem);
                         return vkube_controllers::csr_signing::run(ctx, ca).await;
+                    }
+                    if name == "root-ca-cert-publisher" {
+                        return vkube_controllers::namespace_defaults::run_root_ca_publisher(
+                            ctx,
+                            ca.cert_pem,
+                        )
+                        .await;
                     }
                     vkube_controllers::run(name, ctx)
                         .expect("a controller of vkube_controllers::CONTROLLERS")

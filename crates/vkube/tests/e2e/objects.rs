@@ -601,3 +601,89 @@ fn an_expired_continuation_offers_an_inconsistent_one() {
         assert_eq!(names, ["c2", "c3"], "the rest, from the same key on");
     });
 }
+
+/// Each namespace's `default` ServiceAccount and `kube-root-ca.crt` come back when deleted, and
+/// the ConfigMap's certificate is put back when edited (upstream's serviceaccount and
+/// root-ca-cert-publisher controllers, through the API as their own service accounts).
+#[test]
+fn namespace_defaults_are_repaired() {
+    let server = Server::start();
+    let ns = ns_name("kubectl", "defaults");
+    run(&server, "kubectl", &["create", "namespace", &ns]);
+    let ca = std::fs::read_to_string(server.dir.path().join("ca.crt")).unwrap();
+    let root_ca = |server: &Server| {
+        server
+            .kubectl(
+                "kubectl",
+                &[
+                    "get",
+                    "configmap",
+                    "kube-root-ca.crt",
+                    "-n",
+                    &ns,
+                    "-o",
+                    "jsonpath={.data.ca\\.crt}",
+                ],
+            )
+            .stdout
+    };
+    let until = |what: &str, check: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !check() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let has_account = || {
+        server
+            .kubectl("kubectl", &["get", "serviceaccount", "default", "-n", &ns])
+            .ok
+    };
+    until("the default ServiceAccount", &has_account);
+    until("the root CA", &|| root_ca(&server).trim() == ca.trim());
+
+    run(
+        &server,
+        "kubectl",
+        &["delete", "serviceaccount", "default", "-n", &ns],
+    );
+    until("the default ServiceAccount again", &has_account);
+    run(
+        &server,
+        "kubectl",
+        &[
+            "patch",
+            "configmap",
+            "kube-root-ca.crt",
+            "-n",
+            &ns,
+            "-p",
+            r#"{"data":{"ca.crt":"forged"}}"#,
+        ],
+    );
+    until("the root CA put back", &|| {
+        root_ca(&server).trim() == ca.trim()
+    });
+    run(
+        &server,
+        "kubectl",
+        &["delete", "configmap", "kube-root-ca.crt", "-n", &ns],
+    );
+    until("the root CA again", &|| {
+        root_ca(&server).trim() == ca.trim()
+    });
+    let managers = run(
+        &server,
+        "kubectl",
+        &[
+            "get",
+            "configmap",
+            "kube-root-ca.crt",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}",
+        ],
+    );
+    assert_eq!(managers, "kube-controller-manager");
+}
