@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
 //! kube-controller-manager's job for a virtual cluster: the workload controllers (Deployment,
-//! ReplicaSet, ReplicationController, StatefulSet, DaemonSet, Job, CronJob, TTL after finished).
+//! ReplicaSet, ReplicationController, StatefulSet, DaemonSet, Job, CronJob, TTL after finished),
+//! PodDisruptionBudget status, the CSR signer, and Endpoints/EndpointSlices (with mirroring).
 //!
 //! They are clients of the API and nothing else: every read and write goes through a
 //! [`kube::Client`], so what they write passes authentication, RBAC, admission (quota),
@@ -27,8 +28,10 @@ pub mod csr_signing;
 mod daemonset;
 mod deployment;
 mod disruption;
+mod endpoints;
 mod events;
 mod job;
+mod namespace;
 pub mod namespace_defaults;
 mod pod_gc;
 mod replicaset;
@@ -50,9 +53,16 @@ pub const CONTROLLERS: &[(&str, &str)] = &[
     ("ttl-after-finished", "ttl-after-finished-controller"),
     ("disruption", "disruption-controller"),
     ("csrsigning", "certificate-controller"),
+    ("namespace", "namespace-controller"),
     ("podgc", "pod-garbage-collector"),
     ("serviceaccount", "service-account-controller"),
     ("root-ca-cert-publisher", "root-ca-cert-publisher"),
+    ("endpoint", "endpoint-controller"),
+    ("endpointslice", "endpointslice-controller"),
+    (
+        "endpointslicemirroring",
+        "endpointslicemirroring-controller",
+    ),
 ];
 
 /// What a controller runs with.
@@ -66,6 +76,8 @@ pub struct Context {
     pub workers: u16,
     /// Every object is reconciled again this often, events or not.
     pub resync: std::time::Duration,
+    /// Endpoints per EndpointSlice at most (kube-controller-manager's `--max-endpoints-per-slice`).
+    pub max_endpoints_per_slice: u16,
 }
 
 impl Context {
@@ -75,6 +87,7 @@ impl Context {
             clock: Arc::new(SystemClock),
             workers: 5,
             resync: std::time::Duration::from_secs(600),
+            max_endpoints_per_slice: 100,
         }
     }
 }
@@ -109,6 +122,10 @@ pub fn run(name: &str, ctx: Context) -> Option<futures_util::future::BoxFuture<'
         "cronjob" => Box::pin(cronjob::run(ctx)),
         "ttl-after-finished" => Box::pin(ttl_after_finished::run(ctx)),
         "disruption" => Box::pin(disruption::run(ctx)),
+        "endpoint" => Box::pin(endpoints::subsets::run(ctx)),
+        "endpointslice" => Box::pin(endpoints::slices::run(ctx)),
+        "endpointslicemirroring" => Box::pin(endpoints::mirroring::run(ctx)),
+        "namespace" => Box::pin(namespace::run(ctx)),
         "podgc" => Box::pin(pod_gc::run(ctx)),
         "serviceaccount" => Box::pin(namespace_defaults::run_service_accounts(ctx)),
         _ => return None,

@@ -101,6 +101,7 @@ mod tests {
             clock: clock.clone(),
             workers: 1,
             resync: Duration::from_secs(600),
+            max_endpoints_per_slice: 100,
         };
         let job = |name: &str, ttl: Option<i32>, done: bool| {
             let mut j = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},

@@ -11,7 +11,6 @@
 mod access;
 mod configs;
 pub mod dns;
-mod endpoints;
 mod events;
 #[cfg(test)]
 mod mock;
@@ -28,12 +27,13 @@ use std::time::Duration;
 pub use kube::Client;
 
 /// What the syncer syncs: vcluster.yaml's `sync` keys that vkube honours, with vcluster's
-/// defaults.
+/// defaults. (`toHost.endpoints` is not among them: the virtual cluster's Endpoints and
+/// EndpointSlices are written by the endpoint controllers of `vkube-controllers`, from the pod
+/// IPs and readiness that the syncer copies into the virtual pods' status.)
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub pods: bool,
     pub services: bool,
-    pub endpoints: bool,
     pub persistent_volume_claims: bool,
     /// `fromHost.events`: host events about synced pods are copied.
     pub events: bool,
@@ -48,7 +48,6 @@ impl Default for Settings {
         Settings {
             pods: true,
             services: true,
-            endpoints: true,
             persistent_volume_claims: true,
             events: true,
             all_nodes: false,
@@ -214,7 +213,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
         r = configs::run::<k8s_openapi::api::core::v1::Secret>(config.clone()) => r,
         r = on(s.services, services::run(config.clone()).boxed()) => r,
         r = on(s.services, services::follow_deletes(config.clone()).boxed()) => r,
-        r = on(s.endpoints, endpoints::run(config.clone()).boxed()) => r,
         r = on(s.persistent_volume_claims, volumes::run(config.clone()).boxed()) => r,
     }
 }

@@ -17,6 +17,8 @@ pub fn canonical(name: &str) -> &str {
         "garbage-collector" => "garbagecollector",
         "daemon-set" => "daemonset",
         "certificatesigningrequest-signing" => "csrsigning",
+        "endpoints" => "endpoint",
+        "endpointslice-mirroring" => "endpointslicemirroring",
         "pod-garbage-collector" => "podgc",
         "root-ca-certificate-publisher" => "root-ca-cert-publisher",
         "replicationcontroller" => "replicationcontroller",
@@ -31,8 +33,9 @@ pub fn known() -> Vec<&'static str> {
     all
 }
 
-/// The leader tasks of the controllers not in `disabled`.
-pub fn leader_tasks(disabled: &[String]) -> Vec<LeaderTask> {
+/// The leader tasks of the controllers not in `disabled`; EndpointSlices hold at most
+/// `max_endpoints_per_slice` endpoints.
+pub fn leader_tasks(disabled: &[String], max_endpoints_per_slice: u16) -> Vec<LeaderTask> {
     vkube_controllers::CONTROLLERS
         .iter()
         .filter(|(name, _)| !disabled.iter().any(|d| d == name))
@@ -49,7 +52,8 @@ pub fn leader_tasks(disabled: &[String]) -> Vec<LeaderTask> {
                         ],
                     );
                     let ca = api.cluster_ca();
-                    let ctx = vkube_controllers::Context::new(client(api, user, account));
+                    let mut ctx = vkube_controllers::Context::new(client(api, user, account));
+                    ctx.max_endpoints_per_slice = max_endpoints_per_slice;
                     if name == "csrsigning" {
                         let ca =
                             vkube_controllers::csr_signing::SigningCa::new(ca.cert_pem, ca.key_pem);
@@ -154,6 +158,15 @@ mod tests {
             "ttl-after-finished"
         );
         assert!(known().contains(&"statefulset") && known().contains(&"namespace"));
+        assert_eq!(canonical("endpoints-controller"), "endpoint");
+        assert_eq!(canonical("endpointslice-controller"), "endpointslice");
+        assert_eq!(
+            canonical("endpointslice-mirroring-controller"),
+            "endpointslicemirroring"
+        );
+        for name in ["endpoint", "endpointslice", "endpointslicemirroring"] {
+            assert!(known().contains(&name), "{name}");
+        }
     }
 
     #[test]

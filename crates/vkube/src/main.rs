@@ -111,9 +111,13 @@ struct ServeArgs {
     /// The leader's controllers, as kube-controller-manager's flag: `*` for all, `-NAME` to
     /// leave one out (namespace, customresourcedefinition, resourcequota, garbagecollector,
     /// deployment, replicaset, replicationcontroller, statefulset, daemonset, job, cronjob,
-    /// ttl-after-finished; upstream's `NAME-controller` spellings too).
+    /// ttl-after-finished, disruption, csrsigning, endpoint, endpointslice,
+    /// endpointslicemirroring; upstream's `NAME-controller` spellings too).
     #[arg(long, value_delimiter = ',', default_value = "*")]
     controllers: Vec<String>,
+    /// Endpoints per EndpointSlice at most, as kube-controller-manager's flag (1 to 1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    max_endpoints_per_slice: u16,
     /// Requests served at once that change nothing, as kube-apiserver's flag; beyond it, 429
     /// with Retry-After. Watches and exec/attach/log/port-forward are not counted. 0: no limit.
     #[arg(long, default_value_t = 400)]
@@ -480,9 +484,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         leader_tasks: host
             .syncer
             .into_iter()
-            .chain(controllers::leader_tasks(&disabled_controllers(
-                &args.controllers,
-            )?))
+            .chain(controllers::leader_tasks(
+                &disabled_controllers(&args.controllers)?,
+                args.max_endpoints_per_slice,
+            ))
             .collect(),
         host_proxy: host.proxy,
         host_services: host.services,

@@ -24,6 +24,9 @@ pub struct Sync {
 struct ToHost {
     pods: Toggle,
     services: Toggle,
+    /// Accepted and changes nothing: vcluster copies the Endpoints of selector-less Services to
+    /// the host, which vkube does not do yet; the virtual cluster's own Endpoints and
+    /// EndpointSlices are the endpoint controllers' (`--controllers`), with or without a host.
     endpoints: Toggle,
     config_maps: Toggle,
     secrets: Toggle,
@@ -201,7 +204,6 @@ impl Sync {
         let settings = SyncSettings {
             pods: t.pods.on(true),
             services: t.services.on(true),
-            endpoints: t.endpoints.on(true),
             persistent_volume_claims: t.persistent_volume_claims.on(true),
             events: f.events.on(true),
             all_nodes: f.nodes.enabled == Some(true),

@@ -31,6 +31,7 @@ fn env(at: &str) -> Env {
         clock: clock.clone(),
         workers: 1,
         resync: Duration::from_secs(600),
+        max_endpoints_per_slice: 100,
     };
     Env { fake, clock, ctx }
 }

@@ -32,6 +32,7 @@ pub(crate) fn env() -> Env {
         clock: clock.clone(),
         workers: 1,
         resync: Duration::from_secs(600),
+        max_endpoints_per_slice: 100,
     };
     Env {
         fake,

@@ -20,6 +20,7 @@ pub(crate) fn context(fake: &FakeApi) -> (Context, Arc<FakeClock>) {
         clock: clock.clone(),
         workers: 1,
         resync: Duration::from_secs(600),
+        max_endpoints_per_slice: 100,
     };
     (ctx, clock)
 }

@@ -14,6 +14,7 @@ mod disruption;
 mod embedded_etcd;
 mod embedded_etcd_tls;
 mod encryption;
+mod endpoints;
 mod gc;
 mod ha;
 mod harness;
