@@ -79,13 +79,14 @@ impl PodGc {
             .iter()
             .filter(|p| p.metadata.deletion_timestamp.is_some())
         {
+            // Never scheduled (no kubelet will finish it), or on an out-of-service node.
             let node = node_name(pod);
-            if node.is_empty() {
-                doomed.push((pod, None));
-            } else if existing
-                .get(node)
-                .is_some_and(|n| !ready(n) && tainted(n, OUT_OF_SERVICE))
-            {
+            let out_of_service = || {
+                existing
+                    .get(node)
+                    .is_some_and(|n| !ready(n) && tainted(n, OUT_OF_SERVICE))
+            };
+            if node.is_empty() || out_of_service() {
                 doomed.push((pod, None));
             }
         }
