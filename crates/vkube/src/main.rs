@@ -15,6 +15,7 @@ mod host;
 mod host_front;
 mod host_kubeconfig;
 mod host_proxy;
+mod store_tools;
 mod sync_config;
 
 use std::path::PathBuf;
@@ -45,10 +46,15 @@ enum Command {
     /// The port forward that `vkube connect` runs in the background.
     #[command(hide = true)]
     PortForwardDaemon(cli::connect::PortForwardArgs),
-    /// Inspect the store.
+    /// Inspect the store, or move a virtual cluster to another one.
     Store {
         #[command(subcommand)]
         command: StoreCommand,
+    },
+    /// Save a store's keyspace to a file, or restore it into an empty store.
+    Snapshot {
+        #[command(subcommand)]
+        command: store_tools::SnapshotCommand,
     },
 }
 
@@ -56,6 +62,8 @@ enum Command {
 enum StoreCommand {
     /// Open the store (creating an embedded SQLite database if needed) and print its state.
     Status(StoreArgs),
+    /// Copy every key of an offline store into an empty one, then verify the copy.
+    Migrate(store_tools::MigrateArgs),
 }
 
 #[derive(clap::Args)]
@@ -541,6 +549,19 @@ async fn serve(args: ServeArgs) -> Result<()> {
 /// exclusive lock on `<database>.lock` while it runs, and a second one is refused. Other
 /// readers of the file (`vkube store status`) take no lock.
 fn lock_sqlite(path: &std::path::Path) -> Result<std::fs::File> {
+    match try_lock_sqlite(path)? {
+        (Some(file), _) => Ok(file),
+        (None, lock) => anyhow::bail!(
+            "another vkube serve is already serving the embedded SQLite database {} (it holds {}); embedded SQLite serves one replica only: stop the other process, give this one its own --data-dir, or run several replicas on a shared store (controlPlane.backingStore.etcd.embedded, an external etcd or PostgreSQL)",
+            path.display(),
+            lock.display()
+        ),
+    }
+}
+
+/// Takes the exclusive lock on `<database>.lock` that a serving vkube holds: the open file
+/// holding it, or `None` when another process holds it; and the lock file's path.
+pub(crate) fn try_lock_sqlite(path: &std::path::Path) -> Result<(Option<std::fs::File>, PathBuf)> {
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
     let lock = PathBuf::from(name);
@@ -557,12 +578,8 @@ fn lock_sqlite(path: &std::path::Path) -> Result<std::fs::File> {
     // with the path can drop it.
     use rustix::fs::{FlockOperation, flock};
     match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(file),
-        Err(rustix::io::Errno::WOULDBLOCK) => anyhow::bail!(
-            "another vkube serve is already serving the embedded SQLite database {} (it holds {}); embedded SQLite serves one replica only: stop the other process, give this one its own --data-dir, or run several replicas on a shared store (controlPlane.backingStore.etcd.embedded, an external etcd or PostgreSQL)",
-            path.display(),
-            lock.display()
-        ),
+        Ok(()) => Ok((Some(file), lock)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok((None, lock)),
         Err(err) => {
             Err(std::io::Error::from(err)).with_context(|| format!("locking {}", lock.display()))
         }
@@ -578,6 +595,7 @@ async fn serve_on(
     let store = vkube_store::open_url(&url)
         .await
         .with_context(|| format!("opening {shown}"))?;
+    store_tools::refuse_unfinished(store.as_ref(), &shown).await?;
     let store = encryption::wrap(store, encryption);
     let listen = config.listen;
     vkube_server::serve(
@@ -673,6 +691,10 @@ async fn run(cli: Cli) -> Result<()> {
             println!("revision: {revision}");
             println!("keys:     {keys}");
         }
+        Command::Store {
+            command: StoreCommand::Migrate(args),
+        } => store_tools::migrate(args).await?,
+        Command::Snapshot { command } => store_tools::snapshot(command).await?,
     }
     Ok(())
 }

@@ -21,6 +21,7 @@ mod harness;
 mod hygiene;
 mod identity;
 mod jobs;
+mod migrate;
 mod objects;
 mod outage;
 mod quota;

@@ -1,0 +1,222 @@
+//! Moving a virtual cluster's state between stores (issue 21): `vkube store migrate` copies
+//! every key of an offline store into an empty one, and `vkube snapshot create|restore` puts a
+//! live store's keyspace, at one revision, in a checksummed file and back.
+//!
+//! It lives in the binary, not in `vkube-store`, because what it copies is vkube's keyspace, not
+//! a generic one: it knows which records mean "a replica serves this store" (and so refuses), and
+//! which records must not travel (a replica's heartbeat, the leader's lease).
+//!
+//! Both write the same way ([`keyspace::write`]): a marker key first, every key in the order of
+//! its source `mod_revision`, a comparison of the whole destination with the source, then the
+//! marker's removal and a compaction. A destination with the marker is a half-written one: a
+//! rerun of the same copy resumes it, `vkube serve` refuses it.
+
+mod keyspace;
+mod offline;
+mod progress;
+mod snapshot;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use vkube_store::{Store, StoreUrl};
+
+use crate::redact;
+
+/// `vkube store migrate`.
+#[derive(clap::Args)]
+pub struct MigrateArgs {
+    /// The store to copy from: sqlite://PATH, postgres://…, etcd://host:port[?prefix=…&ca=…].
+    /// Nothing may serve it during the copy. For embedded etcd, the URL of its member
+    /// (etcd://127.0.0.1:2379) while a stopped-serving member runs; see the README.
+    #[arg(long)]
+    from: String,
+    /// The store to copy into; it must be empty (or hold a half-finished copy of the same source,
+    /// which is resumed).
+    #[arg(long)]
+    to: String,
+    /// Delete every key the destination holds first (under its prefix, for etcd).
+    #[arg(long)]
+    force: bool,
+}
+
+/// `vkube snapshot`.
+#[derive(clap::Subcommand)]
+pub enum SnapshotCommand {
+    /// Write a store's keyspace, at one revision, to FILE (gzip, SHA-256 checksum). The store
+    /// may be served meanwhile.
+    Create(SnapshotCreateArgs),
+    /// Write a snapshot into an empty store, after checking the whole file.
+    Restore(SnapshotRestoreArgs),
+}
+
+#[derive(clap::Args)]
+pub struct SnapshotCreateArgs {
+    file: PathBuf,
+    /// The store to read: sqlite://PATH, postgres://…, etcd://…
+    #[arg(long, env = "VKUBE_STORE")]
+    store: String,
+    /// The cluster's vcluster.yaml, kept in the snapshot beside the keys.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct SnapshotRestoreArgs {
+    file: PathBuf,
+    /// The store to write; it must be empty.
+    #[arg(long, env = "VKUBE_STORE")]
+    store: String,
+    /// Write the vcluster.yaml the snapshot holds, if any, to this file.
+    #[arg(long)]
+    config_out: Option<PathBuf>,
+    /// Delete every key the destination holds first.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Whether `key` travels to another store. Left behind: each replica's membership record (a
+/// 5 s heartbeat whose TTL a copy cannot carry: it would stay forever, and name a replica that
+/// does not serve the new store), the leader's lease (its holder is gone; without it the first
+/// replica on the new store leads at once instead of waiting the lease out, and writes a new
+/// one), etcd's watch-progress barrier keys (`…/\u{1}progress`, never an object) and the
+/// marker of an unfinished copy.
+pub(crate) fn carried(key: &str) -> bool {
+    !(key.starts_with(vkube_server::replicas::PREFIX)
+        || key == vkube_server::leader::LEASE_KEY
+        || key.contains("/\u{1}")
+        || key == keyspace::MARKER)
+}
+
+async fn open(url: &StoreUrl, must_exist: bool) -> Result<std::sync::Arc<dyn Store>> {
+    if let (true, StoreUrl::Sqlite { path, .. }) = (must_exist, url) {
+        if !path.exists() {
+            bail!("there is no SQLite database at {}", path.display());
+        }
+    }
+    vkube_store::open_url(url)
+        .await
+        .with_context(|| format!("opening {}", redact(url)))
+}
+
+pub async fn migrate(args: MigrateArgs) -> Result<()> {
+    let from: StoreUrl = args.from.parse().context("--from")?;
+    let to: StoreUrl = args.to.parse().context("--to")?;
+    if redact(&from) == redact(&to) {
+        bail!("--from and --to name the same store ({})", redact(&from));
+    }
+    let _locks = (offline::lock(&from)?, offline::lock(&to)?);
+    let source = open(&from, true).await?;
+    offline::refuse_served(source.as_ref(), &redact(&from)).await?;
+    let dest = open(&to, false).await?;
+    offline::refuse_served(dest.as_ref(), &redact(&to)).await?;
+    let started = std::time::Instant::now();
+    let (entries, revision) = keyspace::read_all(source.as_ref(), None).await?;
+    eprintln!(
+        "vkube: copying {} keys of {} at revision {revision} to {}",
+        entries.len(),
+        redact(&from),
+        redact(&to)
+    );
+    let origin = keyspace::Origin {
+        source: redact(&from),
+        revision,
+    };
+    let report = keyspace::write(dest.as_ref(), &origin, entries, args.force).await?;
+    report.print("migrated", started.elapsed());
+    println!(
+        "Revisions start anew at the destination: clients watching with an old resourceVersion get 410 Gone once and relist."
+    );
+    Ok(())
+}
+
+pub async fn snapshot(command: SnapshotCommand) -> Result<()> {
+    match command {
+        SnapshotCommand::Create(args) => {
+            let url: StoreUrl = args.store.parse().context("--store")?;
+            let config = match &args.config {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                ),
+                None => None,
+            };
+            let store = open(&url, true).await?;
+            let started = std::time::Instant::now();
+            let made = snapshot::create(store.as_ref(), &args.file, &redact(&url), config).await?;
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "snapshot {}: {} keys at revision {}, {} value bytes, {} bytes on disk, sha256 {}, {:.2}s ({:.0} keys/s)",
+                args.file.display(),
+                made.keys,
+                made.revision,
+                made.bytes,
+                made.file_bytes,
+                made.sha256,
+                secs,
+                made.keys as f64 / secs.max(1e-6)
+            );
+            Ok(())
+        }
+        SnapshotCommand::Restore(args) => {
+            let url: StoreUrl = args.store.parse().context("--store")?;
+            let started = std::time::Instant::now();
+            // The whole file is checked before the store is even opened: a bad file writes nothing.
+            let loaded = snapshot::load(&args.file)?;
+            let _lock = offline::lock(&url)?;
+            let dest = open(&url, false).await?;
+            offline::refuse_served(dest.as_ref(), &redact(&url)).await?;
+            eprintln!(
+                "vkube: restoring {} keys from {} (vkube {}, revision {} of {}, taken {})",
+                loaded.entries.len(),
+                args.file.display(),
+                loaded.header.vkube_version,
+                loaded.header.revision,
+                loaded.header.source,
+                loaded.header.created
+            );
+            if let (Some(out), Some(config)) = (&args.config_out, &loaded.header.config) {
+                std::fs::write(out, config)
+                    .with_context(|| format!("writing {}", out.display()))?;
+            }
+            let origin = keyspace::Origin {
+                source: format!("snapshot sha256:{}", loaded.sha256),
+                revision: loaded.header.revision,
+            };
+            let report =
+                keyspace::write(dest.as_ref(), &origin, loaded.entries, args.force).await?;
+            report.print("restored", started.elapsed());
+            if args.config_out.is_some() && loaded.header.config.is_none() {
+                println!("The snapshot holds no vcluster.yaml (it was taken without --config).");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `vkube serve` refuses a store that a migration or a restore left half-written.
+pub async fn refuse_unfinished(store: &dyn Store, shown: &str) -> Result<()> {
+    if let Some(marker) = store.get(keyspace::MARKER, None).await? {
+        bail!(
+            "{shown} holds an unfinished copy ({}): run the same `vkube store migrate` or `vkube snapshot restore` again to finish it, or start over with --force",
+            String::from_utf8_lossy(&marker.value)
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_leases_barriers_and_the_marker_stay_behind() {
+        assert!(carried("/registry/configmaps/default/a"));
+        assert!(carried("/vkube/identity/ca"));
+        assert!(carried("/registry/leases/kube-system/other"));
+        assert!(!carried("/registry/vkubereplicas/vkube-0"));
+        assert!(!carried(vkube_server::leader::LEASE_KEY));
+        assert!(!carried("/registry/\u{1}progress"));
+        assert!(!carried(keyspace::MARKER));
+    }
+}
