@@ -12,6 +12,7 @@
 //! rerun of the same copy resumes it, `vkube serve` refuses it.
 
 mod keyspace;
+mod location;
 mod offline;
 mod progress;
 mod snapshot;
@@ -22,17 +23,20 @@ use anyhow::{Context, Result, bail};
 use vkube_store::{Store, StoreUrl};
 
 use crate::redact;
+use location::{Location, Opened};
 
 /// `vkube store migrate`.
 #[derive(clap::Args)]
 pub struct MigrateArgs {
-    /// The store to copy from: sqlite://PATH, postgres://…, etcd://host:port[?prefix=…&ca=…].
-    /// Nothing may serve it during the copy. For embedded etcd, the URL of its member
-    /// (etcd://127.0.0.1:2379) while a stopped-serving member runs; see the README.
+    /// The store to copy from: sqlite://PATH, postgres://…, etcd://host:port[?prefix=…&ca=…],
+    /// or etcd-dir://DATA-DIR[?peer=URL&client=URL] for the embedded etcd of
+    /// `vkube serve --etcd-embedded --data-dir DATA-DIR` (one replica), which vkube runs for the
+    /// copy. Nothing may serve it during the copy.
     #[arg(long)]
     from: String,
-    /// The store to copy into; it must be empty (or hold a half-finished copy of the same source,
-    /// which is resumed).
+    /// The store to copy into, in the same forms; it must be empty (or hold a half-finished copy
+    /// of the same source, which is resumed). etcd-dir://NEW-DATA-DIR makes a new embedded etcd
+    /// member there for `vkube serve --etcd-embedded --data-dir NEW-DATA-DIR`.
     #[arg(long)]
     to: String,
     /// Delete every key the destination holds first (under its prefix, for etcd).
@@ -99,41 +103,82 @@ async fn open(url: &StoreUrl, must_exist: bool) -> Result<std::sync::Arc<dyn Sto
         .with_context(|| format!("opening {}", redact(url)))
 }
 
-pub async fn migrate(args: MigrateArgs) -> Result<()> {
-    let from: StoreUrl = args.from.parse().context("--from")?;
-    let to: StoreUrl = args.to.parse().context("--to")?;
-    if redact(&from) == redact(&to) {
-        bail!("--from and --to name the same store ({})", redact(&from));
+/// The SQLite lock of a location that is an SQLite database.
+fn lock(location: &Location) -> Result<Option<std::fs::File>> {
+    match location {
+        Location::Store(url) => offline::lock(url),
+        Location::EmbeddedDir { .. } => Ok(None),
     }
-    let _locks = (offline::lock(&from)?, offline::lock(&to)?);
-    let source = open(&from, true).await?;
-    offline::refuse_served(source.as_ref(), &redact(&from)).await?;
-    let dest = open(&to, false).await?;
-    offline::refuse_served(dest.as_ref(), &redact(&to)).await?;
-    let started = std::time::Instant::now();
-    let (entries, revision) = keyspace::read_all(source.as_ref(), None).await?;
-    eprintln!(
-        "vkube: copying {} keys of {} at revision {revision} to {}",
-        entries.len(),
-        redact(&from),
-        redact(&to)
-    );
-    let origin = keyspace::Origin {
-        source: redact(&from),
-        revision,
+}
+
+/// Runs `work` on the stores of `locations` (each started, and for embedded etcd, stopped after).
+async fn with_stores<T>(
+    locations: Vec<(Location, bool)>,
+    work: impl AsyncFnOnce(&[Opened]) -> Result<T>,
+) -> Result<T> {
+    let _locks = locations
+        .iter()
+        .map(|(l, _)| lock(l))
+        .collect::<Result<Vec<_>>>()?;
+    let mut opened = Vec::new();
+    let mut result = Ok(());
+    for (location, must_exist) in locations {
+        match location.start(must_exist).await {
+            Ok(o) => opened.push(o),
+            Err(err) => {
+                result = Err(err);
+                break;
+            }
+        }
+    }
+    let result = match result {
+        Ok(()) => work(&opened).await,
+        Err(err) => Err(err),
     };
-    let report = keyspace::write(dest.as_ref(), &origin, entries, args.force).await?;
-    report.print("migrated", started.elapsed());
-    println!(
-        "Revisions start anew at the destination: clients watching with an old resourceVersion get 410 Gone once and relist."
-    );
-    Ok(())
+    for o in opened {
+        o.close().await;
+    }
+    result
+}
+
+pub async fn migrate(args: MigrateArgs) -> Result<()> {
+    let from: Location = args.from.parse().context("--from")?;
+    let to: Location = args.to.parse().context("--to")?;
+    if args.from == args.to {
+        bail!("--from and --to name the same store");
+    }
+    with_stores(vec![(from, true), (to, false)], async |opened| {
+        let (from, to) = (&opened[0], &opened[1]);
+        let source = open(&from.url, true).await?;
+        offline::refuse_served(source.as_ref(), &from.shown).await?;
+        let dest = open(&to.url, false).await?;
+        offline::refuse_served(dest.as_ref(), &to.shown).await?;
+        let started = std::time::Instant::now();
+        let (entries, revision) = keyspace::read_all(source.as_ref(), None).await?;
+        eprintln!(
+            "vkube: copying {} keys of {} at revision {revision} to {}",
+            entries.len(),
+            from.shown,
+            to.shown
+        );
+        let origin = keyspace::Origin {
+            source: from.shown.clone(),
+            revision,
+        };
+        let report = keyspace::write(dest.as_ref(), &origin, entries, args.force).await?;
+        report.print("migrated", started.elapsed());
+        println!(
+            "Revisions start anew at the destination: clients watching with an old resourceVersion get 410 Gone once and relist."
+        );
+        Ok(())
+    })
+    .await
 }
 
 pub async fn snapshot(command: SnapshotCommand) -> Result<()> {
     match command {
         SnapshotCommand::Create(args) => {
-            let url: StoreUrl = args.store.parse().context("--store")?;
+            let location: Location = args.store.parse().context("--store")?;
             let config = match &args.config {
                 Some(path) => Some(
                     std::fs::read_to_string(path)
@@ -141,9 +186,17 @@ pub async fn snapshot(command: SnapshotCommand) -> Result<()> {
                 ),
                 None => None,
             };
-            let store = open(&url, true).await?;
+            // Online: no lock, a served store is read at one revision like any reader's list.
+            let opened = location.start(true).await?;
             let started = std::time::Instant::now();
-            let made = snapshot::create(store.as_ref(), &args.file, &redact(&url), config).await?;
+            let made = match open(&opened.url, true).await {
+                Ok(store) => {
+                    snapshot::create(store.as_ref(), &args.file, &opened.shown, config).await
+                }
+                Err(err) => Err(err),
+            };
+            opened.close().await;
+            let made = made?;
             let secs = started.elapsed().as_secs_f64();
             println!(
                 "snapshot {}: {} keys at revision {}, {} value bytes, {} bytes on disk, sha256 {}, {:.2}s ({:.0} keys/s)",
@@ -159,37 +212,41 @@ pub async fn snapshot(command: SnapshotCommand) -> Result<()> {
             Ok(())
         }
         SnapshotCommand::Restore(args) => {
-            let url: StoreUrl = args.store.parse().context("--store")?;
+            let location: Location = args.store.parse().context("--store")?;
             let started = std::time::Instant::now();
             // The whole file is checked before the store is even opened: a bad file writes nothing.
             let loaded = snapshot::load(&args.file)?;
-            let _lock = offline::lock(&url)?;
-            let dest = open(&url, false).await?;
-            offline::refuse_served(dest.as_ref(), &redact(&url)).await?;
-            eprintln!(
-                "vkube: restoring {} keys from {} (vkube {}, revision {} of {}, taken {})",
-                loaded.entries.len(),
-                args.file.display(),
-                loaded.header.vkube_version,
-                loaded.header.revision,
-                loaded.header.source,
-                loaded.header.created
-            );
-            if let (Some(out), Some(config)) = (&args.config_out, &loaded.header.config) {
-                std::fs::write(out, config)
-                    .with_context(|| format!("writing {}", out.display()))?;
-            }
-            let origin = keyspace::Origin {
-                source: format!("snapshot sha256:{}", loaded.sha256),
-                revision: loaded.header.revision,
-            };
-            let report =
-                keyspace::write(dest.as_ref(), &origin, loaded.entries, args.force).await?;
-            report.print("restored", started.elapsed());
-            if args.config_out.is_some() && loaded.header.config.is_none() {
-                println!("The snapshot holds no vcluster.yaml (it was taken without --config).");
-            }
-            Ok(())
+            with_stores(vec![(location, false)], async |opened| {
+                let dest = open(&opened[0].url, false).await?;
+                offline::refuse_served(dest.as_ref(), &opened[0].shown).await?;
+                eprintln!(
+                    "vkube: restoring {} keys from {} (vkube {}, revision {} of {}, taken {})",
+                    loaded.entries.len(),
+                    args.file.display(),
+                    loaded.header.vkube_version,
+                    loaded.header.revision,
+                    loaded.header.source,
+                    loaded.header.created
+                );
+                if let (Some(out), Some(config)) = (&args.config_out, &loaded.header.config) {
+                    std::fs::write(out, config)
+                        .with_context(|| format!("writing {}", out.display()))?;
+                }
+                let origin = keyspace::Origin {
+                    source: format!("snapshot sha256:{}", loaded.sha256),
+                    revision: loaded.header.revision,
+                };
+                let report =
+                    keyspace::write(dest.as_ref(), &origin, loaded.entries, args.force).await?;
+                report.print("restored", started.elapsed());
+                if args.config_out.is_some() && loaded.header.config.is_none() {
+                    println!(
+                        "The snapshot holds no vcluster.yaml (it was taken without --config)."
+                    );
+                }
+                Ok(())
+            })
+            .await
         }
     }
 }

@@ -178,6 +178,20 @@ fn serves_the_same_cluster(
 ) -> Server {
     let secret = old_dir.join("identity-secret").display().to_string();
     let server = Server::start_with(&["--store", store, "--identity-secret-file", &secret]);
+    is_the_same_cluster(&server, store, old_dir, old_port, before, token);
+    server
+}
+
+/// `server` serves the cluster that was at `old_dir` and `old_port`: the same objects, and the
+/// old admin kubeconfig and `token` work.
+fn is_the_same_cluster(
+    server: &Server,
+    store: &str,
+    old_dir: &Path,
+    old_port: u16,
+    before: &serde_json::Value,
+    token: &str,
+) {
     assert_eq!(
         &snapshot_of(&server.kubeconfig()),
         before,
@@ -228,7 +242,6 @@ fn serves_the_same_cluster(
         "old token: {}",
         out.stderr
     );
-    server
 }
 
 #[test]
@@ -468,4 +481,81 @@ fn a_snapshot_restores_the_cluster_and_a_damaged_one_writes_nothing() {
         );
     }
     drop(server);
+}
+
+/// `vkube serve --etcd-embedded` on `dir`, with its member at `peer` and `client`, once ready.
+fn serve_embedded(dir: tempfile::TempDir, peer: &str, client: &str, secret: &Path) -> Server {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_vkube"))
+        .args(["serve", "--etcd-embedded", "--data-dir"])
+        .arg(dir.path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--etcd-peers", peer, "--etcd-clients", client])
+        .arg("--identity-secret-file")
+        .arg(secret)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    watch_parent(child.id());
+    let server = Server { child, port, dir };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !server.dir.path().join("admin.kubeconfig").exists()
+        || server
+            .kubectl("kubectl", &["get", "--raw", "/readyz"])
+            .stdout
+            != "ok"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "vkube serve --etcd-embedded is not ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server
+}
+
+/// The #1910 way out: a single replica on SQLite moves to embedded etcd in its own data dir,
+/// serves there, and moves out of it again.
+#[test]
+fn a_cluster_on_sqlite_moves_to_embedded_etcd_and_back() {
+    let (mut server, token) = populated(20);
+    let before = snapshot_of(&server.kubeconfig());
+    let (old_dir, old_port) = (server.dir.path().to_path_buf(), server.port);
+    stop(&mut server);
+    let new_dir = tempfile::tempdir().unwrap();
+    let (peer, client) = (
+        format!("http://127.0.0.1:{}", free_port()),
+        format!("http://127.0.0.1:{}", free_port()),
+    );
+    let embedded = format!(
+        "etcd-dir://{}?peer={peer}&client={client}",
+        new_dir.path().display()
+    );
+    assert_migrated(
+        &migrate(&sqlite_of(&old_dir), &embedded, false),
+        "to embedded etcd",
+    );
+    let secret = old_dir.join("identity-secret");
+    let mut on_etcd = serve_embedded(new_dir, &peer, &client, &secret);
+    is_the_same_cluster(&on_etcd, &embedded, &old_dir, old_port, &before, &token);
+    let out = migrate(&embedded, &sqlite_of(&old_dir.join("back")), false);
+    assert!(
+        !out.ok && out.stderr.contains("already listens"),
+        "a served embedded etcd: {}",
+        out.stderr
+    );
+    stop(&mut on_etcd);
+    let back = old_dir.join("back");
+    assert_migrated(
+        &migrate(&embedded, &sqlite_of(&back), false),
+        "out of embedded etcd",
+    );
+    drop(serves_the_same_cluster(
+        &sqlite_of(&back),
+        &old_dir,
+        old_port,
+        &before,
+        &token,
+    ));
+    drop((on_etcd, server));
 }
