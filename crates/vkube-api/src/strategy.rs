@@ -16,8 +16,12 @@ pub fn prepare_for_create(resource: &Resource, obj: &mut Value) {
             let name = obj["metadata"]["name"].clone();
             obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = name;
             obj["status"] = json!({"phase": "Active"});
-            if obj["spec"]["finalizers"].is_null() {
-                obj["spec"]["finalizers"] = json!(["kubernetes"]);
+            // Upstream requires its own finalizer on every new namespace, whatever was asked.
+            let finalizers = &mut obj["spec"]["finalizers"];
+            match finalizers.as_array_mut() {
+                Some(f) if f.iter().any(|f| f == "kubernetes") => {}
+                Some(f) => f.push(json!("kubernetes")),
+                None => *finalizers = json!(["kubernetes"]),
             }
         }
         ("", "pods") => {
@@ -206,6 +210,28 @@ pub fn apply_part(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_new_namespace_carries_the_kubernetes_finalizer() {
+        let namespaces = crate::registry::find("", "v1", "namespaces").unwrap();
+        for (asked, kept) in [
+            (json!(null), json!(["kubernetes"])),
+            (json!([]), json!(["kubernetes"])),
+            (
+                json!(["example.com/x"]),
+                json!(["example.com/x", "kubernetes"]),
+            ),
+            (
+                json!(["kubernetes", "example.com/x"]),
+                json!(["kubernetes", "example.com/x"]),
+            ),
+        ] {
+            let mut ns = json!({"metadata": {"name": "n"}, "spec": {"finalizers": asked}});
+            prepare_for_create(namespaces, &mut ns);
+            assert_eq!(ns["spec"]["finalizers"], kept);
+            assert_eq!(ns["status"]["phase"], "Active");
+        }
+    }
 
     #[test]
     fn a_daemonsets_template_generation_starts_at_one_and_follows_the_template() {

@@ -19,6 +19,10 @@ struct Inner {
     writes: Vec<String>,
     /// `(method, path prefix, code, reason, message)`: requests refused, as admission would.
     refusals: Vec<(String, String, u16, String, String)>,
+    /// Fixed answers to GETs of these paths (discovery documents).
+    served: BTreeMap<String, Value>,
+    /// Deletes mark objects with finalizers instead of removing them, as the API does.
+    hold_finalizers: bool,
 }
 
 /// The fake API; clones share it.
@@ -174,6 +178,18 @@ impl FakeApi {
         ));
     }
 
+    /// From now on, GET `path` answers `doc` (`/api`, `/apis`: discovery).
+    pub fn serve(&self, path: &str, doc: Value) {
+        let mut inner = self.0.lock().expect("fake lock");
+        inner.served.insert(path.into(), doc);
+    }
+
+    /// From now on, a delete of an object with finalizers sets its `deletionTimestamp` and
+    /// leaves it, as the API does; a delete of a collection (`DELETE` on it) deletes each.
+    pub fn hold_finalizers(&self) {
+        self.0.lock().expect("fake lock").hold_finalizers = true;
+    }
+
     /// Ends every [`FakeApi::refuse`].
     pub fn accept(&self) {
         self.0.lock().expect("fake lock").refusals.clear();
@@ -196,6 +212,11 @@ impl FakeApi {
                     .collect()
             })
             .unwrap_or_default();
+        if method == "GET"
+            && let Some(doc) = inner.served.get(path)
+        {
+            return (200, doc.clone());
+        }
         let segments: Vec<&str> = path.split('/').collect();
         // /api/v1/... has 3 leading segments ("", api, v1), /apis/g/v/... has 4.
         let base = if segments.get(1) == Some(&"api") {
@@ -205,6 +226,8 @@ impl FakeApi {
         };
         let rest = &segments[base.min(segments.len())..];
         let (collection_len, name, sub) = match rest {
+            // A Namespace's own subresources, not a collection in it.
+            ["namespaces", n, s @ ("status" | "finalize")] => (1, Some(*n), Some(*s)),
             ["namespaces", _, _] | [_] => (rest.len(), None, None),
             ["namespaces", _, _, n] | [_, n] => (rest.len() - 1, Some(*n), None),
             ["namespaces", _, _, n, s] | [_, n, s] => (rest.len() - 2, Some(*n), Some(*s)),
@@ -341,16 +364,48 @@ impl FakeApi {
                 inner.objects.insert(key, new.clone());
                 (200, new)
             }
-            ("DELETE", Some(n)) => match inner.objects.remove(&format!("{collection}/{n}")) {
+            ("DELETE", Some(n)) => match inner.delete(&format!("{collection}/{n}"), &rv) {
                 Some(obj) => (200, obj),
                 None => status(404, "NotFound", &format!("\"{n}\" not found")),
             },
+            ("DELETE", None) => {
+                let prefix = format!("{collection}/");
+                let keys: Vec<String> = inner
+                    .objects
+                    .keys()
+                    .filter(|k| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
+                    .cloned()
+                    .collect();
+                let items: Vec<Value> = keys.iter().filter_map(|k| inner.delete(k, &rv)).collect();
+                (
+                    200,
+                    json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items}),
+                )
+            }
             _ => status(
                 405,
                 "MethodNotAllowed",
                 "the server does not allow this method on the requested resource",
             ),
         }
+    }
+}
+
+impl Inner {
+    /// Deletes the object at `key` (or marks it, see [`FakeApi::hold_finalizers`]).
+    fn delete(&mut self, key: &str, rv: &str) -> Option<Value> {
+        let obj = self.objects.get_mut(key)?;
+        let held = obj["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        if !(self.hold_finalizers && held) {
+            return self.objects.remove(key);
+        }
+        if obj["metadata"]["deletionTimestamp"].is_null() {
+            obj["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+            obj["metadata"]["resourceVersion"] = json!(rv);
+        }
+        Some(obj.clone())
     }
 }
 

@@ -1,12 +1,11 @@
-//! The minimum controllers that make the API behave: the default namespaces exist; deleting a
-//! namespace deletes its contents, then the namespace. (With HA these run on the leader only.)
+//! What makes the API behave before any controller runs: the default namespaces, the `kubernetes`
+//! Service and the bootstrap RBAC policy (every replica, at start); and the leader's upkeep loop
+//! (ClusterRole aggregation, Service IP release).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::RecvError;
 use tokio::task::AbortHandle;
 use vkube_api::object;
 use vkube_api::registry::{self, Resource};
@@ -17,7 +16,6 @@ use crate::router::Api;
 
 pub const DEFAULT_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
-
 
 fn core(plural: &str) -> &'static Resource {
     registry::find("", "v1", plural).expect("a core resource of the registry")
@@ -168,140 +166,33 @@ pub async fn bootstrap(api: &Api) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The controllers' loop (namespace lifecycle, per-namespace defaults, ClusterRole aggregation,
-/// Service IP release), run by the leader only.
+/// The leader's upkeep loop: ClusterRoles aggregated again when one changes, and a deleted
+/// Service's IP and ports released. (Namespace deletion is vkube-controllers' `namespace`
+/// controller, a client of the API.)
 pub fn start(api: Arc<Api>) -> AbortHandle {
     let task = tokio::spawn(async move {
         loop {
-            // Subscribe first, then scan: nothing falls between the two.
+            // Subscribe first, then aggregate: no ClusterRole change falls between the two.
             let Ok((_, mut changes)) = api.hub.subscribe(api.hub.last()) else {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
-            let mut pending: BTreeSet<String> = match namespaces(&api).await {
-                Ok(all) => all,
-                Err(err) => {
-                    tracing::warn!(%err, "namespace controller: listing namespaces failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+            aggregate_all(&api).await;
+            // Ends on a lag or a closed hub: subscribed again. A Service delete missed meanwhile
+            // is released by the repair loop (service_repair).
+            while let Ok(c) = changes.recv().await {
+                if c.key.starts_with("/registry/clusterroles/") {
+                    aggregate_all(&api).await;
                 }
-            };
-            loop {
-                let mut retry = BTreeSet::new();
-                for ns in std::mem::take(&mut pending) {
-                    match reconcile(&api, &ns).await {
-                        Ok(true) => {}
-                        Ok(false) => drop(retry.insert(ns)),
-                        Err(err) => {
-                            tracing::warn!(%err, namespace = %ns, "namespace controller");
-                            retry.insert(ns);
-                        }
+                if c.key.starts_with("/registry/services/") && c.object.is_none() {
+                    if let Some(svc) = &c.prev {
+                        crate::services::release(api.store.as_ref(), svc).await;
                     }
-                }
-                let wait = if retry.is_empty() {
-                    Duration::from_secs(3600)
-                } else {
-                    Duration::from_secs(1)
-                };
-                pending = retry;
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    change = changes.recv() => match change {
-                        Ok(c) => {
-                            if let Some(name) = c.key.strip_prefix("/registry/namespaces/") {
-                                pending.insert(name.to_string());
-                            }
-                            if c.key.starts_with("/registry/clusterroles/") {
-                                aggregate_all(&api).await;
-                            }
-                            if c.key.starts_with("/registry/services/") && c.object.is_none() {
-                                if let Some(svc) = &c.prev {
-                                    crate::services::release(api.store.as_ref(), svc).await;
-                                }
-                            }
-                        }
-                        Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => break,
-                    },
                 }
             }
         }
     });
     task.abort_handle()
-}
-
-async fn namespaces(api: &Api) -> Result<BTreeSet<String>, StoreError> {
-    let prefix = core("namespaces").key("", "");
-    let page = api.store.list(&prefix, ListOptions::default()).await?;
-    Ok(page
-        .items
-        .iter()
-        .map(|kv| kv.key.trim_start_matches(&prefix).to_string())
-        .collect())
-}
-
-/// Brings one namespace to its desired state; `false` when it must be looked at again soon.
-async fn reconcile(api: &Api, name: &str) -> Result<bool, StoreError> {
-    let key = core("namespaces").key("", name);
-    let Some(kv) = api.store.get(&key, None).await? else {
-        return Ok(true);
-    };
-    let Ok(ns) = decode(&kv) else { return Ok(true) };
-    if ns["metadata"]["deletionTimestamp"].is_string() {
-        if !empty_namespace(api, name).await? {
-            return Ok(false);
-        }
-        // Content gone: drop our own spec finalizer. Others' ("finalize" subresource) and
-        // metadata finalizers keep the namespace Terminating until their owners remove them.
-        let spec_finalizers: Vec<Value> = ns["spec"]["finalizers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if spec_finalizers.iter().any(|f| f == "kubernetes") {
-            let mut ns = ns.clone();
-            let rest: Vec<Value> = spec_finalizers
-                .into_iter()
-                .filter(|f| f != "kubernetes")
-                .collect();
-            ns["spec"]["finalizers"] = Value::Array(rest);
-            return match api
-                .store
-                .update(&key, encode(&ns), kv.mod_revision, None)
-                .await
-            {
-                Ok(_) | Err(StoreError::NotFound { .. }) => Ok(true),
-                Err(StoreError::Conflict { .. }) => Ok(false),
-                Err(err) => Err(err),
-            };
-        }
-        let held = |v: &Value| v.as_array().is_some_and(|f| !f.is_empty());
-        if held(&ns["spec"]["finalizers"]) || held(&ns["metadata"]["finalizers"]) {
-            return Ok(true);
-        }
-        return match api.store.delete(&key, Some(kv.mod_revision)).await {
-            Ok(_) | Err(StoreError::NotFound { .. }) => Ok(true),
-            Err(StoreError::Conflict { .. }) => Ok(false),
-            Err(err) => Err(err),
-        };
-    }
-    // The `default` ServiceAccount and `kube-root-ca.crt` come from vkube-controllers'
-    // `serviceaccount` and `root-ca-cert-publisher`, through the API.
-    Ok(true)
-}
-
-/// Deletes what a terminating namespace holds; objects with finalizers are marked and waited for.
-/// Returns whether the namespace is empty.
-async fn empty_namespace(api: &Api, namespace: &str) -> Result<bool, StoreError> {
-    let mut empty = true;
-    let storages: BTreeSet<&str> = registry::all()
-        .into_iter()
-        .filter(|r| r.namespaced)
-        .map(|r| r.storage)
-        .collect();
-    for storage in storages {
-        let prefix = format!("/registry/{storage}/{namespace}/");
-        empty &= empty_prefix(api, &prefix).await?;
-    }
-    Ok(empty)
 }
 
 /// Deletes every object under a key prefix; objects with finalizers are marked deleted and

@@ -84,7 +84,6 @@ impl std::fmt::Debug for LeaderTask {
 
 /// The leader's controllers, by the names `--controllers` takes.
 pub const CONTROLLERS: &[&str] = &[
-    "namespace",
     "customresourcedefinition",
     "resourcequota",
     "garbagecollector",
@@ -437,10 +436,8 @@ pub async fn serve(
         let tasks = config.leader_tasks.clone();
         crate::leader::while_leader(elector.clone(), move || {
             let on = |name: &str| !disabled.iter().any(|d| d == name);
-            let mut work = Vec::new();
-            if on("namespace") {
-                work.push(crate::controllers::start(api.clone()));
-            }
+            // ClusterRole aggregation and Service IP release: the API's own upkeep, always on.
+            let mut work = vec![crate::controllers::start(api.clone())];
             if on("customresourcedefinition") {
                 work.push(crate::crds::start(api.clone()));
             }

@@ -570,7 +570,7 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
         {
             Ok(kv) => {
                 set_resource_version(&mut new, kv.mod_revision);
-                if finalized(&new) {
+                if finalized(ctx.resource, &new) {
                     let _ = ctx.api.store.delete(&key, Some(kv.mod_revision)).await;
                 }
                 return Ok(ctx.respond(200, &new));
@@ -590,12 +590,18 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
     }
 }
 
-/// An object marked for deletion whose last finalizer is gone.
-fn finalized(obj: &Value) -> bool {
+/// An object marked for deletion whose last finalizer is gone; a Namespace's spec finalizers
+/// count too (upstream's `ShouldDeleteNamespaceDuringUpdate`): the namespace controller's
+/// `finalize` that takes off `kubernetes` deletes an emptied namespace.
+fn finalized(resource: &Resource, obj: &Value) -> bool {
+    let none = |v: &Value| v.as_array().is_none_or(Vec::is_empty);
     obj["metadata"]["deletionTimestamp"].is_string()
-        && obj["metadata"]["finalizers"]
-            .as_array()
-            .is_none_or(Vec::is_empty)
+        && none(&obj["metadata"]["finalizers"])
+        && (!is_namespace(resource) || none(&obj["spec"]["finalizers"]))
+}
+
+fn is_namespace(r: &Resource) -> bool {
+    r.group.is_empty() && r.plural == "namespaces"
 }
 
 /// DeleteOptions, from the body or the query.
@@ -661,7 +667,7 @@ pub(crate) async fn delete_one(
                 ));
             }
         }
-        let is_namespace = ctx.resource.group.is_empty() && ctx.resource.plural == "namespaces";
+        let is_namespace = is_namespace(ctx.resource);
         if is_crd(ctx.resource) && !obj["metadata"]["deletionTimestamp"].is_string() {
             // A CRD's objects are deleted before it (upstream's cleanup finalizer).
             let finalizers = &mut obj["metadata"]["finalizers"];
@@ -680,7 +686,14 @@ pub(crate) async fn delete_one(
         let has_finalizers = obj["metadata"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty());
-        if is_namespace || has_finalizers {
+        // A namespace's first delete only marks it; a later one deletes it once no spec
+        // finalizer is left (upstream's namespace REST `Delete`).
+        let namespace_held = is_namespace
+            && (!already
+                || obj["spec"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| !f.is_empty()));
+        if namespace_held || has_finalizers {
             if (already && gc_finalizers.is_none()) || opts.dry_run {
                 return Ok(obj);
             }
