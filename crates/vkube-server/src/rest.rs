@@ -496,10 +496,20 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
         ctx.validate_fields(&mut obj, raw)?;
         object::check_namespace(ctx.resource, &mut obj, &ctx.info.namespace)?;
         ctx.default(&mut obj);
-        let wanted_rv = obj["metadata"]["resourceVersion"]
-            .as_str()
-            .filter(|v| !v.is_empty())
-            .map(str::to_string);
+        // A replace names its precondition in the object; a patch only if the patch itself sets a
+        // resourceVersion (upstream's patcher): one that merely inherits the current one retries
+        // on a conflict with a concurrent write, re-applied to the newer object. On that retry a
+        // resourceVersion the patch did set no longer matches, and the conflict is the client's.
+        let rv_of = |v: &Value| {
+            v["metadata"]["resourceVersion"]
+                .as_str()
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        let wanted_rv = match edit {
+            Edit::Patch(..) if rv_of(&obj) == rv_of(&old) => None,
+            _ => rv_of(&obj),
+        };
         if let Some(rv) = &wanted_rv {
             if *rv != cur.mod_revision.to_string() {
                 return Err(Status::conflict(
