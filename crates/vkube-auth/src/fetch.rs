@@ -60,6 +60,12 @@ impl Client {
         })
     }
 
+    /// The TLS connector with these roots, for callers that speak more than GET (admission
+    /// webhooks POST to their servers).
+    pub fn connector(&self) -> tokio_rustls::TlsConnector {
+        self.tls.clone()
+    }
+
     /// GETs `url` (https only) and returns the body of a 200.
     pub async fn get(&self, url: &str, bearer: Option<&str>) -> Result<Bytes, FetchError> {
         tokio::time::timeout(TIMEOUT, self.get_inner(url, bearer))

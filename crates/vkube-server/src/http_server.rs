@@ -399,6 +399,8 @@ pub async fn serve(
     let hub = crate::hub::Hub::start(store.clone()).await?;
     let authorizer = crate::authz::Authorizer::start(store.clone(), hub.clone()).await?;
     let crds = crate::crds::CrdView::start(store.clone(), hub.clone()).await?;
+    let webhooks = crate::webhooks::WebhookView::start(store.clone(), hub.clone()).await?;
+    hub.webhooks.set(webhooks).ok();
     let filters = crate::filters::Filters::new(config.limits);
     let audit = config.audit.as_ref().map(crate::audit::Auditor::start);
     let api = Arc::new(Api {
@@ -420,6 +422,9 @@ pub async fn serve(
             let mut registry = prometheus_client::registry::Registry::default();
             auth.metrics.register(&mut registry);
             filters.register(&mut registry);
+            if let Some(webhooks) = hub.webhooks.get() {
+                webhooks.register(&mut registry);
+            }
             crate::metrics::Metrics::new(registry)
         },
         filters,

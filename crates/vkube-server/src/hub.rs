@@ -50,6 +50,9 @@ pub struct Hub {
     store: Arc<dyn Store>,
     /// Asks the current store watch for progress.
     progress: Mutex<ProgressRequester>,
+    /// The admission webhook set, a view fed by this hub (set once at start; it lives here so
+    /// the REST handlers reach it through `Api::hub`).
+    pub webhooks: std::sync::OnceLock<Arc<crate::webhooks::WebhookView>>,
 }
 
 /// How often a waiter asks again for progress (kube-apiserver's progress requester ticks at
@@ -86,6 +89,7 @@ impl Hub {
             fed: watch::channel(from).0,
             store: store.clone(),
             progress: Mutex::new(ProgressRequester::default()),
+            webhooks: std::sync::OnceLock::new(),
         });
         let watch = store.watch("/registry/", from).await?;
         hub.set_progress(watch.progress_requester());

@@ -36,6 +36,7 @@ mod service_repair;
 mod services;
 mod tls;
 mod watch_stream;
+mod webhooks;
 mod yaml;
 
 pub use filters::Limits;

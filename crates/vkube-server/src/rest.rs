@@ -15,6 +15,7 @@ use vkube_store::{KeyValue, StoreError};
 use crate::request::RequestInfo;
 use crate::response::{self, Body};
 use crate::router::Api;
+use crate::webhooks::Operation;
 
 type Query = HashMap<String, String>;
 
@@ -78,6 +79,14 @@ impl<'a> Ctx<'a> {
             accept: self.accept,
             warnings: Default::default(),
         }
+    }
+
+    /// Adds a `Warning` header to the response (admission webhooks' warnings).
+    pub(crate) fn warn(&self, text: String) {
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(text);
     }
 
     pub(crate) fn key(&self, name: &str) -> String {
@@ -387,6 +396,11 @@ async fn create_object(
     if ctx.resource.group.is_empty() && ctx.resource.plural == "pods" {
         crate::service_accounts::admit_pod(ctx, &name, &mut obj).await?;
     }
+    // Admission webhooks (webhooks/): the mutating ones here, the validating ones before quota.
+    let admission = crate::webhooks::Admission::new(ctx, Operation::Create, ctx.dry_run());
+    if admission.mutate(Some(&mut obj), None).await? {
+        ctx.default(&mut obj);
+    }
     ctx.validate(&obj, None)?;
     crate::authz::check_escalation(&ctx.api.authorizer, ctx.user, ctx.resource, &obj).await?;
     check_namespace_open(ctx, &name).await?;
@@ -394,6 +408,7 @@ async fn create_object(
     if !applied {
         crate::apply::track(ctx, None, &mut obj);
     }
+    admission.validate(Some(&obj), None).await?;
     crate::quota::admit(ctx, &obj, None).await?;
     if ctx.dry_run() {
         return Ok(ctx.respond(201, &obj));
@@ -520,6 +535,11 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
                 ));
             }
         }
+        // Admission webhooks (webhooks/): the mutating ones here, the validating ones before quota.
+        let admission = crate::webhooks::Admission::new(ctx, Operation::Update, ctx.dry_run());
+        if admission.mutate(Some(&mut obj), Some(&old)).await? {
+            ctx.default(&mut obj);
+        }
         let mut new = if !part.is_empty() {
             let new = vkube_api::strategy::apply_part(ctx.resource, part, &old, &obj)?;
             if part != "status" || ctx.resource.custom {
@@ -560,6 +580,7 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
             crate::apply::track(ctx, Some(&old), &mut new);
         }
         set_resource_version(&mut new, cur.mod_revision);
+        admission.validate(Some(&new), Some(&old)).await?;
         crate::quota::admit(ctx, &new, Some(&old)).await?;
         // An unchanged object is not written, unless encryption at rest wants it rewritten.
         let unchanged = new == old
@@ -677,6 +698,10 @@ pub(crate) async fn delete_one(
                 ));
             }
         }
+        // Admission webhooks (webhooks/): a DELETE's object is the old object.
+        let admission = crate::webhooks::Admission::new(ctx, Operation::Delete, opts.dry_run);
+        admission.mutate(None, Some(&obj)).await?;
+        admission.validate(None, Some(&obj)).await?;
         let is_namespace = is_namespace(ctx.resource);
         if is_crd(ctx.resource) && !obj["metadata"]["deletionTimestamp"].is_string() {
             // A CRD's objects are deleted before it (upstream's cleanup finalizer).

@@ -7,6 +7,7 @@
 mod pod_update;
 mod pods;
 mod types;
+mod webhooks;
 
 use serde_json::Value;
 
@@ -133,6 +134,13 @@ pub fn validate(resource: &Resource, obj: &Value, old: Option<&Value>) -> Result
     let mut errs = Errors::default();
     metadata(&obj["metadata"], "metadata", &mut errs);
     types::validate(resource, obj, old, &mut errs);
+    if let (
+        "admissionregistration.k8s.io",
+        kind @ ("MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration"),
+    ) = (resource.group, resource.kind)
+    {
+        webhooks::configuration(obj, kind.starts_with("Mutating"), &mut errs);
+    }
     if resource.group == "apiextensions.k8s.io" && resource.kind == "CustomResourceDefinition" {
         errs.0.extend(crate::crd::definition::validate(obj, old).0);
     }

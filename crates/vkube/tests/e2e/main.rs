@@ -33,4 +33,5 @@ mod statefulsets;
 mod subresources;
 mod typed;
 mod watches;
+mod webhooks;
 mod workloads;

@@ -1,0 +1,501 @@
+//! Admission webhooks end to end: a webhook server in this test process (HTTPS on 127.0.0.1, its
+//! CA in `caBundle`, a `url` clientConfig) that refuses ConfigMaps labelled `deny=yes` and labels
+//! what it is shown. kubectl prints the denial, the webhook's warning and the call failure as it
+//! does against kube-apiserver; the mutation is stored; a namespaceSelector skips a namespace;
+//! failurePolicy Ignore and Fail with the server down; and a webhook registered through one
+//! `vkube serve` applies at once through another on the same store.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{Value, json};
+
+use crate::harness::*;
+use crate::rbac::Api;
+
+/// The webhook server: runs until dropped.
+struct WebhookServer {
+    port: u16,
+    ca_pem: String,
+    _rt: tokio::runtime::Runtime,
+}
+
+/// What the webhook answers: `/validate` refuses `deny=yes` (and warns otherwise), `/mutate`
+/// adds `mutated=true`.
+fn answer(path: &str, request: &Value) -> Value {
+    let labels = &request["object"]["metadata"]["labels"];
+    match path {
+        "/validate" if labels["deny"] == "yes" => json!({"allowed": false,
+            "status": {"code": 403, "message": "configmaps labelled deny=yes are refused"}}),
+        "/validate" => {
+            json!({"allowed": true, "warnings": ["seen by validate.webhooks.example.com"]})
+        }
+        "/mutate" => {
+            let patch = if labels.is_object() {
+                json!([{"op": "add", "path": "/metadata/labels/mutated", "value": "true"}])
+            } else {
+                json!([{"op": "add", "path": "/metadata/labels", "value": {"mutated": "true"}}])
+            };
+            json!({"allowed": true, "patchType": "JSONPatch",
+                "patch": base64::engine::general_purpose::STANDARD.encode(patch.to_string())})
+        }
+        // Reinvocation: `a` copies `b`, which a later webhook sets.
+        "/reinvoke-a" | "/late-b" => {
+            let (label, value) = match path {
+                "/late-b" => ("b", "set"),
+                _ => ("a", labels["b"].as_str().unwrap_or("none")),
+            };
+            let patch =
+                json!([{"op": "add", "path": format!("/metadata/labels/{label}"), "value": value}]);
+            json!({"allowed": true, "patchType": "JSONPatch",
+                "patch": base64::engine::general_purpose::STANDARD.encode(patch.to_string())})
+        }
+        _ => json!({"allowed": true}),
+    }
+}
+
+impl WebhookServer {
+    fn start() -> WebhookServer {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "webhook test CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from_pem_slice(leaf.pem().as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        rt.spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        |req: http::Request<hyper::body::Incoming>| async move {
+                            let path = req.uri().path().to_string();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let review: Value = serde_json::from_slice(&body).unwrap();
+                            let mut response = answer(&path, &review["request"]);
+                            response["uid"] = review["request"]["uid"].clone();
+                            let out = json!({"apiVersion": "admission.k8s.io/v1",
+                                "kind": "AdmissionReview", "response": response});
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from(out.to_string()),
+                            )))
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        WebhookServer {
+            port,
+            ca_pem: ca_cert.pem(),
+            _rt: rt,
+        }
+    }
+
+    fn ca_bundle(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(&self.ca_pem)
+    }
+}
+
+/// A webhook entry of a configuration, as YAML.
+fn webhook_yaml(name: &str, url: &str, ca_bundle: &str, resources: &str, extra: &str) -> String {
+    format!(
+        "- name: {name}
+  clientConfig:
+    url: {url}
+    caBundle: {ca_bundle}
+  rules:
+  - operations: [CREATE, UPDATE]
+    apiGroups: [\"\"]
+    apiVersions: [v1]
+    resources: [{resources}]
+  sideEffects: None
+  admissionReviewVersions: [v1]
+  timeoutSeconds: 5
+{extra}"
+    )
+}
+
+const SKIP_QUIET: &str = "  namespaceSelector:
+    matchExpressions:
+    - {key: webhooks, operator: NotIn, values: [\"off\"]}
+";
+
+fn write(server: &Server, name: &str, yaml: &str) -> String {
+    let path = server.dir.path().join(name);
+    std::fs::write(&path, yaml).unwrap();
+    path.display().to_string()
+}
+
+fn configmap(name: &str, ns: &str, labels: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{{labels}}}\ndata: {{a: b}}\n"
+    )
+}
+
+#[test]
+fn webhooks_deny_mutate_warn_and_fail_as_kube_apiserver() {
+    let hooks = WebhookServer::start();
+    let server = Server::start();
+    let url = |path: &str| format!("https://127.0.0.1:{}{path}", hooks.port);
+    let bundle = hooks.ca_bundle();
+    let configs = format!(
+        "apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata:
+  name: validate
+webhooks:
+{}---
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata:
+  name: mutate
+webhooks:
+{}",
+        webhook_yaml(
+            "validate.webhooks.example.com",
+            &url("/validate"),
+            &bundle,
+            "configmaps",
+            SKIP_QUIET
+        ),
+        webhook_yaml(
+            "mutate.webhooks.example.com",
+            &url("/mutate"),
+            &bundle,
+            "configmaps, pods",
+            SKIP_QUIET
+        ),
+    );
+    run(
+        &server,
+        "kubectl",
+        &["apply", "-f", &write(&server, "configs.yaml", &configs)],
+    );
+    run(&server, "kubectl", &["create", "namespace", "quiet"]);
+    run(
+        &server,
+        "kubectl",
+        &["label", "namespace", "quiet", "webhooks=off"],
+    );
+
+    for &k in KUBECTLS {
+        let ns = ns_name(k, "hooks");
+        run(&server, k, &["create", "namespace", &ns]);
+        // A denial, worded as kube-apiserver words it.
+        let file = write(
+            &server,
+            &format!("deny-{ns}.yaml"),
+            &configmap("denied", &ns, "deny: \"yes\""),
+        );
+        let out = server.kubectl(k, &["create", "-f", &file]);
+        assert!(!out.ok, "{k}: the webhook's refusal was ignored");
+        assert_eq!(
+            out.stderr,
+            format!(
+                "Error from server: error when creating \"{file}\": admission webhook \"validate.webhooks.example.com\" denied the request: configmaps labelled deny=yes are refused"
+            ),
+            "{k}"
+        );
+        // Allowed: the mutation is stored and the validating webhook's warning is printed.
+        let file = write(
+            &server,
+            &format!("ok-{ns}.yaml"),
+            &configmap("allowed", &ns, "app: web"),
+        );
+        let out = server.kubectl(k, &["create", "-f", &file]);
+        assert!(out.ok, "{k}: {}", out.stderr);
+        assert_eq!(
+            out.stderr, "Warning: seen by validate.webhooks.example.com",
+            "{k}"
+        );
+        let labels = run(
+            &server,
+            k,
+            &[
+                "get",
+                "configmap",
+                "allowed",
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.metadata.labels}",
+            ],
+        );
+        assert_eq!(labels, r#"{"app":"web","mutated":"true"}"#, "{k}");
+        // An update is admitted too: a configmap relabelled deny=yes is refused.
+        let out = server.kubectl(k, &["label", "configmap", "allowed", "-n", &ns, "deny=yes"]);
+        assert!(!out.ok, "{k}");
+        assert!(
+            out.stderr.ends_with("admission webhook \"validate.webhooks.example.com\" denied the request: configmaps labelled deny=yes are refused"),
+            "{k}: {}",
+            out.stderr
+        );
+    }
+
+    // A pod is mutated too (a labelless object gets the whole labels map).
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: default\nspec:\n  containers:\n  - {name: c, image: busybox}\n";
+    let file = write(&server, "pod.yaml", pod);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        // The default ServiceAccount comes from a controller just after start.
+        let out = server.kubectl("kubectl", &["create", "-f", &file]);
+        if out.ok {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", out.stderr);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let labels = run(
+        &server,
+        "kubectl",
+        &["get", "pod", "p", "-o", "jsonpath={.metadata.labels}"],
+    );
+    assert_eq!(labels, r#"{"mutated":"true"}"#);
+
+    // namespaceSelector: the namespace labelled webhooks=off sees neither webhook.
+    let file = write(
+        &server,
+        "quiet.yaml",
+        &configmap("denied", "quiet", "deny: \"yes\""),
+    );
+    run(&server, "kubectl", &["create", "-f", &file]);
+    let labels = run(
+        &server,
+        "kubectl",
+        &[
+            "get",
+            "configmap",
+            "denied",
+            "-n",
+            "quiet",
+            "-o",
+            "jsonpath={.metadata.labels}",
+        ],
+    );
+    assert_eq!(labels, r#"{"deny":"yes"}"#);
+
+    // reinvocationPolicy IfNeeded: the first webhook is called again after a later one changed
+    // the object, and sees the change.
+    let reinvoke = format!(
+        "apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata:
+  name: a-reinvoke
+webhooks:
+{}---
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata:
+  name: z-late
+webhooks:
+{}",
+        webhook_yaml(
+            "a.webhooks.example.com",
+            &url("/reinvoke-a"),
+            &bundle,
+            "services",
+            "  reinvocationPolicy: IfNeeded\n"
+        ),
+        webhook_yaml(
+            "b.webhooks.example.com",
+            &url("/late-b"),
+            &bundle,
+            "services",
+            ""
+        ),
+    );
+    run(
+        &server,
+        "kubectl",
+        &["apply", "-f", &write(&server, "reinvoke.yaml", &reinvoke)],
+    );
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\n  namespace: default\n  labels: {x: z}\nspec:\n  ports:\n  - {port: 80}\n";
+    run(
+        &server,
+        "kubectl",
+        &["create", "-f", &write(&server, "svc.yaml", svc)],
+    );
+    let labels = run(
+        &server,
+        "kubectl",
+        &["get", "service", "s", "-o", "jsonpath={.metadata.labels}"],
+    );
+    assert_eq!(labels, r#"{"a":"set","b":"set","x":"z"}"#);
+
+    // A webhook whose server is down: Ignore lets the write through, Fail refuses it.
+    let dead = free_port();
+    let down = |policy: &str| {
+        format!(
+            "apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata:
+  name: down
+webhooks:
+{}",
+            webhook_yaml(
+                "down.webhooks.example.com",
+                &format!("https://127.0.0.1:{dead}/down"),
+                &bundle,
+                "secrets",
+                &format!("  failurePolicy: {policy}\n"),
+            )
+        )
+    };
+    run(
+        &server,
+        "kubectl",
+        &["apply", "-f", &write(&server, "down.yaml", &down("Ignore"))],
+    );
+    let secret = |name: &str| {
+        write(
+            &server,
+            &format!("{name}.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: default\nstringData: {{a: b}}\n"
+            ),
+        )
+    };
+    run(&server, "kubectl", &["create", "-f", &secret("ignored")]);
+    run(
+        &server,
+        "kubectl",
+        &["apply", "-f", &write(&server, "down.yaml", &down("Fail"))],
+    );
+    let file = secret("refused");
+    let out = server.kubectl("kubectl", &["create", "-f", &file]);
+    assert!(!out.ok);
+    assert_eq!(
+        out.stderr,
+        format!(
+            "Error from server (InternalError): error when creating \"{file}\": Internal error occurred: failed calling webhook \"down.webhooks.example.com\": failed to call webhook: Post \"https://127.0.0.1:{dead}/down?timeout=5s\": dial tcp 127.0.0.1:{dead}: connect: connection refused"
+        )
+    );
+    // The configurations themselves are exempt: the broken one can always be removed.
+    run(
+        &server,
+        "kubectl",
+        &["delete", "validatingwebhookconfiguration", "down"],
+    );
+    run(&server, "kubectl", &["create", "-f", &file]);
+
+    // Upstream's admission webhook metrics.
+    let metrics = run(&server, "kubectl", &["get", "--raw", "/metrics"]);
+    let value = |prefix: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in /metrics"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    // One refused create per kubectl (the relabel is an UPDATE).
+    assert_eq!(
+        value(
+            r#"apiserver_admission_webhook_rejection_count{name="validate.webhooks.example.com",operation="CREATE",type="validating",error_type="no_error",rejection_code="403"}"#
+        ),
+        KUBECTLS.len() as f64
+    );
+    assert_eq!(
+        value(
+            r#"apiserver_admission_webhook_fail_open_count{name="down.webhooks.example.com",type="validating"}"#
+        ),
+        1.0
+    );
+    assert!(
+        value(
+            r#"apiserver_admission_webhook_request_total{name="mutate.webhooks.example.com",operation="CREATE",rejected="false",type="admit",code="200"}"#
+        ) >= 4.0
+    );
+    assert!(metrics.contains("apiserver_admission_webhook_admission_duration_seconds_bucket{"));
+}
+
+/// DESIGN rule 2: the webhook set is a watch-fed view with its revision, and a write waits for
+/// it to reach the store's revision; so a webhook registered through replica A refuses the very
+/// next write through replica B, every time.
+fn registered_through_one_replica_applies_through_another(store: &str, rounds: usize) {
+    let hooks = WebhookServer::start();
+    let a = Server::start_with(&["--store", store, "--identity-secret-file", &shared_secret()]);
+    let b = Server::start_with(&["--store", store, "--identity-secret-file", &shared_secret()]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut via_a = Api::connect(&a.kubeconfig(), a.port).await;
+        let mut via_b = Api::connect(&a.kubeconfig(), b.port).await;
+        let mut refused = 0;
+        for i in 0..rounds {
+            let config = json!({"apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingWebhookConfiguration", "metadata": {"name": format!("round-{i}")},
+                "webhooks": [{"name": format!("round-{i}.webhooks.example.com"),
+                    "clientConfig": {"url": format!("https://127.0.0.1:{}/validate", hooks.port),
+                        "caBundle": hooks.ca_bundle()},
+                    "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                        "resources": ["configmaps"]}],
+                    "objectSelector": {"matchLabels": {"round": i.to_string()}},
+                    "sideEffects": "None", "admissionReviewVersions": ["v1"]}]});
+            let (code, body) = via_a
+                .send("POST", "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations", Some(config.to_string()), None)
+                .await;
+            assert_eq!(code, 201, "{body}");
+            let cm = json!({"metadata": {"name": format!("cm-{i}"), "labels": {"round": i.to_string(), "deny": "yes"}}});
+            let (code, body) = via_b
+                .send("POST", "/api/v1/namespaces/default/configmaps", Some(cm.to_string()), None)
+                .await;
+            if code == 403 && body.contains(&format!("admission webhook \\\"round-{i}.webhooks.example.com\\\" denied the request")) {
+                refused += 1;
+            } else {
+                eprintln!("round {i}: {code} {body}");
+            }
+        }
+        assert_eq!(refused, rounds, "writes through B that missed a webhook just registered through A");
+    });
+}
+
+#[test]
+fn a_webhook_registered_through_one_replica_applies_through_another_on_etcd() {
+    let store = format!(
+        "etcd://{}?prefix=/webhooks-{}",
+        crate::servers::etcd_endpoints(),
+        std::process::id()
+    );
+    registered_through_one_replica_applies_through_another(&store, 50);
+}
+
+#[test]
+fn a_webhook_registered_through_one_replica_applies_through_another_on_postgres() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = rt.block_on(crate::servers::postgres_database(&format!(
+        "webhooks{}",
+        std::process::id()
+    )));
+    registered_through_one_replica_applies_through_another(&url, 50);
+}
