@@ -366,4 +366,68 @@ mod tests {
             assert!(load(&path).is_err(), "cut at {len} was read");
         }
     }
+
+    /// Written to all along, the store still gives a snapshot of exactly one revision: every
+    /// key as it was then, none written after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_under_writes_is_one_revision() {
+        let store = MemoryStore::new();
+        for i in 0..5000 {
+            let key = format!("/registry/configmaps/ns/c{i:05}");
+            store.create(&key, b"0".to_vec(), None).await.unwrap();
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = tokio::spawn({
+            let (store, stop) = (store.clone(), stop.clone());
+            async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("/registry/configmaps/ns/c{:05}", n % 5000);
+                    let kv = store.get(&key, None).await.unwrap().unwrap();
+                    let value = (n + 1).to_string().into_bytes();
+                    store
+                        .update(&key, value, kv.mod_revision, None)
+                        .await
+                        .unwrap();
+                    n += 1;
+                    tokio::task::yield_now().await;
+                }
+                n
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.snap");
+        create(store.as_ref(), &path, "memory://", None)
+            .await
+            .unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let writes = writer.await.unwrap();
+        let loaded = load(&path).unwrap();
+        let then = store
+            .list(
+                "/",
+                ListOptions {
+                    revision: Some(loaded.header.revision),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(
+            store.current_revision().await.unwrap() > loaded.header.revision,
+            "{writes} writes"
+        );
+        let got: Vec<_> = loaded
+            .entries
+            .iter()
+            .map(|kv| (&kv.key, &kv.value, kv.mod_revision))
+            .collect();
+        let want: Vec<_> = then
+            .items
+            .iter()
+            .map(|kv| (&kv.key, &kv.value, kv.mod_revision))
+            .collect();
+        assert_eq!(got, want);
+    }
 }

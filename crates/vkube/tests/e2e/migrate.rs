@@ -217,16 +217,10 @@ fn is_the_same_cluster(
         out.stderr
     );
     // The token issued before the move, with the new server's CA from the same identity.
-    let out = kubectl_with(
-        "kubectl",
-        Path::new("/dev/null"),
+    let out = as_token(
+        server,
+        token,
         &[
-            "--server",
-            &format!("https://127.0.0.1:{}", server.port),
-            "--certificate-authority",
-            &server.dir.path().join("ca.crt").display().to_string(),
-            "--token",
-            token,
             "get",
             "configmaps",
             "-n",
@@ -243,6 +237,35 @@ fn is_the_same_cluster(
         out.stderr
     );
 }
+
+/// kubectl on `server` with nothing but `token`.
+fn as_token(server: &Server, token: &str, args: &[&str]) -> Output {
+    let url = format!("https://127.0.0.1:{}", server.port);
+    let ca = server.dir.path().join("ca.crt").display().to_string();
+    let mut all = vec![
+        "--server",
+        &url,
+        "--certificate-authority",
+        &ca,
+        "--token",
+        token,
+    ];
+    all.extend(args);
+    kubectl_with("kubectl", Path::new("/dev/null"), &all)
+}
+
+/// A Role and RoleBinding that let `robot` read Secrets.
+const GRANT: &str = "apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: read-secrets, namespace: moving}
+rules: [{apiGroups: [''], resources: [secrets], verbs: [list]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: robot-reads-secrets, namespace: moving}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: read-secrets}
+subjects: [{kind: ServiceAccount, name: robot, namespace: moving}]
+";
 
 #[test]
 fn a_cluster_on_sqlite_moves_to_etcd_and_to_postgres_with_its_identity() {
@@ -264,15 +287,45 @@ fn a_cluster_on_sqlite_moves_to_etcd_and_to_postgres_with_its_identity() {
     );
     stop(&mut server);
     assert_migrated(&migrate(&sqlite_of(&old_dir), &etcd, false), "to etcd");
-    let on_etcd = serves_the_same_cluster(&etcd, &old_dir, old_port, &before, &token);
-    // Served now: a migration out of it names the replica.
+    // Three replicas on the result, each the same cluster.
+    let secret = old_dir.join("identity-secret").display().to_string();
+    let replicas: Vec<Server> = (0..3)
+        .map(|i| {
+            let id = i.to_string();
+            Server::start_with(&[
+                "--store",
+                &etcd,
+                "--replicas",
+                "3",
+                "--replica-id",
+                &id,
+                "--identity-secret-file",
+                &secret,
+            ])
+        })
+        .collect();
+    for replica in &replicas {
+        is_the_same_cluster(replica, &etcd, &old_dir, old_port, &before, &token);
+    }
+    // The seed scenario on the moved cluster: a grant made through one replica is honoured by
+    // every replica at once, for a token issued before the move.
+    apply_file(&replicas[0], "kubectl", GRANT, "apply");
+    for (i, replica) in replicas.iter().enumerate() {
+        let out = as_token(replica, &token, &["get", "secrets", "-n", NS, "-o", "name"]);
+        assert!(
+            out.ok && out.stdout.contains("secret/password"),
+            "replica {i}: {}",
+            out.stderr
+        );
+    }
+    // Served now: a migration out of it names a replica.
     let elsewhere = format!(
         "sqlite://{}",
-        on_etcd.dir.path().join("elsewhere.db").display()
+        replicas[0].dir.path().join("elsewhere.db").display()
     );
     let out = migrate(&etcd, &elsewhere, false);
     assert!(
-        !out.ok && out.stderr.contains("is being served by replica vkube-0"),
+        !out.ok && out.stderr.contains("is being served by replica vkube-"),
         "{}",
         out.stderr
     );
@@ -283,7 +336,7 @@ fn a_cluster_on_sqlite_moves_to_etcd_and_to_postgres_with_its_identity() {
         "{}",
         out.stderr
     );
-    drop(on_etcd);
+    drop(replicas);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let postgres = rt.block_on(crate::servers::postgres_database(&format!(
