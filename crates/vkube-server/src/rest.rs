@@ -215,6 +215,12 @@ impl<'a> Ctx<'a> {
         } else {
             response::json(code, obj)
         };
+        self.add_warnings(&mut resp);
+        resp
+    }
+
+    /// The `Warning` headers gathered for the request (field validation, admission webhooks).
+    pub(crate) fn add_warnings(&self, resp: &mut Response<Body>) {
         for warning in self
             .warnings
             .lock()
@@ -226,7 +232,6 @@ impl<'a> Ctx<'a> {
                 resp.headers_mut().append(http::header::WARNING, v);
             }
         }
-        resp
     }
 }
 
@@ -768,7 +773,9 @@ pub(crate) async fn delete_one(
 async fn delete(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
     let opts = delete_options(body, ctx.q)?;
     let obj = delete_one(ctx, &ctx.info.name, &opts).await?;
-    Ok(response::json(200, &obj))
+    let mut resp = response::json(200, &obj);
+    ctx.add_warnings(&mut resp);
+    Ok(resp)
 }
 
 async fn delete_collection(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {

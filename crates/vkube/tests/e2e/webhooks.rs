@@ -182,6 +182,12 @@ kind: MutatingWebhookConfiguration
 metadata:
   name: mutate
 webhooks:
+{}---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata:
+  name: on-delete
+webhooks:
 {}",
         webhook_yaml(
             "validate.webhooks.example.com",
@@ -197,6 +203,15 @@ webhooks:
             "configmaps, pods",
             SKIP_QUIET
         ),
+        // DELETE: warns (its object is null; the old object is the one deleted).
+        webhook_yaml(
+            "on-delete.webhooks.example.com",
+            &url("/validate"),
+            &bundle,
+            "configmaps",
+            SKIP_QUIET
+        )
+        .replace("[CREATE, UPDATE]", "[DELETE]"),
     );
     run(
         &server,
@@ -254,6 +269,27 @@ webhooks:
             ],
         );
         assert_eq!(labels, r#"{"app":"web","mutated":"true"}"#, "{k}");
+        // A server dry run is admitted as a write (the webhooks have sideEffects None).
+        let file = write(
+            &server,
+            &format!("dry-{ns}.yaml"),
+            &configmap("dry", &ns, "app: web"),
+        );
+        let out = server.kubectl(
+            k,
+            &[
+                "create",
+                "-f",
+                &file,
+                "--dry-run=server",
+                "-o",
+                "jsonpath={.metadata.labels}",
+            ],
+        );
+        assert!(out.ok, "{k}: {}", out.stderr);
+        assert_eq!(out.stdout, r#"{"app":"web","mutated":"true"}"#, "{k}");
+        let out = server.kubectl(k, &["get", "configmap", "dry", "-n", &ns]);
+        assert!(!out.ok, "{k}: a dry run stored the object");
         // An update is admitted too: a configmap relabelled deny=yes is refused.
         let out = server.kubectl(k, &["label", "configmap", "allowed", "-n", &ns, "deny=yes"]);
         assert!(!out.ok, "{k}");
@@ -261,6 +297,13 @@ webhooks:
             out.stderr.ends_with("admission webhook \"validate.webhooks.example.com\" denied the request: configmaps labelled deny=yes are refused"),
             "{k}: {}",
             out.stderr
+        );
+        // A DELETE is admitted too, and kubectl prints the webhook's warning.
+        let out = server.kubectl(k, &["delete", "configmap", "allowed", "-n", &ns]);
+        assert!(out.ok, "{k}: {}", out.stderr);
+        assert_eq!(
+            out.stderr, "Warning: seen by validate.webhooks.example.com",
+            "{k}"
         );
     }
 
@@ -476,6 +519,24 @@ fn registered_through_one_replica_applies_through_another(store: &str, rounds: u
                 eprintln!("round {i}: {code} {body}");
             }
         }
+        // What the wait for the view costs a write no webhook refuses: plain creates through B.
+        let mut took = Vec::new();
+        for i in 0..200 {
+            let cm = json!({"metadata": {"name": format!("plain-{i}")}});
+            let started = std::time::Instant::now();
+            let (code, body) = via_b
+                .send("POST", "/api/v1/namespaces/default/configmaps", Some(cm.to_string()), None)
+                .await;
+            took.push(started.elapsed());
+            assert_eq!(code, 201, "{body}");
+        }
+        took.sort();
+        let ms = |p: f64| took[((took.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3;
+        eprintln!(
+            "{store}: {refused}/{rounds} refused through the other replica; a create no webhook matches ({rounds} configurations): p50 {:.2} ms p99 {:.2} ms",
+            ms(0.5),
+            ms(0.99)
+        );
         assert_eq!(refused, rounds, "writes through B that missed a webhook just registered through A");
     });
 }
