@@ -240,6 +240,26 @@ impl Status {
     }
 
     /// 410 for a resourceVersion older than the store keeps (watch and list).
+    /// A read at a revision the store has not reached: upstream's watch cache answers this 504
+    /// (after waiting 3 s for it), asking for a retry in a second.
+    pub fn too_large_resource_version(requested: u64, current: u64) -> Status {
+        let mut status = Status::new(
+            504,
+            "Timeout",
+            format!("Timeout: Too large resource version: {requested}, current: {current}"),
+        );
+        status.details = Some(Box::new(Details {
+            causes: vec![Cause {
+                reason: "ResourceVersionTooLarge".into(),
+                message: "Too large resource version".into(),
+                field: String::new(),
+            }],
+            retry_after_seconds: Some(1),
+            ..Details::default()
+        }));
+        status
+    }
+
     pub fn expired(message: impl Into<String>) -> Status {
         Status::new(410, "Expired", message)
     }

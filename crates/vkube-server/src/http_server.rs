@@ -34,6 +34,8 @@ pub struct Config {
     pub compaction_interval: Option<std::time::Duration>,
     /// `--max-requests-inflight` and `--max-mutating-requests-inflight`.
     pub limits: crate::filters::Limits,
+    /// `--request-timeout` and `--min-request-timeout`.
+    pub timeouts: crate::filters::Timeouts,
     /// The leader's controllers not to run (`--controllers=*,-NAME`, as
     /// kube-controller-manager's flag): names from [`CONTROLLERS`].
     pub disabled_controllers: Vec<String>,
@@ -401,7 +403,7 @@ pub async fn serve(
     let crds = crate::crds::CrdView::start(store.clone(), hub.clone()).await?;
     let webhooks = crate::webhooks::WebhookView::start(store.clone(), hub.clone()).await?;
     hub.webhooks.set(webhooks).ok();
-    let filters = crate::filters::Filters::new(config.limits);
+    let filters = crate::filters::Filters::new(config.limits, config.timeouts);
     let audit = config.audit.as_ref().map(crate::audit::Auditor::start);
     let api = Arc::new(Api {
         audit: audit.transpose()?.map(Arc::new),
@@ -511,9 +513,27 @@ pub async fn serve(
                 let (api, user) = (api.clone(), user.clone());
                 let mut req = req.map(crate::router::RequestBody::Wire);
                 req.extensions_mut().insert(crate::audit::Peer(peer.ip()));
-                async move { Ok::<_, std::convert::Infallible>(api.handle(user, req).await) }
+                async move {
+                    if crate::filters::limits::head_too_large(&req) {
+                        return Ok(crate::filters::limits::head_refused());
+                    }
+                    // `--request-timeout`, outside the chain as upstream's (in-process calls have
+                    // none).
+                    let mut q = crate::request::query(req.uri().query());
+                    let info =
+                        crate::request::RequestInfo::parse(req.method(), req.uri().path(), &q);
+                    let timeout = q.remove("timeout");
+                    let timeouts = api.filters.timeouts;
+                    let head = req.method() == http::Method::HEAD;
+                    let served = timeouts.serve(&info, timeout.as_deref(), api.handle(user, req));
+                    Ok::<_, std::convert::Infallible>(crate::filters::limits::head(
+                        head,
+                        served.await,
+                    ))
+                }
             });
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            crate::filters::limits::configure(&mut builder);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(err) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, %err, "connection ended");

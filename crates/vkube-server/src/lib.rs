@@ -6,6 +6,7 @@ mod apply;
 pub mod audit;
 mod authn;
 mod authz;
+mod body;
 pub mod cluster_secret;
 mod compactor;
 mod controllers;

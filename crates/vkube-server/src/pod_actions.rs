@@ -10,7 +10,7 @@ use vkube_api::{Status, selector};
 use vkube_store::StoreError;
 
 use crate::response::{self, Body};
-use crate::rest::{Ctx, delete_one, delete_options, parse_body, store_status};
+use crate::rest::{Ctx, delete_one, delete_options, parse_object, store_status};
 
 fn created() -> Response<Body> {
     let mut status = vkube_api::status::success();
@@ -20,7 +20,7 @@ fn created() -> Response<Body> {
 
 /// POST `pods/NAME/binding` or `bindings`: sets `spec.nodeName` once, and marks the pod scheduled.
 pub(crate) async fn bind(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
-    let binding = parse_body(body)?;
+    let binding = parse_object(body)?;
     let name = if ctx.info.name.is_empty() {
         binding["metadata"]["name"]
             .as_str()
@@ -102,7 +102,7 @@ pub(crate) async fn bind(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, 
 
 /// POST `pods/NAME/eviction`: deletes the pod unless a disruption budget forbids it now.
 pub(crate) async fn evict(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
-    let eviction = parse_body(body)?;
+    let eviction = parse_object(body)?;
     let name = &ctx.info.name;
     if eviction["metadata"]["name"]
         .as_str()

@@ -12,6 +12,7 @@ use vkube_api::registry::custom;
 use vkube_api::{Resource, Status, convert, registry, schema, table};
 use vkube_store::{KeyValue, StoreError};
 
+pub(crate) use crate::body::{parse_body, parse_object};
 use crate::request::RequestInfo;
 use crate::response::{self, Body};
 use crate::router::Api;
@@ -28,6 +29,10 @@ pub fn store_status(err: StoreError) -> Status {
         } => Status::expired(format!(
             "too old resource version: {requested} ({compact_revision})"
         )),
+        // Upstream's 504, not a server error: the client named a revision from the future.
+        StoreError::FutureRevision { requested, current } => {
+            Status::too_large_resource_version(requested as u64, current as u64)
+        }
         other => Status::internal(other),
     }
 }
@@ -259,6 +264,10 @@ pub async fn handle(
         accept,
         warnings: Default::default(),
     };
+    let dry_run = q.get("dryRun").map(String::as_str);
+    if let Err(status) = crate::body::check_dry_run(&info.verb, dry_run) {
+        return response::status(&status);
+    }
     let result = if info.subresource.is_empty() {
         if !resource.allows(&info.verb) {
             return response::status(&Status::method_not_allowed());
@@ -336,14 +345,6 @@ async fn get(ctx: &Ctx<'_>) -> Result<Response<Body>, Status> {
         .map_err(store_status)?;
     let obj = ctx.load(&kv.ok_or_else(|| ctx.not_found(name))?)?;
     Ok(ctx.respond(200, &obj))
-}
-
-pub(crate) fn parse_body(body: &Bytes) -> Result<Value, Status> {
-    serde_json::from_slice(body).map_err(|e| {
-        Status::bad_request(format!(
-            "the body of the request could not be decoded as JSON: {e}"
-        ))
-    })
 }
 
 /// Refuses writes into a namespace that does not exist or is being deleted.
@@ -655,6 +656,10 @@ pub(crate) fn delete_options(body: &Bytes, q: &Query) -> Result<DeleteOptions, S
     } else {
         parse_body(body)?
     };
+    // The body's dryRun is checked as the query's: only `All`.
+    for value in opts["dryRun"].as_array().into_iter().flatten() {
+        crate::body::check_dry_run("delete", Some(value.as_str().unwrap_or_default()))?;
+    }
     let dry_run = q.get("dryRun").is_some_and(|v| v == "All")
         || opts["dryRun"]
             .as_array()

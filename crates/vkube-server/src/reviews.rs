@@ -11,7 +11,7 @@ use vkube_auth::UserInfo;
 use vkube_auth::service_account::{BoundObject, DEFAULT_EXPIRATION, MIN_EXPIRATION};
 
 use crate::response::Body;
-use crate::rest::{Ctx, parse_body};
+use crate::rest::{Ctx, parse_object};
 
 fn user_json(user: &UserInfo) -> Value {
     serde_json::to_value(user).unwrap_or_default()
@@ -29,7 +29,7 @@ pub(crate) fn self_subject_review(ctx: &Ctx<'_>) -> Result<Response<Body>, Statu
 
 /// POST `tokenreviews`: whether a token authenticates, and as whom.
 pub(crate) async fn token_review(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
-    let mut review = parse_body(body)?;
+    let mut review = parse_object(body)?;
     let token = review["spec"]["token"]
         .as_str()
         .unwrap_or_default()
@@ -68,7 +68,7 @@ pub(crate) async fn token_review(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response
 
 /// POST `serviceaccounts/NAME/token`.
 pub(crate) async fn token_request(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
-    let mut request = parse_body(body)?;
+    let mut request = parse_object(body)?;
     let (namespace, name) = (ctx.info.namespace.clone(), ctx.info.name.clone());
     let (_, sa) = ctx.current(&name).await?;
     let sa_uid = sa["metadata"]["uid"]
@@ -250,7 +250,7 @@ async fn access_status(ctx: &Ctx<'_>, user: &UserInfo, a: &vkube_auth::rbac::Att
 
 /// POST `selfsubjectaccessreviews`, `subjectaccessreviews` and `localsubjectaccessreviews`.
 pub(crate) async fn access_review(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
-    let mut review = parse_body(body)?;
+    let mut review = parse_object(body)?;
     let kind = ctx.resource.kind;
     let spec = review["spec"].clone();
     let mut a = review_attributes(&spec, kind)?;
@@ -306,7 +306,7 @@ pub(crate) async fn access_review(ctx: &Ctx<'_>, body: &Bytes) -> Result<Respons
 
 /// POST `selfsubjectrulesreviews`: what the caller may do in a namespace.
 pub(crate) fn rules_review(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, Status> {
-    let mut review = parse_body(body)?;
+    let mut review = parse_object(body)?;
     let namespace = review["spec"]["namespace"]
         .as_str()
         .unwrap_or_default()

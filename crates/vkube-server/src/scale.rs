@@ -10,7 +10,7 @@ use vkube_api::{Status, selector};
 use vkube_store::StoreError;
 
 use crate::response::{self, Body};
-use crate::rest::{Ctx, parse_body, store_status};
+use crate::rest::{Ctx, parse_object, store_status};
 
 /// Where a kind keeps what Scale shows.
 struct Paths {
@@ -119,7 +119,7 @@ pub(crate) async fn scale(
         let current = to_scale(&old, &paths);
         let wanted = match ctx.info.verb.as_str() {
             "get" => return Ok(response::json(200, &current)),
-            "update" => parse_body(body)?,
+            "update" => parse_object(body)?,
             "patch" => crate::patch::apply(&current, body, content_type)?,
             _ => return Err(Status::method_not_allowed()),
         };

@@ -100,10 +100,11 @@ pub async fn watch(
         None => rv.is_empty() || rv == "0",
     };
     let bookmarks = is_true(q.get("allowWatchBookmarks"));
-    let timeout = q
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse::<u64>().ok())
-        .map_or(Duration::from_secs(1800), Duration::from_secs);
+    // `timeoutSeconds`, else a random time in [--min-request-timeout, twice that).
+    let timeout = api
+        .filters
+        .timeouts
+        .watch(q.get("timeoutSeconds").map(String::as_str));
 
     // Initial state: the current objects as ADDED, then changes after the list's revision.
     let (initial, from) = if send_initial {
@@ -144,7 +145,12 @@ pub async fn watch(
     };
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     tokio::spawn(async move {
-        let deadline = tokio::time::sleep(timeout);
+        let deadline = async {
+            match timeout {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::pin!(deadline);
         for obj in &initial {
             if tx.send(line("ADDED", &render(obj))).await.is_err() {

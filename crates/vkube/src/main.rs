@@ -139,6 +139,15 @@ struct ServeArgs {
     /// read plain values). Read once at start; there is no automatic reload.
     #[arg(long)]
     encryption_provider_config: Option<PathBuf>,
+    /// The longest a request is served before it gets 504 (a Go duration, as kube-apiserver's
+    /// flag: `1m0s`, `30s`); a request's `?timeout=` can ask for less. Watches, exec, attach,
+    /// logs, port-forward and proxy are not cut.
+    #[arg(long, default_value = "1m0s", value_parser = parse_request_timeout)]
+    request_timeout: std::time::Duration,
+    /// Seconds a watch lasts at least when it names no `timeoutSeconds`: each lasts a random
+    /// time between this and twice this (kube-apiserver's flag); 0: until the client leaves.
+    #[arg(long, default_value_t = 1800)]
+    min_request_timeout: u64,
     #[command(flatten)]
     audit: audit_flags::AuditArgs,
     #[command(flatten)]
@@ -165,6 +174,14 @@ fn disabled_controllers(list: &[String]) -> anyhow::Result<Vec<String>> {
 }
 
 /// A Go-style duration of one unit (`300ms`, `30s`, `5m`, `1h`) or plain seconds.
+/// `--request-timeout`: a Go duration, not negative.
+fn parse_request_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match vkube_server::filters::timeout::parse_go_duration(s)? {
+        n if n < 0 => Err("--request-timeout can not be negative value".into()),
+        n => Ok(std::time::Duration::from_nanos(n as u64)),
+    }
+}
+
 pub(crate) fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
     let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit = &s[digits.len()..];
@@ -412,11 +429,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         embedded = embedded.or(config.embedded_etcd);
     }
-    // The audit policy is loaded now: a bad one refuses the start, naming the file.
-    let (audit, extra_args) = args.audit.options(&extra_args)?;
     // Checked before anything starts: a bad file refuses the start.
     let encryption =
         encryption::from_args(args.encryption_provider_config.as_deref(), &extra_args)?;
+    // The audit policy is loaded now: a bad one refuses the start, naming the file.
+    let (audit, extra_args) = args.audit.options(&extra_args)?;
     if embedded.is_none() && !(args.etcd.etcd_peers.is_empty() && args.etcd.etcd_clients.is_empty())
     {
         anyhow::bail!(
@@ -487,6 +504,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         limits: vkube_server::Limits {
             max_requests_inflight: args.max_requests_inflight,
             max_mutating_requests_inflight: args.max_mutating_requests_inflight,
+        },
+        timeouts: vkube_server::filters::Timeouts {
+            request_timeout: args.request_timeout,
+            min_request_timeout: std::time::Duration::from_secs(args.min_request_timeout),
         },
         disabled_controllers: disabled_controllers(&args.controllers)?,
         leader_tasks: host
@@ -645,8 +666,27 @@ fn redact(url: &StoreUrl) -> String {
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+/// The stack of each runtime thread. A request's body is read by recursive parsers and walked
+/// by recursive code (YAML to 64 levels, JSON to 127, objects, patches, schemas): on tokio's
+/// default 2 MiB, a 128-level YAML body overflowed a debug build's worker and aborted the
+/// process. Go's goroutine stacks grow to 1 GiB; here only the pages touched are backed.
+const THREAD_STACK: usize = 16 << 20;
+
+fn main() -> std::process::ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(THREAD_STACK)
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(async_main()),
+        Err(err) => {
+            eprintln!("vkube: starting the runtime: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn async_main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         // No colour codes in a pod's log or a file, only on a terminal.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -43,6 +43,8 @@ struct Compiled {
     message: Option<cel::Program>,
     uses_old_self: bool,
     field_path: String,
+    /// Whether the rule or its message needs a large stack to evaluate.
+    deep: bool,
 }
 
 /// A rule that does not compile (or is misplaced), with the schema path of the offending field
@@ -54,7 +56,7 @@ pub struct CompileError {
     pub detail: String,
 }
 
-fn env() -> Arc<cel::Env> {
+pub(super) fn env() -> Arc<cel::Env> {
     static ENV: OnceLock<Arc<cel::Env>> = OnceLock::new();
     ENV.get_or_init(|| {
         let mut env = cel::Env::stdlib();
@@ -138,7 +140,7 @@ fn build(
         let program = if source.is_empty() {
             None
         } else {
-            match env().compile(source) {
+            match super::compile::program(source) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     bad("rule", format!("compilation failed: {e}"));
@@ -161,7 +163,7 @@ fn build(
         }
         let message = match rule.message_expression.trim() {
             "" => None,
-            m => match env().compile(m) {
+            m => match super::compile::program(m) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     bad("messageExpression", format!("compilation failed: {e}"));
@@ -180,12 +182,14 @@ fn build(
                 }
             }
         };
+        let deep = program.iter().chain(&message).any(super::compile::deep);
         node.rules.push(Compiled {
             rule: rule.clone(),
             program,
             message,
             uses_old_self,
             field_path,
+            deep,
         });
     }
     let atomic_map = s.map_type.as_deref() == Some("atomic");
@@ -340,6 +344,21 @@ fn walk(s: &Schema, n: &Node, path: &str, obj: &Value, old: Option<&Value>, errs
 }
 
 fn evaluate(s: &Schema, n: &Node, path: &str, obj: &Value, old: Option<&Value>, errs: &mut Errors) {
+    // A deep program recurses deeper than a worker thread's stack allows.
+    if n.rules.iter().any(|c| c.deep) {
+        return super::compile::on_large_stack(|| evaluate_here(s, n, path, obj, old, errs));
+    }
+    evaluate_here(s, n, path, obj, old, errs)
+}
+
+fn evaluate_here(
+    s: &Schema,
+    n: &Node,
+    path: &str,
+    obj: &Value,
+    old: Option<&Value>,
+    errs: &mut Errors,
+) {
     let type_value = gofmt::quote(&s.type_);
     let mut ctx = cel::Context::with_env(env());
     ctx.add_variable_from_value("self", to_cel(obj, Some(s)));

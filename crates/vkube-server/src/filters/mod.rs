@@ -2,8 +2,12 @@
 //! `DefaultBuildHandlerChain`, read from the outside in. [`crate::router::Api`] calls each step
 //! in this order; the steps that are filters of their own live in this folder.
 //!
+//! 0. [`limits`]: header sizes, set on the connection (hyper answers 431); JSON depth, where
+//!    bodies are parsed.
 //! 1. [`panic_recovery`]: a handler that panics answers 500 and the process carries on.
-//! 2. Request info: [`crate::request::RequestInfo::parse`].
+//! 2. Request info: [`crate::request::RequestInfo::parse`]; then [`timeout`]:
+//!    `--request-timeout` (504), applied where connections are served, around the rest of the
+//!    chain (in-process calls have none); watches get `--min-request-timeout`.
 //! 3. Authentication: [`crate::authn::authenticate`]; a failure is audited with no user.
 //! 4. Audit ([`crate::audit`]): the policy's level for the authenticated user and the
 //!    `RequestReceived` event; the later steps add to the event, and the answer writes
@@ -13,23 +17,31 @@
 //! 6. [`max_in_flight`]: `--max-requests-inflight` and `--max-mutating-requests-inflight`.
 //! 7. Authorization: [`crate::authz::authorize`].
 
+pub mod limits;
 pub mod max_in_flight;
 pub mod panic_recovery;
+pub mod timeout;
+
+#[cfg(test)]
+mod decode_properties;
 
 pub use max_in_flight::{Limits, MaxInFlight};
 pub use panic_recovery::PanicRecovery;
+pub use timeout::Timeouts;
 
 /// The state of the filters that keep some: the in-flight counts and the counters they report.
 pub struct Filters {
     pub panics: PanicRecovery,
     pub in_flight: MaxInFlight,
+    pub timeouts: Timeouts,
 }
 
 impl Filters {
-    pub fn new(limits: Limits) -> Filters {
+    pub fn new(limits: Limits, timeouts: Timeouts) -> Filters {
         Filters {
             panics: PanicRecovery::default(),
             in_flight: MaxInFlight::new(limits),
+            timeouts,
         }
     }
 
@@ -146,7 +158,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_is_a_500_and_the_connection_carries_on() {
-        let filters = Arc::new(Filters::new(Limits::default()));
+        let filters = Arc::new(Filters::new(Limits::default(), Timeouts::default()));
         let addr = server(filters.clone(), Arc::default()).await;
         let mut client = connect(&addr).await;
         let (code, _, body) = get(&mut client, "/api/v1/namespaces/default/pods/panic").await;
@@ -166,10 +178,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_pool_answers_429_and_watches_pass() {
-        let filters = Arc::new(Filters::new(Limits {
-            max_requests_inflight: 1,
-            max_mutating_requests_inflight: 1,
-        }));
+        let filters = Arc::new(Filters::new(
+            Limits {
+                max_requests_inflight: 1,
+                max_mutating_requests_inflight: 1,
+            },
+            Timeouts::default(),
+        ));
         let release = Arc::new(tokio::sync::Notify::new());
         let addr = server(filters.clone(), release.clone()).await;
         let mut slow = connect(&addr).await;

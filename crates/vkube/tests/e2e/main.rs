@@ -15,6 +15,7 @@ mod embedded_etcd;
 mod embedded_etcd_tls;
 mod encryption;
 mod endpoints;
+mod fuzz;
 mod gc;
 mod ha;
 mod harness;

@@ -25,7 +25,7 @@ pub(crate) struct Answer {
     pub(crate) body: Vec<u8>,
 }
 
-fn b64(config: &Value, path: &[&str]) -> Option<Vec<u8>> {
+pub(crate) fn b64(config: &Value, path: &[&str]) -> Option<Vec<u8>> {
     use base64::Engine;
     let mut v = config;
     for p in path {
@@ -39,6 +39,15 @@ fn b64(config: &Value, path: &[&str]) -> Option<Vec<u8>> {
 }
 
 impl Target {
+    /// The TLS configuration, with the kubeconfig's client certificate if it has one.
+    pub(crate) fn tls(&self) -> Arc<rustls::ClientConfig> {
+        self.tls.clone()
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
     pub(crate) fn from_kubeconfig(label: &'static str, path: &std::path::Path) -> Target {
         let text = std::fs::read_to_string(path)
             .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));

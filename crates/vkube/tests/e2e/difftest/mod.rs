@@ -9,7 +9,7 @@
 //! not the fixtures); `VKUBE_DIFFTEST_RECORD=1` = also write its answers as the fixtures;
 //! `VKUBE_DIFFTEST_ONLY=crud,patch` = these script files only.
 
-mod client;
+pub(crate) mod client;
 mod compare;
 mod normalize;
 mod script;
