@@ -2,8 +2,8 @@
 //! `ValidateMutatingWebhookConfiguration` / `ValidateValidatingWebhookConfiguration` check them
 //! on create and update: fully qualified and unique webhook names, rules, the policies' enums,
 //! sideEffects and admissionReviewVersions required, exactly one of url or service, an https URL
-//! without query, fragment or user. Not checked: the selectors' syntax and that matchConditions
-//! compile.
+//! without query, fragment or user, matchConditions named and parsed. Not checked: the
+//! selectors' syntax, and the conditions' types (cel-go's type check).
 
 use std::collections::HashSet;
 
@@ -94,11 +94,54 @@ fn webhook(hook: &Value, path: &str, mutating: bool, errs: &mut Errors) {
         one_of("reinvocationPolicy", &["IfNeeded", "Never"], errs);
     }
     client_config(&hook["clientConfig"], &format!("{path}.clientConfig"), errs);
+    match_conditions(
+        &hook["matchConditions"],
+        &format!("{path}.matchConditions"),
+        errs,
+    );
     review_versions(
         &hook["admissionReviewVersions"],
         &format!("{path}.admissionReviewVersions"),
         errs,
     );
+}
+
+/// At most 64 conditions, each named (a qualified name, unique) with an expression that parses.
+/// The parse errors are the cel crate's, not cel-go's, and the expressions are not type-checked.
+fn match_conditions(conditions: &Value, path: &str, errs: &mut Errors) {
+    let list = conditions.as_array().map(Vec::as_slice).unwrap_or_default();
+    if list.len() > 64 {
+        errs.push(
+            "FieldValueTooMany",
+            path,
+            format!("Too many: {}: must have at most 64 items", list.len()),
+        );
+    }
+    let mut names = HashSet::new();
+    for (i, c) in list.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        match c["name"].as_str().filter(|n| !n.is_empty()) {
+            None => errs.required(&format!("{at}.name"), ""),
+            Some(name) if !names.insert(name) => errs.duplicate(&format!("{at}.name"), &c["name"]),
+            Some(name) => {
+                if let Some(why) = super::qualified_name(name).first() {
+                    errs.invalid(&format!("{at}.name"), &c["name"], why);
+                }
+            }
+        }
+        match c["expression"].as_str().filter(|e| !e.is_empty()) {
+            None => errs.required(&format!("{at}.expression"), ""),
+            Some(expr) => {
+                if let Err(e) = cel::Program::compile(expr) {
+                    errs.invalid(
+                        &format!("{at}.expression"),
+                        &c["expression"],
+                        &format!("compilation failed: {e}"),
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn rule_with_operations(rule: &Value, path: &str, errs: &mut Errors) {
@@ -308,6 +351,25 @@ mod tests {
             "clientConfig": {"url": "https://hooks.example.com/validate"},
             "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}]});
         assert!(messages(json!({"webhooks": [good]}), true).is_empty());
+        let conditions = json!({"webhooks": [{"name": "a.b.c", "sideEffects": "None",
+            "admissionReviewVersions": ["v1"], "clientConfig": {"url": "https://x"},
+            "matchConditions": [{"name": "ok", "expression": "true"}, {"name": "ok", "expression": "object.a =="},
+                                {"name": "-bad-", "expression": ""}]}]});
+        let got = messages(conditions, false);
+        assert_eq!(
+            got[0],
+            "webhooks[0].matchConditions[1].name: Duplicate value: \"ok\""
+        );
+        assert!(got[1].starts_with("webhooks[0].matchConditions[1].expression: Invalid value: \"object.a ==\": compilation failed: "), "{got:?}");
+        assert!(
+            got[2].starts_with("webhooks[0].matchConditions[2].name: Invalid value: \"-bad-\": "),
+            "{got:?}"
+        );
+        assert_eq!(
+            got[3],
+            "webhooks[0].matchConditions[2].expression: Required value"
+        );
+        assert_eq!(got.len(), 4);
         let bad = json!({"webhooks": [
             {"name": "short.name", "clientConfig": {"url": "http://h/p?x=1"}, "failurePolicy": "Maybe",
              "timeoutSeconds": 31, "rules": [{"operations": ["*", "CREATE"], "apiGroups": [], "apiVersions": ["v1"], "resources": ["pods"]}]},
