@@ -35,6 +35,8 @@ pub(crate) struct Admission<'a> {
     /// `dryRun=All` (the query, or a DeleteOptions' dryRun).
     pub dry_run: bool,
     ctx: &'a Ctx<'a>,
+    /// The request's namespace's labels, read once for all the webhooks that select on them.
+    namespace_labels: tokio::sync::OnceCell<Value>,
 }
 
 impl<'a> Admission<'a> {
@@ -43,6 +45,7 @@ impl<'a> Admission<'a> {
             operation,
             dry_run,
             ctx,
+            namespace_labels: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -105,7 +108,7 @@ impl<'a> Admission<'a> {
 
     /// The labels the namespaceSelector is matched against; `None` when it does not apply
     /// (cluster-scoped resources other than Namespaces).
-    async fn namespace_labels(
+    async fn labels_for_namespace(
         &self,
         namespace: &str,
         object: Option<&Value>,
@@ -122,13 +125,19 @@ impl<'a> Admission<'a> {
         let key = vkube_api::registry::find("", "v1", "namespaces")
             .map(|n| n.key("", namespace))
             .unwrap_or_default();
-        match self.ctx.api.store.get(&key, None).await {
-            Ok(Some(kv)) => Ok(serde_json::from_slice::<Value>(&kv.value)
-                .ok()
-                .map(|ns| labels(&ns))),
-            Ok(None) => Err(Status::not_found("namespaces", "", namespace)),
-            Err(err) => Err(crate::rest::store_status(err)),
-        }
+        let read = async {
+            match self.ctx.api.store.get(&key, None).await {
+                Ok(Some(kv)) => Ok(serde_json::from_slice::<Value>(&kv.value)
+                    .map(|ns| labels(&ns))
+                    .unwrap_or(json!({}))),
+                Ok(None) => Err(Status::not_found("namespaces", "", namespace)),
+                Err(err) => Err(crate::rest::store_status(err)),
+            }
+        };
+        self.namespace_labels
+            .get_or_try_init(|| read)
+            .await
+            .map(|l| Some(l.clone()))
     }
 
     /// Whether `hook` is called, and under which resource.
@@ -141,7 +150,7 @@ impl<'a> Admission<'a> {
         old: Option<&Value>,
     ) -> Result<Option<&'static Resource>, Status> {
         if !matching::selector_empty(&hook.namespace_selector) {
-            if let Some(labels) = self.namespace_labels(namespace, object, old).await? {
+            if let Some(labels) = self.labels_for_namespace(namespace, object, old).await? {
                 if !vkube_api::selector::label_selector_matches(&hook.namespace_selector, &labels) {
                     return Ok(None);
                 }
