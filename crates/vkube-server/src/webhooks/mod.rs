@@ -37,6 +37,9 @@ pub(crate) struct Admission<'a> {
     ctx: &'a Ctx<'a>,
     /// The request's namespace's labels, read once for all the webhooks that select on them.
     namespace_labels: tokio::sync::OnceCell<Value>,
+    /// Set once the view has caught up with the store for this request (mutating and
+    /// validating webhooks share one wait).
+    caught_up: tokio::sync::OnceCell<()>,
 }
 
 impl<'a> Admission<'a> {
@@ -46,6 +49,7 @@ impl<'a> Admission<'a> {
             dry_run,
             ctx,
             namespace_labels: tokio::sync::OnceCell::new(),
+            caught_up: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -60,7 +64,7 @@ impl<'a> Admission<'a> {
             return None;
         }
         let view = self.ctx.api.hub.webhooks.get()?;
-        view.catch_up().await;
+        self.caught_up.get_or_init(|| view.catch_up()).await;
         let hooks = view.hooks(mutating);
         (!hooks.is_empty()).then_some(hooks)
     }
