@@ -174,8 +174,9 @@ impl<'a> Admission<'a> {
         };
         if !hook.conditions.is_empty() {
             let (object, old) = (in_version(object, invoked)?, in_version(old, invoked)?);
-            let attrs = self.attributes(invoked, name, namespace, &Value::Null);
-            let request = review::request("", &attrs, None, None);
+            let options = self.options();
+            let attrs = self.attributes(invoked, name, namespace, &options);
+            let request = review::request("", &attrs, object.as_ref(), old.as_ref());
             match matching::conditions_match(hook, object.as_ref(), old.as_ref(), &request) {
                 Ok(true) => {}
                 Ok(false) => return Ok(None),

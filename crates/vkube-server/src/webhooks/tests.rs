@@ -107,9 +107,10 @@ fn object_selector_looks_at_the_new_and_the_old_object() {
 fn match_conditions_are_cel_over_object_old_object_and_request() {
     let h = hook(json!({"name": "m", "matchConditions": [
         {"name": "not-kube-system", "expression": "request.namespace != 'kube-system'"},
-        {"name": "labelled", "expression": "has(object.metadata.labels) && 'team' in object.metadata.labels"}]}));
+        {"name": "labelled", "expression": "has(object.metadata.labels) && 'team' in object.metadata.labels"},
+        {"name": "in-request", "expression": "request.object.metadata.labels.team == 'a'"}]}));
     let labelled = json!({"metadata": {"labels": {"team": "a"}}});
-    let req = json!({"namespace": "default", "operation": "CREATE"});
+    let req = json!({"namespace": "default", "operation": "CREATE", "object": labelled});
     assert_eq!(
         matching::conditions_match(&h, Some(&labelled), None, &req),
         Ok(true)
@@ -119,7 +120,7 @@ fn match_conditions_are_cel_over_object_old_object_and_request() {
         matching::conditions_match(&h, Some(&bare), None, &req),
         Ok(false)
     );
-    let system = json!({"namespace": "kube-system"});
+    let system = json!({"namespace": "kube-system", "object": labelled});
     assert_eq!(
         matching::conditions_match(&h, Some(&labelled), None, &system),
         Ok(false)
