@@ -101,6 +101,9 @@ impl WebhookServer {
                             let path = req.uri().path().to_string();
                             let body = req.into_body().collect().await.unwrap().to_bytes();
                             let review: Value = serde_json::from_slice(&body).unwrap();
+                            if path == "/slow" {
+                                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                            }
                             let mut response = answer(&path, &review["request"]);
                             response["uid"] = review["request"]["uid"].clone();
                             let out = json!({"apiVersion": "admission.k8s.io/v1",
@@ -397,6 +400,64 @@ webhooks:
     );
     assert_eq!(labels, r#"{"a":"set","b":"set","x":"z"}"#);
 
+    // timeoutSeconds: a webhook slower than its timeout is a failed call (Fail refuses the write
+    // with upstream's "context deadline exceeded"; Ignore lets it through).
+    let slow = |policy: &str| {
+        format!(
+            "apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata:
+  name: slow
+webhooks:
+{}",
+            webhook_yaml(
+                "slow.webhooks.example.com",
+                &url("/slow"),
+                &bundle,
+                "secrets",
+                &format!("  failurePolicy: {policy}\n")
+            )
+            .replace("timeoutSeconds: 5", "timeoutSeconds: 1")
+        )
+    };
+    let secret_yaml = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: default\nstringData: {{a: b}}\n"
+        )
+    };
+    run(
+        &server,
+        "kubectl",
+        &["apply", "-f", &write(&server, "slow.yaml", &slow("Fail"))],
+    );
+    let file = write(&server, "slow-secret.yaml", &secret_yaml("slow"));
+    let started = std::time::Instant::now();
+    let out = server.kubectl("kubectl", &["create", "-f", &file]);
+    assert!(!out.ok);
+    assert_eq!(
+        out.stderr,
+        format!(
+            "Error from server (InternalError): error when creating \"{file}\": Internal error occurred: failed calling webhook \"slow.webhooks.example.com\": failed to call webhook: Post \"https://127.0.0.1:{}/slow?timeout=1s\": context deadline exceeded",
+            hooks.port
+        )
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    run(
+        &server,
+        "kubectl",
+        &["apply", "-f", &write(&server, "slow.yaml", &slow("Ignore"))],
+    );
+    run(&server, "kubectl", &["create", "-f", &file]);
+    run(
+        &server,
+        "kubectl",
+        &["delete", "validatingwebhookconfiguration", "slow"],
+    );
+
     // A webhook whose server is down: Ignore lets the write through, Fail refuses it.
     let dead = free_port();
     let down = |policy: &str| {
@@ -421,15 +482,7 @@ webhooks:
         "kubectl",
         &["apply", "-f", &write(&server, "down.yaml", &down("Ignore"))],
     );
-    let secret = |name: &str| {
-        write(
-            &server,
-            &format!("{name}.yaml"),
-            &format!(
-                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: default\nstringData: {{a: b}}\n"
-            ),
-        )
-    };
+    let secret = |name: &str| write(&server, &format!("{name}.yaml"), &secret_yaml(name));
     run(&server, "kubectl", &["create", "-f", &secret("ignored")]);
     run(
         &server,
