@@ -131,6 +131,13 @@ impl WebhookServer {
     }
 }
 
+/// A ValidatingWebhookConfiguration named `name` holding `webhooks` (YAML list entries).
+fn validating_config(name: &str, webhooks: String) -> String {
+    format!(
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata:\n  name: {name}\nwebhooks:\n{webhooks}"
+    )
+}
+
 /// A webhook entry of a configuration, as YAML.
 fn webhook_yaml(name: &str, url: &str, ca_bundle: &str, resources: &str, extra: &str) -> String {
     format!(
@@ -403,21 +410,16 @@ webhooks:
     // timeoutSeconds: a webhook slower than its timeout is a failed call (Fail refuses the write
     // with upstream's "context deadline exceeded"; Ignore lets it through).
     let slow = |policy: &str| {
-        format!(
-            "apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingWebhookConfiguration
-metadata:
-  name: slow
-webhooks:
-{}",
+        validating_config(
+            "slow",
             webhook_yaml(
                 "slow.webhooks.example.com",
                 &url("/slow"),
                 &bundle,
                 "secrets",
-                &format!("  failurePolicy: {policy}\n")
+                &format!("  failurePolicy: {policy}\n"),
             )
-            .replace("timeoutSeconds: 5", "timeoutSeconds: 1")
+            .replace("timeoutSeconds: 5", "timeoutSeconds: 1"),
         )
     };
     let secret_yaml = |name: &str| {
@@ -461,20 +463,15 @@ webhooks:
     // A webhook whose server is down: Ignore lets the write through, Fail refuses it.
     let dead = free_port();
     let down = |policy: &str| {
-        format!(
-            "apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingWebhookConfiguration
-metadata:
-  name: down
-webhooks:
-{}",
+        validating_config(
+            "down",
             webhook_yaml(
                 "down.webhooks.example.com",
                 &format!("https://127.0.0.1:{dead}/down"),
                 &bundle,
                 "secrets",
                 &format!("  failurePolicy: {policy}\n"),
-            )
+            ),
         )
     };
     run(
