@@ -103,7 +103,7 @@ impl Location {
         let address = client.trim_start_matches("http://").to_string();
         if tokio::net::TcpStream::connect(&address).await.is_ok() {
             bail!(
-                "something already listens at {client}: the member of a vkube serve --etcd-embedded? stop it first; a migration copies an offline store"
+                "something already listens at {client}: the member of a running vkube serve --etcd-embedded? A migration copies an offline store: stop it first (a snapshot can read it online: give --store etcd://{address})"
             );
         }
         let options = embedded_etcd::Options {
