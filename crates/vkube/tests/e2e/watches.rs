@@ -119,8 +119,18 @@ fn processes_on_one_store_share_the_cluster_identity() {
         crate::servers::etcd_endpoints(),
         crate::harness::rand_suffix()
     );
-    let a = Server::start_with(&["--store", &store, "--identity-secret-file", &shared_secret()]);
-    let b = Server::start_with(&["--store", &store, "--identity-secret-file", &shared_secret()]);
+    let a = Server::start_with(&[
+        "--store",
+        &store,
+        "--identity-secret-file",
+        &shared_secret(),
+    ]);
+    let b = Server::start_with(&[
+        "--store",
+        &store,
+        "--identity-secret-file",
+        &shared_secret(),
+    ]);
     // Both are `vkube-0` (no --replica-id), yet only one may lead.
     let leads = |s: &Server| {
         run(s, "kubectl", &["get", "--raw", "/metrics"])
