@@ -136,7 +136,7 @@ fn vkube_answers_as_kube_apiserver() {
     // The recorded kube-apiserver ran without kube-controller-manager: vkube's own
     // controllers that it has no counterpart of are left out, so they do not touch the objects.
     let server = Server::start_with(&[
-        "--controllers=*,-garbagecollector,-resourcequota,-deployment,-replicaset,-replicationcontroller,-statefulset,-daemonset,-job,-cronjob,-ttl-after-finished,-disruption,-csrsigning",
+        "--controllers=*,-garbagecollector,-resourcequota,-deployment,-replicaset,-replicationcontroller,-statefulset,-daemonset,-job,-cronjob,-ttl-after-finished,-disruption,-csrsigning,-endpoint,-endpointslice,-endpointslicemirroring,-podgc",
     ]);
     let vkube = Target::from_kubeconfig("vkube", &server.kubeconfig());
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -225,6 +225,29 @@ fn mask(mut answer: Value, patterns: &[String]) -> Value {
 }
 
 /// Runs a script's steps in order against `target` and returns the normalized answers.
+/// Waits until vkube's controllers have put their objects into a namespace just created (its
+/// `default` ServiceAccount and `kube-root-ca.crt`): the recorded kube-apiserver has no
+/// controllers, so those writes must land before the script goes on, not between two of its
+/// steps, where they would move a list's resourceVersion.
+async fn settle_namespace(target: &Target, created: &[u8]) {
+    let Some(name) = serde_json::from_slice::<Value>(created)
+        .ok()
+        .and_then(|v| v["metadata"]["name"].as_str().map(str::to_string))
+    else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for object in ["serviceaccounts/default", "configmaps/kube-root-ca.crt"] {
+        let path = format!("/api/v1/namespaces/{name}/{object}");
+        while Instant::now() < deadline {
+            match target.send("GET", &path, &[], Vec::new()).await {
+                Ok(answer) if answer.code == 200 => break,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}
+
 pub(crate) async fn run(target: &Target, script: &Script) -> Vec<Recorded> {
     let mut vars = BTreeMap::new();
     let mut norm = Normalizer::default();
@@ -246,6 +269,9 @@ pub(crate) async fn run(target: &Target, script: &Script) -> Vec<Recorded> {
                 _ => break answer,
             }
         };
+        if target.label == "vkube" && step.method == "POST" && path == "/api/v1/namespaces" {
+            settle_namespace(target, &answer.body).await;
+        }
         let raw = parse(&answer, step.watch);
         for (var, at) in &step.capture {
             let value = match lookup(&raw["body"], at) {
