@@ -61,21 +61,7 @@ fn finish(server: &Server, ns: &str, pod: &str, exit_code: i32) {
         "name": "main", "image": "busybox", "imageID": "", "ready": false, "restartCount": 0,
         "state": {"terminated": {"exitCode": exit_code, "reason": if exit_code == 0 { "Completed" } else { "Error" },
             "startedAt": now, "finishedAt": now}}}]}});
-    run(
-        server,
-        "kubectl",
-        &[
-            "patch",
-            "pod",
-            pod,
-            "-n",
-            ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &patch.to_string(),
-        ],
-    );
+    patch_pod_status(server, ns, pod, &patch.to_string());
 }
 
 fn job_yaml(ns: &str, name: &str, spec: &str) -> String {

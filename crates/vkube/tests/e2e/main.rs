@@ -23,6 +23,7 @@ mod hygiene;
 mod identity;
 mod jobs;
 mod migrate;
+mod namespaces;
 mod objects;
 mod outage;
 mod quota;
