@@ -35,6 +35,8 @@ mod namespace;
 pub mod namespace_defaults;
 mod pod_gc;
 mod replicaset;
+mod resourcequota;
+mod resources;
 mod statefulset;
 mod ttl_after_finished;
 
@@ -55,6 +57,7 @@ pub const CONTROLLERS: &[(&str, &str)] = &[
     ("csrsigning", "certificate-controller"),
     ("namespace", "namespace-controller"),
     ("podgc", "pod-garbage-collector"),
+    ("resourcequota", "resourcequota-controller"),
     ("serviceaccount", "service-account-controller"),
     ("root-ca-cert-publisher", "root-ca-cert-publisher"),
     ("endpoint", "endpoint-controller"),
@@ -127,6 +130,7 @@ pub fn run(name: &str, ctx: Context) -> Option<futures_util::future::BoxFuture<'
         "endpointslicemirroring" => Box::pin(endpoints::mirroring::run(ctx)),
         "namespace" => Box::pin(namespace::run(ctx)),
         "podgc" => Box::pin(pod_gc::run(ctx)),
+        "resourcequota" => Box::pin(resourcequota::run(ctx)),
         "serviceaccount" => Box::pin(namespace_defaults::run_service_accounts(ctx)),
         _ => return None,
     })
