@@ -23,6 +23,7 @@ mod hygiene;
 mod identity;
 mod jobs;
 mod migrate;
+mod migrate_scale;
 mod namespaces;
 mod objects;
 mod outage;

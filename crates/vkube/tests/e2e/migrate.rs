@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-const NS: &str = "moving";
+pub(crate) const NS: &str = "moving";
 
 /// Objects of every kind the move must keep, each labelled `e2e=migrate`, and `extra`
 /// ConfigMaps more to make the copy long.
@@ -75,9 +75,10 @@ rules: [{{apiGroups: [''], resources: [pods], verbs: [watch]}}]
     yaml
 }
 
-/// A cluster on SQLite holding [`objects`], two Widgets and a token of `robot`.
-fn populated(extra: usize) -> (Server, String) {
-    let server = Server::start();
+/// A cluster on SQLite (served with `flags`) holding [`objects`], two Widgets and a token of
+/// `robot`.
+pub(crate) fn populated(extra: usize, flags: &[&str]) -> (Server, String) {
+    let server = Server::start_with(flags);
     apply_file(&server, "kubectl", &objects(extra), "apply");
     let deadline = Instant::now() + Duration::from_secs(20);
     let widgets = format!(
@@ -97,7 +98,7 @@ fn populated(extra: usize) -> (Server, String) {
 }
 
 /// What must survive: the labelled objects, without resourceVersions.
-fn snapshot_of(kubeconfig: &Path) -> serde_json::Value {
+pub(crate) fn snapshot_of(kubeconfig: &Path) -> serde_json::Value {
     let get = |args: &[&str]| -> serde_json::Value {
         let out = kubectl_with("kubectl", kubeconfig, args);
         assert!(out.ok, "kubectl {}: {}", args.join(" "), out.stderr);
@@ -122,7 +123,7 @@ fn snapshot_of(kubeconfig: &Path) -> serde_json::Value {
 }
 
 /// Stops `server` as an operator would (SIGTERM), keeping its data dir.
-fn stop(server: &mut Server) {
+pub(crate) fn stop(server: &mut Server) {
     let _ = Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
         .status();
@@ -133,7 +134,7 @@ fn stop(server: &mut Server) {
     }
 }
 
-fn vkube(args: &[&str]) -> Output {
+pub(crate) fn vkube(args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_vkube"))
         .args(args)
         .stdin(Stdio::null())
@@ -147,14 +148,14 @@ fn vkube(args: &[&str]) -> Output {
 }
 
 /// `vkube store migrate --from FROM --to TO [--force]`.
-fn migrate(from: &str, to: &str, force: bool) -> Output {
+pub(crate) fn migrate(from: &str, to: &str, force: bool) -> Output {
     let mut args = vec!["store", "migrate", "--from", from, "--to", to];
     args.extend(force.then_some("--force"));
     vkube(&args)
 }
 
 /// A finished migration's output.
-fn assert_migrated(out: &Output, what: &str) {
+pub(crate) fn assert_migrated(out: &Output, what: &str) {
     assert!(out.ok, "{what}: {}", out.stderr);
     assert!(
         out.stdout.contains("migrated and verified"),
@@ -163,7 +164,7 @@ fn assert_migrated(out: &Output, what: &str) {
     );
 }
 
-fn sqlite_of(dir: &Path) -> String {
+pub(crate) fn sqlite_of(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("state.db").display())
 }
 
@@ -184,7 +185,7 @@ fn serves_the_same_cluster(
 
 /// `server` serves the cluster that was at `old_dir` and `old_port`: the same objects, and the
 /// old admin kubeconfig and `token` work.
-fn is_the_same_cluster(
+pub(crate) fn is_the_same_cluster(
     server: &Server,
     store: &str,
     old_dir: &Path,
@@ -269,7 +270,7 @@ subjects: [{kind: ServiceAccount, name: robot, namespace: moving}]
 
 #[test]
 fn a_cluster_on_sqlite_moves_to_etcd_and_to_postgres_with_its_identity() {
-    let (mut server, token) = populated(20);
+    let (mut server, token) = populated(20, &[]);
     let before = snapshot_of(&server.kubeconfig());
     let (old_dir, old_port) = (server.dir.path().to_path_buf(), server.port);
     let etcd = format!(
@@ -370,7 +371,7 @@ fn keys_in(store: &str) -> usize {
 
 #[test]
 fn a_migration_killed_halfway_completes_when_run_again() {
-    let (mut server, token) = populated(300);
+    let (mut server, token) = populated(300, &[]);
     let before = snapshot_of(&server.kubeconfig());
     let (old_dir, old_port) = (server.dir.path().to_path_buf(), server.port);
     stop(&mut server);
@@ -435,7 +436,7 @@ fn a_migration_killed_halfway_completes_when_run_again() {
 
 #[test]
 fn a_snapshot_restores_the_cluster_and_a_damaged_one_writes_nothing() {
-    let (mut server, token) = populated(20);
+    let (mut server, token) = populated(20, &[]);
     let before = snapshot_of(&server.kubeconfig());
     let (old_dir, old_port) = (server.dir.path().to_path_buf(), server.port);
     let work = tempfile::tempdir().unwrap();
@@ -571,7 +572,7 @@ fn serve_embedded(dir: tempfile::TempDir, peer: &str, client: &str, secret: &Pat
 /// serves there, and moves out of it again.
 #[test]
 fn a_cluster_on_sqlite_moves_to_embedded_etcd_and_back() {
-    let (mut server, token) = populated(20);
+    let (mut server, token) = populated(20, &[]);
     let before = snapshot_of(&server.kubeconfig());
     let (old_dir, old_port) = (server.dir.path().to_path_buf(), server.port);
     stop(&mut server);
