@@ -99,6 +99,10 @@ pub fn apply(resource: &Resource, obj: &mut Value) {
                 webhook(hook, kind.starts_with("Mutating"));
             }
         }
+        (
+            "admissionregistration.k8s.io",
+            kind @ ("ValidatingAdmissionPolicy" | "ValidatingAdmissionPolicyBinding"),
+        ) => crate::validation::admission_policy::defaults(obj, kind.ends_with("Policy")),
         _ => {}
     }
 }

@@ -112,7 +112,7 @@ impl Authorizer {
     /// never sees, such as another cluster's on a shared etcd, are not waited for), and the view
     /// has taken the last change at or below it. `false` when the store could not be asked or
     /// the hub did not get there: the view is then as current as it gets.
-    async fn catch_up(&self) -> bool {
+    pub(crate) async fn catch_up(&self) -> bool {
         let deadline = tokio::time::Instant::now() + STALE_DENY_WAIT;
         let Some(target) = self.hub.sync(STALE_DENY_WAIT).await else {
             return false;

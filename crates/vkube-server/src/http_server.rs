@@ -402,6 +402,9 @@ pub async fn serve(
     let crds = crate::crds::CrdView::start(store.clone(), hub.clone()).await?;
     let webhooks = crate::webhooks::WebhookView::start(store.clone(), hub.clone()).await?;
     hub.webhooks.set(webhooks).ok();
+    let admission_policies =
+        crate::admission_policy::PolicyView::start(store.clone(), hub.clone()).await?;
+    hub.admission_policies.set(admission_policies).ok();
     let filters = crate::filters::Filters::new(config.limits, config.timeouts);
     let audit = config.audit.as_ref().map(crate::audit::Auditor::start);
     let api = Arc::new(Api {

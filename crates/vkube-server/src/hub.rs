@@ -53,6 +53,8 @@ pub struct Hub {
     /// The admission webhook set, a view fed by this hub (set once at start; it lives here so
     /// the REST handlers reach it through `Api::hub`).
     pub webhooks: std::sync::OnceLock<Arc<crate::webhooks::WebhookView>>,
+    /// The admission policy set (ValidatingAdmissionPolicy and bindings), likewise.
+    pub admission_policies: std::sync::OnceLock<Arc<crate::admission_policy::PolicyView>>,
 }
 
 /// How often a waiter asks again for progress (kube-apiserver's progress requester ticks at
@@ -90,6 +92,7 @@ impl Hub {
             store: store.clone(),
             progress: Mutex::new(ProgressRequester::default()),
             webhooks: std::sync::OnceLock::new(),
+            admission_policies: std::sync::OnceLock::new(),
         });
         let watch = store.watch("/registry/", from).await?;
         hub.set_progress(watch.progress_requester());

@@ -2,6 +2,7 @@
 //! REST handlers over the store, watches fed by one shared store watch, discovery and health.
 #![forbid(unsafe_code)]
 
+mod admission_policy;
 mod apply;
 pub mod audit;
 mod authn;

@@ -70,6 +70,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) accept: &'a str,
     /// `Warning` headers for the response.
     warnings: std::sync::Mutex<Vec<String>>,
+    /// Audit annotations admission adds (admission policies), for the audit event.
+    audit_annotations: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -83,6 +85,19 @@ impl<'a> Ctx<'a> {
             q: self.q,
             accept: self.accept,
             warnings: Default::default(),
+            audit_annotations: Default::default(),
+        }
+    }
+
+    /// Records an audit annotation (the first value of a key stays, as upstream's
+    /// `AddAnnotation`).
+    pub(crate) fn audit_annotate(&self, key: String, value: String) {
+        let mut all = self
+            .audit_annotations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !all.iter().any(|(k, _)| *k == key) {
+            all.push((key, value));
         }
     }
 
@@ -263,6 +278,7 @@ pub async fn handle(
         q,
         accept,
         warnings: Default::default(),
+        audit_annotations: Default::default(),
     };
     let dry_run = q.get("dryRun").map(String::as_str);
     if let Err(status) = crate::body::check_dry_run(&info.verb, dry_run) {
@@ -302,7 +318,23 @@ pub async fn handle(
     } else {
         subresource(&ctx, &body, content_type).await
     };
-    result.unwrap_or_else(|s| response::status(&s))
+    let mut resp = result.unwrap_or_else(|s| {
+        // A refused write still carries the warnings admission gave (kubectl prints them).
+        let mut resp = response::status(&s);
+        ctx.add_warnings(&mut resp);
+        resp
+    });
+    let annotations = std::mem::take(
+        &mut *ctx
+            .audit_annotations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    );
+    if !annotations.is_empty() {
+        resp.extensions_mut()
+            .insert(crate::audit::Annotations(annotations));
+    }
+    resp
 }
 
 async fn subresource(

@@ -3,7 +3,7 @@
 //! CEL rules, the JSONPath subset of printer columns, and the validation of a CRD object itself.
 //! The server crate wires these into the custom resource handlers.
 
-mod compile;
+pub mod compile;
 pub mod definition;
 mod definition_schema;
 pub mod jsonpath;

@@ -56,7 +56,8 @@ pub struct CompileError {
     pub detail: String,
 }
 
-pub(super) fn env() -> Arc<cel::Env> {
+/// The CEL environment every vkube expression is compiled and evaluated in.
+pub fn env() -> Arc<cel::Env> {
     static ENV: OnceLock<Arc<cel::Env>> = OnceLock::new();
     ENV.get_or_init(|| {
         let mut env = cel::Env::stdlib();

@@ -4,6 +4,7 @@
 //! annotations, pod specs (in Pods and every template), workloads, Services, ConfigMaps and
 //! Secrets, RBAC and Jobs. Types not listed here get the metadata checks only.
 
+pub mod admission_policy;
 mod pod_update;
 mod pods;
 mod types;
@@ -140,6 +141,15 @@ pub fn validate(resource: &Resource, obj: &Value, old: Option<&Value>) -> Result
     ) = (resource.group, resource.kind)
     {
         webhooks::configuration(obj, kind.starts_with("Mutating"), &mut errs);
+    }
+    match (resource.group, resource.kind) {
+        ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy") => {
+            admission_policy::policy(obj, &mut errs)
+        }
+        ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding") => {
+            admission_policy::binding(obj, &mut errs)
+        }
+        _ => {}
     }
     if resource.group == "apiextensions.k8s.io" && resource.kind == "CustomResourceDefinition" {
         errs.0.extend(crate::crd::definition::validate(obj, old).0);

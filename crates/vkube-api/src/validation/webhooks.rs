@@ -21,7 +21,7 @@ fn strings(v: &Value) -> Vec<&str> {
 }
 
 /// A list as Go's `%#v` prints it in a field error: `[]string{"a", "b"}`.
-fn go_list(go_type: &str, items: &[&str]) -> String {
+pub(super) fn go_list(go_type: &str, items: &[&str]) -> String {
     let quoted: Vec<String> = items.iter().map(|s| format!("{s:?}")).collect();
     format!("[]{go_type}{{{}}}", quoted.join(", "))
 }
@@ -108,7 +108,7 @@ fn webhook(hook: &Value, path: &str, mutating: bool, errs: &mut Errors) {
 
 /// At most 64 conditions, each named (a qualified name, unique) with an expression that parses.
 /// The parse errors are the cel crate's, not cel-go's, and the expressions are not type-checked.
-fn match_conditions(conditions: &Value, path: &str, errs: &mut Errors) {
+pub(super) fn match_conditions(conditions: &Value, path: &str, errs: &mut Errors) {
     let list = conditions.as_array().map(Vec::as_slice).unwrap_or_default();
     if list.len() > 64 {
         errs.push(
@@ -144,7 +144,7 @@ fn match_conditions(conditions: &Value, path: &str, errs: &mut Errors) {
     }
 }
 
-fn rule_with_operations(rule: &Value, path: &str, errs: &mut Errors) {
+pub(super) fn rule_with_operations(rule: &Value, path: &str, errs: &mut Errors) {
     let ops = strings(&rule["operations"]);
     let field = format!("{path}.operations");
     if ops.is_empty() {

@@ -17,6 +17,11 @@ pub use policy::{Level, Policy, PolicyError, Stage};
 pub use request::{AUDIT_ID, Peer, Tracker};
 pub use writer::{LogOptions, Mode};
 
+/// Audit annotations a handler adds to its request's event (admission policies'), carried to
+/// the tracker in the response's extensions.
+#[derive(Clone, Debug)]
+pub struct Annotations(pub Vec<(String, String)>);
+
 /// The audit flags, read and checked: the policy is loaded when the flags are read, so a bad
 /// policy file refuses startup before anything else starts.
 #[derive(Clone, Debug)]

@@ -288,6 +288,15 @@ impl Tracker {
         if active.panicked {
             return Response::from_parts(parts, body);
         }
+        if let Some(added) = parts.extensions.get::<super::Annotations>() {
+            for (key, value) in &added.0 {
+                active
+                    .event
+                    .annotations
+                    .entry(key.clone())
+                    .or_insert_with(|| value.clone());
+            }
+        }
         let code = parts.status.as_u16();
         let json = parts
             .headers

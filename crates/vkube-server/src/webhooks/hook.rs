@@ -57,7 +57,7 @@ fn strings(v: &Value) -> Vec<String> {
 }
 
 impl Rule {
-    fn parse(v: &Value) -> Rule {
+    pub fn parse(v: &Value) -> Rule {
         Rule {
             operations: strings(&v["operations"]),
             groups: strings(&v["apiGroups"]),

@@ -5,7 +5,7 @@
 use serde_json::Value;
 use vkube_api::{Resource, Status, registry};
 
-use super::hook::{Hook, Operation, Target};
+use super::hook::{Hook, Operation, Rule, Target};
 
 /// Resources no webhook sees, so a broken webhook can always be removed (upstream's
 /// `IsExemptAdmissionConfigurationResource`).
@@ -31,8 +31,8 @@ pub fn selector_empty(s: &Value) -> bool {
 }
 
 /// objectSelector: the new or the old object's labels.
-pub fn object_selected(hook: &Hook, object: Option<&Value>, old: Option<&Value>) -> bool {
-    if selector_empty(&hook.object_selector) {
+pub fn object_selected(selector: &Value, object: Option<&Value>, old: Option<&Value>) -> bool {
+    if selector_empty(selector) {
         return true;
     }
     [object, old].into_iter().flatten().any(|o| {
@@ -40,7 +40,7 @@ pub fn object_selected(hook: &Hook, object: Option<&Value>, old: Option<&Value>)
             .get("labels")
             .cloned()
             .unwrap_or_else(|| Value::Object(Default::default()));
-        vkube_api::selector::label_selector_matches(&hook.object_selector, &labels)
+        vkube_api::selector::label_selector_matches(selector, &labels)
     })
 }
 
@@ -52,6 +52,37 @@ pub fn invocation(
     operation: Operation,
     namespace: &str,
 ) -> Option<&'static Resource> {
+    let request = Request {
+        requested,
+        subresource,
+        operation,
+        namespace,
+    };
+    invocation_of(&hook.rules, Rule::matches, hook.exact, &request)
+}
+
+/// What a request addresses, for [`invocation_of`].
+pub struct Request<'a> {
+    pub requested: &'static Resource,
+    pub subresource: &'a str,
+    pub operation: Operation,
+    pub namespace: &'a str,
+}
+
+/// The resource (the request's own, or with `exact` false an equivalent one) under which one of
+/// `rules` matches the request, if any; admission policies' named rules use it too.
+pub fn invocation_of<R>(
+    rules: &[R],
+    matches: impl Fn(&R, &Target) -> bool,
+    exact: bool,
+    request: &Request,
+) -> Option<&'static Resource> {
+    let Request {
+        requested,
+        subresource,
+        operation,
+        namespace,
+    } = *request;
     let target = |r: &'static Resource| Target {
         operation,
         group: r.group,
@@ -60,14 +91,10 @@ pub fn invocation(
         subresource,
         namespace,
     };
-    if hook
-        .rules
-        .iter()
-        .any(|rule| rule.matches(&target(requested)))
-    {
+    if rules.iter().any(|rule| matches(rule, &target(requested))) {
         return Some(requested);
     }
-    if hook.exact {
+    if exact {
         return None;
     }
     let equivalents: Vec<&'static Resource> = registry::all()
@@ -76,11 +103,11 @@ pub fn invocation(
         .filter(|r| (r.group, r.version) != (requested.group, requested.version))
         .collect();
     // Earlier rules first, as upstream.
-    hook.rules.iter().find_map(|rule| {
+    rules.iter().find_map(|rule| {
         equivalents
             .iter()
             .copied()
-            .find(|r| rule.matches(&target(r)))
+            .find(|r| matches(rule, &target(r)))
     })
 }
 

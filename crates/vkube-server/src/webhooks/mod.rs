@@ -8,10 +8,10 @@
 //! the object. Validating webhooks run in parallel; the first (in order) to refuse decides.
 
 mod client;
-mod hook;
-mod matching;
+pub(crate) mod hook;
+pub(crate) mod matching;
 mod metrics;
-mod review;
+pub(crate) mod review;
 mod view;
 
 #[cfg(test)]
@@ -34,7 +34,7 @@ pub(crate) struct Admission<'a> {
     pub operation: Operation,
     /// `dryRun=All` (the query, or a DeleteOptions' dryRun).
     pub dry_run: bool,
-    ctx: &'a Ctx<'a>,
+    pub(crate) ctx: &'a Ctx<'a>,
     /// The request's namespace's labels, read once for all the webhooks that select on them.
     namespace_labels: tokio::sync::OnceCell<Value>,
     /// Set once the view has caught up with the store for this request (mutating and
@@ -53,7 +53,7 @@ impl<'a> Admission<'a> {
         }
     }
 
-    fn resource(&self) -> &'static Resource {
+    pub(crate) fn resource(&self) -> &'static Resource {
         self.ctx.resource
     }
 
@@ -70,7 +70,7 @@ impl<'a> Admission<'a> {
     }
 
     /// The name the request is about: the URL's, else the object's.
-    fn name(&self, object: Option<&Value>, old: Option<&Value>) -> String {
+    pub(crate) fn name(&self, object: Option<&Value>, old: Option<&Value>) -> String {
         if !self.ctx.info.name.is_empty() {
             return self.ctx.info.name.clone();
         }
@@ -82,7 +82,7 @@ impl<'a> Admission<'a> {
     }
 
     /// The namespace the request is about: a Namespace object's own name for a Namespace.
-    fn namespace(&self, name: &str) -> String {
+    pub(crate) fn namespace(&self, name: &str) -> String {
         let r = self.resource();
         if r.group.is_empty() && r.plural == "namespaces" {
             name.to_string()
@@ -91,7 +91,7 @@ impl<'a> Admission<'a> {
         }
     }
 
-    fn options(&self) -> Value {
+    pub(crate) fn options(&self) -> Value {
         let kind = match self.operation {
             Operation::Create => "CreateOptions",
             Operation::Update => "UpdateOptions",
@@ -112,7 +112,7 @@ impl<'a> Admission<'a> {
 
     /// The labels the namespaceSelector is matched against; `None` when it does not apply
     /// (cluster-scoped resources other than Namespaces).
-    async fn labels_for_namespace(
+    pub(crate) async fn labels_for_namespace(
         &self,
         namespace: &str,
         object: Option<&Value>,
@@ -160,7 +160,7 @@ impl<'a> Admission<'a> {
                 }
             }
         }
-        if !matching::object_selected(hook, object, old) {
+        if !matching::object_selected(&hook.object_selector, object, old) {
             return Ok(None);
         }
         let Some(invoked) = matching::invocation(
@@ -187,7 +187,7 @@ impl<'a> Admission<'a> {
         Ok(Some(invoked))
     }
 
-    fn attributes<'b>(
+    pub(crate) fn attributes<'b>(
         &'b self,
         invoked: &'static Resource,
         name: &'b str,
@@ -397,6 +397,8 @@ impl<'a> Admission<'a> {
         object: Option<&Value>,
         old: Option<&Value>,
     ) -> Result<(), Status> {
+        // Upstream's plugin order: ValidatingAdmissionPolicy, then ValidatingAdmissionWebhook.
+        crate::admission_policy::validate(self, object, old).await?;
         let Some(hooks) = self.hooks(false).await else {
             return Ok(());
         };

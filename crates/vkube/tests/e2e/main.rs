@@ -1,6 +1,7 @@
 //! End to end: a real `vkube serve` process driven by real kubectl — the default binary and the
 //! pinned `kubectl.1.27` and `kubectl.1.33` beside it — checking what kubectl prints.
 
+mod admission_policy;
 mod apply;
 mod audit;
 mod auth;
