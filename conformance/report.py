@@ -106,7 +106,9 @@ def compact(full, name, status, seconds, log):
     return out
 
 
-def read_skips(path):
+def read_skips(path, host=False):
+    """(regex, reason) of each skips.txt line that applies: with a kubelet (host), not the
+    [no-kubelet] ones."""
     out = []
     with open(path) as f:
         for line in f:
@@ -114,7 +116,7 @@ def read_skips(path):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             m = re.match(r"^(.*?\S)\s+#\s+(.*)$", line)
-            if m:
+            if m and not (host and m.group(2).startswith("[no-kubelet]")):
                 out.append((m.group(1), m.group(2)))
     return out
 
@@ -157,7 +159,8 @@ def write_markdown(work, out):
     meta = load(os.path.join(work, "meta.json"))
     focus = selected(load(os.path.join(work, "focus.json")))
     would_run = selected(load(os.path.join(work, "would-run.json")))
-    skips = read_skips(meta["skips_file"])
+    host = meta.get("host", False)
+    skips = read_skips(meta["skips_file"], host)
     names = sorted(focus)
 
     runs = {}
@@ -175,6 +178,8 @@ def write_markdown(work, out):
                    "verdicts": {n: verdict(n, results.get(n), would_run) for n in names}}
 
     label = {"vkube": f"vkube ({meta['store']})", "upstream": "kube-apiserver " + meta["k8s_version"]}
+    if host:
+        label = {"vkube": "vkube + syncer", "upstream": "host cluster " + meta["k8s_version"]}
     cols = [s for s in SERVERS if s in runs]
     lines = []
     w = lines.append
@@ -184,9 +189,15 @@ def write_markdown(work, out):
 
     w(f"# Conformance run {meta['date']}: `{meta['focus']}`")
     w("")
-    w("Upstream's e2e conformance suite (`e2e.test` " + meta["k8s_version"] + ") against `vkube serve`"
-      + (" and, as the oracle, upstream kube-apiserver + kube-controller-manager on an etcd of their own."
-         if "upstream" in runs else " (upstream not run: --vkube-only)."))
+    if host:
+        w("Upstream's e2e conformance suite (`e2e.test` " + meta["k8s_version"] + ") against `vkube serve`"
+          " with its syncer on a real host cluster (pods run on its kubelet)"
+          + (" and, as the oracle, against that host cluster's own kube-apiserver, controllers,"
+             " scheduler and kubelet." if "upstream" in runs else " (oracle not run: --vkube-only)."))
+    else:
+        w("Upstream's e2e conformance suite (`e2e.test` " + meta["k8s_version"] + ") against `vkube serve`"
+          + (" and, as the oracle, upstream kube-apiserver + kube-controller-manager on an etcd of their own."
+             if "upstream" in runs else " (upstream not run: --vkube-only)."))
     w("Written by `conformance/run`; failures on vkube are expected, the point is a repeatable count.")
     w("")
     w("```sh")
@@ -227,7 +238,8 @@ def write_markdown(work, out):
         if v:
             w(f"- {label[s]} reports `/version` gitVersion `{v}`")
     w("")
-    w(f"Skipped by `conformance/skips.txt` ({len(skips)} patterns, "
+    w(f"Skipped by `conformance/skips.txt` ({len(skips)} patterns"
+      + (" that apply with a kubelet" if host else "") + ", "
       f"{len(set(names) - would_run)} specs, on both servers):")
     w("")
     for regex, reason in skips:

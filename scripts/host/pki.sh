@@ -3,9 +3,10 @@
 # lives for one `up` … `down`, not a cluster to run for a year.
 
 # pki_cert NAME CN [O] [SANS] [USAGE]: DIR/pki/NAME.{key,crt}; SANS as for subjectAltName
-# ("IP:1.2.3.4,DNS:x"), USAGE serverAuth, clientAuth or both (default clientAuth).
+# ("IP:1.2.3.4,DNS:x"), USAGE serverAuth, clientAuth or both (default clientAuth). Signed by
+# DIR/pki/ca, or by DIR/pki/$PKI_SIGNER when that is set.
 pki_cert() {
-  local name=$1 cn=$2 org=${3:-} sans=${4:-} usage=${5:-clientAuth} subj ext
+  local name=$1 cn=$2 org=${3:-} sans=${4:-} usage=${5:-clientAuth} subj ext signer=${PKI_SIGNER:-ca}
   subj="/CN=$cn"
   [ -n "$org" ] && subj="/O=$org$subj"
   ext=$PKI/$name.ext
@@ -17,7 +18,7 @@ pki_cert() {
   } >"$ext"
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "$subj" \
     -keyout "$PKI/$name.key" -out "$PKI/$name.csr" 2>/dev/null
-  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$signer.crt" -CAkey "$PKI/$signer.key" -CAcreateserial \
     -days 3650 -sha256 -extfile "$ext" -out "$PKI/$name.crt" 2>/dev/null
   rm -f "$PKI/$name.csr" "$ext"
 }
@@ -68,6 +69,13 @@ pki_all() {
   pki_cert kube-proxy system:kube-proxy
   pki_cert kubelet "system:node:$NODE_NAME" system:nodes
   pki_cert kubelet-serving "system:node:$NODE_NAME" system:nodes "IP:$NODE_IP,DNS:$NODE_NAME" serverAuth
+  # The aggregation layer's front proxy, with a CA of its own as kubeadm makes it: kube-apiserver
+  # proxies to aggregated API servers (the e2e Aggregator spec's sample-apiserver) with this
+  # client certificate, and they trust its X-Remote-* headers by this CA.
+  openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+    -subj "/CN=vkube-host-front-proxy-ca" -keyout "$PKI/front-proxy-ca.key" -out "$PKI/front-proxy-ca.crt" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+  PKI_SIGNER=front-proxy-ca pki_cert front-proxy-client front-proxy-client
   # CoreDNS and kwok read the whole cluster; they act as the admin on this test host.
   pki_kubeconfig "$DIR/kubeconfig" admin "$api"
   pki_kubeconfig "$DIR/controller-manager.kubeconfig" controller-manager "$api"
