@@ -1,7 +1,8 @@
 #![forbid(unsafe_code)]
 //! kube-controller-manager's job for a virtual cluster: the workload controllers (Deployment,
 //! ReplicaSet, ReplicationController, StatefulSet, DaemonSet, Job, CronJob, TTL after finished),
-//! PodDisruptionBudget status, the CSR signer, and Endpoints/EndpointSlices (with mirroring).
+//! PodDisruptionBudget status, the CSR signer, Endpoints/EndpointSlices (with mirroring), the
+//! garbage collector and ResourceQuota status.
 //!
 //! They are clients of the API and nothing else: every read and write goes through a
 //! [`kube::Client`], so what they write passes authentication, RBAC, admission (quota),
@@ -30,6 +31,7 @@ mod deployment;
 mod disruption;
 mod endpoints;
 mod events;
+mod garbagecollector;
 mod job;
 mod namespace;
 pub mod namespace_defaults;
@@ -58,6 +60,7 @@ pub const CONTROLLERS: &[(&str, &str)] = &[
     ("namespace", "namespace-controller"),
     ("podgc", "pod-garbage-collector"),
     ("resourcequota", "resourcequota-controller"),
+    ("garbagecollector", "generic-garbage-collector"),
     ("serviceaccount", "service-account-controller"),
     ("root-ca-cert-publisher", "root-ca-cert-publisher"),
     ("endpoint", "endpoint-controller"),
@@ -131,6 +134,7 @@ pub fn run(name: &str, ctx: Context) -> Option<futures_util::future::BoxFuture<'
         "namespace" => Box::pin(namespace::run(ctx)),
         "podgc" => Box::pin(pod_gc::run(ctx)),
         "resourcequota" => Box::pin(resourcequota::run(ctx)),
+        "garbagecollector" => Box::pin(garbagecollector::run(ctx)),
         "serviceaccount" => Box::pin(namespace_defaults::run_service_accounts(ctx)),
         _ => return None,
     })

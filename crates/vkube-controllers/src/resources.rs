@@ -15,7 +15,6 @@ pub(crate) struct Served {
     pub verbs: Vec<String>,
 }
 
-#[allow(dead_code)] // the garbage collector's (it moves here next)
 impl Served {
     pub fn supports(&self, verb: &str) -> bool {
         self.verbs.iter().any(|v| v == verb)
@@ -61,8 +60,7 @@ impl Resources {
         Ok(())
     }
 
-    #[allow(dead_code)] // the garbage collector's (it moves here next)
-    pub fn all(&self) -> &[Served] {
+        pub fn all(&self) -> &[Served] {
         &self.all
     }
 
@@ -75,8 +73,7 @@ impl Resources {
 
     /// The resource of an `apiVersion` and `kind` (an owner reference's), in that version when
     /// it is served (upstream's RESTMapping); `None` when the API serves no such kind.
-    #[allow(dead_code)] // the garbage collector's (it moves here next)
-    pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<Served> {
+        pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<Served> {
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
         let preferred = self
             .all

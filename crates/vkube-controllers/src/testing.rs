@@ -21,7 +21,8 @@ struct Inner {
     refusals: Vec<(String, String, u16, String, String)>,
     /// Fixed answers to GETs of these paths (discovery documents).
     served: BTreeMap<String, Value>,
-    /// Deletes mark objects with finalizers instead of removing them, as the API does.
+    /// Deletes mark objects with finalizers instead of removing them, as the API does, and
+    /// a `propagationPolicy` of Foreground or Orphan adds its finalizer.
     hold_finalizers: bool,
 }
 
@@ -361,13 +362,54 @@ impl FakeApi {
                 }
                 new["metadata"]["resourceVersion"] = json!(rv);
                 new["metadata"]["uid"] = old["metadata"]["uid"].clone();
-                inner.objects.insert(key, new.clone());
+                // A deleted object's last finalizer gone: the object goes (a Namespace's end
+                // is its controller's `finalize`).
+                let finished = new["metadata"]["deletionTimestamp"].is_string()
+                    && new["metadata"]["finalizers"]
+                        .as_array()
+                        .is_none_or(Vec::is_empty)
+                    && !collection.ends_with("/namespaces");
+                if finished {
+                    inner.objects.remove(&key);
+                } else {
+                    inner.objects.insert(key, new.clone());
+                }
                 (200, new)
             }
-            ("DELETE", Some(n)) => match inner.delete(&format!("{collection}/{n}"), &rv) {
-                Some(obj) => (200, obj),
-                None => status(404, "NotFound", &format!("\"{n}\" not found")),
-            },
+            ("DELETE", Some(n)) => {
+                let key = format!("{collection}/{n}");
+                let hold = inner.hold_finalizers;
+                if let Some(obj) = inner.objects.get_mut(&key) {
+                    // DeleteOptions' preconditions, and the finalizer its propagation asks for.
+                    let pre = &body["preconditions"];
+                    for (field, what) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
+                        let have = obj["metadata"][field].as_str().unwrap_or_default();
+                        if let Some(want) = pre[field].as_str().filter(|w| *w != have) {
+                            let message = format!(
+                                "Precondition failed: {what} in precondition: {want}, {what} in object meta: {have}"
+                            );
+                            return status(409, "Conflict", &message);
+                        }
+                    }
+                    let finalizer = match body["propagationPolicy"].as_str() {
+                        Some("Foreground") => Some("foregroundDeletion"),
+                        Some("Orphan") => Some("orphan"),
+                        _ => None,
+                    };
+                    if let Some(f) = finalizer.filter(|_| hold) {
+                        let list = &mut obj["metadata"]["finalizers"];
+                        if !list.as_array().is_some_and(|l| l.iter().any(|x| x == f)) {
+                            let mut l = list.as_array().cloned().unwrap_or_default();
+                            l.push(json!(f));
+                            *list = json!(l);
+                        }
+                    }
+                }
+                match inner.delete(&key, &rv) {
+                    Some(obj) => (200, obj),
+                    None => status(404, "NotFound", &format!("\"{n}\" not found")),
+                }
+            }
             ("DELETE", None) => {
                 let prefix = format!("{collection}/");
                 let keys: Vec<String> = inner

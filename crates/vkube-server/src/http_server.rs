@@ -87,7 +87,6 @@ impl std::fmt::Debug for LeaderTask {
 /// The leader's controllers, by the names `--controllers` takes.
 pub const CONTROLLERS: &[&str] = &[
     "customresourcedefinition",
-    "garbagecollector",
 ];
 
 /// How requests authenticate besides client certificates.
@@ -449,9 +448,6 @@ pub async fn serve(
             let mut work = vec![crate::controllers::start(api.clone())];
             if on("customresourcedefinition") {
                 work.push(crate::crds::start(api.clone()));
-            }
-            if on("garbagecollector") {
-                work.push(crate::gc::start(api.clone()));
             }
             if let Some(interval) = compaction {
                 work.push(crate::compactor::start(store.clone(), interval));

@@ -264,15 +264,22 @@ pub(crate) async fn run(ctx: Arc<Context>) {
     let backoff = Backoff::default();
     let mut retry_at: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
     let mut resync = tokio::time::Instant::now() + RESYNC;
+    // The resources discovery was read again for since the last resync.
+    let mut looked_for: BTreeSet<Measured> = BTreeSet::new();
     loop {
         // A quota measuring a resource not watched yet: watched from now on (discovery read
         // again when it does not know the resource, as a custom resource may be new).
         let missing: Vec<Measured> = state.measured().difference(&monitored).cloned().collect();
-        let unknown = missing
+        // Discovery is read again for a resource it lacked once per resync, not at every event.
+        let unknown: Vec<&Measured> = missing
             .iter()
-            .any(|(g, p)| resources.by_resource(g, p).is_none());
-        if unknown && let Err(err) = resources.refresh(&ctx.client).await {
-            tracing::debug!(%err, "resourcequota controller: discovery");
+            .filter(|(g, p)| resources.by_resource(g, p).is_none())
+            .collect();
+        if unknown.iter().any(|m| !looked_for.contains(*m)) {
+            looked_for.extend(unknown.into_iter().cloned());
+            if let Err(err) = resources.refresh(&ctx.client).await {
+                tracing::debug!(%err, "resourcequota controller: discovery");
+            }
         }
         for m in missing {
             let Some(served) = resources.by_resource(&m.0, &m.1) else {
@@ -314,6 +321,7 @@ pub(crate) async fn run(ctx: Arc<Context>) {
                     pending.insert(ns);
                 }
                 if now >= resync {
+                    looked_for.clear();
                     pending.extend(state.quotas.keys().cloned());
                     resync = now + RESYNC;
                 }
