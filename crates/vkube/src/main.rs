@@ -51,7 +51,7 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
-    /// Save a store's keyspace to a file, or restore it into an empty store.
+    /// Save a store's keyspace (or a virtual cluster on the host) to a file, or restore it.
     Snapshot {
         #[command(subcommand)]
         command: store_tools::SnapshotCommand,

@@ -343,7 +343,7 @@ async fn delete_synced(host: &Host, namespace: &str, name: &str) -> Result<usize
     Ok(count)
 }
 
-async fn stateful_set(
+pub(crate) async fn stateful_set(
     host: &Host,
     namespace: &str,
     name: &str,
@@ -361,14 +361,32 @@ pub async fn pause(args: PauseArgs) -> Result<()> {
     let host = Host::connect(&args.host).await?;
     let name = args.name.as_str();
     let namespace = namespace_of(name, &args.namespace);
-    let (sets, set) = stateful_set(&host, &namespace, name).await?;
-    if is_paused(&set) {
+    let mut progress = Progress::new();
+    if !pause_cluster(&host, &namespace, name, args.timeout, &mut progress).await? {
         eprintln!("virtual cluster {name} is already paused");
         return Ok(());
     }
-    let mut progress = Progress::new();
+    progress.finish();
+    eprintln!("paused virtual cluster {name}; `vkube resume {name} -n {namespace}` brings it back");
+    Ok(())
+}
+
+/// Scales the control plane to 0 (remembering how many replicas and workload pods it had),
+/// waits until its pods are gone and stops its workloads' host pods. False if it was paused
+/// already.
+pub(crate) async fn pause_cluster(
+    host: &Host,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+    progress: &mut Progress,
+) -> Result<bool> {
+    let (sets, set) = stateful_set(host, namespace, name).await?;
+    if is_paused(&set) {
+        return Ok(false);
+    }
     let replicas = set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let pods: Api<Pod> = Api::namespaced(host.client.clone(), &namespace);
+    let pods: Api<Pod> = Api::namespaced(host.client.clone(), namespace);
     let selector = ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}"));
     let workloads = pods
         .list(&selector)
@@ -387,8 +405,8 @@ pub async fn pause(args: PauseArgs) -> Result<()> {
     progress.done(format!("control plane scaled from {replicas} to 0"));
     // The control plane is down; its workloads on the host go too (vcluster does the same). On
     // resume the syncer sees their host pods gone and the controllers make them anew.
-    let deadline = Instant::now() + args.timeout;
-    while !host.control_plane_pods(&namespace, name).await?.is_empty() {
+    let deadline = Instant::now() + timeout;
+    while !host.control_plane_pods(namespace, name).await?.is_empty() {
         if Instant::now() >= deadline {
             bail!("timed out waiting for the control plane pods of {name} to stop");
         }
@@ -401,16 +419,34 @@ pub async fn pause(args: PauseArgs) -> Result<()> {
             .map_err(|e| explain(e, "deleting the workloads' host pods"))?;
     }
     progress.done(format!("{workloads} workload pods stopped"));
-    progress.finish();
-    eprintln!("paused virtual cluster {name}; `vkube resume {name} -n {namespace}` brings it back");
-    Ok(())
+    Ok(true)
 }
 
 pub async fn resume(args: PauseArgs) -> Result<()> {
     let host = Host::connect(&args.host).await?;
     let name = args.name.as_str();
     let namespace = namespace_of(name, &args.namespace);
-    let (sets, set) = stateful_set(&host, &namespace, name).await?;
+    let mut progress = Progress::new();
+    if !resume_cluster(&host, &namespace, name, args.timeout, &mut progress).await? {
+        eprintln!("virtual cluster {name} is not paused");
+        return Ok(());
+    }
+    progress.finish();
+    eprintln!(
+        "resumed virtual cluster {name}; its workloads start again as the syncer recreates them"
+    );
+    Ok(())
+}
+
+/// Scales a paused control plane back and waits until it is ready. False if it was not paused.
+pub(crate) async fn resume_cluster(
+    host: &Host,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+    progress: &mut Progress,
+) -> Result<bool> {
+    let (sets, set) = stateful_set(host, namespace, name).await?;
     let Some(replicas) = set
         .metadata
         .annotations
@@ -418,10 +454,8 @@ pub async fn resume(args: PauseArgs) -> Result<()> {
         .and_then(|a| a.get(PAUSED_REPLICAS))
         .and_then(|r| r.parse::<i32>().ok())
     else {
-        eprintln!("virtual cluster {name} is not paused");
-        return Ok(());
+        return Ok(false);
     };
-    let mut progress = Progress::new();
     let patch = json!({
         "metadata": {"annotations": {PAUSED_REPLICAS: null, PAUSED_WORKLOADS: null}},
         "spec": {"replicas": replicas},
@@ -430,18 +464,6 @@ pub async fn resume(args: PauseArgs) -> Result<()> {
         .await
         .map_err(|e| explain(e, "scaling the control plane back"))?;
     progress.done(format!("control plane scaled to {replicas}"));
-    super::create::wait_ready(
-        &host,
-        &namespace,
-        name,
-        replicas as usize,
-        args.timeout,
-        &mut progress,
-    )
-    .await?;
-    progress.finish();
-    eprintln!(
-        "resumed virtual cluster {name}; its workloads start again as the syncer recreates them"
-    );
-    Ok(())
+    super::create::wait_ready(host, namespace, name, replicas as usize, timeout, progress).await?;
+    Ok(true)
 }

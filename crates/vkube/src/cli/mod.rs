@@ -10,6 +10,7 @@ pub mod manage;
 pub mod progress;
 pub mod release;
 pub mod render;
+pub mod snapshot;
 pub mod values;
 
 use std::time::Duration;
@@ -68,6 +69,9 @@ pub enum Command {
     Pause(manage::PauseArgs),
     /// Bring a paused virtual cluster back.
     Resume(manage::PauseArgs),
+    /// Restore a virtual cluster from a snapshot (`vkube snapshot create NAME file:///PATH`):
+    /// it is paused, its store replaced, and resumed.
+    Restore(snapshot::RestoreArgs),
 }
 
 pub async fn run(command: Command) -> Result<()> {
@@ -79,6 +83,7 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Delete(args) => manage::delete(args).await,
         Command::Pause(args) => manage::pause(args).await,
         Command::Resume(args) => manage::resume(args).await,
+        Command::Restore(args) => snapshot::restore(args).await,
     }
 }
 

@@ -15,7 +15,8 @@ mod keyspace;
 mod location;
 mod offline;
 mod progress;
-mod snapshot;
+mod served;
+pub(crate) mod snapshot;
 
 use std::path::PathBuf;
 
@@ -56,27 +57,74 @@ pub enum SnapshotCommand {
 
 #[derive(clap::Args)]
 pub struct SnapshotCreateArgs {
-    file: PathBuf,
+    /// The file to write (`-`: standard output); with a URL after it, the name of a virtual
+    /// cluster on the host.
+    target: String,
+    /// `file:///PATH`: snapshot the virtual cluster named first, on the host of the current
+    /// kubeconfig context, into PATH on this machine (from a ready replica, while it serves).
+    url: Option<String>,
     /// The store to read: sqlite://PATH, postgres://…, etcd://…
     #[arg(long, env = "VKUBE_STORE")]
-    store: String,
+    store: Option<String>,
+    /// Instead of --store: the store of `vkube serve --data-dir DIR [--config FILE]`, while it
+    /// serves (its embedded etcd member is read on loopback).
+    #[arg(long, conflicts_with = "store")]
+    data_dir: Option<PathBuf>,
     /// The cluster's vcluster.yaml, kept in the snapshot beside the keys.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// With a virtual cluster NAME: its namespace on the host (default: vkube-NAME).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    #[command(flatten)]
+    host: crate::cli::HostFlags,
 }
 
 #[derive(clap::Args)]
 pub struct SnapshotRestoreArgs {
-    file: PathBuf,
+    /// The snapshot file (`-`: standard input); with a URL after it, the name of a virtual
+    /// cluster on the host.
+    target: String,
+    /// `file:///PATH`: restore the virtual cluster named first, on the host, from PATH on this
+    /// machine (as `vkube restore NAME file:///PATH`).
+    url: Option<String>,
     /// The store to write; it must be empty.
     #[arg(long, env = "VKUBE_STORE")]
-    store: String,
+    store: Option<String>,
+    /// Instead of --store: the store of `vkube serve --data-dir DIR [--config FILE]`, which must
+    /// not be serving.
+    #[arg(long, conflicts_with = "store")]
+    data_dir: Option<PathBuf>,
+    /// With --data-dir: the vcluster.yaml that `vkube serve` runs with (it names the store).
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Write the vcluster.yaml the snapshot holds, if any, to this file.
     #[arg(long)]
     config_out: Option<PathBuf>,
     /// Delete every key the destination holds first.
     #[arg(long)]
     force: bool,
+    /// With a virtual cluster NAME: its namespace on the host (default: vkube-NAME).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    #[command(flatten)]
+    host: crate::cli::HostFlags,
+}
+
+/// The store a snapshot command names: `--store`, or the one `vkube serve --data-dir` serves.
+fn named_store(
+    store: &Option<String>,
+    data_dir: &Option<PathBuf>,
+    config: &Option<PathBuf>,
+    online: bool,
+) -> Result<Location> {
+    match (store, data_dir) {
+        (Some(url), _) => url.parse().context("--store"),
+        (None, Some(dir)) => served::location(dir, config.as_deref(), online),
+        (None, None) => bail!(
+            "name the store: --store URL, or --data-dir DIR for the store `vkube serve --data-dir DIR` serves; or give a virtual cluster on the host as NAME file:///PATH"
+        ),
+    }
 }
 
 /// Whether `key` travels to another store. Left behind: each replica's membership record (a
@@ -178,7 +226,21 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
 pub async fn snapshot(command: SnapshotCommand) -> Result<()> {
     match command {
         SnapshotCommand::Create(args) => {
-            let location: Location = args.store.parse().context("--store")?;
+            if let Some(url) = &args.url {
+                if args.store.is_some() || args.data_dir.is_some() {
+                    bail!(
+                        "give either a store (--store, --data-dir) or a virtual cluster NAME file:///PATH, not both"
+                    );
+                }
+                return crate::cli::snapshot::create(
+                    &args.target,
+                    url,
+                    &args.namespace,
+                    &args.host,
+                )
+                .await;
+            }
+            let location = named_store(&args.store, &args.data_dir, &args.config, true)?;
             let config = match &args.config {
                 Some(path) => Some(
                     std::fs::read_to_string(path)
@@ -186,21 +248,28 @@ pub async fn snapshot(command: SnapshotCommand) -> Result<()> {
                 ),
                 None => None,
             };
+            let to_stdout = args.target == "-";
+            let file = PathBuf::from(&args.target);
             // Online: no lock, a served store is read at one revision like any reader's list.
             let opened = location.start(true).await?;
             let started = std::time::Instant::now();
             let made = match open(&opened.url, true).await {
-                Ok(store) => {
-                    snapshot::create(store.as_ref(), &args.file, &opened.shown, config).await
+                Ok(store) if to_stdout => {
+                    snapshot::create_to_stdout(store.as_ref(), &opened.shown, config).await
                 }
+                Ok(store) => snapshot::create(store.as_ref(), &file, &opened.shown, config).await,
                 Err(err) => Err(err),
             };
             opened.close().await;
             let made = made?;
             let secs = started.elapsed().as_secs_f64();
-            println!(
+            let summary = format!(
                 "snapshot {}: {} keys at revision {}, {} value bytes, {} bytes on disk, sha256 {}, {:.2}s ({:.0} keys/s)",
-                args.file.display(),
+                if to_stdout {
+                    "to standard output".into()
+                } else {
+                    file.display().to_string()
+                },
                 made.keys,
                 made.revision,
                 made.bytes,
@@ -209,20 +278,41 @@ pub async fn snapshot(command: SnapshotCommand) -> Result<()> {
                 secs,
                 made.keys as f64 / secs.max(1e-6)
             );
+            // Standard output carries the snapshot itself when it is `-`.
+            if to_stdout {
+                eprintln!("{summary}");
+            } else {
+                println!("{summary}");
+            }
             Ok(())
         }
         SnapshotCommand::Restore(args) => {
-            let location: Location = args.store.parse().context("--store")?;
+            if let Some(url) = args.url {
+                if args.store.is_some() || args.data_dir.is_some() {
+                    bail!(
+                        "give either a store (--store, --data-dir) or a virtual cluster NAME file:///PATH, not both"
+                    );
+                }
+                return crate::cli::snapshot::restore(crate::cli::snapshot::RestoreArgs::new(
+                    args.target,
+                    url,
+                    args.namespace,
+                    args.host,
+                ))
+                .await;
+            }
+            let location = named_store(&args.store, &args.data_dir, &args.config, false)?;
+            let file = PathBuf::from(&args.target);
             let started = std::time::Instant::now();
             // The whole file is checked before the store is even opened: a bad file writes nothing.
-            let loaded = snapshot::load(&args.file)?;
+            let loaded = snapshot::load(&file)?;
             with_stores(vec![(location, false)], async |opened| {
                 let dest = open(&opened[0].url, false).await?;
                 offline::refuse_served(dest.as_ref(), &opened[0].shown).await?;
                 eprintln!(
                     "vkube: restoring {} keys from {} (vkube {}, revision {} of {}, taken {})",
                     loaded.entries.len(),
-                    args.file.display(),
+                    file.display(),
                     loaded.header.vkube_version,
                     loaded.header.revision,
                     loaded.header.source,

@@ -92,8 +92,41 @@ pub async fn create(
     partial.push(".partial");
     let partial = std::path::PathBuf::from(partial);
     let file = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let (made, out) = write(store, BufWriter::new(file), source, config).await?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    std::fs::rename(&partial, path)
+        .with_context(|| format!("renaming {} to {}", partial.display(), path.display()))?;
+    Ok(made)
+}
+
+/// Streams the snapshot to standard output (for `vkube snapshot create -`, which the host CLI
+/// runs in a replica's pod and reads through an exec stream).
+pub async fn create_to_stdout(
+    store: &dyn Store,
+    source: &str,
+    config: Option<String>,
+) -> Result<Made> {
+    let (made, mut out) = write(
+        store,
+        BufWriter::new(std::io::stdout().lock()),
+        source,
+        config,
+    )
+    .await?;
+    out.flush()?;
+    Ok(made)
+}
+
+/// Writes the whole snapshot into `out`: magic, gzip body, trailer.
+async fn write<W: Write>(
+    store: &dyn Store,
+    out: W,
+    source: &str,
+    config: Option<String>,
+) -> Result<(Made, W)> {
     let mut hashing = Hashing {
-        inner: BufWriter::new(file),
+        inner: out,
         hash: Sha256::new(),
         len: 0,
     };
@@ -151,25 +184,40 @@ pub async fn create(
     inner.write_all(TRAILER_MAGIC)?;
     inner.write_all(&len.to_be_bytes())?;
     inner.write_all(&digest)?;
-    let file = inner.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    std::fs::rename(&partial, path)
-        .with_context(|| format!("renaming {} to {}", partial.display(), path.display()))?;
-    Ok(Made {
+    let made = Made {
         keys,
         bytes,
         revision,
         file_bytes: len + TRAILER as u64,
         sha256: hex(&digest),
-    })
+    };
+    Ok((made, inner))
 }
 
-/// Checks the whole file against its trailer, then reads it. Any damage is an error naming the
-/// file, before anything is written anywhere.
+/// Reads a snapshot from `path`, or from standard input when it is `-` (held in memory: a
+/// restore holds every entry in memory anyway), and checks it with [`load_from`].
 pub fn load(path: &Path) -> Result<Loaded> {
-    let shown = path.display();
-    let mut file = File::open(path).with_context(|| format!("opening {shown}"))?;
+    if path.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut bytes)
+            .context("reading the snapshot from standard input")?;
+        let size = bytes.len() as u64;
+        return load_from(
+            std::io::Cursor::new(bytes),
+            size,
+            "the snapshot on standard input",
+        );
+    }
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let size = file.metadata()?.len();
+    load_from(file, size, &path.display().to_string())
+}
+
+/// Checks the whole snapshot (`size` bytes) against its trailer, then reads it. Any damage is
+/// an error naming it, before anything is written anywhere.
+pub fn load_from<R: Read + Seek>(mut file: R, size: u64, shown: &str) -> Result<Loaded> {
     let damaged = |why: String| {
         anyhow::anyhow!("{shown} is not a whole vkube snapshot: {why}; nothing was written")
     };

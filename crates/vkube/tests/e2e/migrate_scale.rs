@@ -347,3 +347,65 @@ fn a_snapshot_under_write_load_restores_exactly_its_revision() {
     );
     drop(server);
 }
+
+/// The commands the host CLI runs in a virtual cluster's pods: `vkube snapshot create -` to
+/// standard output from the store `vkube serve --data-dir` serves, and `vkube snapshot restore -`
+/// from standard input into a data dir's store.
+#[test]
+fn a_snapshot_streams_through_stdout_and_stdin_by_data_dir() {
+    let (mut server, token) = populated(20, &[]);
+    let before = snapshot_of(&server.kubeconfig());
+    let (old_dir, old_port) = (server.dir.path().to_path_buf(), server.port);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vkube"))
+        .args(["snapshot", "create", "-", "--data-dir"])
+        .arg(&old_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.contains("to standard output"),
+        "{stderr}"
+    );
+    assert!(out.stdout.starts_with(b"VKUBE-SNAPSHOT\n"));
+    stop(&mut server);
+
+    let work = tempfile::tempdir().unwrap();
+    let restored = work.path().join("restored");
+    std::fs::create_dir_all(&restored).unwrap();
+    std::fs::copy(
+        old_dir.join("identity-secret"),
+        restored.join("identity-secret"),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vkube"))
+        .args(["snapshot", "restore", "-", "--data-dir"])
+        .arg(&restored)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &out.stdout).unwrap();
+    let done = child.wait_with_output().unwrap();
+    assert!(
+        done.status.success()
+            && String::from_utf8_lossy(&done.stdout).contains("restored and verified"),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let secret = restored.join("identity-secret").display().to_string();
+    let server = Server::start_with(&[
+        "--store",
+        &sqlite_of(&restored),
+        "--identity-secret-file",
+        &secret,
+    ]);
+    crate::migrate::is_the_same_cluster(
+        &server,
+        "the restored data dir",
+        &old_dir,
+        old_port,
+        &before,
+        &token,
+    );
+}
