@@ -233,7 +233,8 @@ fn review_versions(versions: &Value, field: &str, errs: &mut Errors) {
 
 const URL_FORM: &str = "; desired format: https://host[/path]";
 
-fn client_config(cc: &Value, path: &str, errs: &mut Errors) {
+/// A webhook clientConfig (admission webhooks, and CRD conversion webhooks).
+pub(crate) fn client_config(cc: &Value, path: &str, errs: &mut Errors) {
     match (cc["url"].as_str(), cc["service"].is_object()) {
         (None, false) | (Some(_), true) => {
             errs.required(path, "exactly one of url or service is required");
@@ -316,17 +317,32 @@ fn service(svc: &Value, path: &str, errs: &mut Errors) {
         return;
     };
     let field = format!("{path}.path");
-    if p == "/" {
+    // Upstream's ValidateWebhookService: "/" and "" both mean the root (the AdmissionWebhook
+    // conformance specs register `path: ""`).
+    if p == "/" || p.is_empty() {
+        return;
+    }
+    if p == "//" {
+        errs.invalid(&field, &svc["path"], "segment[0] may not be empty");
         return;
     }
     if !p.starts_with('/') {
         errs.invalid(&field, &svc["path"], "must start with a '/'");
     }
-    let steps: Vec<&str> = p.trim_start_matches('/').split('/').collect();
-    for (k, step) in steps.iter().enumerate() {
-        if step.is_empty() && k + 1 < steps.len() {
-            errs.invalid(&field, &svc["path"], "segment[0] may not be empty");
-            break;
+    // As upstream: the first character dropped (whatever it was), then one trailing '/'.
+    let rest = &p[p.chars().next().map_or(0, char::len_utf8)..];
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    for (k, step) in rest.split('/').enumerate() {
+        if step.is_empty() {
+            errs.invalid(
+                &field,
+                &svc["path"],
+                &format!("segment[{k}] may not be empty"),
+            );
+        } else if let Some(why) =
+            crate::object::invalid_name(crate::object::NameRule::Subdomain, step)
+        {
+            errs.invalid(&field, &svc["path"], &format!("segment[{k}]: {why}"));
         }
     }
 }
@@ -399,5 +415,38 @@ mod tests {
                 "webhooks[0].admissionReviewVersions: Invalid value: []string{\"v2\"}: must include at least one of v1, v1beta1",
             ]
         );
+    }
+
+    #[test]
+    fn service_paths_as_upstreams_validate_webhook_service() {
+        let errors = |path: &str| {
+            let mut errs = Errors::default();
+            service(
+                &json!({"namespace": "ns", "name": "svc", "path": path}),
+                "s",
+                &mut errs,
+            );
+            errs.0.into_iter().map(|e| e.message).collect::<Vec<_>>()
+        };
+        for fine in ["", "/", "/validate-pods", "/a/b/", "/v1.x/crd"] {
+            assert!(errors(fine).is_empty(), "{fine:?}: {:?}", errors(fine));
+        }
+        assert_eq!(
+            errors("//"),
+            ["Invalid value: \"//\": segment[0] may not be empty"]
+        );
+        // Upstream drops the first character whatever it is: "a/b" leaves an empty segment.
+        assert_eq!(
+            errors("a/b"),
+            [
+                "Invalid value: \"a/b\": must start with a '/'",
+                "Invalid value: \"a/b\": segment[0] may not be empty"
+            ]
+        );
+        assert_eq!(
+            errors("/a//b"),
+            ["Invalid value: \"/a//b\": segment[1] may not be empty"]
+        );
+        assert!(errors("/Upper")[0].contains("segment[0]: a lowercase RFC 1123 subdomain"));
     }
 }
