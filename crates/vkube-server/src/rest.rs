@@ -75,6 +75,26 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
+    pub(crate) fn new(
+        api: &'a Api,
+        user: &'a vkube_auth::UserInfo,
+        info: &'a RequestInfo,
+        resource: &'static Resource,
+        q: &'a Query,
+        accept: &'a str,
+    ) -> Ctx<'a> {
+        Ctx {
+            api,
+            user,
+            info,
+            resource,
+            q,
+            accept,
+            warnings: Default::default(),
+            audit_annotations: Default::default(),
+        }
+    }
+
     /// The same request, addressing another resource (the pods a `bindings` request names).
     pub(crate) fn with_resource(&self, resource: &'static Resource) -> Ctx<'a> {
         Ctx {
@@ -347,7 +367,7 @@ async fn subresource(
     };
     if sub.kubelet {
         return Err(Status::service_unavailable(format!(
-            "{} \"{}\": the {} subresource needs a kubelet, and this vkube has none yet (the syncer that runs pods on a host cluster is not built)",
+            "{} \"{}\": the {} subresource needs a kubelet, and this vkube runs no pods: start it with --host-kubeconfig to run them on a host cluster",
             ctx.resource.plural, ctx.info.name, sub.name
         )));
     }

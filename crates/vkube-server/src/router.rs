@@ -201,10 +201,20 @@ impl Api {
         if !info.is_resource {
             return self.non_resource(req.method(), &path, &q, &accept).await;
         }
-        if let Some(proxy) = &self.host_proxy
-            && info.group.is_empty()
+        let kubelet_subresource = info.group.is_empty()
             && info.resource == "pods"
-            && crate::host_proxy::KUBELET_SUBRESOURCES.contains(&info.subresource.as_str())
+            && crate::host_proxy::KUBELET_SUBRESOURCES.contains(&info.subresource.as_str());
+        if kubelet_subresource {
+            // Admission first, as upstream's connect handler: a webhook may refuse an exec.
+            let raw_query = req.uri().query().unwrap_or_default().to_string();
+            if let Err(status) =
+                crate::webhooks::connect::admit(&self, &user, &info, &q, &raw_query).await
+            {
+                return response::status(&status);
+            }
+        }
+        if let Some(proxy) = &self.host_proxy
+            && kubelet_subresource
         {
             // The pod must exist here; the host's answer about a pod it lacks would name the
             // host's pod.

@@ -14,6 +14,8 @@ pub enum Operation {
     Create,
     Update,
     Delete,
+    /// `exec`, `attach` and `portforward` of a pod: the connect options are the object.
+    Connect,
 }
 
 impl Operation {
@@ -22,6 +24,7 @@ impl Operation {
             Operation::Create => "CREATE",
             Operation::Update => "UPDATE",
             Operation::Delete => "DELETE",
+            Operation::Connect => "CONNECT",
         }
     }
 }

@@ -8,6 +8,7 @@
 //! the object. Validating webhooks run in parallel; the first (in order) to refuse decides.
 
 mod client;
+pub(crate) mod connect;
 pub(crate) mod hook;
 pub(crate) mod matching;
 mod metrics;
@@ -96,6 +97,8 @@ impl<'a> Admission<'a> {
             Operation::Create => "CreateOptions",
             Operation::Update => "UpdateOptions",
             Operation::Delete => "DeleteOptions",
+            // Upstream's connect handler passes no operation options.
+            Operation::Connect => return Value::Null,
         };
         let mut options = json!({"kind": kind, "apiVersion": "meta.k8s.io/v1"});
         if self.dry_run {
@@ -195,6 +198,11 @@ impl<'a> Admission<'a> {
         options: &'b Value,
     ) -> Attributes<'b> {
         let requested = self.resource();
+        // A CONNECT is about the connect options (`PodExecOptions`, …), as upstream's scope.Kind.
+        let (kind, request_kind) = match connect::options_kind(self) {
+            Some(kind) => (kind, kind),
+            None => (invoked.kind, requested.kind),
+        };
         Attributes {
             operation: self.operation,
             group: invoked.group,
@@ -205,7 +213,7 @@ impl<'a> Admission<'a> {
             request_group: requested.group,
             request_version: requested.version,
             request_resource: requested.plural,
-            request_kind: requested.kind,
+            request_kind,
             name,
             namespace,
             user: self.ctx.user,

@@ -54,6 +54,14 @@ fn answer(path: &str, request: &Value) -> Value {
             json!({"allowed": true, "patchType": "JSONPatch",
                 "patch": base64::engine::general_purpose::STANDARD.encode(patch.to_string())})
         }
+        // CONNECT: `exec`/`attach` of the pod named `guarded` refused, naming what was seen.
+        "/connect" if request["name"] == "guarded" => json!({"allowed": false,
+            "status": {"code": 403, "message": format!(
+                "{} to pod 'guarded' is not allowed ({} {}, container {})",
+                request["subResource"].as_str().unwrap_or_default(),
+                request["operation"].as_str().unwrap_or_default(),
+                request["object"]["kind"].as_str().unwrap_or_default(),
+                request["object"]["container"].as_str().unwrap_or_default())}}),
         _ => json!({"allowed": true}),
     }
 }
@@ -609,4 +617,70 @@ fn a_webhook_registered_through_one_replica_applies_through_another_on_postgres(
         std::process::id()
     )));
     registered_through_one_replica_applies_through_another(&url, 50);
+}
+
+/// `exec` and `attach` pass admission as a CONNECT, with the connect options as the object, as
+/// upstream's connect handler sends them: a webhook refuses them for one pod; for another, the
+/// request goes on (to the missing kubelet, here).
+#[test]
+fn a_webhook_refuses_exec_and_attach_as_a_connect() {
+    let hooks = WebhookServer::start();
+    let server = Server::start();
+    let ns = ns_name("kubectl", "connect");
+    run(&server, "kubectl", &["create", "namespace", &ns]);
+    for pod in ["guarded", "open"] {
+        run(
+            &server,
+            "kubectl",
+            &[
+                "run",
+                pod,
+                "-n",
+                &ns,
+                "--image=busybox",
+                "--",
+                "sleep",
+                "3600",
+            ],
+        );
+    }
+    let hook = webhook_yaml(
+        "connect.webhooks.example.com",
+        &format!("https://127.0.0.1:{}/connect", hooks.port),
+        &hooks.ca_bundle(),
+        "pods/exec, pods/attach",
+        "",
+    )
+    .replace("operations: [CREATE, UPDATE]", "operations: [CONNECT]");
+    let file = write(&server, "connect.yaml", &validating_config("connect", hook));
+    run(&server, "kubectl", &["apply", "-f", &file]);
+    for &k in &["kubectl", "kubectl.1.27"] {
+        let out = server.kubectl(k, &["exec", "guarded", "-n", &ns, "--", "true"]);
+        assert!(
+            !out.ok
+                && out.stderr.contains(
+                    "admission webhook \"connect.webhooks.example.com\" denied the request: exec to pod 'guarded' is not allowed (CONNECT PodExecOptions, container guarded)"
+                ),
+            "{k} exec: {}",
+            out.stderr
+        );
+        let out = server.kubectl(k, &["attach", "guarded", "-n", &ns]);
+        assert!(
+            !out.ok
+                && out
+                    .stderr
+                    .contains("attach to pod 'guarded' is not allowed (CONNECT PodAttachOptions"),
+            "{k} attach: {}",
+            out.stderr
+        );
+        // Allowed: on to the kubelet, which a vkube without a host cluster does not have.
+        let out = server.kubectl(k, &["exec", "open", "-n", &ns, "--", "true"]);
+        assert!(
+            !out.ok
+                && out.stderr.contains("needs a kubelet")
+                && !out.stderr.contains("admission webhook"),
+            "{k} exec open: {}",
+            out.stderr
+        );
+    }
 }
