@@ -24,6 +24,7 @@ pub mod runner;
 #[cfg(test)]
 pub(crate) mod testing;
 
+mod crd;
 mod cronjob;
 pub mod csr_signing;
 mod daemonset;
@@ -71,6 +72,12 @@ pub const CONTROLLERS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The controllers kube-apiserver runs itself (apiextensions-apiserver's CRD naming,
+/// establishing and finalizer controllers), by the name `--controllers` takes here. They run as
+/// the server's loopback identity, `system:apiserver` in group `system:masters`, not as a
+/// service account.
+pub const APISERVER_CONTROLLERS: &[&str] = &["customresourcedefinition"];
+
 /// What a controller runs with.
 #[derive(Clone)]
 pub struct Context {
@@ -112,9 +119,9 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Controller `name` (one of [`CONTROLLERS`]) as a future that runs until dropped; `None` for an
-/// unknown name, for `csrsigning`, which needs its CA ([`csr_signing::run`]), and for
-/// `root-ca-cert-publisher`, which needs its certificate
+/// Controller `name` (one of [`CONTROLLERS`] or [`APISERVER_CONTROLLERS`]) as a future that
+/// runs until dropped; `None` for an unknown name, for `csrsigning`, which needs its CA
+/// ([`csr_signing::run`]), and for `root-ca-cert-publisher`, which needs its certificate
 /// ([`namespace_defaults::run_root_ca_publisher`]).
 pub fn run(name: &str, ctx: Context) -> Option<futures_util::future::BoxFuture<'static, ()>> {
     let ctx = Arc::new(ctx);
@@ -135,6 +142,7 @@ pub fn run(name: &str, ctx: Context) -> Option<futures_util::future::BoxFuture<'
         "podgc" => Box::pin(pod_gc::run(ctx)),
         "resourcequota" => Box::pin(resourcequota::run(ctx)),
         "garbagecollector" => Box::pin(garbagecollector::run(ctx)),
+        "customresourcedefinition" => Box::pin(crd::run(ctx)),
         "serviceaccount" => Box::pin(namespace_defaults::run_service_accounts(ctx)),
         _ => return None,
     })

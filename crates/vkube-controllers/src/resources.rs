@@ -60,7 +60,7 @@ impl Resources {
         Ok(())
     }
 
-        pub fn all(&self) -> &[Served] {
+    pub fn all(&self) -> &[Served] {
         &self.all
     }
 
@@ -73,7 +73,7 @@ impl Resources {
 
     /// The resource of an `apiVersion` and `kind` (an owner reference's), in that version when
     /// it is served (upstream's RESTMapping); `None` when the API serves no such kind.
-        pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<Served> {
+    pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<Served> {
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
         let preferred = self
             .all

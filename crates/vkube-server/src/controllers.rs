@@ -9,9 +9,9 @@ use serde_json::{Value, json};
 use tokio::task::AbortHandle;
 use vkube_api::object;
 use vkube_api::registry::{self, Resource};
-use vkube_store::{ListOptions, StoreError};
+use vkube_store::StoreError;
 
-use crate::rest::{decode, encode};
+use crate::rest::encode;
 use crate::router::Api;
 
 pub const DEFAULT_NAMESPACES: &[&str] =
@@ -193,31 +193,4 @@ pub fn start(api: Arc<Api>) -> AbortHandle {
         }
     });
     task.abort_handle()
-}
-
-/// Deletes every object under a key prefix; objects with finalizers are marked deleted and
-/// left to their finalizers' owners. Returns whether nothing was left.
-pub(crate) async fn empty_prefix(api: &Api, prefix: &str) -> Result<bool, StoreError> {
-    let mut empty = true;
-    for kv in api.store.list(prefix, ListOptions::default()).await?.items {
-        let Ok(mut obj) = decode(&kv) else { continue };
-        let finalizers = obj["metadata"]["finalizers"]
-            .as_array()
-            .is_some_and(|f| !f.is_empty());
-        if !finalizers {
-            match api.store.delete(&kv.key, Some(kv.mod_revision)).await {
-                Ok(_) | Err(StoreError::NotFound { .. }) => continue,
-                Err(StoreError::Conflict { .. }) => {}
-                Err(err) => return Err(err),
-            }
-        } else if !obj["metadata"]["deletionTimestamp"].is_string() {
-            obj["metadata"]["deletionTimestamp"] = json!(object::now());
-            let _ = api
-                .store
-                .update(&kv.key, encode(&obj), kv.mod_revision, None)
-                .await;
-        }
-        empty = false;
-    }
-    Ok(empty)
 }

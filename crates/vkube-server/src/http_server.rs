@@ -36,12 +36,10 @@ pub struct Config {
     pub limits: crate::filters::Limits,
     /// `--request-timeout` and `--min-request-timeout`.
     pub timeouts: crate::filters::Timeouts,
-    /// The leader's controllers not to run (`--controllers=*,-NAME`, as
-    /// kube-controller-manager's flag): names from [`CONTROLLERS`].
-    pub disabled_controllers: Vec<String>,
-    /// Leader-only work the binary adds (the syncer): each call starts it and returns the handle
-    /// that stops it when this replica stops leading. The server knows nothing of what it is,
-    /// so the syncer's crate and the server's never depend on each other.
+    /// Leader-only work the binary adds (the controllers, the syncer): each call starts it and
+    /// returns the handle that stops it when this replica stops leading. The server knows
+    /// nothing of what it is, so the controllers' and syncer's crates and the server's never
+    /// depend on each other.
     pub leader_tasks: Vec<LeaderTask>,
     /// Where pods' `log`, `exec`, `attach` and `portforward` go (the host cluster); `None`:
     /// they answer 503, as there is no kubelet.
@@ -83,11 +81,6 @@ impl std::fmt::Debug for LeaderTask {
         f.write_str("LeaderTask")
     }
 }
-
-/// The leader's controllers, by the names `--controllers` takes.
-pub const CONTROLLERS: &[&str] = &[
-    "customresourcedefinition",
-];
 
 /// How requests authenticate besides client certificates.
 #[derive(Clone, Debug)]
@@ -440,15 +433,10 @@ pub async fn serve(
     let leader_work = {
         let (api, store) = (api.clone(), store.clone());
         let compaction = config.compaction_interval;
-        let disabled = config.disabled_controllers.clone();
         let tasks = config.leader_tasks.clone();
         crate::leader::while_leader(elector.clone(), move || {
-            let on = |name: &str| !disabled.iter().any(|d| d == name);
             // ClusterRole aggregation and Service IP release: the API's own upkeep, always on.
             let mut work = vec![crate::controllers::start(api.clone())];
-            if on("customresourcedefinition") {
-                work.push(crate::crds::start(api.clone()));
-            }
             if let Some(interval) = compaction {
                 work.push(crate::compactor::start(store.clone(), interval));
             }

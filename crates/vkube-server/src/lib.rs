@@ -42,7 +42,7 @@ mod webhooks;
 mod yaml;
 
 pub use filters::Limits;
-pub use http_server::{AuthOptions, CONTROLLERS, Config, LeaderTask, ServeError, serve};
+pub use http_server::{AuthOptions, Config, LeaderTask, ServeError, serve};
 pub use identity::{Ca, CertKey};
 pub use request::{RequestInfo, query};
 pub use response::Body as ResponseBody;

@@ -26,9 +26,10 @@ pub fn canonical(name: &str) -> &str {
     }
 }
 
-/// Every controller name `--controllers` knows: the server's and this crate's.
+/// Every controller name `--controllers` knows: kube-apiserver's own (apiextensions') and
+/// kube-controller-manager's.
 pub fn known() -> Vec<&'static str> {
-    let mut all: Vec<&str> = vkube_server::CONTROLLERS.to_vec();
+    let mut all: Vec<&str> = vkube_controllers::APISERVER_CONTROLLERS.to_vec();
     all.extend(vkube_controllers::CONTROLLERS.iter().map(|(name, _)| *name));
     all
 }
@@ -36,7 +37,22 @@ pub fn known() -> Vec<&'static str> {
 /// The leader tasks of the controllers not in `disabled`; EndpointSlices hold at most
 /// `max_endpoints_per_slice` endpoints.
 pub fn leader_tasks(disabled: &[String], max_endpoints_per_slice: u16) -> Vec<LeaderTask> {
-    vkube_controllers::CONTROLLERS
+    let apiserver = vkube_controllers::APISERVER_CONTROLLERS
+        .iter()
+        .filter(|name| !disabled.iter().any(|d| d == *name))
+        .map(|&name| {
+            LeaderTask(Arc::new(move |api: &InProcess| {
+                let api = api.clone();
+                tokio::spawn(async move {
+                    let ctx = vkube_controllers::Context::new(loopback_client(api));
+                    vkube_controllers::run(name, ctx)
+                        .expect("a controller of vkube_controllers::APISERVER_CONTROLLERS")
+                        .await;
+                })
+                .abort_handle()
+            }))
+        });
+    let manager = vkube_controllers::CONTROLLERS
         .iter()
         .filter(|(name, _)| !disabled.iter().any(|d| d == name))
         .map(|&(name, account)| {
@@ -72,8 +88,8 @@ pub fn leader_tasks(disabled: &[String], max_endpoints_per_slice: u16) -> Vec<Le
                 })
                 .abort_handle()
             }))
-        })
-        .collect()
+        });
+    apiserver.chain(manager).collect()
 }
 
 fn user(username: String, groups: &[&str]) -> vkube_auth::UserInfo {
@@ -117,10 +133,28 @@ fn is_collection_read(req: &http::Request<kube::client::Body>) -> bool {
 /// controller's cannot list pods); everything else goes as `user`.
 fn client(api: InProcess, user: vkube_auth::UserInfo, who: &str) -> kube::Client {
     let informers = self::user("system:kube-controller-manager".into(), &[]);
-    let agent = http::HeaderValue::from_str(&format!(
-        "kube-controller-manager/v1.33.0 (linux/amd64) kubernetes/vkube/{who}"
-    ))
-    .expect("an ASCII User-Agent");
+    let agent = format!("kube-controller-manager/v1.33.0 (linux/amd64) kubernetes/vkube/{who}");
+    in_process(api, user, informers, &agent)
+}
+
+/// kube-apiserver's loopback client, as its own controllers (apiextensions') use it: every
+/// request as `system:apiserver` in group `system:masters`, with kube-apiserver's User-Agent
+/// (so managedFields name `kube-apiserver`).
+fn loopback_client(api: InProcess) -> kube::Client {
+    let loopback = user("system:apiserver".into(), &[vkube_auth::MASTERS]);
+    let agent = "kube-apiserver/v1.33.0 (linux/amd64) kubernetes/vkube";
+    in_process(api, loopback.clone(), loopback, agent)
+}
+
+/// A client whose requests the server serves in this process: lists and watches as
+/// `informers`, the rest as `user`, with `agent` as User-Agent.
+fn in_process(
+    api: InProcess,
+    user: vkube_auth::UserInfo,
+    informers: vkube_auth::UserInfo,
+    agent: &str,
+) -> kube::Client {
+    let agent = http::HeaderValue::from_str(agent).expect("an ASCII User-Agent");
     let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
         let (api, agent) = (api.clone(), agent.clone());
         let user = if is_collection_read(&req) {
@@ -158,6 +192,13 @@ mod tests {
             "ttl-after-finished"
         );
         assert!(known().contains(&"statefulset") && known().contains(&"namespace"));
+        for name in [
+            "customresourcedefinition",
+            "garbagecollector",
+            "resourcequota",
+        ] {
+            assert_eq!(known().iter().filter(|k| **k == name).count(), 1, "{name}");
+        }
         assert_eq!(canonical("endpoints-controller"), "endpoint");
         assert_eq!(canonical("endpointslice-controller"), "endpointslice");
         assert_eq!(

@@ -509,7 +509,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
             request_timeout: args.request_timeout,
             min_request_timeout: std::time::Duration::from_secs(args.min_request_timeout),
         },
-        disabled_controllers: disabled_controllers(&args.controllers)?,
         leader_tasks: host
             .syncer
             .into_iter()
