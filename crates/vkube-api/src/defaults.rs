@@ -103,6 +103,7 @@ pub fn apply(resource: &Resource, obj: &mut Value) {
             "admissionregistration.k8s.io",
             kind @ ("ValidatingAdmissionPolicy" | "ValidatingAdmissionPolicyBinding"),
         ) => crate::validation::admission_policy::defaults(obj, kind.ends_with("Policy")),
+        ("flowcontrol.apiserver.k8s.io", kind) => crate::flowcontrol::defaults(kind, obj),
         _ => {}
     }
 }

@@ -10,6 +10,7 @@ pub mod custom_objects;
 pub mod defaults;
 pub mod discovery;
 pub mod duplicates;
+pub mod flowcontrol;
 pub mod managed_fields;
 pub mod object;
 pub mod openapi;

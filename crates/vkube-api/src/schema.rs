@@ -77,6 +77,8 @@ fn build() -> Schemas {
         "coordination.k8s.io" "v1" "Lease" => coordination::v1::Lease,
         "discovery.k8s.io" "v1" "EndpointSlice" => discovery::v1::EndpointSlice,
         "events.k8s.io" "v1" "Event" => events::v1::Event,
+        "flowcontrol.apiserver.k8s.io" "v1" "FlowSchema" => flowcontrol::v1::FlowSchema,
+        "flowcontrol.apiserver.k8s.io" "v1" "PriorityLevelConfiguration" => flowcontrol::v1::PriorityLevelConfiguration,
         "networking.k8s.io" "v1" "IngressClass" => networking::v1::IngressClass,
         "networking.k8s.io" "v1" "Ingress" => networking::v1::Ingress,
         "networking.k8s.io" "v1" "IPAddress" => networking::v1::IPAddress,

@@ -553,6 +553,43 @@ fn columns(kind: &str) -> Vec<Col> {
             cols.push(created);
             return cols;
         }
+        "FlowSchema" => {
+            cols.push(Col("PriorityLevel", 0, "", |o, _| {
+                o["spec"]["priorityLevelConfiguration"]["name"].clone()
+            }));
+            cols.push(Col("MatchingPrecedence", 0, "", |o, _| {
+                o["spec"]["matchingPrecedence"].clone()
+            }));
+            cols.push(Col("DistinguisherMethod", 0, "", |o, _| {
+                str_or(&o["spec"]["distinguisherMethod"]["type"], "<none>")
+            }));
+            cols.push(age);
+            cols.push(Col("MissingPL", 0, "", |o, _| {
+                let dangling = o["status"]["conditions"]
+                    .as_array()
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Dangling"));
+                dangling.map_or(json!("?"), |c| c["status"].clone())
+            }));
+            return cols;
+        }
+        "PriorityLevelConfiguration" => {
+            cols.push(Col("Type", 0, "", |o, _| o["spec"]["type"].clone()));
+            cols.push(Col("NominalConcurrencyShares", 0, "", |o, _| {
+                let limited = &o["spec"]["limited"];
+                if limited.is_object() {
+                    limited["nominalConcurrencyShares"].clone()
+                } else {
+                    json!("<none>")
+                }
+            }));
+            for (name, field) in [
+                ("Queues", (|o, _| queuing(o, "queues")) as Cell),
+                ("HandSize", |o, _| queuing(o, "handSize")),
+                ("QueueLengthLimit", |o, _| queuing(o, "queueLengthLimit")),
+            ] {
+                cols.push(Col(name, 0, "", field));
+            }
+        }
         _ => {
             cols.push(created);
             return cols;
@@ -560,6 +597,16 @@ fn columns(kind: &str) -> Vec<Col> {
     }
     cols.push(age);
     cols
+}
+
+/// A PriorityLevelConfiguration's queuing field, `<none>` without queuing.
+fn queuing(o: &Value, field: &str) -> Value {
+    let q = &o["spec"]["limited"]["limitResponse"]["queuing"];
+    if q.is_object() {
+        q[field].clone()
+    } else {
+        json!("<none>")
+    }
 }
 
 fn parse_time(t: &str) -> Option<i64> {
@@ -612,8 +659,16 @@ pub fn table(
             json!({"name": name, "type": kind, "format": format, "description": "", "priority": priority})
         })
         .collect();
-    let rows: Vec<Value> = objects
-        .iter()
+    let mut order: Vec<&Value> = objects.iter().collect();
+    if resource.kind == "FlowSchema" {
+        // Upstream prints FlowSchemas in matching order: precedence, then name.
+        order.sort_by_key(|o| {
+            let precedence = o["spec"]["matchingPrecedence"].as_i64().unwrap_or(0);
+            (precedence, o["metadata"]["name"].as_str().unwrap_or("").to_string())
+        });
+    }
+    let rows: Vec<Value> = order
+        .into_iter()
         .map(|o| {
             let cells: Vec<Value> = cols.iter().map(|Col(_, _, _, cell)| cell(o, now)).collect();
             row(o, cells, include)

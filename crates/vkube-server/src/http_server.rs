@@ -398,6 +398,13 @@ pub async fn serve(
         crate::admission_policy::PolicyView::start(store.clone(), hub.clone()).await?;
     hub.admission_policies.set(admission_policies).ok();
     let filters = crate::filters::Filters::new(config.limits, config.timeouts);
+    let flowcontrol_view = match &filters.flow_control {
+        Some(fc) => Some(
+            crate::flowcontrol::view::FlowControlView::start(store.clone(), hub.clone(), fc.clone())
+                .await?,
+        ),
+        None => None,
+    };
     let audit = config.audit.as_ref().map(crate::audit::Auditor::start);
     let api = Arc::new(Api {
         audit: audit.transpose()?.map(Arc::new),
@@ -434,9 +441,14 @@ pub async fn serve(
         let (api, store) = (api.clone(), store.clone());
         let compaction = config.compaction_interval;
         let tasks = config.leader_tasks.clone();
+        let flowcontrol_view = flowcontrol_view.clone();
         crate::leader::while_leader(elector.clone(), move || {
             // ClusterRole aggregation and Service IP release: the API's own upkeep, always on.
             let mut work = vec![crate::controllers::start(api.clone())];
+            // kube-apiserver's flow-control config producer and status writer.
+            if let Some(view) = &flowcontrol_view {
+                work.push(crate::flowcontrol::ensurer::start(api.clone(), view.clone()));
+            }
             if let Some(interval) = compaction {
                 work.push(crate::compactor::start(store.clone(), interval));
             }

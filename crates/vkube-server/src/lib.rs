@@ -13,6 +13,7 @@ mod compactor;
 mod controllers;
 mod crds;
 pub mod filters;
+mod flowcontrol;
 mod gc;
 pub mod host_proxy;
 pub mod host_services;

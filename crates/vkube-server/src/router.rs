@@ -1,5 +1,5 @@
 //! The filter chain and dispatch: audit ID → panic recovery → request info → authentication →
-//! audit → impersonation → in-flight limits → authorization → body limit → handler (the order
+//! audit → impersonation → flow control (or in-flight limits) → authorization → body limit → handler (the order
 //! is kube-apiserver's; see [`crate::filters`]).
 //! Non-resource paths (health, version, discovery) are answered here; resources go to `rest`.
 
@@ -118,15 +118,21 @@ impl Api {
         let path = req.uri().path().to_string();
         // Outside panic recovery, as upstream's WithAuditInit: every answer has an Audit-Id.
         let audit = crate::audit::Tracker::new(self.audit.as_ref(), &req, &info, received);
+        // Flow control's classification, for the answer's headers; holds the seat until then.
+        let mut flow = None;
         let resp = api
             .filters
             .panics
             .recover(
                 &method,
                 &path,
-                audit.guard(self.serve(cert_user, req, &audit)),
+                audit.guard(self.serve(cert_user, req, &audit, &mut flow)),
             )
             .await;
+        let resp = match &flow {
+            Some(ticket) => crate::flowcontrol::Ticket::decorate(ticket, resp),
+            None => resp,
+        };
         let resp = audit.finish(resp).await;
         api.metrics.observe(
             &info,
@@ -143,6 +149,7 @@ impl Api {
         cert_user: Option<vkube_auth::UserInfo>,
         req: Request<RequestBody>,
         audit: &crate::audit::Tracker,
+        flow: &mut Option<crate::flowcontrol::Ticket>,
     ) -> Response<Body> {
         let path = req.uri().path().to_string();
         let user = match crate::authn::authenticate(&self, cert_user, req.headers(), &path).await {
@@ -179,9 +186,9 @@ impl Api {
             q.insert(crate::apply::AGENT_MANAGER.into(), name);
         }
         let info = RequestInfo::parse(req.method(), &path, &q);
-        let _slot = match self.filters.in_flight.admit(&info, &user) {
+        let _slot = match self.filters.admit(&info, &user, &path, flow).await {
             Ok(slot) => slot,
-            Err(too_many) => return too_many.response(),
+            Err(too_many) => return too_many,
         };
         match crate::authz::authorize(&self.authorizer, &user, &info, req.method(), &path).await {
             Ok(reason) => audit.authorized(true, &reason),

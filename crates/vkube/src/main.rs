@@ -134,6 +134,11 @@ struct ServeArgs {
     /// kube-apiserver's flag; beyond it, 429 with Retry-After. 0: no limit.
     #[arg(long, default_value_t = 200)]
     max_mutating_requests_inflight: usize,
+    /// API Priority and Fairness, as kube-apiserver's flag: requests classified by the
+    /// FlowSchemas into priority levels that share the sum of the two limits above, with fair
+    /// queuing; false: the two in-flight pools instead.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    enable_priority_and_fairness: bool,
     /// An EncryptionConfiguration file (apiserver.config.k8s.io/v1), as kube-apiserver's flag:
     /// the resources it names are encrypted at rest (aescbc, aesgcm, secretbox; identity to
     /// read plain values). Read once at start; there is no automatic reload.
@@ -504,6 +509,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         limits: vkube_server::Limits {
             max_requests_inflight: args.max_requests_inflight,
             max_mutating_requests_inflight: args.max_mutating_requests_inflight,
+            priority_and_fairness: args.enable_priority_and_fairness,
         },
         timeouts: vkube_server::filters::Timeouts {
             request_timeout: args.request_timeout,

@@ -533,6 +533,27 @@ pub static RESOURCES: &[Resource] = &[
         &[],
         &[],
     ),
+    // flowcontrol.apiserver.k8s.io/v1
+    res(
+        "flowcontrol.apiserver.k8s.io",
+        "v1",
+        "flowschemas",
+        "FlowSchema",
+        CLUSTER,
+        &[],
+        &[],
+        &[STATUS],
+    ),
+    res(
+        "flowcontrol.apiserver.k8s.io",
+        "v1",
+        "prioritylevelconfigurations",
+        "PriorityLevelConfiguration",
+        CLUSTER,
+        &[],
+        &[],
+        &[STATUS],
+    ),
     // networking.k8s.io/v1
     res(
         "networking.k8s.io",

@@ -167,6 +167,6 @@ mod tests {
             .iter()
             .filter(|(g, _)| RESOURCES.iter().any(|r| r.group == *g))
             .count();
-        assert_eq!(builtin, 19);
+        assert_eq!(builtin, 20);
     }
 }

@@ -149,6 +149,12 @@ pub fn validate(resource: &Resource, obj: &Value, old: Option<&Value>) -> Result
         ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding") => {
             admission_policy::binding(obj, &mut errs)
         }
+        ("flowcontrol.apiserver.k8s.io", "FlowSchema") => {
+            crate::flowcontrol::validate_flow_schema(obj, &mut errs)
+        }
+        ("flowcontrol.apiserver.k8s.io", "PriorityLevelConfiguration") => {
+            crate::flowcontrol::validate_priority_level(obj, &mut errs)
+        }
         _ => {}
     }
     if resource.group == "apiextensions.k8s.io" && resource.kind == "CustomResourceDefinition" {

@@ -27,6 +27,9 @@ use crate::response::{self, Body};
 pub struct Limits {
     pub max_requests_inflight: usize,
     pub max_mutating_requests_inflight: usize,
+    /// `--enable-priority-and-fairness`: API Priority and Fairness
+    /// ([`crate::flowcontrol`]) over the sum of the two, instead of these two pools.
+    pub priority_and_fairness: bool,
 }
 
 impl Default for Limits {
@@ -35,6 +38,7 @@ impl Default for Limits {
         Limits {
             max_requests_inflight: 400,
             max_mutating_requests_inflight: 200,
+            priority_and_fairness: true,
         }
     }
 }
@@ -204,6 +208,7 @@ mod tests {
         let limits = MaxInFlight::new(Limits {
             max_requests_inflight: 2,
             max_mutating_requests_inflight: 1,
+            priority_and_fairness: false,
         });
         let alice = user(&["system:authenticated"]);
         let get = info("GET", "/api/v1/namespaces/default/pods/p");
@@ -275,6 +280,7 @@ mod tests {
         let limits = MaxInFlight::new(Limits {
             max_requests_inflight: 0,
             max_mutating_requests_inflight: 0,
+            priority_and_fairness: false,
         });
         let alice = user(&[]);
         for _ in 0..1000 {

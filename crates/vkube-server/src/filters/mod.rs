@@ -14,7 +14,9 @@
 //!    `ResponseStarted`/`ResponseComplete` (or `Panic`). The `Audit-Id` response header is
 //!    set outside everything, as upstream's `WithAuditInit`.
 //! 5. Impersonation: [`crate::authn::impersonate`].
-//! 6. [`max_in_flight`]: `--max-requests-inflight` and `--max-mutating-requests-inflight`.
+//! 6. API Priority and Fairness ([`crate::flowcontrol`]) over the server's total of
+//!    `--max-requests-inflight` + `--max-mutating-requests-inflight`; with
+//!    `--enable-priority-and-fairness=false`, [`max_in_flight`]'s two pools instead.
 //! 7. Authorization: [`crate::authz::authorize`].
 
 pub mod limits;
@@ -33,14 +35,24 @@ pub use timeout::Timeouts;
 pub struct Filters {
     pub panics: PanicRecovery,
     pub in_flight: MaxInFlight,
+    /// `None` with `--enable-priority-and-fairness=false`.
+    pub flow_control: Option<std::sync::Arc<crate::flowcontrol::FlowControl>>,
     pub timeouts: Timeouts,
 }
 
 impl Filters {
     pub fn new(limits: Limits, timeouts: Timeouts) -> Filters {
+        let total = limits.max_requests_inflight + limits.max_mutating_requests_inflight;
+        let flow_control = limits.priority_and_fairness.then(|| {
+            std::sync::Arc::new(crate::flowcontrol::FlowControl::new(
+                total,
+                Some(timeouts.request_timeout).filter(|t| !t.is_zero()),
+            ))
+        });
         Filters {
             panics: PanicRecovery::default(),
             in_flight: MaxInFlight::new(limits),
+            flow_control,
             timeouts,
         }
     }
@@ -49,6 +61,29 @@ impl Filters {
     pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
         self.panics.register(registry);
         self.in_flight.register(registry);
+        if let Some(flow_control) = &self.flow_control {
+            flow_control.register(registry);
+        }
+    }
+
+    /// Step 6: flow control (its classification goes to `ticket`, for the answer's headers),
+    /// or the in-flight pools. Holds the request's seat or slot until dropped; the 429 when
+    /// there is none.
+    pub async fn admit(
+        &self,
+        info: &crate::request::RequestInfo,
+        user: &vkube_auth::UserInfo,
+        path: &str,
+        ticket: &mut Option<crate::flowcontrol::Ticket>,
+    ) -> Result<Option<max_in_flight::Slot>, http::Response<crate::response::Body>> {
+        let Some(flow_control) = &self.flow_control else {
+            return self.in_flight.admit(info, user).map_err(|e| e.response());
+        };
+        *ticket = flow_control
+            .admit(info, user, path)
+            .await
+            .map_err(|refused| refused.response())?;
+        Ok(None)
     }
 }
 
@@ -182,6 +217,7 @@ mod tests {
             Limits {
                 max_requests_inflight: 1,
                 max_mutating_requests_inflight: 1,
+                priority_and_fairness: false,
             },
             Timeouts::default(),
         ));

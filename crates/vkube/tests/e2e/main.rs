@@ -16,6 +16,7 @@ mod embedded_etcd;
 mod embedded_etcd_tls;
 mod encryption;
 mod endpoints;
+mod flowcontrol;
 mod fuzz;
 mod gc;
 mod ha;
