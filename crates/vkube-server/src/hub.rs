@@ -44,6 +44,10 @@ struct Window {
 
 pub struct Hub {
     window: Mutex<Window>,
+    /// The current objects, fed by this hub's watch (cache/): what gets and lists read.
+    pub cache: crate::cache::Cache,
+    /// The store's current revision, read once for every request waiting (cache/).
+    pub revisions: Arc<crate::cache::RevisionReads>,
     /// The revision up to which every change has been fed (by a change or a progress report);
     /// readiness and consistent decisions wait on it.
     fed: watch::Sender<Revision>,
@@ -60,6 +64,9 @@ pub struct Hub {
 /// How often a waiter asks again for progress (kube-apiserver's progress requester ticks at
 /// 100 ms while a consistent read waits).
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// How often a cache whose list failed lists again.
+const REFILL_EVERY: Duration = Duration::from_secs(10);
 
 /// The changes still in the window after a revision, and a receiver of every later one.
 pub type Subscription = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);
@@ -82,6 +89,8 @@ impl Hub {
     pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Hub>, StoreError> {
         let from = store.current_revision().await?;
         let hub = Arc::new(Hub {
+            cache: crate::cache::Cache::default(),
+            revisions: crate::cache::RevisionReads::new(store.clone()),
             window: Mutex::new(Window {
                 changes: VecDeque::new(),
                 oldest: from,
@@ -96,8 +105,24 @@ impl Hub {
         });
         let watch = store.watch("/registry/", from).await?;
         hub.set_progress(watch.progress_requester());
+        // Listed after the watch began: changes the list already holds are skipped as they
+        // arrive. A list that fails (a value no encryption provider reads) leaves the cache
+        // off; the feed tries again.
+        hub.refill_cache().await;
         tokio::spawn(feed(Arc::downgrade(&hub), store, watch, from));
         Ok(hub)
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Fills the cache from a fresh list of everything (first fill, and rebuilds after a gap).
+    pub(crate) async fn refill_cache(&self) {
+        match crate::cache::list_all(self.store.as_ref()).await {
+            Ok((items, revision)) => self.cache.replace(items, revision),
+            Err(err) => tracing::warn!(%err, "watch cache: listing failed; reads use the store"),
+        }
     }
 
     fn window(&self) -> MutexGuard<'_, Window> {
@@ -160,7 +185,7 @@ impl Hub {
     /// asked or the hub did not get there in time.
     pub async fn sync(&self, timeout: Duration) -> Option<Revision> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let now = tokio::time::timeout_at(deadline, self.store.current_revision())
+        let now = tokio::time::timeout_at(deadline, self.revisions.current())
             .await
             .ok()?
             .ok()?;
@@ -220,6 +245,9 @@ impl Hub {
     }
 
     fn push(&self, event: Event) {
+        // The cache first: a reader that sees `fed` at this revision finds it applied.
+        self.cache
+            .apply(&event.key, event.value.clone(), event.revision);
         let change = Arc::new(Change {
             revision: event.revision,
             object: event.value.as_ref().and_then(decode),
@@ -247,6 +275,7 @@ impl Hub {
 
     /// Every change up to `revision` has been fed.
     fn progressed(&self, revision: Revision) {
+        self.cache.advance(revision);
         self.fed.send_if_modified(|fed| {
             let moved = revision > *fed;
             *fed = (*fed).max(revision);
@@ -256,13 +285,15 @@ impl Hub {
 
     /// After a gap (the store compacted past us), every subscriber must start over: a new
     /// channel closes the old receivers, and the window restarts empty.
-    fn reset(&self, at: Revision) {
+    pub(crate) fn reset(&self, at: Revision) {
         let mut w = self.window();
         w.changes.clear();
         w.oldest = at;
         w.last = at;
         w.tx = broadcast::channel(WINDOW).0;
         drop(w);
+        // Changes were missed: the cache is rebuilt from a list before it answers again.
+        self.cache.invalidate();
         self.fed.send_replace(at);
     }
 }
@@ -274,7 +305,18 @@ async fn feed(
     mut last: Revision,
 ) {
     loop {
-        match watch.next_item().await {
+        let off = hub.upgrade().is_some_and(|hub| !hub.cache.valid());
+        let next = if off {
+            if let Some(hub) = hub.upgrade() {
+                hub.refill_cache().await;
+            }
+            // Tried again a while later if still off, even with no change to wake it.
+            tokio::time::timeout(REFILL_EVERY, watch.next_item()).await
+        } else {
+            Ok(watch.next_item().await)
+        };
+        let Ok(next) = next else { continue };
+        match next {
             Some(Ok(WatchItem::Event(event))) => {
                 let Some(hub) = hub.upgrade() else { return };
                 last = event.revision;

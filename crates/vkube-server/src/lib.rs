@@ -8,6 +8,7 @@ pub mod audit;
 mod authn;
 mod authz;
 mod body;
+mod cache;
 pub mod cluster_secret;
 mod compactor;
 mod controllers;

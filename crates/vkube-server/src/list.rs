@@ -12,6 +12,7 @@ use vkube_api::validation::Errors;
 use vkube_api::{Resource, Status, convert, table};
 use vkube_store::{KeyValue, ListOptions, Revision, StoreError};
 
+use crate::cache::Entry;
 use crate::response::{self, Body};
 use crate::rest::{Ctx, store_status};
 
@@ -45,8 +46,8 @@ pub fn selected(labels: &LabelSelector, fields: &FieldSelector, obj: &Value) -> 
 pub(crate) async fn select(ctx: &Ctx<'_>) -> Result<Selected<Value>, Status> {
     let (labels, fields) = selectors(ctx.resource, ctx.q)?;
     let every = labels.0.is_empty() && fields.0.is_empty();
-    select_with(ctx, every, |kv| {
-        let obj = ctx.load(kv)?;
+    select_with(ctx, every, |entry| {
+        let obj = ctx.load(&entry.kv)?;
         Ok(selected(&labels, &fields, &obj).then_some(obj))
     })
     .await
@@ -77,13 +78,61 @@ impl<T> Selected<T> {
     }
 }
 
+/// The opaque token that continues a list at `rv` after the key `start` (relative to the prefix).
+fn continue_token(rv: Revision, start: String) -> String {
+    let token = Continue {
+        v: "meta.k8s.io/v1".into(),
+        rv,
+        start,
+    };
+    base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&token).unwrap_or_default())
+}
+
+/// A page cut from the watch cache's objects under the prefix, as the store loop below would
+/// page them: the same items, token and remainder.
+fn cached_page<T>(
+    entries: &[std::sync::Arc<Entry>],
+    revision: Revision,
+    prefix: &str,
+    limit: Option<usize>,
+    every: bool,
+    pick: impl Fn(&Entry) -> Result<Option<T>, Status>,
+) -> Result<Selected<T>, Status> {
+    let mut items = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        if limit.is_some_and(|l| items.len() >= l) {
+            // Full, and keys remain after the last one examined.
+            let last = &entries[i - 1].kv.key;
+            return Ok(Selected {
+                items,
+                revision,
+                token: Some(continue_token(
+                    revision,
+                    last.trim_start_matches(prefix).to_string(),
+                )),
+                remaining: every.then_some(entries.len() - i),
+            });
+        }
+        if let Some(item) = pick(entry)? {
+            items.push(item);
+        }
+    }
+    Ok(Selected {
+        items,
+        revision,
+        token: None,
+        remaining: None,
+    })
+}
+
 /// The list loop: pages through the store at one revision, keeping what `pick` returns, until
 /// `limit` items or the end; a `continue` token when items remain. `every`: `pick` keeps every
-/// item, so the store can count the remainder.
+/// item, so the store can count the remainder. A list at the current revision (no `continue`,
+/// no `Exact`) is cut from the watch cache when it has caught up with the store.
 async fn select_with<T>(
     ctx: &Ctx<'_>,
     every: bool,
-    pick: impl Fn(&KeyValue) -> Result<Option<T>, Status>,
+    pick: impl Fn(&Entry) -> Result<Option<T>, Status>,
 ) -> Result<Selected<T>, Status> {
     let prefix = ctx.key("");
     let limit = ctx
@@ -122,6 +171,12 @@ async fn select_with<T>(
         }
     }
     let continued = start_after.is_some();
+    if !continued
+        && revision.is_none()
+        && let Some((entries, at)) = crate::cache::list(&ctx.api.hub, &prefix).await
+    {
+        return cached_page(&entries, at, &prefix, limit, every, pick);
+    }
     let mut items = Vec::new();
     loop {
         let want = limit.map(|l| l - items.len());
@@ -140,24 +195,16 @@ async fn select_with<T>(
                     .unwrap_or_default()
                     .trim_start_matches(&prefix)
                     .to_string();
-                let token = Continue {
-                    v: "meta.k8s.io/v1".into(),
-                    rv: -1,
-                    start,
-                };
                 let mut status = Status::expired(CONTINUE_EXPIRED);
-                status.continue_token = Some(
-                    base64::engine::general_purpose::STANDARD
-                        .encode(serde_json::to_vec(&token).unwrap_or_default()),
-                );
+                status.continue_token = Some(continue_token(-1, start));
                 return Err(status);
             }
             Err(err) => return Err(store_status(err)),
         };
         revision = Some(page.revision);
         start_after = page.items.last().map(|kv| kv.key.clone());
-        for kv in &page.items {
-            if let Some(item) = pick(kv)? {
+        for kv in page.items {
+            if let Some(item) = pick(&Entry::new(kv))? {
                 items.push(item);
             }
         }
@@ -187,16 +234,13 @@ async fn select_with<T>(
             } else {
                 None
             };
-            let token = Continue {
-                v: "meta.k8s.io/v1".into(),
-                rv: page.revision,
-                start: start_after
+            let token = continue_token(
+                page.revision,
+                start_after
                     .unwrap_or_default()
                     .trim_start_matches(&prefix)
                     .to_string(),
-            };
-            let token = base64::engine::general_purpose::STANDARD
-                .encode(serde_json::to_vec(&token).unwrap_or_default());
+            );
             return Ok(Selected {
                 items,
                 revision: page.revision,
@@ -217,42 +261,81 @@ struct RawList<'a> {
     metadata: &'a Value,
 }
 
-/// A stored object as JSON, with its resourceVersion set, without parsing more than its
-/// metadata; `None` when it does not match the label selector.
-fn raw_item(
-    kv: &KeyValue,
-    labels: &LabelSelector,
-    fields: &FieldSelector,
-    typed: bool,
-) -> Result<Option<Box<RawValue>>, Status> {
-    type RawMap = std::collections::BTreeMap<String, Box<RawValue>>;
-    let bad = |e: serde_json::Error| Status::internal(format!("decoding {}: {e}", kv.key));
-    let mut top: RawMap = serde_json::from_slice(&kv.value).map_err(bad)?;
-    // Only what selectors read is parsed; the rest of the metadata (managedFields above all)
-    // is copied through as it is stored.
-    let mut meta: RawMap = match top.get("metadata") {
-        Some(raw) => serde_json::from_str(raw.get()).map_err(bad)?,
+/// `cell`'s value, computed by `f` the first time.
+fn memo<T>(
+    cell: &std::sync::OnceLock<T>,
+    f: impl FnOnce() -> Result<T, Status>,
+) -> Result<&T, Status> {
+    if let Some(v) = cell.get() {
+        return Ok(v);
+    }
+    let v = f()?;
+    Ok(cell.get_or_init(|| v))
+}
+
+type RawMap = std::collections::BTreeMap<String, Box<RawValue>>;
+
+fn decoding_error(key: &str) -> impl Fn(serde_json::Error) -> Status + '_ {
+    move |e| Status::internal(format!("decoding {key}: {e}"))
+}
+
+/// The stored object's top level and its metadata, parsed no further.
+fn raw_parts(kv: &KeyValue) -> Result<(RawMap, RawMap), Status> {
+    let bad = decoding_error(&kv.key);
+    let top: RawMap = serde_json::from_slice(&kv.value).map_err(&bad)?;
+    let meta: RawMap = match top.get("metadata") {
+        Some(raw) => serde_json::from_str(raw.get()).map_err(&bad)?,
         None => RawMap::new(),
     };
+    Ok((top, meta))
+}
+
+/// What selectors read of an object: `{"metadata": {name, namespace, labels}}`.
+fn shell(kv: &KeyValue) -> Result<Value, Status> {
+    let bad = decoding_error(&kv.key);
+    let (_, meta) = raw_parts(kv)?;
     let mut shell = serde_json::Map::new();
     for field in ["name", "namespace", "labels"] {
         if let Some(raw) = meta.get(field) {
-            shell.insert(field.into(), serde_json::from_str(raw.get()).map_err(bad)?);
+            shell.insert(field.into(), serde_json::from_str(raw.get()).map_err(&bad)?);
         }
     }
-    if !selected(labels, fields, &json!({ "metadata": shell })) {
-        return Ok(None);
-    }
-    let rv = RawValue::from_string(format!("\"{}\"", kv.mod_revision)).map_err(bad)?;
+    Ok(json!({ "metadata": shell }))
+}
+
+/// The object as a list item: its resourceVersion set, and (`typed`) no apiVersion and kind.
+/// Only the metadata is re-encoded; the rest (managedFields above all) is copied as stored.
+fn render(kv: &KeyValue, typed: bool) -> Result<Box<RawValue>, Status> {
+    let bad = decoding_error(&kv.key);
+    let (mut top, mut meta) = raw_parts(kv)?;
+    let rv = RawValue::from_string(format!("\"{}\"", kv.mod_revision)).map_err(&bad)?;
     meta.insert("resourceVersion".into(), rv);
-    let meta = RawValue::from_string(serde_json::to_string(&meta).map_err(bad)?).map_err(bad)?;
+    let meta = RawValue::from_string(serde_json::to_string(&meta).map_err(&bad)?).map_err(&bad)?;
     top.insert("metadata".into(), meta);
     if typed {
         top.remove("apiVersion");
         top.remove("kind");
     }
-    let bytes = serde_json::to_string(&top).map_err(bad)?;
-    Ok(Some(RawValue::from_string(bytes).map_err(bad)?))
+    let bytes = serde_json::to_string(&top).map_err(&bad)?;
+    RawValue::from_string(bytes).map_err(&bad)
+}
+
+/// A stored object as a list item without parsing more than its metadata; `None` when it does
+/// not match the selectors. What a cached entry yields is kept with it for the next list.
+fn raw_item(
+    entry: &Entry,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+    typed: bool,
+) -> Result<Option<Box<RawValue>>, Status> {
+    if !selected(labels, fields, memo(&entry.shell, || shell(&entry.kv))?) {
+        return Ok(None);
+    }
+    if typed {
+        Ok(Some(memo(&entry.item, || render(&entry.kv, true))?.clone()))
+    } else {
+        render(&entry.kv, false).map(Some)
+    }
 }
 
 /// Upstream's ValidateListOptions: the combinations of `resourceVersionMatch`, `continue` and
@@ -336,7 +419,7 @@ pub(crate) async fn list(ctx: &Ctx<'_>) -> Result<Response<Body>, Status> {
     if metadata_only && same_version && !ctx.resource.custom && !table::wanted(ctx.accept) {
         // The common case (kubectl -o json/yaml, informers): no full decode and re-encode.
         let every = labels.0.is_empty() && fields.0.is_empty();
-        let page = select_with(ctx, every, |kv| raw_item(kv, &labels, &fields, typed)).await?;
+        let page = select_with(ctx, every, |e| raw_item(e, &labels, &fields, typed)).await?;
         let meta = page.meta();
         let body = RawList {
             api_version: ctx.resource.api_version(),

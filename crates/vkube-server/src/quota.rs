@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 use vkube_api::quota::{self, Evaluator};
 use vkube_api::{Resource, Status, registry};
-use vkube_store::{KeyValue, ListOptions, Revision, Store, StoreError};
+use vkube_store::{KeyValue, ListOptions, Revision, StoreError};
 
 use crate::rest::{Ctx, encode, store_status};
 
@@ -27,26 +27,28 @@ fn now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
-/// The stored quotas of a namespace (and the revision they were read at).
+/// The stored quotas of a namespace (and the revision they were read at): from the watch cache
+/// once it has caught up with the store's current revision (cache/), else from the store.
 async fn quotas(
-    store: &dyn Store,
+    hub: &crate::hub::Hub,
     namespace: &str,
 ) -> Result<(Vec<(KeyValue, Value)>, Revision), StoreError> {
-    let page = store
-        .list(
-            &quotas_resource().key(namespace, ""),
-            ListOptions::default(),
-        )
-        .await?;
-    let items = page
-        .items
+    let prefix = quotas_resource().key(namespace, "");
+    let (listed, revision) = match crate::cache::list(hub, &prefix).await {
+        Some((entries, at)) => (entries.iter().map(|e| e.kv.clone()).collect(), at),
+        None => {
+            let page = hub.store().list(&prefix, ListOptions::default()).await?;
+            (page.items, page.revision)
+        }
+    };
+    let items = listed
         .into_iter()
         .filter_map(|kv| {
             let q = serde_json::from_slice(&kv.value).ok()?;
             Some((kv, q))
         })
         .collect();
-    Ok((items, page.revision))
+    Ok((items, revision))
 }
 
 /// Quota admission for a create (`old` is `None`) or update of `obj` in the request's
@@ -69,7 +71,9 @@ pub(crate) async fn admit(ctx: &Ctx<'_>, obj: &Value, old: Option<&Value>) -> Re
     let mut only: Option<BTreeSet<String>> = None;
     let mut lost = String::new();
     for _ in 0..ATTEMPTS {
-        let (mut listed, _) = quotas(store, namespace).await.map_err(store_status)?;
+        let (mut listed, _) = quotas(&ctx.api.hub, namespace)
+            .await
+            .map_err(store_status)?;
         if let Some(only) = &only {
             listed.retain(|(_, q)| only.contains(q["metadata"]["name"].as_str().unwrap_or("")));
         }

@@ -389,10 +389,8 @@ async fn subresource(
 
 async fn get(ctx: &Ctx<'_>) -> Result<Response<Body>, Status> {
     let name = &ctx.info.name;
-    let kv = ctx
-        .api
-        .store
-        .get(&ctx.key(name), None)
+    // The watch cache once it has caught up with the store (cache/), else the store.
+    let kv = crate::cache::get(&ctx.api.hub, &ctx.key(name))
         .await
         .map_err(store_status)?;
     let obj = ctx.load(&kv.ok_or_else(|| ctx.not_found(name))?)?;
