@@ -80,6 +80,34 @@ pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
         .find(|r| r.controller == Some(true))
 }
 
+/// The controllers of kind `K` a pod event concerns (upstream's `getPodReplicaSets`,
+/// `getPodJobs`): its controller if it is a `K`, else (an orphan) every `K` of its namespace
+/// whose selector matches it, which may adopt it.
+pub fn concerned<K>(
+    store: &kube::runtime::reflector::Store<K>,
+    pod: &Pod,
+    selector: impl Fn(&K) -> Option<LabelSelector>,
+) -> Vec<kube::runtime::reflector::ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    use kube::runtime::reflector::ObjectRef;
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    match controller_of(&pod.metadata) {
+        Some(r) if r.kind == K::kind(&()) && r.api_version == K::api_version(&()) => {
+            vec![ObjectRef::new(&r.name).within(&namespace)]
+        }
+        Some(_) => Vec::new(),
+        None => store
+            .state()
+            .iter()
+            .filter(|o| o.meta().namespace.as_deref() == Some(namespace.as_str()))
+            .filter(|o| selector(o).is_some_and(|s| selects(&s, pod.metadata.labels.as_ref())))
+            .map(|o| ObjectRef::from_obj(o.as_ref()))
+            .collect(),
+    }
+}
+
 /// A pod as `owner` creates it from `template`: the template's labels, annotations, finalizers
 /// and spec, `generateName` (upstream: the owner's name and a dash), and the controller reference.
 pub fn from_template(
@@ -179,8 +207,11 @@ pub async fn claim_filtered<K: Resource<DynamicType = ()>>(
             None if matches && !deleting && pod.metadata.deletion_timestamp.is_none() => {
                 match adopt(&api, &pod, controller_ref(owner)).await {
                     Ok(adopted) => owned.push(adopted),
-                    // Gone or changed meanwhile: the next sync sees it as it is.
-                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                    // Gone meanwhile: nothing to count.
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    // Changed meanwhile (409): the sync fails and is retried, as upstream's
+                    // ClaimPods fails, rather than go on one pod short and create a replacement
+                    // that the adoption then makes one too many.
                     Err(err) => return Err(err.into()),
                 }
             }

@@ -44,8 +44,14 @@ const MANAGED_BY: &str = "kubernetes.io/job-controller";
 pub(crate) async fn run(ctx: Arc<Context>) {
     let jobs: Api<Job> = Api::all(ctx.client.clone());
     let pods: Api<Pod> = Api::all(ctx.client.clone());
-    let controller = Controller::new(jobs, watcher::Config::default())
-        .owns(pods.clone(), watcher::Config::default());
+    let controller = Controller::new(jobs, watcher::Config::default());
+    let store = controller.store();
+    // Orphans too: a pod that matches a Job's selector is adopted (upstream's getPodJobs).
+    let controller = controller.watches(pods.clone(), watcher::Config::default(), move |pod| {
+        pods::concerned(&store, &pod, |job: &Job| {
+            job.spec.as_ref().and_then(|s| s.selector.clone())
+        })
+    });
     let backoffs = Arc::new(Backoffs::default());
     let jobs = crate::runner::drive("job", controller, ctx.clone(), move |job, ctx| {
         let backoffs = backoffs.clone();

@@ -16,7 +16,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Resource;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -114,37 +113,12 @@ async fn run<K: Replicated>(name: &'static str, ctx: Arc<Context>) {
     let controller = controller.watches(
         Api::<Pod>::all(client),
         watcher::Config::default(),
-        move |pod: Pod| owners_of(&store, &pod),
+        move |pod: Pod| pods::concerned(&store, &pod, |o: &K| o.selector()),
     );
     runner::drive(name, controller, ctx, |obj: Arc<K>, ctx| async move {
         sync(obj.as_ref(), &ctx).await
     })
     .await;
-}
-
-/// The controllers a pod event concerns: its controller if it is one of `K`, else (an orphan)
-/// every `K` of its namespace that selects it, which may adopt it.
-fn owners_of<K: Replicated>(store: &Store<K>, pod: &Pod) -> Vec<ObjectRef<K>> {
-    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-    match pods::controller_of(&pod.metadata) {
-        Some(r) => {
-            if r.kind == K::kind(&()) && r.api_version == K::api_version(&()) {
-                vec![ObjectRef::new(&r.name).within(&namespace)]
-            } else {
-                Vec::new()
-            }
-        }
-        None => store
-            .state()
-            .iter()
-            .filter(|o| o.meta().namespace.as_deref() == Some(namespace.as_str()))
-            .filter(|o| {
-                o.selector()
-                    .is_some_and(|s| pods::selects(&s, pod.metadata.labels.as_ref()))
-            })
-            .map(|o| ObjectRef::from_obj(o.as_ref()))
-            .collect(),
-    }
 }
 
 /// The message of an API error as upstream prints it (`pods "x" is forbidden: …`).

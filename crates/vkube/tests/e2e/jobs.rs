@@ -491,3 +491,70 @@ fn a_pod_failure_policy_fails_the_job_on_its_exit_code() {
     );
     assert_eq!(pods_of(&server, ns, "pfp").len(), 1, "no retry");
 }
+
+/// A Job adopts a pod that its selector matches and no controller owns, and releases one whose
+/// labels no longer match (the conformance spec "should adopt matching orphans and release
+/// non-matching pods").
+#[test]
+fn a_job_adopts_matching_orphans_and_releases_non_matching_pods() {
+    let server = Server::start();
+    let ns = "adopt";
+    run(&server, "kubectl", &["create", "namespace", ns]);
+    apply_file(
+        &server,
+        "kubectl",
+        &job_yaml(ns, "keeper", "  parallelism: 2\n  completions: 4\n"),
+        "create",
+    );
+    within(20, "two pods", || pods_of(&server, ns, "keeper").len() == 2);
+    let pod = pods_of(&server, ns, "keeper").remove(0);
+    let owner = |server: &Server| {
+        get(
+            server,
+            ns,
+            &format!("pod/{pod}"),
+            "{.metadata.ownerReferences[*].name}",
+        )
+    };
+    run(
+        &server,
+        "kubectl",
+        &[
+            "patch",
+            "pod",
+            &pod,
+            "-n",
+            ns,
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/metadata/ownerReferences"}]"#,
+        ],
+    );
+    within(20, "the orphan adopted", || owner(&server) == "keeper");
+    let uid = get(&server, ns, "job/keeper", "{.metadata.uid}");
+    assert_eq!(
+        get(
+            &server,
+            ns,
+            &format!("pod/{pod}"),
+            "{.metadata.ownerReferences[0].uid}"
+        ),
+        uid
+    );
+    // Its labels gone, it is released.
+    run(
+        &server,
+        "kubectl",
+        &[
+            "patch",
+            "pod",
+            &pod,
+            "-n",
+            ns,
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/metadata/labels"}]"#,
+        ],
+    );
+    within(20, "the pod released", || owner(&server).is_empty());
+}
