@@ -408,3 +408,66 @@ fn priority_and_fairness() {
         !server.kubectl("kubectl", &["get", "flowschema", "lost"]).ok
     });
 }
+
+/// Every replica classifies by the same objects: a FlowSchema created through one replica
+/// classifies the next request on every replica (each follows the store watch), and the
+/// leader's bootstrap objects carry one uid everywhere.
+#[test]
+fn every_replica_classifies_by_the_same_flow_schema() {
+    let store = format!(
+        "etcd://{}?prefix=/apf-{}",
+        crate::servers::etcd_endpoints(),
+        std::process::id()
+    );
+    let replicas: Vec<Server> = (0..3)
+        .map(|i| Server::start_with(&strs(&replica_flags(&store, i))))
+        .collect();
+    let schema_uid = |r: &Server, as_user: &str| -> Option<String> {
+        let out = r.kubectl(
+            "kubectl",
+            &[
+                "get",
+                "--raw",
+                "/api/v1/namespaces",
+                "-v=8",
+                "--as",
+                as_user,
+            ],
+        );
+        out.stderr.lines().find_map(|l| {
+            let l = l.trim().to_lowercase();
+            l.strip_prefix("x-kubernetes-pf-flowschema-uid: ")
+                .map(str::to_string)
+        })
+    };
+    eventually("global-default on every replica", || {
+        let uids: Vec<Option<String>> = replicas.iter().map(|r| schema_uid(r, "bob")).collect();
+        uids[0].is_some() && uids.iter().all(|u| *u == uids[0])
+    });
+    let bob = TINY
+        .split("---\n")
+        .nth(1)
+        .unwrap()
+        .replace("name: alice", "name: bob")
+        .replace("name: tiny", "name: workload-low");
+    apply_file(&replicas[0], "kubectl", &bob, "create");
+    let created = Instant::now();
+    let uid = run(
+        &replicas[0],
+        "kubectl",
+        &["get", "flowschema", "bob", "-o", "jsonpath={.metadata.uid}"],
+    );
+    for (i, r) in replicas.iter().enumerate() {
+        while schema_uid(r, "bob").as_deref() != Some(uid.as_str()) {
+            assert!(
+                created.elapsed() < Duration::from_secs(2),
+                "replica {i} does not classify by the new FlowSchema 2 s after its create"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    eprintln!(
+        "all 3 replicas classify by it {:?} after its create",
+        created.elapsed()
+    );
+}
