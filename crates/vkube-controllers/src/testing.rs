@@ -362,12 +362,16 @@ impl FakeApi {
                 }
                 new["metadata"]["resourceVersion"] = json!(rv);
                 new["metadata"]["uid"] = old["metadata"]["uid"].clone();
-                // A deleted object's last finalizer gone: the object goes (a Namespace's end
-                // is its controller's `finalize`).
-                let finished = new["metadata"]["deletionTimestamp"].is_string()
-                    && new["metadata"]["finalizers"]
+                // A write that takes a deleted object's last finalizer off deletes it (a
+                // Namespace's end is its controller's `finalize`).
+                let none = |o: &Value| {
+                    o["metadata"]["finalizers"]
                         .as_array()
                         .is_none_or(Vec::is_empty)
+                };
+                let finished = new["metadata"]["deletionTimestamp"].is_string()
+                    && !none(&old)
+                    && none(&new)
                     && !collection.ends_with("/namespaces");
                 if finished {
                     inner.objects.remove(&key);
