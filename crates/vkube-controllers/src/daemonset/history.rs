@@ -46,15 +46,43 @@ pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -
         .collect()
 }
 
-/// What a revision holds (upstream's `getPatch`): `{"spec":{"template":{…,"$patch":"replace"}}}`.
+/// What a revision holds (upstream's `getPatch`): `{"spec":{"template":{…,"$patch":"replace"}}}`,
+/// as Go's `json.Marshal` of the typed template writes it, because clients compare the bytes
+/// (the DaemonSet conformance specs find the current revision by `daemon.Match`): keys sorted (a
+/// `serde_json::Value` object is a sorted map), and the members Go writes for zero values that
+/// k8s-openapi leaves out: the template's `"creationTimestamp":null` and each container's
+/// `"resources":{}`.
 pub fn revision_data(ds: &DaemonSet) -> Value {
     let mut template = ds
         .spec
         .as_ref()
         .map(|s| serde_json::to_value(&s.template).unwrap_or_default())
         .unwrap_or_else(|| json!({}));
+    as_go_writes(&mut template);
     template["$patch"] = json!("replace");
     json!({"spec": {"template": template}})
+}
+
+/// Adds the zero-valued members Go's encoder writes for a pod template (fields without
+/// `omitempty`, or struct fields, where `omitempty` has no effect).
+fn as_go_writes(template: &mut Value) {
+    let Some(t) = template.as_object_mut() else {
+        return;
+    };
+    let metadata = t.entry("metadata").or_insert_with(|| json!({}));
+    if let Some(m) = metadata.as_object_mut() {
+        m.entry("creationTimestamp").or_insert(Value::Null);
+    }
+    let spec = t.entry("spec").or_insert_with(|| json!({}));
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        // `get_mut`: indexing would add the absent lists as nulls.
+        let containers = spec.get_mut(list).and_then(Value::as_array_mut);
+        for container in containers.into_iter().flatten() {
+            if let Some(c) = container.as_object_mut() {
+                c.entry("resources").or_insert_with(|| json!({}));
+            }
+        }
+    }
 }
 
 /// Whether `revision` holds `ds`'s current template (upstream compares the bytes; here the

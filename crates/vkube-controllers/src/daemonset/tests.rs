@@ -701,3 +701,23 @@ async fn a_revision_go_wrote_matches_the_same_template() {
         &f.fake.writes()[before..]
     );
 }
+
+/// The revision's bytes are what Go's `json.Marshal` writes for the template (upstream's
+/// `getPatch`), which clients compare byte for byte (`daemon.Match`).
+#[test]
+fn revision_data_is_the_bytes_go_writes() {
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "d"},
+        "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": {
+            "metadata": {"labels": {"app": "x"}},
+            "spec": {"containers": [{"name": "app", "image": "img", "imagePullPolicy": "IfNotPresent",
+                "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"}],
+                "restartPolicy": "Always", "terminationGracePeriodSeconds": 30, "dnsPolicy": "ClusterFirst",
+                "securityContext": {}, "schedulerName": "default-scheduler"}}}
+    }))
+    .unwrap();
+    assert_eq!(
+        serde_json::to_string(&super::history::revision_data(&ds)).unwrap(),
+        r#"{"spec":{"template":{"$patch":"replace","metadata":{"creationTimestamp":null,"labels":{"app":"x"}},"spec":{"containers":[{"image":"img","imagePullPolicy":"IfNotPresent","name":"app","resources":{},"terminationMessagePath":"/dev/termination-log","terminationMessagePolicy":"File"}],"dnsPolicy":"ClusterFirst","restartPolicy":"Always","schedulerName":"default-scheduler","securityContext":{},"terminationGracePeriodSeconds":30}}}}"#
+    );
+}
