@@ -8,9 +8,10 @@
 //! `foregroundDeletion` until no dependent blocks it. The DELETE handler that sets those
 //! finalizers is the API server's.
 //!
-//! Items are looked at once every watch has listed (upstream waits for its caches to sync),
-//! by `ctx.workers` at once (kube-controller-manager's `--concurrent-gc-syncs`), each item by
-//! one worker at a time; failures are retried with the runner's backoff.
+//! Items are looked at once every watch has listed, or after [`SYNC_TIMEOUT`] (upstream waits
+//! for its caches to sync as long), by `ctx.workers` at once (kube-controller-manager's
+//! `--concurrent-gc-syncs`), each item by one worker at a time; failures are retried with the
+//! runner's backoff.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,8 @@ pub(crate) use graph::{Graph, Node, Work};
 
 /// How often discovery is read again for new or removed resources (upstream's 30 s).
 const DISCOVERY_PERIOD: Duration = Duration::from_secs(30);
+/// How long items wait for every watch's first list.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// How soon discovery is read again when an owner's kind is unknown: a custom resource just
 /// defined (upstream waits for the next period; a tenant deleting a custom owner right after
 /// creating its CRD should not wait 30 s for its dependents to go).
@@ -162,6 +165,9 @@ pub(crate) async fn run(ctx: Arc<Context>) {
     let mut retry_at: BTreeMap<Work, Instant> = BTreeMap::new();
     let mut rediscover = Instant::now();
     let mut discovered = Instant::now();
+    // Past this, items are looked at even if a watch has not listed yet (upstream gives its
+    // graph's sync the same 30 s, so one resource that cannot be listed does not stop it).
+    let mut sync_deadline = Instant::now();
     loop {
         if Instant::now() >= rediscover {
             discovered = Instant::now();
@@ -195,6 +201,7 @@ pub(crate) async fn run(ctx: Arc<Context>) {
                         let stream = watcher(api, watcher::Config::default()).default_backoff();
                         let tx = tx.clone();
                         feeder.unsynced.insert(k.clone());
+                        sync_deadline = Instant::now() + SYNC_TIMEOUT;
                         let handle = watches.spawn(async move {
                             let mut stream = std::pin::pin!(stream);
                             while let Some(event) = stream.next().await {
@@ -216,7 +223,8 @@ pub(crate) async fn run(ctx: Arc<Context>) {
                 Err(err) => tracing::info!(%err, "garbage collector: discovery"),
             }
         }
-        if feeder.unsynced.is_empty() {
+        let synced = feeder.unsynced.is_empty();
+        if synced || Instant::now() >= sync_deadline {
             while attempts.len() < usize::from(ctx.workers.max(1)) {
                 let Some(work) = queue.pop(&busy) else { break };
                 busy.insert(work.clone());
@@ -227,12 +235,15 @@ pub(crate) async fn run(ctx: Arc<Context>) {
                 });
             }
         }
-        let wake = retry_at
+        let mut wake = retry_at
             .values()
             .copied()
             .min()
             .unwrap_or(rediscover)
             .min(rediscover);
+        if !synced && Instant::now() < sync_deadline {
+            wake = wake.min(sync_deadline);
+        }
         tokio::select! {
             event = rx.recv() => {
                 let mut next = event;
