@@ -40,10 +40,10 @@ fn options(kind: &str, raw_query: &str) -> Value {
     let mut ports = Vec::new();
     for (key, value) in url::form_urlencoded::parse(raw_query.as_bytes()) {
         match (kind, key.as_ref()) {
-            (_, "stdin" | "stdout" | "stderr" | "tty") if kind != "PodPortForwardOptions" => {
-                if value == "true" || value == "1" {
-                    object.insert(key.into_owned(), json!(true));
-                }
+            (_, "stdin" | "stdout" | "stderr" | "tty")
+                if kind != "PodPortForwardOptions" && (value == "true" || value == "1") =>
+            {
+                object.insert(key.into_owned(), json!(true));
             }
             (_, "container") if kind != "PodPortForwardOptions" && !value.is_empty() => {
                 object.insert("container".into(), json!(value));
