@@ -32,6 +32,13 @@ pub fn convert(obj: Value, to: &str) -> Result<Value, Status> {
         ("Event", "events.k8s.io/v1", "v1") => Ok(rename(obj, to, EVENT_FIELDS, true)),
         ("HorizontalPodAutoscaler", "autoscaling/v2", "autoscaling/v1") => Ok(hpa_to_v1(obj)),
         ("HorizontalPodAutoscaler", "autoscaling/v1", "autoscaling/v2") => Ok(hpa_to_v2(obj)),
+        // A CRD with the `Webhook` strategy converts through its webhook, which the server
+        // calls (asynchronously); reaching here would serve an unconverted object.
+        _ if crate::registry::custom::converts_by_webhook(group_of(&from), &kind) => {
+            Err(Status::internal(format!(
+                "conversion of {kind} from {from} to {to} needs its conversion webhook"
+            )))
+        }
         // A CRD's versions convert with the `None` strategy: only apiVersion changes.
         _ if crate::registry::custom::has_kind(group_of(&from), &kind)
             && group_of(&from) == group_of(to) =>

@@ -127,6 +127,13 @@ fn crd(obj: &mut Value) {
         }
     }
     set(spec, "conversion", json!({"strategy": "None"}));
+    // SetDefaults_ServiceReference: a conversion webhook's Service port is 443.
+    if let Some(svc) = spec
+        .pointer_mut("/conversion/webhook/clientConfig/service")
+        .filter(|s| s.is_object())
+    {
+        set(svc, "port", json!(443));
+    }
 }
 
 /// A Secret's `stringData` is write-only: upstream's conversion merges it into `data` (base64,

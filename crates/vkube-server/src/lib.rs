@@ -12,6 +12,7 @@ mod cache;
 pub mod cluster_secret;
 mod compactor;
 mod controllers;
+mod conversion;
 mod crds;
 pub mod filters;
 mod flowcontrol;

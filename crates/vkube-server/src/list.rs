@@ -46,11 +46,36 @@ pub fn selected(labels: &LabelSelector, fields: &FieldSelector, obj: &Value) -> 
 pub(crate) async fn select(ctx: &Ctx<'_>) -> Result<Selected<Value>, Status> {
     let (labels, fields) = selectors(ctx.resource, ctx.q)?;
     let every = labels.0.is_empty() && fields.0.is_empty();
+    if crate::conversion::by_webhook(ctx.resource) {
+        return select_converted(ctx, every, &labels, &fields).await;
+    }
     select_with(ctx, every, |entry| {
         let obj = ctx.load(&entry.kv)?;
         Ok(selected(&labels, &fields, &obj).then_some(obj))
     })
     .await
+}
+
+/// A page of objects whose CRD converts them by webhook (conversion/): the page's objects in one
+/// ConversionReview, then the selectors, which read the requested version. A page may then hold
+/// fewer than `limit` items (the API allows that; its `continue` token still goes on).
+async fn select_converted(
+    ctx: &Ctx<'_>,
+    every: bool,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+) -> Result<Selected<Value>, Status> {
+    let mut page = select_with(ctx, true, |entry| crate::rest::decode(&entry.kv).map(Some)).await?;
+    let store = ctx.api.store.as_ref();
+    let items = crate::conversion::served(store, ctx.resource, page.items, true).await?;
+    page.items = items
+        .into_iter()
+        .filter(|o| selected(labels, fields, o))
+        .collect();
+    if !every {
+        page.remaining = None;
+    }
+    Ok(page)
 }
 
 /// One page of a list.

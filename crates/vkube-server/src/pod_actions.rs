@@ -89,7 +89,7 @@ pub(crate) async fn bind(ctx: &Ctx<'_>, body: &Bytes) -> Result<Response<Body>, 
         match ctx
             .api
             .store
-            .update(&key, pods.store_bytes(&pod)?, cur.mod_revision, None)
+            .update(&key, pods.store_bytes(&pod).await?, cur.mod_revision, None)
             .await
         {
             Ok(_) => return Ok(created()),

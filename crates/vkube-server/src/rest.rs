@@ -9,7 +9,7 @@ use http::Response;
 use serde_json::{Value, json};
 use vkube_api::object::{self, set_resource_version};
 use vkube_api::registry::custom;
-use vkube_api::{Resource, Status, convert, registry, schema, table};
+use vkube_api::{Resource, Status, registry, schema, table};
 use vkube_store::{KeyValue, StoreError};
 
 pub(crate) use crate::body::{parse_body, parse_object};
@@ -142,6 +142,28 @@ impl<'a> Ctx<'a> {
         vkube_api::custom_objects::served(self.resource, decode(kv)?)
     }
 
+    /// An object read from the store, in the version the request addresses; through its CRD's
+    /// conversion webhook when it has one (conversion/).
+    pub(crate) async fn read(&self, kv: &KeyValue) -> Result<Value, Status> {
+        if !crate::conversion::by_webhook(self.resource) {
+            return self.load(kv);
+        }
+        let store = self.api.store.as_ref();
+        let objs =
+            crate::conversion::served(store, self.resource, vec![decode(kv)?], false).await?;
+        Ok(objs.into_iter().next().unwrap_or_default())
+    }
+
+    /// What a write answers: upstream decodes what it stored, so an object whose CRD has a
+    /// conversion webhook comes back through it from the storage version.
+    pub(crate) async fn written(&self, mut obj: Value, kv: &KeyValue) -> Result<Value, Status> {
+        if crate::conversion::by_webhook(self.resource) && !kv.value.is_empty() {
+            return self.read(kv).await;
+        }
+        set_resource_version(&mut obj, kv.mod_revision);
+        Ok(obj)
+    }
+
     /// The stored object `name` (404 when absent): its store record, and the object in the
     /// version the request addresses. Every read-modify-write loop starts here.
     pub(crate) async fn current(&self, name: &str) -> Result<(KeyValue, Value), Status> {
@@ -152,16 +174,17 @@ impl<'a> Ctx<'a> {
             .await
             .map_err(store_status)?
             .ok_or_else(|| self.not_found(name))?;
-        let obj = self.load(&kv)?;
+        let obj = self.read(&kv).await?;
         Ok((kv, obj))
     }
 
-    /// The bytes to store for an object, in its storage version.
-    pub(crate) fn store_bytes(&self, obj: &Value) -> Result<Vec<u8>, Status> {
-        Ok(encode(&convert::convert(
-            obj.clone(),
-            &convert::storage_version(self.resource),
-        )?))
+    /// The bytes to store for an object, in its storage version (converted by its CRD's
+    /// webhook when it has one: conversion/).
+    pub(crate) async fn store_bytes(&self, obj: &Value) -> Result<Vec<u8>, Status> {
+        let store = self.api.store.as_ref();
+        Ok(encode(
+            &crate::conversion::stored(store, self.resource, obj).await?,
+        ))
     }
 
     /// Field validation (`fieldValidation`, default Warn): unknown fields are dropped, and either
@@ -393,7 +416,7 @@ async fn get(ctx: &Ctx<'_>) -> Result<Response<Body>, Status> {
     let kv = crate::cache::get(&ctx.api.hub, &ctx.key(name))
         .await
         .map_err(store_status)?;
-    let obj = ctx.load(&kv.ok_or_else(|| ctx.not_found(name))?)?;
+    let obj = ctx.read(&kv.ok_or_else(|| ctx.not_found(name))?).await?;
     Ok(ctx.respond(200, &obj))
 }
 
@@ -483,7 +506,7 @@ async fn create_object(
     let created = ctx
         .api
         .store
-        .create(&ctx.key(&name), ctx.store_bytes(&obj)?, None)
+        .create(&ctx.key(&name), ctx.store_bytes(&obj).await?, None)
         .await;
     if let Some(host) = host.filter(|_| created.is_err()) {
         host.0.release(&obj).await;
@@ -492,7 +515,7 @@ async fn create_object(
     }
     match created {
         Ok(kv) => {
-            set_resource_version(&mut obj, kv.mod_revision);
+            let obj = ctx.written(obj, &kv).await?;
             Ok(ctx.respond(201, &obj))
         }
         Err(StoreError::AlreadyExists { .. }) => Err(Status::already_exists(
@@ -611,6 +634,11 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
             if service {
                 crate::services::keep_allocated(&old, &mut obj)?;
             }
+            if is_crd(ctx.resource) {
+                // Upstream's CRD strategy: the stored status stays, and a new storage version
+                // joins status.storedVersions (conversion/ reads objects of the old one).
+                vkube_api::crd::definition::prepare_for_update(&mut obj, &old);
+            }
             ctx.validate(&obj, Some(&old))?;
             if let Some(host) = ctx
                 .api
@@ -623,7 +651,7 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
             vkube_api::validation::validate_object_update(ctx.resource, &obj, &old)?;
             crate::authz::check_escalation(&ctx.api.authorizer, ctx.user, ctx.resource, &obj)
                 .await?;
-            if ctx.resource.subresource("status").is_some() {
+            if ctx.resource.subresource("status").is_some() && !is_crd(ctx.resource) {
                 // The main resource ignores status where a status subresource exists.
                 match old.get("status") {
                     Some(s) => obj["status"] = s.clone(),
@@ -652,14 +680,14 @@ async fn update(ctx: &Ctx<'_>, edit: Edit<'_>) -> Result<Response<Body>, Status>
         match ctx
             .api
             .store
-            .update(&key, ctx.store_bytes(&new)?, cur.mod_revision, None)
+            .update(&key, ctx.store_bytes(&new).await?, cur.mod_revision, None)
             .await
         {
             Ok(kv) => {
-                set_resource_version(&mut new, kv.mod_revision);
                 if finalized(ctx.resource, &new) {
                     let _ = ctx.api.store.delete(&key, Some(kv.mod_revision)).await;
                 }
+                let new = ctx.written(new, &kv).await?;
                 return Ok(ctx.respond(200, &new));
             }
             Err(StoreError::Conflict { .. }) if wanted_rv.is_none() => continue,
@@ -802,7 +830,7 @@ pub(crate) async fn delete_one(
             match ctx
                 .api
                 .store
-                .update(&key, ctx.store_bytes(&obj)?, cur.mod_revision, None)
+                .update(&key, ctx.store_bytes(&obj).await?, cur.mod_revision, None)
                 .await
             {
                 Ok(kv) => {

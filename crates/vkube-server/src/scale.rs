@@ -167,7 +167,7 @@ pub(crate) async fn scale(
         match ctx
             .api
             .store
-            .update(&key, ctx.store_bytes(&new)?, cur.mod_revision, None)
+            .update(&key, ctx.store_bytes(&new).await?, cur.mod_revision, None)
             .await
         {
             Ok(kv) => {

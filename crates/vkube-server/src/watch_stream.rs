@@ -110,11 +110,19 @@ pub async fn watch(
     let (initial, from) = if send_initial {
         match api.store.list(&prefix, ListOptions::default()).await {
             Ok(page) => {
-                let objects: Vec<Value> = page
-                    .items
-                    .iter()
-                    .filter_map(|kv| decode(kv).ok())
-                    .filter_map(|o| served(resource, o).ok())
+                let stored = page.items.iter().filter_map(|kv| decode(kv).ok());
+                // A CRD's conversion webhook converts them all in one review (conversion/).
+                let objects: Vec<Value> = if crate::conversion::by_webhook(resource) {
+                    let all = stored.collect();
+                    match crate::conversion::served(api.store.as_ref(), resource, all, true).await {
+                        Ok(objects) => objects,
+                        Err(status) => return response::status(&status),
+                    }
+                } else {
+                    stored.filter_map(|o| served(resource, o).ok()).collect()
+                };
+                let objects = objects
+                    .into_iter()
                     .filter(|o| selected(&labels, &fields, o))
                     .collect();
                 (objects, page.revision)
@@ -144,6 +152,7 @@ pub async fn watch(
         }
     };
     let (tx, rx) = mpsc::channel::<Bytes>(256);
+    let store = api.store.clone();
     tokio::spawn(async move {
         let deadline = async {
             match timeout {
@@ -192,7 +201,22 @@ pub async fn watch(
             last = change.revision;
             // Stored objects, in the version this watch addresses.
             let read = |o: &Option<Value>| o.clone().and_then(|o| served(resource, o).ok());
-            let (object, prev) = (read(&change.object), read(&change.prev));
+            let (object, prev) = if crate::conversion::by_webhook(resource) {
+                let (object, prev) = (change.object.clone(), change.prev.clone());
+                let every = labels.0.is_empty() && fields.0.is_empty();
+                let converted =
+                    crate::conversion::event(store.as_ref(), resource, object, prev, every);
+                match converted.await {
+                    Ok(pair) => pair,
+                    Err(status) => {
+                        // The client lists again and resumes; upstream's watch also reports it.
+                        let _ = tx.send(line("ERROR", &status.to_json())).await;
+                        return;
+                    }
+                }
+            } else {
+                (read(&change.object), read(&change.prev))
+            };
             let now = object.as_ref().filter(|o| selected(&labels, &fields, o));
             let before = prev.as_ref().filter(|o| selected(&labels, &fields, o));
             let event = match (before, now) {

@@ -6,11 +6,11 @@
 //! `spec.additionalPrinterColumns…`), as kubectl shows them, else `spec.versions[i].schema…`.
 //!
 //! The caller applies the v1 defaults first (singular, listKind, conversion strategy) and, on
-//! update, sets status.storedVersions as upstream's strategy does. Not covered: default values'
+//! update, [`prepare_for_update`] (status.storedVersions as upstream's strategy sets it). Not covered: default values'
 //! validation against their schema, CEL cost estimates, deprecationWarning's character classes,
-//! and the webhook conversion checks (Webhook is refused: this server cannot call webhooks).
+//! and the DER of a conversion webhook's caBundle (its PEM blocks are checked).
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::definition_schema::{self as sch, Ctx};
 use super::gofmt;
@@ -27,7 +27,7 @@ pub fn validate(crd: &Value, old: Option<&Value>) -> Errors {
     if old.is_none() {
         metadata_name(crd, plural, group, &mut e);
     }
-    spec_checks(spec, &mut e);
+    spec_checks(spec, old, &mut e);
     names(&spec["names"], "spec.names", &mut e);
     names(
         &crd["status"]["acceptedNames"],
@@ -107,7 +107,7 @@ fn lifted<'a>(versions: &'a [Value], key: &str) -> Option<&'a Value> {
     (!empty && versions.iter().all(|v| v.get(key) == Some(first))).then_some(first)
 }
 
-fn spec_checks(spec: &Value, e: &mut Errors) {
+fn spec_checks(spec: &Value, old: Option<&Value>, e: &mut Errors) {
     let group = s(spec, "group");
     if group.is_empty() {
         e.required("spec.group", "");
@@ -219,7 +219,7 @@ fn spec_checks(spec: &Value, e: &mut Errors) {
     if let Some(cols) = top_cols {
         columns(cols, "spec.additionalPrinterColumns", e);
     }
-    conversion(&spec["conversion"], e);
+    conversion(spec, old, e);
 }
 
 fn deprecation(v: &Value, path: &str, e: &mut Errors) {
@@ -495,28 +495,173 @@ fn selectable_fields(version: &Value, path: &str, e: &mut Errors) {
     }
 }
 
-fn conversion(conv: &Value, e: &mut Errors) {
+/// validateCustomResourceConversion, on the internal form v1's `webhook` converts into
+/// (`webhookClientConfig`, `conversionReviewVersions`), whose paths upstream's messages carry.
+fn conversion(spec: &Value, old: Option<&Value>, e: &mut Errors) {
+    let conv = &spec["conversion"];
     if conv.is_null() {
         return;
     }
-    match s(conv, "strategy") {
-        "" => e.required("spec.conversion.strategy", ""),
-        "None" => {
-            for key in ["webhookClientConfig", "conversionReviewVersions", "webhook"] {
-                if conv.get(key).is_some_and(|x| !x.is_null()) {
-                    e.forbidden(
-                        &format!("spec.conversion.{key}"),
-                        "should not be set when strategy is not set to Webhook",
-                    );
-                }
-            }
-        }
-        "Webhook" => e.invalid(
+    let strategy = s(conv, "strategy");
+    if !strategy.is_empty() && strategy != "None" && spec["preserveUnknownFields"] == true {
+        e.invalid(
             "spec.conversion.strategy",
             &conv["strategy"],
-            "Webhook conversion is not supported by this server; use None (all versions must share one schema)",
+            "must be None if spec.preserveUnknownFields is true",
+        );
+    }
+    let client = match &conv["webhook"]["clientConfig"] {
+        Value::Null => &conv["webhookClientConfig"],
+        c => c,
+    };
+    let versions = match &conv["webhook"]["conversionReviewVersions"] {
+        Value::Null => &conv["conversionReviewVersions"],
+        v => v,
+    };
+    match strategy {
+        "" => e.required("spec.conversion.strategy", ""),
+        "None" | "Webhook" => {}
+        _ => e.not_supported(
+            "spec.conversion.strategy",
+            &conv["strategy"],
+            &["None", "Webhook"],
         ),
-        _ => e.not_supported("spec.conversion.strategy", &conv["strategy"], &["None", "Webhook"]),
+    }
+    if strategy != "Webhook" {
+        if !client.is_null() {
+            e.forbidden(
+                "spec.conversion.webhookClientConfig",
+                "should not be set when strategy is not set to Webhook",
+            );
+        }
+        if versions.as_array().is_some_and(|v| !v.is_empty()) {
+            e.forbidden(
+                "spec.conversion.conversionReviewVersions",
+                "should not be set when strategy is not set to Webhook",
+            );
+        }
+        return;
+    }
+    let at = "spec.conversion.webhookClientConfig";
+    if client.is_null() {
+        e.required(at, "required when strategy is set to Webhook");
+    } else {
+        crate::validation::webhook_client_config(client, at, e);
+        let bundle = s(client, "caBundle");
+        if !bundle.is_empty() && !allow_invalid_ca_bundle(old) {
+            if let Some(why) = ca_bundle_problem(bundle) {
+                e.push_raw_invalid(&format!("{at}.caBundle"), &go_bytes(bundle), why);
+            }
+        }
+    }
+    // On an update, a CRD whose stored list already lacks a known version may keep it so.
+    let require_known = old.is_none_or(|o| {
+        let old_versions = match &o["spec"]["conversion"]["webhook"]["conversionReviewVersions"] {
+            Value::Null => &o["spec"]["conversion"]["conversionReviewVersions"],
+            v => v,
+        };
+        let list = old_versions.as_array().cloned().unwrap_or_default();
+        list.is_empty() || list.iter().any(|v| v == "v1" || v == "v1beta1")
+    });
+    review_versions(versions, require_known, e);
+}
+
+/// validateConversionReviewVersions.
+fn review_versions(versions: &Value, require_known: bool, e: &mut Errors) {
+    let path = "spec.conversion.conversionReviewVersions";
+    let list: Vec<&str> = versions
+        .as_array()
+        .map(|l| l.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if list.is_empty() {
+        e.required(path, "");
+        return;
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        if seen.contains(v) {
+            e.invalid(&at, &Value::from(*v), "duplicate version");
+            continue;
+        }
+        seen.push(v);
+        if let Some(why) = dns1035(v) {
+            e.invalid(&at, &Value::from(*v), &why);
+        }
+    }
+    if require_known && !list.iter().any(|v| matches!(*v, "v1" | "v1beta1")) {
+        let raw = format!(
+            "[]string{{{}}}",
+            list.iter()
+                .map(|v| gofmt::quote(v))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        e.push_raw_invalid(path, &raw, "must include at least one of v1, v1beta1");
+    }
+}
+
+/// An invalid caBundle is let through while the CRD is not established, and when the stored one
+/// is invalid already (upstream's allowInvalidCABundle; a create is never established).
+fn allow_invalid_ca_bundle(old: Option<&Value>) -> bool {
+    let Some(old) = old else {
+        return true;
+    };
+    if !crate::registry::custom::condition(old, "Established") {
+        return true;
+    }
+    let conv = &old["spec"]["conversion"];
+    let client = match &conv["webhook"]["clientConfig"] {
+        Value::Null => &conv["webhookClientConfig"],
+        c => c,
+    };
+    let bundle = s(client, "caBundle");
+    !bundle.is_empty() && ca_bundle_problem(bundle).is_some()
+}
+
+/// What client-go's ParseCertsPEM finds wrong with a caBundle (base64 of PEM): no CERTIFICATE
+/// block at all. The certificates' DER is not parsed here.
+fn ca_bundle_problem(b64: &str) -> Option<&'static str> {
+    use base64::Engine as _;
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&pem);
+    let has_cert = text
+        .split("-----BEGIN CERTIFICATE-----")
+        .skip(1)
+        .any(|rest| rest.contains("-----END CERTIFICATE-----"));
+    (!has_cert).then_some("data does not contain any valid RSA or ECDSA certificates")
+}
+
+/// A caBundle as Go's `%#v` prints a `[]byte`.
+fn go_bytes(b64: &str) -> String {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap_or_default();
+    let items: Vec<String> = bytes.iter().map(|b| format!("0x{b:x}")).collect();
+    format!("[]byte{{{}}}", items.join(", "))
+}
+
+/// Upstream's CRD strategy on an update (PrepareForUpdate): the status is the stored one (the
+/// status subresource writes it), and a storage version not yet in `status.storedVersions` joins
+/// it, so switching the storage version needs no separate status write.
+pub fn prepare_for_update(crd: &mut Value, old: &Value) {
+    crd["status"] = old.get("status").cloned().unwrap_or_else(|| json!({}));
+    let storage = crd["spec"]["versions"]
+        .as_array()
+        .and_then(|vs| vs.iter().find(|v| v["storage"] == true))
+        .and_then(|v| v["name"].as_str())
+        .map(str::to_string);
+    let Some(storage) = storage else {
+        return;
+    };
+    let stored = &mut crd["status"]["storedVersions"];
+    match stored.as_array_mut() {
+        Some(list) if list.iter().any(|v| *v == storage.as_str()) => {}
+        Some(list) => list.push(json!(storage)),
+        None => *stored = json!([storage]),
     }
 }
 

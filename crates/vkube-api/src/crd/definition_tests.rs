@@ -244,9 +244,14 @@ fn subresources_columns_and_conversion() {
                 "Required value"
             ),
             t(
-                "FieldValueInvalid",
-                "spec.conversion.strategy",
-                "Invalid value: \"Webhook\": Webhook conversion is not supported by this server; use None (all versions must share one schema)"
+                "FieldValueRequired",
+                "spec.conversion.webhookClientConfig",
+                "Required value: required when strategy is set to Webhook"
+            ),
+            t(
+                "FieldValueRequired",
+                "spec.conversion.conversionReviewVersions",
+                "Required value"
             ),
         ]
     );
@@ -325,4 +330,140 @@ fn protected_groups_need_approval() {
     );
     c["metadata"]["annotations"] = json!({"api-approved.kubernetes.io": "unapproved, testing"});
     assert_eq!(errs(&c, None), []);
+}
+
+fn with_conversion(conversion: Value) -> Value {
+    let mut c = crd();
+    c["spec"]["conversion"] = conversion;
+    c
+}
+
+#[test]
+fn webhook_conversion_is_checked_on_the_internal_paths() {
+    let ok = json!({"strategy": "Webhook", "webhook": {
+        "clientConfig": {"service": {"namespace": "default", "name": "conv", "path": "/crdconvert", "port": 9443}},
+        "conversionReviewVersions": ["v1", "v1beta1"]}});
+    assert_eq!(errs(&with_conversion(ok), None), []);
+    let url = json!({"strategy": "Webhook", "webhook": {
+        "clientConfig": {"url": "http://127.0.0.1:8443/convert?x=1"},
+        "conversionReviewVersions": ["v2", "v2", "V3"]}});
+    assert_eq!(
+        errs(&with_conversion(url), None),
+        [
+            t(
+                "FieldValueInvalid",
+                "spec.conversion.webhookClientConfig.url",
+                "Invalid value: \"http\": 'https' is the only allowed URL scheme; desired format: https://host[/path]"
+            ),
+            t(
+                "FieldValueInvalid",
+                "spec.conversion.webhookClientConfig.url",
+                "Invalid value: \"x=1\": query parameters are not permitted in the URL"
+            ),
+            t(
+                "FieldValueInvalid",
+                "spec.conversion.conversionReviewVersions[1]",
+                "Invalid value: \"v2\": duplicate version"
+            ),
+            t(
+                "FieldValueInvalid",
+                "spec.conversion.conversionReviewVersions[2]",
+                "Invalid value: \"V3\": a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"
+            ),
+            t(
+                "FieldValueInvalid",
+                "spec.conversion.conversionReviewVersions",
+                "Invalid value: []string{\"v2\", \"v2\", \"V3\"}: must include at least one of v1, v1beta1"
+            ),
+        ]
+    );
+    let both = json!({"strategy": "Webhook", "webhook": {
+        "clientConfig": {"url": "https://a.example/", "service": {"namespace": "d", "name": "n"}},
+        "conversionReviewVersions": ["v1"]}});
+    assert_eq!(
+        errs(&with_conversion(both), None),
+        [t(
+            "FieldValueRequired",
+            "spec.conversion.webhookClientConfig",
+            "Required value: exactly one of url or service is required"
+        )]
+    );
+    let none = json!({"strategy": "None", "webhook": {
+        "clientConfig": {"url": "https://a.example/"}, "conversionReviewVersions": ["v1"]}});
+    assert_eq!(
+        errs(&with_conversion(none), None),
+        [
+            t(
+                "FieldValueForbidden",
+                "spec.conversion.webhookClientConfig",
+                "Forbidden: should not be set when strategy is not set to Webhook"
+            ),
+            t(
+                "FieldValueForbidden",
+                "spec.conversion.conversionReviewVersions",
+                "Forbidden: should not be set when strategy is not set to Webhook"
+            ),
+        ]
+    );
+    let odd = json!({"strategy": "Sometimes"});
+    assert_eq!(
+        errs(&with_conversion(odd), None),
+        [t(
+            "FieldValueNotSupported",
+            "spec.conversion.strategy",
+            "Unsupported value: \"Sometimes\": supported values: \"None\", \"Webhook\""
+        )]
+    );
+}
+
+#[test]
+fn an_invalid_ca_bundle_is_refused_once_the_crd_is_established() {
+    use base64::Engine as _;
+    let bad = base64::engine::general_purpose::STANDARD.encode("hi");
+    let conv = json!({"strategy": "Webhook", "webhook": {
+        "clientConfig": {"url": "https://a.example/", "caBundle": bad},
+        "conversionReviewVersions": ["v1"]}});
+    let mut old = with_conversion(json!({"strategy": "None"}));
+    old["status"] = json!({"storedVersions": ["v1"], "conditions": [{"type": "Established", "status": "True"}]});
+    let mut new = with_conversion(conv);
+    new["status"] = old["status"].clone();
+    // Not established yet (a create): let through, as upstream.
+    assert_eq!(errs(&new, None), []);
+    assert_eq!(
+        errs(&new, Some(&old)),
+        [t(
+            "FieldValueInvalid",
+            "spec.conversion.webhookClientConfig.caBundle",
+            "Invalid value: []byte{0x68, 0x69}: data does not contain any valid RSA or ECDSA certificates"
+        )]
+    );
+}
+
+#[test]
+fn switching_the_storage_version_adds_it_to_stored_versions() {
+    let mut old = crd();
+    let mut v2 = old["spec"]["versions"][0].clone();
+    v2["name"] = json!("v2");
+    v2["storage"] = json!(false);
+    old["spec"]["versions"].as_array_mut().unwrap().push(v2);
+    old["status"] = json!({"storedVersions": ["v1"]});
+    let mut new = old.clone();
+    new["spec"]["versions"][0]["storage"] = json!(false);
+    new["spec"]["versions"][1]["storage"] = json!(true);
+    // Without upstream's PrepareForUpdate the update is refused.
+    assert_eq!(
+        errs(&new, Some(&old)),
+        [t(
+            "FieldValueInvalid",
+            "status.storedVersions",
+            "Invalid value: []string{\"v1\"}: must have the storage version v2"
+        )]
+    );
+    // A client's status is ignored: the stored one is kept and the new storage version joins.
+    new["status"] = json!({"storedVersions": []});
+    super::prepare_for_update(&mut new, &old);
+    assert_eq!(new["status"]["storedVersions"], json!(["v1", "v2"]));
+    assert_eq!(errs(&new, Some(&old)), []);
+    super::prepare_for_update(&mut new, &old);
+    assert_eq!(new["status"]["storedVersions"], json!(["v1", "v2"]));
 }

@@ -41,12 +41,19 @@ pub struct Definition {
     pub selectable_fields: Vec<String>,
     /// The CRD is being deleted: its objects are being removed, creates are refused.
     pub terminating: bool,
+    /// The CRD's `spec.conversion` (strategy `None`, or `Webhook` with its `webhook`).
+    pub conversion: Value,
     /// The version's schema and rules, compiled on first use (`custom_objects`).
     pub(crate) compiled: std::sync::OnceLock<crate::custom_objects::Compiled>,
 }
 
 impl Definition {
     /// The version's `schema.openAPIV3Schema`, if it has one.
+    /// Whether its objects change version through a conversion webhook.
+    pub fn converts_by_webhook(&self) -> bool {
+        self.conversion["strategy"] == "Webhook"
+    }
+
     pub fn schema(&self) -> Option<&Value> {
         self.version
             .get("schema")
@@ -249,6 +256,7 @@ fn served(crd: &Value) -> Option<(String, Option<Vec<Arc<Definition>>>)> {
                 })
                 .unwrap_or_default(),
             terminating,
+            conversion: spec["conversion"].clone(),
             compiled: Default::default(),
         }));
     }
@@ -302,6 +310,15 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
         .flatten()
         .map(|d| d.resource)
         .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// Whether the CRD defining this kind in this group converts its objects by a webhook.
+pub fn converts_by_webhook(group: &str, kind: &str) -> bool {
+    read()
+        .by_crd
+        .values()
+        .flatten()
+        .any(|d| d.resource.group == group && d.resource.kind == kind && d.converts_by_webhook())
 }
 
 /// Whether an established CRD defines this kind in this group.

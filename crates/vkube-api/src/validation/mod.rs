@@ -10,6 +10,9 @@ mod pods;
 mod types;
 mod webhooks;
 
+/// A CRD conversion webhook's clientConfig is checked as an admission webhook's.
+pub(crate) use webhooks::client_config as webhook_client_config;
+
 use serde_json::Value;
 
 use crate::Resource;

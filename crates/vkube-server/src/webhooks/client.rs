@@ -51,8 +51,18 @@ fn go_seconds(d: Duration) -> String {
 
 /// Where `hook` is reached; an error is the reason the call could not be made.
 pub async fn target(store: &dyn Store, hook: &Hook) -> Result<Target, String> {
-    let timeout = go_seconds(hook.timeout);
-    match hook.endpoint.as_ref().map_err(Clone::clone)? {
+    target_at(store, &hook.endpoint, hook.timeout).await
+}
+
+/// Where a webhook at `endpoint` called with `timeout` is reached (admission webhooks, and CRD
+/// conversion webhooks: conversion/).
+pub async fn target_at(
+    store: &dyn Store,
+    endpoint: &Result<Endpoint, String>,
+    timeout: Duration,
+) -> Result<Target, String> {
+    let timeout = go_seconds(timeout);
+    match endpoint.as_ref().map_err(Clone::clone)? {
         Endpoint::Url(url) => {
             let parsed = url::Url::parse(url).map_err(|e| format!("parse {url:?}: {e}"))?;
             if parsed.scheme() != "https" {

@@ -203,7 +203,8 @@ impl Hook {
     }
 }
 
-fn endpoint(client: &Value) -> Result<Endpoint, String> {
+/// Where a clientConfig points (shared with CRD conversion webhooks: conversion/).
+pub(crate) fn endpoint(client: &Value) -> Result<Endpoint, String> {
     if let Some(url) = client["url"].as_str() {
         return Ok(Endpoint::Url(url.to_string()));
     }
@@ -222,7 +223,9 @@ fn endpoint(client: &Value) -> Result<Endpoint, String> {
     Err("the webhook has neither a url nor a service".into())
 }
 
-fn tls_client(ca_bundle: Option<&str>) -> Result<tokio_rustls::TlsConnector, String> {
+/// The TLS client of a clientConfig: its caBundle as the only roots, else the system's (also for
+/// conversion webhooks: conversion/).
+pub(crate) fn tls_client(ca_bundle: Option<&str>) -> Result<tokio_rustls::TlsConnector, String> {
     let pem = match ca_bundle.filter(|b| !b.is_empty()) {
         Some(b64) => {
             use base64::Engine as _;

@@ -26,6 +26,9 @@ use vkube_api::{Resource, Status};
 pub use hook::Operation;
 pub use view::WebhookView;
 
+/// The webhook client, shared with CRD conversion webhooks (conversion/).
+pub(crate) use client::{post, target_at};
+
 use crate::rest::Ctx;
 use hook::Hook;
 use review::Attributes;

@@ -5,24 +5,14 @@
 //! failurePolicy Ignore and Fail with the server down; and a webhook registered through one
 //! `vkube serve` applies at once through another on the same store.
 
-use std::sync::Arc;
-
 use base64::Engine as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 
 use crate::harness::*;
 use crate::rbac::Api;
 
-/// The webhook server: runs until dropped.
-struct WebhookServer {
-    port: u16,
-    ca_pem: String,
-    _rt: tokio::runtime::Runtime,
-}
+/// The webhook server (https_server.rs): runs until dropped.
+type WebhookServer = crate::https_server::HttpsServer;
 
 /// What the webhook answers: `/validate` refuses `deny=yes` (and warns otherwise), `/mutate`
 /// adds `mutated=true`.
@@ -66,77 +56,18 @@ fn answer(path: &str, request: &Value) -> Value {
     }
 }
 
-impl WebhookServer {
-    fn start() -> WebhookServer {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "webhook test CA");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-            .unwrap()
-            .signed_by(&leaf_key, &issuer)
-            .unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![CertificateDer::from_pem_slice(leaf.pem().as_bytes()).unwrap()],
-                PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap(),
-            )
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        rt.spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(stream) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = hyper::service::service_fn(
-                        |req: http::Request<hyper::body::Incoming>| async move {
-                            let path = req.uri().path().to_string();
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let review: Value = serde_json::from_slice(&body).unwrap();
-                            if path == "/slow" {
-                                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-                            }
-                            let mut response = answer(&path, &review["request"]);
-                            response["uid"] = review["request"]["uid"].clone();
-                            let out = json!({"apiVersion": "admission.k8s.io/v1",
-                                "kind": "AdmissionReview", "response": response});
-                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                                Bytes::from(out.to_string()),
-                            )))
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
+/// The admission webhook server: `answer` in AdmissionReviews; `/slow` answers after 3 s.
+fn start_webhooks() -> WebhookServer {
+    WebhookServer::start(|path, review| {
+        Box::pin(async move {
+            if path == "/slow" {
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
             }
-        });
-        WebhookServer {
-            port,
-            ca_pem: ca_cert.pem(),
-            _rt: rt,
-        }
-    }
-
-    fn ca_bundle(&self) -> String {
-        base64::engine::general_purpose::STANDARD.encode(&self.ca_pem)
-    }
+            let mut response = answer(&path, &review["request"]);
+            response["uid"] = review["request"]["uid"].clone();
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
+        })
+    })
 }
 
 /// A ValidatingWebhookConfiguration named `name` holding `webhooks` (YAML list entries).
@@ -184,7 +115,7 @@ fn configmap(name: &str, ns: &str, labels: &str) -> String {
 
 #[test]
 fn webhooks_deny_mutate_warn_and_fail_as_kube_apiserver() {
-    let hooks = WebhookServer::start();
+    let hooks = start_webhooks();
     let server = Server::start();
     let url = |path: &str| format!("https://127.0.0.1:{}{path}", hooks.port);
     let bundle = hooks.ca_bundle();
@@ -545,7 +476,7 @@ webhooks:
 /// it to reach the store's revision; so a webhook registered through replica A refuses the very
 /// next write through replica B, every time.
 fn registered_through_one_replica_applies_through_another(store: &str, rounds: usize) {
-    let hooks = WebhookServer::start();
+    let hooks = start_webhooks();
     let a = Server::start_with(&["--store", store, "--identity-secret-file", &shared_secret()]);
     let b = Server::start_with(&["--store", store, "--identity-secret-file", &shared_secret()]);
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -624,7 +555,7 @@ fn a_webhook_registered_through_one_replica_applies_through_another_on_postgres(
 /// request goes on (to the missing kubelet, here).
 #[test]
 fn a_webhook_refuses_exec_and_attach_as_a_connect() {
-    let hooks = WebhookServer::start();
+    let hooks = start_webhooks();
     let server = Server::start();
     let ns = ns_name("kubectl", "connect");
     run(&server, "kubectl", &["create", "namespace", &ns]);
