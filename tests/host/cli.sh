@@ -129,6 +129,61 @@ t_cli_pause_resume() {
 }
 check "vkube pause stops the control plane and the workloads; resume brings both back" t_cli_pause_resume
 
+t_cli_snapshot_restore() {
+  local out
+  ck create configmap kept --from-literal=a=1 >/dev/null || return 1
+  out=$(c snapshot create one "file://$DIR/one.snap" 2>&1) || { echo "$out"; return 1; }
+  grep -qE "snapshot of virtual cluster one \(from one-0\): [0-9]+ keys at revision [0-9]+" <<<"$out" || { echo "$out"; return 1; }
+  # After the snapshot: one ConfigMap more, one less.
+  ck create configmap after-snap --from-literal=b=2 >/dev/null && ck delete configmap kept >/dev/null || return 1
+  # A damaged file, or another location kind, changes nothing: the cluster keeps running.
+  cp "$DIR/one.snap" "$DIR/bad.snap"
+  python3 -c 'import sys; b = bytearray(open(sys.argv[1], "rb").read()); b[len(b) // 2] ^= 1; open(sys.argv[1], "wb").write(b)' "$DIR/bad.snap"
+  if out=$(c restore one "file://$DIR/bad.snap" 2>&1); then echo "a damaged snapshot was restored"; return 1; fi
+  grep -q "is not a whole vkube snapshot" <<<"$out" || { echo "$out"; return 1; }
+  if out=$(c restore one "s3://bucket/one.snap" 2>&1); then echo "s3 was accepted"; return 1; fi
+  grep -q "file:///PATH" <<<"$out" || { echo "$out"; return 1; }
+  c list | grep -qE '^one +vkube-one +Running' || { c list; return 1; }
+  out=$(c restore one "file://$DIR/one.snap" 2>&1) || { echo "$out"; return 1; }
+  grep -q "restored virtual cluster one" <<<"$out" || { echo "$out"; return 1; }
+  ! k -n vkube-one get pod one-restore >/dev/null 2>&1 || { echo "the restore pod is left"; return 1; }
+  c connect one >/dev/null 2>&1 || return 1
+  [ "$(ck get configmap kept -o jsonpath='{.data.a}')" = 1 ] || { echo "kept is not back"; return 1; }
+  ! ck get configmap after-snap >/dev/null 2>&1 || { echo "after-snap survived the restore"; return 1; }
+  # The workloads of the snapshot run again on the host.
+  until_true 180 bash -c "[ \"\$(kubectl --kubeconfig '$CLI_KUBECONFIG' get pods -l app=web --field-selector=status.phase=Running -o name | wc -l)\" = 2 ]"
+}
+check "vkube snapshot create NAME file://… then restore NAME file://…: the state of the snapshot is back, a damaged file changes nothing" t_cli_snapshot_restore
+
+t_cli_store_move() {
+  local out
+  # An external etcd beside the node, where pods reach it (the bridge's address).
+  etcd --name move --data-dir "$DIR/move-etcd" \
+    --listen-client-urls "http://$NODE_IP:23790" --advertise-client-urls "http://$NODE_IP:23790" \
+    --listen-peer-urls http://127.0.0.1:23800 --initial-advertise-peer-urls http://127.0.0.1:23800 \
+    --initial-cluster move=http://127.0.0.1:23800 >"$DIR/move-etcd.log" 2>&1 &
+  MOVE_ETCD_PID=$!
+  until_true 30 etcdctl --endpoints "http://$NODE_IP:23790" endpoint health >/dev/null 2>&1
+  ck create configmap moved --from-literal=a=1 >/dev/null || return 1
+  # Into embedded etcd: refused before anything changes.
+  if out=$(c create one --upgrade --connect=false --set controlPlane.statefulSet.pods.labels.tier=gold \
+    --set controlPlane.backingStore.etcd.embedded.enabled=true 2>&1); then echo "moved into embedded etcd"; return 1; fi
+  grep -q "cannot yet move state into or out of embedded etcd" <<<"$out" || { echo "$out"; return 1; }
+  c list | grep -qE '^one +vkube-one +Running' || { c list; return 1; }
+  # To the external etcd: the state moves, with the copy's progress shown, and the cluster is back.
+  out=$(c create one --upgrade --connect=false --set controlPlane.statefulSet.pods.labels.tier=gold \
+    --set controlPlane.backingStore.etcd.external.enabled=true \
+    --set "controlPlane.backingStore.etcd.external.endpoint=$NODE_IP:23790" 2>&1) || { echo "$out"; return 1; }
+  grep -q "moving the state of virtual cluster one from embedded SQLite to external etcd $NODE_IP:23790" <<<"$out" \
+    && grep -q "migrated and verified" <<<"$out" || { echo "$out"; return 1; }
+  [ -n "$(etcdctl --endpoints "http://$NODE_IP:23790" get /registry/configmaps/default/moved --keys-only)" ] \
+    || { echo "the ConfigMap is not in the external etcd"; return 1; }
+  c connect one >/dev/null 2>&1 || return 1
+  [ "$(ck get configmap moved -o jsonpath='{.data.a}')" = 1 ] || { echo "moved is not served"; return 1; }
+  until_true 180 bash -c "[ \"\$(kubectl --kubeconfig '$CLI_KUBECONFIG' get pods -l app=web --field-selector=status.phase=Running -o name | wc -l)\" = 2 ]"
+}
+check "vkube create --upgrade with another backing store moves the state (SQLite to external etcd); into embedded etcd is refused" t_cli_store_move
+
 t_cli_delete() {
   c delete one --wait >/dev/null 2>&1 || return 1
   ! k get namespace vkube-one >/dev/null 2>&1 || { echo "namespace vkube-one is left"; return 1; }
@@ -155,6 +210,7 @@ check "vkube create with bad values fails before anything is applied, naming the
 
 source "$ROOT/tests/host/ha.sh"
 
+[ -n "${MOVE_ETCD_PID:-}" ] && kill "$MOVE_ETCD_PID" 2>/dev/null
 # Whatever a failed test left: the port forwards `vkube connect` started, the clusters it made.
 pkill -f "$VKUBE_BIN port-forward-daemon" 2>/dev/null
 for ns in vkube-one vkube-two vkube-ha; do k delete namespace "$ns" --wait=false >/dev/null 2>&1; done

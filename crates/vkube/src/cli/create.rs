@@ -99,6 +99,22 @@ pub async fn run(args: CreateArgs) -> Result<()> {
         }
     }
 
+    // Another backing store: the state moves to it first (never a silent start on an empty one).
+    if let Some(previous) = &previous {
+        let mut old = values::defaults();
+        values::merge(&mut old, previous.config.clone());
+        if super::store_move::StoreOf::of(&old)? != super::store_move::StoreOf::of(&merged)? {
+            super::store_move::move_state(
+                &host,
+                &namespace,
+                name,
+                (&old, &merged),
+                args.timeout,
+                &mut progress,
+            )
+            .await?;
+        }
+    }
     let ca = existing_ca(&host, &namespace, name).await?;
     let ca = match ca {
         Some(ca) => ca,

@@ -7,10 +7,12 @@ pub mod connect;
 pub mod create;
 pub mod host;
 pub mod manage;
+pub mod one_off;
 pub mod progress;
 pub mod release;
 pub mod render;
 pub mod snapshot;
+pub mod store_move;
 pub mod values;
 
 use std::time::Duration;

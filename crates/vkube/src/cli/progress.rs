@@ -51,6 +51,14 @@ impl Progress {
         self.step_started = Instant::now();
     }
 
+    /// A line of output from what runs (a pod's progress), shown as it is.
+    pub fn note(&mut self, line: &str) {
+        match &self.spinner {
+            Some(bar) => bar.println(format!("  {line}")),
+            None => eprintln!("  {line}"),
+        }
+    }
+
     pub fn total(&self) -> Duration {
         self.started.elapsed()
     }

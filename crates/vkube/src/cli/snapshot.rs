@@ -14,18 +14,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, AttachParams, DeleteParams, PostParams};
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use kube::api::{Api, AttachParams};
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
 
 use super::host::{Host, explain, is_ready};
+use super::one_off::{self, CONFIG, DATA_DIR};
 use super::progress::Progress;
 use super::{HostFlags, check_name, manage, namespace_of};
 use crate::store_tools::snapshot;
 
-/// Where the chart mounts the replica's state and its vcluster.yaml.
-const DATA_DIR: &str = "/data";
-const CONFIG: &str = "/etc/vkube/config.yaml";
 /// The vkube binary in the chart's image (its entrypoint).
 const VKUBE: &str = "/usr/local/bin/vkube";
 
@@ -196,17 +194,29 @@ pub async fn restore(args: RestoreArgs) -> Result<()> {
     let paused_here =
         manage::pause_cluster(&host, &namespace, name, args.timeout, &mut progress).await?;
     let pods: Api<Pod> = Api::namespaced(host.client.clone(), &namespace);
-    let pod_name = format!("{name}-restore");
-    let result = run_restore(
-        &pods,
-        &pod_name,
-        restore_pod(name, &pod_name, &template, claimed)?,
-        &bytes,
-        args.timeout,
-        &mut progress,
-    )
-    .await;
-    let _ = pods.delete(&pod_name, &DeleteParams::background()).await;
+    let job = one_off::Job {
+        cluster: name,
+        pod_name: format!("{name}-restore"),
+        app: "vkube-restore",
+        args: [
+            "snapshot",
+            "restore",
+            "-",
+            "--data-dir",
+            DATA_DIR,
+            "--config",
+            CONFIG,
+            "--force",
+        ]
+        .map(String::from)
+        .to_vec(),
+        stdin: true,
+        volumes: Vec::new(),
+    };
+    let result = match one_off::pod(&job, &template, claimed) {
+        Ok(pod) => one_off::run(&pods, pod, Some(&bytes), false, args.timeout, &mut progress).await,
+        Err(err) => Err(err),
+    };
     let output = match result {
         Ok(output) => output,
         Err(err) => {
@@ -269,148 +279,6 @@ async fn refuse_embedded_etcd(
     Ok(())
 }
 
-/// The one-off restore pod: the replica's pod template (image, security context, volumes,
-/// environment) with vkube reading the snapshot from stdin into the store the replicas serve.
-fn restore_pod(name: &str, pod_name: &str, template: &Value, claimed: bool) -> Result<Pod> {
-    let mut spec = template["spec"].clone();
-    spec["restartPolicy"] = json!("Never");
-    let containers = spec["containers"]
-        .as_array_mut()
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| anyhow!("the StatefulSet of {name} has no containers"))?;
-    containers.truncate(1);
-    let container = containers[0]
-        .as_object_mut()
-        .expect("a container is an object");
-    for probe in ["readinessProbe", "livenessProbe", "startupProbe", "ports"] {
-        container.remove(probe);
-    }
-    container.insert(
-        "args".into(),
-        json!([
-            "snapshot",
-            "restore",
-            "-",
-            "--data-dir",
-            DATA_DIR,
-            "--config",
-            CONFIG,
-            "--force"
-        ]),
-    );
-    container.insert("stdin".into(), json!(true));
-    container.insert("stdinOnce".into(), json!(true));
-    if claimed {
-        // Replica 0's volume: the one an embedded SQLite store lives on.
-        let volumes = spec["volumes"].as_array_mut();
-        let data = json!({"name": "data", "persistentVolumeClaim": {"claimName": format!("data-{name}-0")}});
-        match volumes {
-            Some(v) => v.push(data),
-            None => spec["volumes"] = json!([data]),
-        }
-    }
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": pod_name, "labels": {"app": "vkube-restore", "release": name}},
-        "spec": spec,
-    }))?)
-}
-
-/// Creates the restore pod, sends it the snapshot and returns what it printed once it succeeded.
-async fn run_restore(
-    pods: &Api<Pod>,
-    pod_name: &str,
-    pod: Pod,
-    bytes: &[u8],
-    timeout: Duration,
-    progress: &mut Progress,
-) -> Result<String> {
-    // A pod left by an interrupted restore goes first.
-    if pods.get_opt(pod_name).await?.is_some() {
-        pods.delete(pod_name, &DeleteParams::background()).await?;
-        wait_for(
-            pods,
-            pod_name,
-            timeout,
-            "the previous restore pod to go",
-            |p| p.is_none(),
-        )
-        .await?;
-    }
-    pods.create(&PostParams::default(), &pod)
-        .await
-        .map_err(|e| explain(e, &format!("creating pod {pod_name}")))?;
-    progress.waiting("restore pod starting");
-    wait_for(pods, pod_name, timeout, "the restore pod to run", |p| {
-        p.and_then(|p| p.status.as_ref()?.phase.clone())
-            .is_some_and(|phase| phase != "Pending")
-    })
-    .await?;
-    let mut process = pods
-        .attach(
-            pod_name,
-            &AttachParams::default()
-                .container("vkube")
-                .stdin(true)
-                .stdout(true)
-                .stderr(true),
-        )
-        .await
-        .map_err(|e| explain(e, &format!("attaching to pod {pod_name}")))?;
-    let mut stdin = process.stdin().context("the restore pod's stdin")?;
-    stdin
-        .write_all(bytes)
-        .await
-        .context("sending the snapshot")?;
-    stdin.shutdown().await?;
-    drop(stdin);
-    progress.done(format!(
-        "snapshot sent to pod {pod_name} ({} bytes)",
-        bytes.len()
-    ));
-    progress.waiting("restoring");
-    let _ = tokio::time::timeout(timeout, process.join()).await;
-    let finished = wait_for(pods, pod_name, timeout, "the restore to finish", |p| {
-        p.and_then(|p| p.status.as_ref()?.phase.clone())
-            .is_some_and(|phase| phase == "Succeeded" || phase == "Failed")
-    })
-    .await?;
-    let logs = pods
-        .logs(pod_name, &Default::default())
-        .await
-        .unwrap_or_default();
-    let phase = finished.and_then(|p| p.status?.phase).unwrap_or_default();
-    if phase != "Succeeded" {
-        bail!("the restore in pod {pod_name} failed:\n{}", logs.trim_end());
-    }
-    Ok(logs)
-}
-
-/// Polls pod `name` until `done` holds, for at most `timeout`; returns the last pod read.
-async fn wait_for(
-    pods: &Api<Pod>,
-    name: &str,
-    timeout: Duration,
-    what: &str,
-    done: impl Fn(Option<&Pod>) -> bool,
-) -> Result<Option<Pod>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let pod = pods
-            .get_opt(name)
-            .await
-            .map_err(|e| explain(e, &format!("reading pod {name}")))?;
-        if done(pod.as_ref()) {
-            return Ok(pod);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {}s waiting for {what}", timeout.as_secs());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,28 +301,5 @@ mod tests {
             let err = local_path(bad).unwrap_err().to_string();
             assert!(err.contains(says), "{bad}: {err}");
         }
-    }
-
-    #[test]
-    fn the_restore_pod_is_the_replicas_pod_reading_stdin_on_replica_0s_volume() {
-        let template = json!({"spec": {
-            "containers": [{"name": "vkube", "image": "vkube.local/vkube:dev", "args": ["serve"],
-                "readinessProbe": {}, "ports": [{"containerPort": 8443}]}],
-            "volumes": [{"name": "config", "secret": {"secretName": "vc-config-a"}}],
-            "securityContext": {"runAsUser": 65532},
-        }});
-        let pod =
-            serde_json::to_value(restore_pod("a", "a-restore", &template, true).unwrap()).unwrap();
-        let c = &pod["spec"]["containers"][0];
-        assert_eq!(c["args"][1], "restore");
-        assert_eq!(c["stdin"], true);
-        assert!(c.get("readinessProbe").is_none() && c.get("ports").is_none());
-        assert_eq!(pod["spec"]["restartPolicy"], "Never");
-        assert_eq!(pod["spec"]["securityContext"]["runAsUser"], 65532);
-        assert_eq!(
-            pod["spec"]["volumes"][1]["persistentVolumeClaim"]["claimName"],
-            "data-a-0"
-        );
-        assert_eq!(pod["metadata"]["labels"]["app"], "vkube-restore");
     }
 }

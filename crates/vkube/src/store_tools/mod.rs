@@ -33,13 +33,26 @@ pub struct MigrateArgs {
     /// or etcd-dir://DATA-DIR[?peer=URL&client=URL] for the embedded etcd of
     /// `vkube serve --etcd-embedded --data-dir DATA-DIR` (one replica), which vkube runs for the
     /// copy. Nothing may serve it during the copy.
-    #[arg(long)]
-    from: String,
+    #[arg(long, required_unless_present = "from_data_dir")]
+    from: Option<String>,
+    /// Instead of --from: the store of `vkube serve --data-dir DIR [--config FILE]` (with
+    /// --from-config), as the host CLI names it inside a virtual cluster's pod.
+    #[arg(long, conflicts_with = "from")]
+    from_data_dir: Option<PathBuf>,
+    /// With --from-data-dir: the vcluster.yaml that `vkube serve` ran with.
+    #[arg(long, requires = "from_data_dir")]
+    from_config: Option<PathBuf>,
     /// The store to copy into, in the same forms; it must be empty (or hold a half-finished copy
     /// of the same source, which is resumed). etcd-dir://NEW-DATA-DIR makes a new embedded etcd
     /// member there for `vkube serve --etcd-embedded --data-dir NEW-DATA-DIR`.
-    #[arg(long)]
-    to: String,
+    #[arg(long, required_unless_present = "to_data_dir")]
+    to: Option<String>,
+    /// Instead of --to: the store `vkube serve --data-dir DIR --config FILE` will serve.
+    #[arg(long, conflicts_with = "to")]
+    to_data_dir: Option<PathBuf>,
+    /// With --to-data-dir: the vcluster.yaml that `vkube serve` will run with.
+    #[arg(long, requires = "to_data_dir")]
+    to_config: Option<PathBuf>,
     /// Delete every key the destination holds first (under its prefix, for etcd).
     #[arg(long)]
     force: bool,
@@ -119,7 +132,7 @@ fn named_store(
     online: bool,
 ) -> Result<Location> {
     match (store, data_dir) {
-        (Some(url), _) => url.parse().context("--store"),
+        (Some(url), _) => url.parse().context("the store URL"),
         (None, Some(dir)) => served::location(dir, config.as_deref(), online),
         (None, None) => bail!(
             "name the store: --store URL, or --data-dir DIR for the store `vkube serve --data-dir DIR` serves; or give a virtual cluster on the host as NAME file:///PATH"
@@ -190,13 +203,17 @@ async fn with_stores<T>(
 }
 
 pub async fn migrate(args: MigrateArgs) -> Result<()> {
-    let from: Location = args.from.parse().context("--from")?;
-    let to: Location = args.to.parse().context("--to")?;
-    if args.from == args.to {
+    if args.from.is_some() && args.from == args.to {
         bail!("--from and --to name the same store");
     }
+    let from =
+        named_store(&args.from, &args.from_data_dir, &args.from_config, false).context("--from")?;
+    let to = named_store(&args.to, &args.to_data_dir, &args.to_config, false).context("--to")?;
     with_stores(vec![(from, true), (to, false)], async |opened| {
         let (from, to) = (&opened[0], &opened[1]);
+        if from.shown == to.shown {
+            bail!("the source and the destination are the same store, {}", from.shown);
+        }
         let source = open(&from.url, true).await?;
         offline::refuse_served(source.as_ref(), &from.shown).await?;
         let dest = open(&to.url, false).await?;
