@@ -17,8 +17,31 @@ use crate::response::Body;
 /// The subresources that a kubelet serves.
 pub const KUBELET_SUBRESOURCES: &[&str] = &["log", "exec", "attach", "portforward"];
 
-/// Answers a kubelet subresource of the virtual pod `namespace`/`name`; the request is the
-/// client's own (method, query, upgrade headers and the connection's upgrade).
+/// Whether `resource`/`subresource` goes to the host: a pod's kubelet subresources, and the
+/// `proxy` of a pod or a Service (upstream's apiserver connects to the pod or the Service's
+/// endpoint itself; here the host's API does, where the pods run).
+pub fn forwarded(resource: &str, subresource: &str) -> bool {
+    match resource {
+        "pods" => KUBELET_SUBRESOURCES.contains(&subresource) || subresource == "proxy",
+        "services" => subresource == "proxy",
+        _ => false,
+    }
+}
+
+/// The object a proxy name designates: `NAME`, `NAME:PORT` or `SCHEME:NAME:PORT` (upstream's
+/// `net.SplitSchemeNamePort`).
+pub fn object_name(name_spec: &str) -> &str {
+    let parts: Vec<&str> = name_spec.split(':').collect();
+    match parts.as_slice() {
+        [_scheme, name, _port] => name,
+        [name, ..] => name,
+        [] => name_spec,
+    }
+}
+
+/// Answers a kubelet subresource of the virtual pod `namespace`/`name`, or the proxy of a pod or
+/// Service (the request's path says which, and the port); the request is the client's own
+/// (method, path, query, body, upgrade headers and the connection's upgrade).
 pub trait HostProxy: Send + Sync {
     fn forward(
         &self,

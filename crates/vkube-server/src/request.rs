@@ -94,7 +94,9 @@ impl RequestInfo {
         if let Some(sub) = parts.get(2) {
             info.subresource = sub.clone();
         }
-        if parts.len() > 3 {
+        // `…/proxy/PATH`: the subresource is `proxy` (what RBAC's `pods/proxy` names), the rest
+        // is the path at the target, as upstream's RequestInfoFactory reads it.
+        if parts.len() > 3 && parts[2] != "proxy" {
             info.subresource = parts[2..].join("/");
         }
         let collection = info.name.is_empty();
@@ -194,6 +196,29 @@ mod tests {
         );
         let i = parse(Method::GET, "/healthz");
         assert!(!i.is_resource);
+    }
+
+    #[test]
+    fn a_proxy_path_is_the_proxy_subresource() {
+        let i = parse(
+            Method::GET,
+            "/api/v1/namespaces/a/pods/web:8080/proxy/healthz/x",
+        );
+        assert_eq!(
+            (i.name.as_str(), i.subresource.as_str()),
+            ("web:8080", "proxy")
+        );
+        let i = parse(
+            Method::POST,
+            "/api/v1/namespaces/a/services/https:web:443/proxy/",
+        );
+        assert_eq!(
+            (i.verb.as_str(), i.subresource.as_str()),
+            ("create", "proxy")
+        );
+        assert_eq!(crate::host_proxy::object_name("https:web:443"), "web");
+        assert_eq!(crate::host_proxy::object_name("web:8080"), "web");
+        assert_eq!(crate::host_proxy::object_name("web"), "web");
     }
 
     #[test]

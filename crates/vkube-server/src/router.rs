@@ -209,8 +209,8 @@ impl Api {
             return self.non_resource(req.method(), &path, &q, &accept).await;
         }
         let kubelet_subresource = info.group.is_empty()
-            && info.resource == "pods"
-            && crate::host_proxy::KUBELET_SUBRESOURCES.contains(&info.subresource.as_str());
+            && info.version == "v1"
+            && crate::host_proxy::forwarded(&info.resource, &info.subresource);
         if kubelet_subresource {
             // Admission first, as upstream's connect handler: a webhook may refuse an exec.
             let raw_query = req.uri().query().unwrap_or_default().to_string();
@@ -223,14 +223,15 @@ impl Api {
         if let Some(proxy) = &self.host_proxy
             && kubelet_subresource
         {
-            // The pod must exist here; the host's answer about a pod it lacks would name the
-            // host's pod.
-            let Some(pods) = vkube_api::registry::find("", "v1", "pods") else {
+            // The pod (or Service) must exist here; the host's answer about one it lacks would
+            // name the host's.
+            let Some(resource) = vkube_api::registry::find("", "v1", &info.resource) else {
                 return response::status(&Status::path_not_found());
             };
+            let name = crate::host_proxy::object_name(&info.name);
             return match self
                 .store
-                .get(&pods.key(&info.namespace, &info.name), None)
+                .get(&resource.key(&info.namespace, name), None)
                 .await
             {
                 Ok(Some(_)) => {
@@ -246,7 +247,7 @@ impl Api {
                         .forward(&info.namespace, &info.name, &info.subresource, req)
                         .await
                 }
-                Ok(None) => response::status(&Status::not_found("pods", "", &info.name)),
+                Ok(None) => response::status(&Status::not_found(&info.resource, "", name)),
                 Err(err) => response::status(&Status::internal(err.to_string())),
             };
         }

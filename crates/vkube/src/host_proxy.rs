@@ -27,7 +27,11 @@ const FORWARDED: &[&str] = &[
     "sec-websocket-extensions",
     "x-stream-protocol-version",
     "accept",
+    "content-type",
 ];
+
+/// The largest request body a proxy forwards (kube-apiserver's own request limit is 3 MiB).
+const MAX_PROXIED_BODY: usize = 16 << 20;
 
 pub struct KubeHostProxy {
     pub client: kube::Client,
@@ -43,18 +47,39 @@ impl vkube_server::host_proxy::HostProxy for KubeHostProxy {
         subresource: &str,
         req: Request<Incoming>,
     ) -> Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>> {
-        let host_name = vkube_syncer::names::host_name("Pod", namespace, name, &self.cluster);
+        let virtual_name = vkube_server::host_proxy::object_name(name).to_string();
+        // `/api/v1/namespaces/NS/RESOURCE/NAME/…`
+        let (kind, resource) = match req.uri().path().split('/').nth(5) {
+            Some("services") => ("Service", "services"),
+            _ => ("Pod", "pods"),
+        };
+        let host_name =
+            vkube_syncer::names::host_name(kind, namespace, &virtual_name, &self.cluster);
+        // `NAME:PORT` and `SCHEME:NAME:PORT` keep their scheme and port; a proxy keeps the path
+        // after `proxy`.
+        let name_spec = name.replacen(&virtual_name, &host_name, 1);
+        let rest = rest_after(req.uri().path(), subresource);
         let path = format!(
-            "/api/v1/namespaces/{}/pods/{host_name}/{subresource}",
+            "/api/v1/namespaces/{}/{resource}/{name_spec}/{subresource}{rest}",
             self.namespace
         );
-        let (client, virtual_name) = (self.client.clone(), name.to_string());
+        let client = self.client.clone();
         Box::pin(async move {
             match forward(client, path, req, &host_name, &virtual_name).await {
                 Ok(resp) => resp,
                 Err(why) => error_response(&why),
             }
         })
+    }
+}
+
+/// What follows the subresource in the client's path (`/a/b` of `…/proxy/a/b`), empty for
+/// the kubelet's subresources.
+fn rest_after(path: &str, subresource: &str) -> String {
+    let marker = format!("/{subresource}");
+    match path.find(&marker) {
+        Some(at) if subresource == "proxy" => path[at + marker.len()..].to_string(),
+        _ => String::new(),
     }
 }
 
@@ -78,9 +103,20 @@ async fn forward(
             builder = builder.header(*name, value);
         }
     }
+    // A proxied request's body goes along (an upgrade has none: the streams follow it).
+    let body = if req.headers().contains_key(header::UPGRADE) {
+        kube::client::Body::empty()
+    } else {
+        let bytes = http_body_util::Limited::new(req.body_mut(), MAX_PROXIED_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the request body: {e}"))?
+            .to_bytes();
+        kube::client::Body::from(bytes.to_vec())
+    };
     let client_upgrade = hyper::upgrade::on(&mut req);
     let host_req = builder
-        .body(kube::client::Body::empty())
+        .body(body)
         .map_err(|e| format!("building the host request: {e}"))?;
     let mut resp = client
         .send(host_req)
@@ -185,5 +221,26 @@ impl Body for ChannelBody {
         self.0
             .poll_recv(cx)
             .map(|data| data.map(|d| Ok(Frame::data(d))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proxy_keeps_the_path_after_the_subresource() {
+        assert_eq!(
+            rest_after(
+                "/api/v1/namespaces/a/pods/web:8080/proxy/healthz/x",
+                "proxy"
+            ),
+            "/healthz/x"
+        );
+        assert_eq!(
+            rest_after("/api/v1/namespaces/a/pods/web/proxy", "proxy"),
+            ""
+        );
+        assert_eq!(rest_after("/api/v1/namespaces/a/pods/web/log", "log"), "");
     }
 }
