@@ -664,7 +664,10 @@ pub fn table(
         // Upstream prints FlowSchemas in matching order: precedence, then name.
         order.sort_by_key(|o| {
             let precedence = o["spec"]["matchingPrecedence"].as_i64().unwrap_or(0);
-            (precedence, o["metadata"]["name"].as_str().unwrap_or("").to_string())
+            (
+                precedence,
+                o["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            )
         });
     }
     let rows: Vec<Value> = order

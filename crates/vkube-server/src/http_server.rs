@@ -400,8 +400,12 @@ pub async fn serve(
     let filters = crate::filters::Filters::new(config.limits, config.timeouts);
     let flowcontrol_view = match &filters.flow_control {
         Some(fc) => Some(
-            crate::flowcontrol::view::FlowControlView::start(store.clone(), hub.clone(), fc.clone())
-                .await?,
+            crate::flowcontrol::view::FlowControlView::start(
+                store.clone(),
+                hub.clone(),
+                fc.clone(),
+            )
+            .await?,
         ),
         None => None,
     };
@@ -447,7 +451,10 @@ pub async fn serve(
             let mut work = vec![crate::controllers::start(api.clone())];
             // kube-apiserver's flow-control config producer and status writer.
             if let Some(view) = &flowcontrol_view {
-                work.push(crate::flowcontrol::ensurer::start(api.clone(), view.clone()));
+                work.push(crate::flowcontrol::ensurer::start(
+                    api.clone(),
+                    view.clone(),
+                ));
             }
             if let Some(interval) = compaction {
                 work.push(crate::compactor::start(store.clone(), interval));
