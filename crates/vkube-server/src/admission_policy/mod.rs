@@ -119,7 +119,7 @@ pub(crate) async fn validate(
             if namespace_object.is_none() {
                 namespace_object = Some(params::namespace_object(adm).await?);
             }
-            let inputs = inputs(adm, invoked, &name, &namespace, object, old)?;
+            let inputs = inputs(adm, invoked, &name, &namespace, object, old).await?;
             for param in params {
                 let inputs = eval::Inputs {
                     params: param.unwrap_or(Value::Null),
@@ -289,7 +289,7 @@ async fn matches(
 }
 
 /// object, oldObject and request, in the version of the resource the policy matched.
-fn inputs(
+async fn inputs(
     adm: &Admission<'_>,
     invoked: &'static vkube_api::Resource,
     name: &str,
@@ -297,11 +297,10 @@ fn inputs(
     object: Option<&Value>,
     old: Option<&Value>,
 ) -> Result<eval::Inputs, Status> {
-    let version = |o: Option<&Value>| {
-        o.map(|o| vkube_api::convert::convert(o.clone(), &invoked.api_version()))
-            .transpose()
-    };
-    let (object, old) = (version(object)?, version(old)?);
+    // In the matched version: through a CRD's conversion webhook when it has one (conversion/).
+    let store = adm.ctx.api.store.as_ref();
+    let object = crate::webhooks::in_version(store, object, invoked).await?;
+    let old = crate::webhooks::in_version(store, old, invoked).await?;
     let options = adm.options();
     let attrs = adm.attributes(invoked, name, namespace, &options);
     let request = crate::webhooks::review::request("", &attrs, object.as_ref(), old.as_ref());

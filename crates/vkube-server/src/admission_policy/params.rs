@@ -45,15 +45,17 @@ pub async fn collect(
         );
     };
     let store = adm.ctx.api.store.as_ref();
-    let served = |kv: &vkube_store::KeyValue| -> Result<Value, String> {
+    // In the paramKind's version: through its CRD's conversion webhook when it has one.
+    let served = async |kv: &vkube_store::KeyValue| -> Result<Value, String> {
         let obj = crate::rest::decode(kv).map_err(|s| s.message)?;
-        vkube_api::custom_objects::served(resource, obj).map_err(|s| s.message)
+        let objs = crate::conversion::served(store, resource, vec![obj], false).await;
+        Ok(objs.map_err(|s| s.message)?.pop().unwrap_or_default())
     };
     let mut params = Vec::new();
     if !param_ref.name.is_empty() {
         let key = resource.key(params_namespace, &param_ref.name);
         if let Some(kv) = store.get(&key, None).await.map_err(|e| e.to_string())? {
-            params.push(Some(served(&kv)?));
+            params.push(Some(served(&kv).await?));
         }
     } else {
         let selector = param_ref.selector.clone().unwrap_or(Value::Null);
@@ -68,7 +70,7 @@ pub async fn collect(
             if kv.key[prefix.len()..].contains('/') {
                 continue;
             }
-            let obj = served(kv)?;
+            let obj = served(kv).await?;
             let labels = obj["metadata"]
                 .get("labels")
                 .cloned()

@@ -179,7 +179,9 @@ impl<'a> Admission<'a> {
             return Ok(None);
         };
         if !hook.conditions.is_empty() {
-            let (object, old) = (in_version(object, invoked)?, in_version(old, invoked)?);
+            let store = self.ctx.api.store.as_ref();
+            let object = in_version(store, object, invoked).await?;
+            let old = in_version(store, old, invoked).await?;
             let options = self.options();
             let attrs = self.attributes(invoked, name, namespace, &options);
             let request = review::request("", &attrs, object.as_ref(), old.as_ref());
@@ -362,8 +364,9 @@ impl<'a> Admission<'a> {
                     continue;
                 };
                 let attrs = self.attributes(invoked, &name, &namespace, &options);
-                let sent = in_version(object.as_deref(), invoked)?;
-                let sent_old = in_version(old, invoked)?;
+                let store = self.ctx.api.store.as_ref();
+                let sent = in_version(store, object.as_deref(), invoked).await?;
+                let sent_old = in_version(store, old, invoked).await?;
                 let Some(answer) = self
                     .call(hook, &attrs, sent.as_ref(), sent_old.as_ref())
                     .await?
@@ -379,7 +382,8 @@ impl<'a> Admission<'a> {
                             hook.name
                         )));
                     };
-                    if apply_patch(hook, obj, sent, patch)? {
+                    let resource = self.resource();
+                    if apply_patch(store, resource, hook, obj, sent, patch).await? {
                         changed_any = true;
                         changed_this_round = true;
                     }
@@ -424,8 +428,9 @@ impl<'a> Admission<'a> {
                     return Ok(());
                 };
                 let attrs = self.attributes(invoked, name, namespace, options);
-                let sent = in_version(object, invoked)?;
-                let sent_old = in_version(old, invoked)?;
+                let store = self.ctx.api.store.as_ref();
+                let sent = in_version(store, object, invoked).await?;
+                let sent_old = in_version(store, old, invoked).await?;
                 let Some(answer) = self
                     .call(hook, &attrs, sent.as_ref(), sent_old.as_ref())
                     .await?
@@ -455,16 +460,28 @@ enum Failure {
     Refused(Status),
 }
 
-/// An object in the version of the resource a webhook was called for.
-fn in_version(object: Option<&Value>, invoked: &Resource) -> Result<Option<Value>, Status> {
-    object
-        .map(|o| vkube_api::convert::convert(o.clone(), &invoked.api_version()))
-        .transpose()
+/// An object in the version of the resource a webhook was called for (through its CRD's
+/// conversion webhook when it has one: conversion/).
+pub(crate) async fn in_version(
+    store: &dyn vkube_store::Store,
+    object: Option<&Value>,
+    invoked: &Resource,
+) -> Result<Option<Value>, Status> {
+    let Some(o) = object else {
+        return Ok(None);
+    };
+    let to = invoked.api_version();
+    crate::conversion::one(store, invoked, o.clone(), &to)
+        .await
+        .map(Some)
 }
 
 /// Applies a webhook's JSONPatch to the object it was sent (`sent`, in its version) and converts
-/// the result back into `obj`'s version. Returns whether the object changed.
-fn apply_patch(
+/// the result back into `obj`'s version (of `resource`; by its CRD's conversion webhook when it
+/// has one). Returns whether the object changed.
+async fn apply_patch(
+    store: &dyn vkube_store::Store,
+    resource: &Resource,
     hook: &Hook,
     obj: &mut Value,
     sent: Option<Value>,
@@ -483,7 +500,7 @@ fn apply_patch(
     let mut patched = sent.unwrap_or_else(|| obj.clone());
     json_patch::patch(&mut patched, &ops).map_err(Status::internal)?;
     let version = obj["apiVersion"].as_str().unwrap_or_default().to_string();
-    let patched = vkube_api::convert::convert(patched, &version)?;
+    let patched = crate::conversion::one(store, resource, patched, &version).await?;
     let changed = patched != *obj;
     *obj = patched;
     Ok(changed)

@@ -311,7 +311,10 @@ async fn a_review_round_trip_over_https_applies_the_patch() {
     assert!(answer.allowed);
     assert_eq!(answer.warnings, vec!["mind the gap".to_string()]);
     let sent = Some(cm.clone());
-    assert!(apply_patch(&h, &mut cm, sent, answer.patch.as_deref().unwrap()).unwrap());
+    let (store, patch) = (vkube_store::MemoryStore::new(), answer.patch.unwrap());
+    let configmaps = vkube_api::registry::find("", "v1", "configmaps").unwrap();
+    let changed = apply_patch(store.as_ref(), configmaps, &h, &mut cm, sent, &patch).await;
+    assert!(changed.unwrap());
     assert_eq!(cm["metadata"]["labels"]["mutated"], "yes");
 }
 

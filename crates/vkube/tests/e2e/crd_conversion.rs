@@ -54,12 +54,32 @@ fn convert(path: &str, request: &Value) -> Value {
         "response": {"uid": request["uid"], "result": {"status": "Success"}, "convertedObjects": objects}})
 }
 
+/// An admission webhook registered for v1 only: it sees objects written in v2 converted to v1
+/// (matchPolicy Equivalent) and refuses `hostPort: denied:1`.
+fn admit(request: &Value) -> Value {
+    let object = &request["object"];
+    let refused = object["hostPort"] == "denied:1";
+    let mut response = json!({"uid": request["uid"], "allowed": !refused});
+    if refused {
+        let seen = format!(
+            "{} hostPort denied:1 is refused",
+            object["apiVersion"].as_str().unwrap()
+        );
+        response["status"] = json!({"code": 403, "message": seen});
+    }
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
+}
+
 impl ConversionWebhook {
     fn start() -> ConversionWebhook {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let log = seen.clone();
         let server = crate::https_server::HttpsServer::start(move |path, review| {
             let request = &review["request"];
+            if path == "/admit" {
+                let out = admit(request);
+                return Box::pin(async move { out });
+            }
             let names = request["objects"]
                 .as_array()
                 .into_iter()
@@ -338,6 +358,44 @@ fn crd_conversion_webhook_converts_reads_writes_lists_and_watches() {
             ("ADDED".to_string(), v2s.clone(), "example".to_string()),
             ("MODIFIED".to_string(), v2s, "changed".to_string()),
         ]
+    );
+
+    // An admission webhook for v1 only is called for a v2 write with the object converted to
+    // v1 by the conversion webhook (matchPolicy Equivalent).
+    let admission = format!(
+        "apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {{name: conv-admit}}
+webhooks:
+- name: admit.conv.example.com
+  clientConfig: {{url: {url}, caBundle: {bundle}}}
+  rules:
+  - {{operations: [CREATE], apiGroups: [{group}], apiVersions: [v1], resources: [backends]}}
+  matchPolicy: Equivalent
+  sideEffects: None
+  admissionReviewVersions: [v1]
+",
+        url = hook.url("/admit"),
+        bundle = hook.server.ca_bundle(),
+    );
+    apply_file(&server, "kubectl", &admission, "apply");
+    let w3 = format!(
+        "apiVersion: {group}/v2\nkind: Backend\nmetadata: {{name: w3, namespace: conv}}\nhost: denied\nport: \"1\"\n"
+    );
+    let file = server.dir.path().join("w3.yaml");
+    std::fs::write(&file, w3).unwrap();
+    let file = file.display().to_string();
+    eventually_fails(
+        &server,
+        &["create", "-f", &file],
+        &format!(
+            "Error from server: error when creating \"{file}\": admission webhook \"admit.conv.example.com\" denied the request: {group}/v1 hostPort denied:1 is refused"
+        ),
+    );
+    run(
+        &server,
+        "kubectl",
+        &["delete", "validatingwebhookconfiguration", "conv-admit"],
     );
 
     // A webhook answering the wrong apiVersion: upstream's message, a 500 without a reason.
