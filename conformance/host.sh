@@ -79,12 +79,25 @@ host_run() {
   host_cluster_up
   host_vkube_start
   host_prepare "$vkube_kc"
+  local oracle=
+  if [ "${CONFORMANCE_PARALLEL:-0}" = 1 ] && [ "$vkube_only" = 0 ]; then
+    # The oracle at the same time, in a subshell that stops its e2e.test when stopped. Its
+    # namespaces and vkube's host namespace are apart; specs marked [Serial] do not belong here.
+    host_prepare "$host_dir/kubeconfig"
+    (trap 'stop_pids; exit 143' TERM; run_e2e upstream "$host_dir/kubeconfig" "$started") &
+    oracle=$!
+    VKUBE_PIDS+=("$oracle")
+  fi
   run_e2e vkube "$vkube_kc" "$started"
+  if [ -n "$oracle" ]; then
+    wait "$oracle" || log "the oracle's run exited $?"
+    unset 'VKUBE_PIDS[-1]'
+  fi
   stop_pids
   # What vkube's pods left on the host goes before the oracle runs on it.
   hk delete namespace "$HOST_SYNC_NS" --timeout=120s >/dev/null 2>&1 \
     || log "host namespace $HOST_SYNC_NS not gone after 120 s"
-  if [ "$vkube_only" = 0 ]; then
+  if [ "$vkube_only" = 0 ] && [ -z "$oracle" ]; then
     started=$(date +%s)
     host_prepare "$host_dir/kubeconfig"
     run_e2e upstream "$host_dir/kubeconfig" "$started"
@@ -97,9 +110,11 @@ host_setup_lines() {
     "host cluster: \`scripts/host-cluster up\` (upstream 1.33 kube-apiserver, kube-controller-manager, kube-scheduler, kubelet on containerd $(containerd --version 2>/dev/null | awk '{print $3}') + runc, kube-proxy, CoreDNS; one node \`vkube-host\`), the e2e images from \`scripts/e2e-images\` imported into its containerd (agnhost, sample-apiserver and the rest built locally; httpd and nginx are busybox httpd stand-ins on port 80)"
     "vkube: \`vkube serve --data-dir D --listen NODE_IP:PORT --host-kubeconfig SYNCER --name $HOST_VKUBE_NAME --dns-upstream NODE_IP:53 --config C\`, C setting \`sync.fromHost.nodes.enabled: true\` (embedded SQLite; its own controllers; its syncer runs the pods in host namespace \`$HOST_SYNC_NS\` with deploy/host-rbac.yaml's permissions)"
   )
-  [ "$vkube_only" = 1 ] || setup+=(
-    "upstream (the oracle): the host cluster's own kube-apiserver and controllers, after vkube's run (its host namespace deleted)"
-  )
+  if [ "$vkube_only" = 0 ] && [ "${CONFORMANCE_PARALLEL:-0}" = 1 ]; then
+    setup+=("upstream (the oracle): the host cluster's own kube-apiserver and controllers, at the same time as vkube's run (CONFORMANCE_PARALLEL=1: both e2e.test sequences share the 2 CPUs, so spec times are longer than alone)")
+  elif [ "$vkube_only" = 0 ]; then
+    setup+=("upstream (the oracle): the host cluster's own kube-apiserver and controllers, after vkube's run (its host namespace deleted)")
+  fi
   setup+=(
     "one e2e.test process per spec, in name order, each with \`--ginkgo.timeout=$spec_timeout\` (the specs to run: a dry run with the focus and skips.txt without its [no-kubelet] lines); machine: $(nproc) CPUs, $(free -g | awk '/^Mem:/ {print $2}') GiB RAM"
   )
