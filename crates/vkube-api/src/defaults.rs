@@ -349,6 +349,11 @@ fn service(spec: &mut Value) {
     }
     for port in items(spec, "ports") {
         set(port, "protocol", json!("TCP"));
+        // Go clients send an unset targetPort as 0 (IntOrString has no empty form); upstream's
+        // SetDefaults_Service treats 0 and "" as unset.
+        if port["targetPort"] == json!(0) || port["targetPort"] == json!("") {
+            port["targetPort"] = Value::Null;
+        }
         let number = port["port"].clone();
         set(port, "targetPort", number);
     }
@@ -578,6 +583,20 @@ mod tests {
             json!({"type": "ClusterIP", "sessionAffinity": "None", "internalTrafficPolicy": "Cluster",
                    "ports": [{"port": 80, "protocol": "TCP", "targetPort": 80}]})
         );
+        // A Go client's unset targetPort (0, or "") is defaulted too; a set one is kept.
+        let s = defaulted(
+            "",
+            "services",
+            json!({"spec": {"ports": [{"port": 80, "targetPort": 0}, {"port": 81, "targetPort": ""},
+                                      {"port": 82, "targetPort": "http"}]}}),
+        );
+        let target: Vec<&Value> = s["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| &p["targetPort"])
+            .collect();
+        assert_eq!(target, [&json!(80), &json!(81), &json!("http")]);
         assert_eq!(defaulted("", "secrets", json!({}))["type"], "Opaque");
         let j = defaulted("batch", "jobs", json!({"spec": {"template": {"spec": {}}}}));
         assert_eq!(j["spec"]["completions"], 1);
