@@ -25,6 +25,9 @@ pub fn name_rule(resource: &Resource) -> NameRule {
         ("", "namespaces") => NameRule::Label,
         ("", "services") => NameRule::Dns1035,
         ("rbac.authorization.k8s.io", _) => NameRule::PathSegment,
+        // `v1.` (the core group's APIService) is no subdomain: upstream checks a path segment,
+        // then `version.group` (validation/apiservice.rs).
+        ("apiregistration.k8s.io", "apiservices") => NameRule::PathSegment,
         _ => NameRule::Subdomain,
     }
 }

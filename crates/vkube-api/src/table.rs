@@ -553,6 +553,35 @@ fn columns(kind: &str) -> Vec<Col> {
             cols.push(created);
             return cols;
         }
+        // kube-aggregator's printer: `ns/name` or `Local`, and `False (Reason)`.
+        "APIService" => {
+            cols.push(Col("Service", 0, "", |o, _| {
+                let svc = &o["spec"]["service"];
+                if svc.is_object() {
+                    json!(format!(
+                        "{}/{}",
+                        svc["namespace"].as_str().unwrap_or_default(),
+                        svc["name"].as_str().unwrap_or_default()
+                    ))
+                } else {
+                    json!("Local")
+                }
+            }));
+            cols.push(Col("Available", 0, "", |o, _| {
+                let available = o["status"]["conditions"]
+                    .as_array()
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Available"));
+                match available {
+                    Some(c) if c["status"] == "True" => json!("True"),
+                    Some(c) => json!(format!(
+                        "{} ({})",
+                        c["status"].as_str().unwrap_or_default(),
+                        c["reason"].as_str().unwrap_or_default()
+                    )),
+                    None => json!("Unknown"),
+                }
+            }));
+        }
         "FlowSchema" => {
             cols.push(Col("PriorityLevel", 0, "", |o, _| {
                 o["spec"]["priorityLevelConfiguration"]["name"].clone()

@@ -380,6 +380,8 @@ pub async fn serve(
     let renewal = renew_certificates(ca.clone(), &config, serving);
 
     let sa_key = crate::identity::service_account_key(store.as_ref(), &secret).await?;
+    let front_proxy =
+        crate::aggregation::FrontProxy::load_or_create(store.as_ref(), &secret).await?;
     drop(secret);
     let issuer = vkube_auth::service_account::Issuer::new(
         config.auth.service_account_issuer.clone(),
@@ -397,6 +399,11 @@ pub async fn serve(
     let admission_policies =
         crate::admission_policy::PolicyView::start(store.clone(), hub.clone()).await?;
     hub.admission_policies.set(admission_policies).ok();
+    let aggregation = Arc::new(crate::aggregation::Aggregation::new(
+        crate::aggregation::ApiServiceView::start(store.clone(), hub.clone()).await?,
+        front_proxy,
+    ));
+    hub.aggregation.set(aggregation.clone()).ok();
     let filters = crate::filters::Filters::new(config.limits, config.timeouts);
     let flowcontrol_view = match &filters.flow_control {
         Some(fc) => Some(
@@ -462,6 +469,8 @@ pub async fn serve(
             // kube-apiserver's allocation repair loops: not controllers, so always on.
             let host_services = api.host_services.is_some();
             work.push(crate::service_repair::start(store.clone(), host_services));
+            // kube-aggregator's autoregistration, availability and requestheader publisher.
+            work.push(crate::aggregation::available::start(api.clone(), aggregation.clone()));
             let in_process = crate::router::InProcess(api.clone());
             work.extend(tasks.iter().map(|t| t.start(&in_process)));
             work

@@ -59,6 +59,8 @@ pub struct Hub {
     pub webhooks: std::sync::OnceLock<Arc<crate::webhooks::WebhookView>>,
     /// The admission policy set (ValidatingAdmissionPolicy and bindings), likewise.
     pub admission_policies: std::sync::OnceLock<Arc<crate::admission_policy::PolicyView>>,
+    /// API aggregation: the APIService view and the front-proxy identity, likewise.
+    pub aggregation: std::sync::OnceLock<Arc<crate::aggregation::Aggregation>>,
 }
 
 /// How often a waiter asks again for progress (kube-apiserver's progress requester ticks at
@@ -102,6 +104,7 @@ impl Hub {
             progress: Mutex::new(ProgressRequester::default()),
             webhooks: std::sync::OnceLock::new(),
             admission_policies: std::sync::OnceLock::new(),
+            aggregation: std::sync::OnceLock::new(),
         });
         let watch = store.watch("/registry/", from).await?;
         hub.set_progress(watch.progress_requester());

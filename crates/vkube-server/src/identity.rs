@@ -307,11 +307,16 @@ impl Ca {
     }
 
     pub fn generate() -> Result<Ca, IdentityError> {
+        Ca::generate_named("vkube-ca")
+    }
+
+    /// A self-signed CA named `common_name` (the front-proxy CA is another one: aggregation/).
+    pub fn generate_named(common_name: &str) -> Result<Ca, IdentityError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params
             .distinguished_name
-            .push(DnType::CommonName, "vkube-ca");
+            .push(DnType::CommonName, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod admission_policy;
+mod aggregation;
 mod apply;
 pub mod audit;
 mod authn;

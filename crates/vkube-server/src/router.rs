@@ -199,6 +199,13 @@ impl Api {
                 return response::status(&status);
             }
         }
+        // An aggregated group/version goes to its APIService's backend, after vkube's own
+        // authentication and authorization, as kube-aggregator proxies.
+        if let Some(aggregation) = self.hub.aggregation.get()
+            && let Some(reg) = aggregation.route(&path).await
+        {
+            return aggregation.forward(self.store.as_ref(), &reg, &user, req).await;
+        }
         let accept = req
             .headers()
             .get(header::ACCEPT)
@@ -252,7 +259,7 @@ impl Api {
             };
         }
         if info.resource.is_empty() {
-            return discovery_response(&path, &accept);
+            return self.discovery_response(&path, &accept).await;
         }
         if !acceptable(&accept) {
             return response::status(&Status::not_acceptable());
@@ -534,6 +541,54 @@ fn aggregated_version(accept: &str) -> Option<&'static str> {
             .into_iter()
             .find(|v| has(&format!("v={v}")))
     })
+}
+
+impl Api {
+    /// `/api`, `/apis`, `/apis/G`, `/api/v1`, `/apis/G/V`, with aggregated discovery when asked
+    /// for; the aggregated APIServices' groups join `/apis` (aggregation/).
+    async fn discovery_response(&self, path: &str, accept: &str) -> Response<Body> {
+        let aggregation = self.hub.aggregation.get();
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if let (["apis"], Some(version), Some(aggregation)) =
+            (parts.as_slice(), aggregated_version(accept), aggregation)
+        {
+            let mut resp = discovery_response(path, accept);
+            if let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(
+                &resp.body_mut().collect().await.map(|b| b.to_bytes()).unwrap_or_default(),
+            ) {
+                aggregation.extend_aggregated(self.store.as_ref(), &mut doc).await;
+                let content_type = if version == "v2" {
+                    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+                } else {
+                    "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList"
+                };
+                return response::json_with(200, &doc, content_type);
+            }
+        }
+        if let Some(aggregation) = aggregation {
+            match parts.as_slice() {
+                ["apis"] => {
+                    aggregation.view.catch_up().await;
+                    let mut doc = discovery::api_group_list();
+                    crate::aggregation::discovery::extend_group_list(
+                        &mut doc,
+                        &aggregation.view.all(),
+                    );
+                    return response::json(200, &doc);
+                }
+                ["apis", g] if discovery::api_group(g).is_none() => {
+                    aggregation.view.catch_up().await;
+                    if let Some(doc) =
+                        crate::aggregation::discovery::api_group(g, &aggregation.view.all())
+                    {
+                        return response::json(200, &doc);
+                    }
+                }
+                _ => {}
+            }
+        }
+        discovery_response(path, accept)
+    }
 }
 
 /// `/api`, `/apis`, `/apis/G`, `/api/v1`, `/apis/G/V`, with aggregated discovery when asked for.

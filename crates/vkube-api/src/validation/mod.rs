@@ -5,6 +5,7 @@
 //! Secrets, RBAC and Jobs. Types not listed here get the metadata checks only.
 
 pub mod admission_policy;
+mod apiservice;
 mod pod_update;
 mod pods;
 mod types;
@@ -152,6 +153,7 @@ pub fn validate(resource: &Resource, obj: &Value, old: Option<&Value>) -> Result
         ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding") => {
             admission_policy::binding(obj, &mut errs)
         }
+        ("apiregistration.k8s.io", "APIService") => apiservice::validate(obj, &mut errs),
         ("flowcontrol.apiserver.k8s.io", "FlowSchema") => {
             crate::flowcontrol::validate_flow_schema(obj, &mut errs)
         }

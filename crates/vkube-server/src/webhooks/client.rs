@@ -123,7 +123,7 @@ async fn get(store: &dyn Store, resource: (&str, &str), ns: &str, name: &str) ->
 }
 
 /// A ready endpoint of Service `ns/name` for its port `port`: upstream's endpoint resolver.
-async fn resolve(
+pub(crate) async fn resolve(
     store: &dyn Store,
     ns: &str,
     name: &str,
@@ -246,13 +246,14 @@ pub async fn post(
         .unwrap_or_else(|_| Err("context deadline exceeded".into()))
 }
 
-async fn post_inner(
+/// A TLS connection to `host:port` verified as `server_name`, or Go's words for the failure
+/// (also for the aggregation proxy: aggregation/).
+pub(crate) async fn dial(
     tls: &tokio_rustls::TlsConnector,
-    target: &Target,
-    body: Vec<u8>,
-) -> Result<(u16, Bytes), String> {
-    let (host, port) = &target.connect;
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
+    (host, port): (&str, u16),
+    server_name: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let tcp = tokio::net::TcpStream::connect((host, port))
         .await
         .map_err(|e| {
             let addr = if host.contains(':') {
@@ -267,11 +268,19 @@ async fn post_inner(
                 _ => format!("dial tcp {addr}: {e}"),
             }
         })?;
-    let name = ServerName::try_from(target.server_name.clone()).map_err(|e| e.to_string())?;
-    let stream = tls
-        .connect(name, tcp)
+    let name = ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
+    tls.connect(name, tcp)
         .await
-        .map_err(|e| tls_error(&e, &target.server_name))?;
+        .map_err(|e| tls_error(&e, server_name))
+}
+
+async fn post_inner(
+    tls: &tokio_rustls::TlsConnector,
+    target: &Target,
+    body: Vec<u8>,
+) -> Result<(u16, Bytes), String> {
+    let (host, port) = &target.connect;
+    let stream = dial(tls, (host, *port), &target.server_name).await?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await

@@ -27,7 +27,7 @@ pub use hook::Operation;
 pub use view::WebhookView;
 
 /// The webhook client, shared with CRD conversion webhooks (conversion/).
-pub(crate) use client::{post, target_at};
+pub(crate) use client::{dial, post, resolve, target_at};
 
 use crate::rest::Ctx;
 use hook::Hook;

@@ -26,28 +26,13 @@ impl HttpsServer {
     /// Serves `handle(path, body)` on 127.0.0.1 (a free port).
     pub(crate) fn start(handle: impl Fn(String, Value) -> Answer + Send + Sync + 'static) -> Self {
         let handle = Arc::new(handle);
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "webhook test CA");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-            .unwrap()
-            .signed_by(&leaf_key, &issuer)
-            .unwrap();
+        let (ca_pem, cert, key) = serving_cert("webhook test CA", "127.0.0.1");
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
-            .with_single_cert(
-                vec![CertificateDer::from_pem_slice(leaf.pem().as_bytes()).unwrap()],
-                PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap(),
-            )
+            .with_single_cert(vec![cert], key)
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -84,7 +69,7 @@ impl HttpsServer {
         });
         HttpsServer {
             port,
-            ca_pem: ca_cert.pem(),
+            ca_pem,
             _rt: rt,
         }
     }
@@ -97,4 +82,29 @@ impl HttpsServer {
     pub(crate) fn url(&self, path: &str) -> String {
         format!("https://127.0.0.1:{}{path}", self.port)
     }
+}
+
+/// A CA of its own named `ca_name` (PEM) and a serving certificate for `name` it signed.
+pub(crate) fn serving_cert(
+    ca_name: &str,
+    name: &str,
+) -> (String, CertificateDer<'static>, PrivateKeyDer<'static>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, ca_name);
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    (
+        ca_cert.pem(),
+        CertificateDer::from_pem_slice(leaf.pem().as_bytes()).unwrap(),
+        PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap(),
+    )
 }

@@ -2,6 +2,7 @@
 //! pinned `kubectl.1.27` and `kubectl.1.33` beside it — checking what kubectl prints.
 
 mod admission_policy;
+mod aggregation;
 mod apply;
 mod audit;
 mod auth;
