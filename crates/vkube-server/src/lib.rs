@@ -15,6 +15,7 @@ mod compactor;
 mod controllers;
 mod conversion;
 mod crds;
+mod delete;
 pub mod filters;
 mod flowcontrol;
 mod gc;
