@@ -279,6 +279,19 @@ fn basic_cluster_roles() -> Vec<Value> {
                 ),
             ],
         ),
+        // Delegated authentication and authorization, for aggregated API servers.
+        cluster_role(
+            "system:auth-delegator",
+            json!({}),
+            vec![
+                rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+                rule(
+                    &["authorization.k8s.io"],
+                    &["subjectaccessreviews"],
+                    &["create"],
+                ),
+            ],
+        ),
         cluster_role(
             "system:public-info-viewer",
             json!({}),

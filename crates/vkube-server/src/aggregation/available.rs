@@ -29,6 +29,7 @@ use crate::router::{Api, RequestBody};
 const PERIOD: Duration = Duration::from_secs(2);
 const BASE: &str = "/apis/apiregistration.k8s.io/v1/apiservices";
 const AUTOMANAGED: &str = "kube-aggregator.kubernetes.io/automanaged";
+const READER: &str = "extension-apiserver-authentication-reader";
 
 /// Upstream's priorities of the built-in group/versions (group minimum, version); a built-in
 /// group/version not listed gets no APIService, as upstream skips it.
@@ -325,8 +326,27 @@ impl Client {
         }
     }
 
+    /// Upstream's bootstrap Role that lets aggregated API servers read the ConfigMap.
+    async fn ensure_reader_role(&self) {
+        let base = "/apis/rbac.authorization.k8s.io/v1/namespaces/kube-system/roles";
+        let (code, _) = self
+            .call(Method::GET, &format!("{base}/{READER}"), None)
+            .await;
+        if code == 404 {
+            let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": READER, "namespace": "kube-system",
+                    "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"},
+                    "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}},
+                "rules": [{"apiGroups": [""], "resources": ["configmaps"],
+                    "resourceNames": ["extension-apiserver-authentication"],
+                    "verbs": ["get", "list", "watch"]}]});
+            self.call(Method::POST, base, Some(&role)).await;
+        }
+    }
+
     async fn round(&self, agg: &Aggregation) {
         self.ensure_configmap(agg).await;
+        self.ensure_reader_role().await;
         let present = agg.view.all();
         for local in local_apiservices() {
             let name = local["metadata"]["name"].as_str().unwrap_or_default();

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Full;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
 use crate::harness::*;
@@ -148,14 +148,10 @@ fn wait_available(server: &Server, name: &str, status: &str, reason: Option<&str
     }
 }
 
-#[test]
-fn an_apiservice_is_proxied_with_the_user_and_tracked_as_kube_aggregator() {
-    let server = Server::start();
-    let ns = "agg-e2e";
-
-    // The requestheader CA the leader publishes, with upstream's keys.
+/// `kube-system/extension-apiserver-authentication`, once the leader has published it.
+fn published(server: &Server) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
-    let cm = loop {
+    loop {
         let out = server.kubectl(
             "kubectl",
             &[
@@ -177,7 +173,38 @@ fn an_apiservice_is_proxied_with_the_user_and_tracked_as_kube_aggregator() {
             out.stderr
         );
         std::thread::sleep(Duration::from_millis(200));
-    };
+    }
+}
+
+/// A Namespace, a selector-less Service with Endpoints at the backend, and its APIService.
+fn register(server: &Server, ns: &str, backend: &Backend) {
+    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&backend.ca_pem);
+    apply_file(
+        server,
+        "kubectl",
+        &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: api, namespace: {ns}}}\n\
+             spec: {{ports: [{{name: https, port: 443, targetPort: {port}}}]}}\n---\n\
+             apiVersion: v1\nkind: Endpoints\nmetadata: {{name: api, namespace: {ns}}}\n\
+             subsets: [{{addresses: [{{ip: 127.0.0.1}}], ports: [{{name: https, port: {port}}}]}}]\n---\n\
+             apiVersion: apiregistration.k8s.io/v1\nkind: APIService\n\
+             metadata: {{name: v1alpha1.{GROUP}}}\n\
+             spec: {{group: {GROUP}, version: v1alpha1, service: {{namespace: {ns}, name: api}},\n\
+             caBundle: {ca_bundle}, groupPriorityMinimum: 1000, versionPriority: 15}}\n",
+            port = backend.port
+        ),
+        "apply",
+    );
+}
+
+#[test]
+fn an_apiservice_is_proxied_with_the_user_and_tracked_as_kube_aggregator() {
+    let server = Server::start();
+    let ns = "agg-e2e";
+
+    // The requestheader CA the leader publishes, with upstream's keys.
+    let cm = published(&server);
     let data = &cm["data"];
     assert_eq!(
         data["requestheader-username-headers"],
@@ -206,24 +233,7 @@ fn an_apiservice_is_proxied_with_the_user_and_tracked_as_kube_aggregator() {
     wait_available(&server, "v1.", "True", Some("Local"));
 
     let backend = Backend::start(ns, requestheader_ca);
-    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&backend.ca_pem);
-    apply_file(
-        &server,
-        "kubectl",
-        &format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\n\
-             apiVersion: v1\nkind: Service\nmetadata: {{name: api, namespace: {ns}}}\n\
-             spec: {{ports: [{{name: https, port: 443, targetPort: {port}}}]}}\n---\n\
-             apiVersion: v1\nkind: Endpoints\nmetadata: {{name: api, namespace: {ns}}}\n\
-             subsets: [{{addresses: [{{ip: 127.0.0.1}}], ports: [{{name: https, port: {port}}}]}}]\n---\n\
-             apiVersion: apiregistration.k8s.io/v1\nkind: APIService\n\
-             metadata: {{name: v1alpha1.{GROUP}}}\n\
-             spec: {{group: {GROUP}, version: v1alpha1, service: {{namespace: {ns}, name: api}},\n\
-             caBundle: {ca_bundle}, groupPriorityMinimum: 1000, versionPriority: 15}}\n",
-            port = backend.port
-        ),
-        "apply",
-    );
+    register(&server, ns, &backend);
     let started = Instant::now();
     let up = wait_available(&server, &format!("v1alpha1.{GROUP}"), "True", None);
     println!("Available=True after {:?}", started.elapsed());
@@ -239,6 +249,34 @@ fn an_apiservice_is_proxied_with_the_user_and_tracked_as_kube_aggregator() {
     assert!(
         table.contains(&format!("{ns}/api")) && table.contains("True"),
         "{table}"
+    );
+
+    // What an extension API server is bound to, as upstream bootstraps it.
+    let reader = run(
+        &server,
+        "kubectl",
+        &[
+            "get",
+            "role",
+            "-n",
+            "kube-system",
+            "extension-apiserver-authentication-reader",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(
+        reader.contains("\"extension-apiserver-authentication\""),
+        "{reader}"
+    );
+    let delegator = run(
+        &server,
+        "kubectl",
+        &["get", "clusterrole", "system:auth-delegator", "-o", "json"],
+    );
+    assert!(
+        delegator.contains("tokenreviews") && delegator.contains("subjectaccessreviews"),
+        "{delegator}"
     );
 
     // Proxied with the user of the client certificate, the client's own credentials dropped.
@@ -344,4 +382,45 @@ fn an_apiservice_is_proxied_with_the_user_and_tracked_as_kube_aggregator() {
         gone["message"],
         format!("service/api in \"{ns}\" is not present")
     );
+}
+
+/// Registered through one replica, an aggregated API is served by another on the same store at
+/// once: the same APIService view, the same front-proxy certificate (the backend trusts only
+/// the published CA), the same discovery.
+#[test]
+fn an_apiservice_registered_through_one_replica_is_served_by_another_on_etcd() {
+    let store = format!(
+        "etcd://{}?prefix=/aggregation-{}",
+        crate::servers::etcd_endpoints(),
+        std::process::id()
+    );
+    let flags = [
+        "--store",
+        &store,
+        "--identity-secret-file",
+        &shared_secret(),
+    ];
+    let a = Server::start_with(&flags);
+    let b = Server::start_with(&flags);
+    let ns = "agg-ha";
+    let ca_a = published(&a)["data"]["requestheader-client-ca-file"].clone();
+    let ca_b = published(&b)["data"]["requestheader-client-ca-file"].clone();
+    assert_eq!(ca_a, ca_b);
+    let backend = Backend::start(ns, ca_a.as_str().unwrap());
+    register(&a, ns, &backend);
+    wait_available(&a, &format!("v1alpha1.{GROUP}"), "True", Some("Passed"));
+    for server in [&a, &b] {
+        let raw = run(
+            server,
+            "kubectl",
+            &[
+                "get",
+                "--raw",
+                &format!("/apis/{GROUP}/v1alpha1/namespaces/default/flunders"),
+            ],
+        );
+        assert!(raw.contains("seen-by-kubernetes-admin"), "{raw}");
+        let resources = run(server, "kubectl", &["api-resources", "--api-group", GROUP]);
+        assert!(resources.contains("flunders"), "{resources}");
+    }
 }
