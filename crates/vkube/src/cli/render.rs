@@ -357,6 +357,7 @@ fn role_rules() -> Value {
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["pods/ephemeralcontainers", "pods/resize"], "verbs": ["get", "update", "patch"]},
         {"apiGroups": [""], "resources": ["pods/exec", "pods/attach", "pods/portforward"], "verbs": ["get", "create"]},
+        {"apiGroups": [""], "resources": ["pods/proxy", "services/proxy"], "verbs": ["get", "create", "update", "patch", "delete"]},
         {"apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": all},
         {"apiGroups": [""], "resources": ["services"], "verbs": all},
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "create", "update", "patch"]},
