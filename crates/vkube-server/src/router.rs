@@ -387,7 +387,13 @@ impl Api {
                     None => response::text(404, "404 page not found"),
                 }
             }
-            "/openapi/v3" => response::json(200, &openapi::v3_index()),
+            "/openapi/v3" => {
+                let mut index = openapi::v3_index();
+                if let Some(aggregation) = self.hub.aggregation.get() {
+                    aggregation.extend_openapi_index(&mut index).await;
+                }
+                response::json(200, &index)
+            }
             "/vkube/replicas" => match crate::replicas::list(self).await {
                 Ok(members) => response::json(200, &serde_json::json!({"replicas": members})),
                 Err(err) => response::status(&Status::service_unavailable(err.to_string())),
@@ -431,7 +437,16 @@ impl Api {
                 resp
             }
             p if p.starts_with("/openapi/v3/") => {
-                match openapi::v3_group_version(&p["/openapi/v3/".len()..]) {
+                let gv = &p["/openapi/v3/".len()..];
+                if let Some(doc) = openapi::v3_group_version(gv) {
+                    return response::json(200, &doc);
+                }
+                // An aggregated group/version's document is its backend's (aggregation/).
+                let aggregated = match self.hub.aggregation.get() {
+                    Some(aggregation) => aggregation.openapi_v3(self.store.as_ref(), gv).await,
+                    None => None,
+                };
+                match aggregated {
                     Some(doc) => response::json(200, &doc),
                     None => response::status(&Status::path_not_found()),
                 }

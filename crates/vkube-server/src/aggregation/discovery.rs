@@ -191,6 +191,52 @@ impl Aggregation {
     }
 }
 
+impl Aggregation {
+    /// Adds the available aggregated group/versions to the OpenAPI v3 index; the hash follows
+    /// the APIService's resourceVersion.
+    pub async fn extend_openapi_index(&self, doc: &mut Value) {
+        self.view.catch_up().await;
+        for (group, versions) in remote_groups(&self.view.all()) {
+            for reg in versions.iter().filter(|r| r.available) {
+                let path = format!("apis/{group}/{}", reg.version);
+                let hash = vkube_api::discovery::hash(&format!("{path}{}", reg.resource_version));
+                doc["paths"][&path] =
+                    json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")});
+            }
+        }
+    }
+
+    /// `/openapi/v3/apis/GROUP/VERSION` of an available aggregated group/version: the
+    /// backend's document, fetched as the aggregator; `None` when it is none or the backend
+    /// does not give it.
+    pub async fn openapi_v3(&self, store: &dyn Store, path: &str) -> Option<Value> {
+        let mut parts = path.split('/');
+        let (Some("apis"), Some(group), Some(version), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let reg = self.view.remote(group, version).filter(|r| r.available)?;
+        let backend = reg.backend.as_ref()?;
+        let connect =
+            crate::webhooks::resolve(store, &backend.namespace, &backend.name, backend.port)
+                .await
+                .ok()?;
+        let tls = self.client(reg.ca_bundle.as_deref(), reg.insecure).ok()?;
+        let (code, body) = super::proxy::get(
+            &tls,
+            (&connect.0, connect.1),
+            &format!("{}.{}.svc", backend.name, backend.namespace),
+            &format!("/openapi/v3/{path}"),
+            &super::available::aggregator_user(),
+            Duration::from_secs(5),
+        )
+        .await
+        .ok()?;
+        (code == 200).then(|| serde_json::from_slice(&body).ok())?
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,6 +45,20 @@ fn answer(path: &str, headers: &http::HeaderMap) -> (u16, Value) {
                                "kind": "Flunder", "verbs": ["get", "list"], "shortNames": ["fl"]}]}),
         );
     }
+    if path == format!("/openapi/v3/apis/{GROUP}/v1alpha1") {
+        let gvk = json!([{"group": GROUP, "version": "v1alpha1", "kind": "Flunder"}]);
+        return (
+            200,
+            json!({"openapi": "3.0.0", "info": {"title": "wardle", "version": "v1alpha1"},
+                "paths": {format!("/apis/{GROUP}/v1alpha1/namespaces/{{namespace}}/flunders"):
+                    {"get": {"x-kubernetes-group-version-kind": gvk[0]}}},
+                "components": {"schemas": {"com.example.wardle.v1alpha1.Flunder": {
+                    "type": "object", "description": "A flunder of the test backend.",
+                    "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                        "spec": {"type": "object", "description": "What the flunder wants."}},
+                    "x-kubernetes-group-version-kind": gvk}}}}),
+        );
+    }
     if path.ends_with("/flunders") {
         let user = all("x-remote-user").join(",");
         return (
@@ -316,6 +330,17 @@ fn an_apiservice_is_proxied_with_the_user_and_tracked_as_kube_aggregator() {
         &server,
         "kubectl",
         &["get", "flunders", "-n", "default", "-o", "name"],
+    );
+    // OpenAPI: the backend's document under /openapi/v3, which kubectl explain reads.
+    let index = run(&server, "kubectl", &["get", "--raw", "/openapi/v3"]);
+    assert!(
+        index.contains(&format!("\"apis/{GROUP}/v1alpha1\"")),
+        "{index}"
+    );
+    let explained = run(&server, "kubectl", &["explain", "flunders"]);
+    assert!(
+        explained.contains("Flunder") && explained.contains("A flunder of the test backend."),
+        "{explained}"
     );
     assert!(got.contains("seen-by-kubernetes-admin"), "{got}");
 
