@@ -132,24 +132,9 @@ impl Aggregation {
                 return Some(doc.clone());
             }
         }
-        let backend = reg.backend.as_ref()?;
-        let connect =
-            crate::webhooks::resolve(store, &backend.namespace, &backend.name, backend.port)
-                .await
-                .ok()?;
-        let tls = self.client(reg.ca_bundle.as_deref(), reg.insecure).ok()?;
-        let path = format!("/apis/{}/{}", reg.group, reg.version);
-        let (code, body) = super::proxy::get(
-            &tls,
-            (&connect.0, connect.1),
-            &format!("{}.{}.svc", backend.name, backend.namespace),
-            &path,
-            &super::available::aggregator_user(),
-            Duration::from_secs(5),
-        )
-        .await
-        .ok()?;
-        let doc: Value = (code == 200).then(|| serde_json::from_slice(&body).ok())??;
+        let doc = self
+            .backend_json(store, reg, &format!("/apis/{}/{}", reg.group, reg.version))
+            .await?;
         self.discovery
             .0
             .lock()
@@ -217,6 +202,18 @@ impl Aggregation {
             return None;
         };
         let reg = self.view.remote(group, version).filter(|r| r.available)?;
+        self.backend_json(store, &reg, &format!("/openapi/v3/{path}"))
+            .await
+    }
+
+    /// A JSON document the backend of `reg` answers 200 with at `path`, asked as
+    /// system:kube-aggregator over the APIService's TLS client.
+    async fn backend_json(
+        &self,
+        store: &dyn Store,
+        reg: &Registration,
+        path: &str,
+    ) -> Option<Value> {
         let backend = reg.backend.as_ref()?;
         let connect =
             crate::webhooks::resolve(store, &backend.namespace, &backend.name, backend.port)
@@ -227,7 +224,7 @@ impl Aggregation {
             &tls,
             (&connect.0, connect.1),
             &format!("{}.{}.svc", backend.name, backend.namespace),
-            &format!("/openapi/v3/{path}"),
+            path,
             &super::available::aggregator_user(),
             Duration::from_secs(5),
         )
