@@ -66,22 +66,33 @@ pub fn aggregator_user() -> UserInfo {
     }
 }
 
-/// The local APIServices upstream creates for the group/versions vkube serves.
+fn local(group: &str, version: &str, label: &str, priorities: (i64, i64)) -> Value {
+    json!({
+        "apiVersion": "apiregistration.k8s.io/v1",
+        "kind": "APIService",
+        "metadata": {"name": format!("{version}.{group}"), "labels": {AUTOMANAGED: label}},
+        "spec": {"group": group, "version": version, "service": null,
+                 "groupPriorityMinimum": priorities.0, "versionPriority": priorities.1},
+    })
+}
+
+/// The local APIServices upstream creates: for the built-in group/versions vkube serves
+/// (`onstart`), and for each group/version of an established CRD (`true`, with the CRD
+/// registration controller's priorities 1000/100).
 pub fn local_apiservices() -> Vec<Value> {
     let served = vkube_api::registry::RESOURCES;
-    PRIORITIES
+    let mut locals: Vec<Value> = PRIORITIES
         .iter()
         .filter(|(g, v, _, _)| served.iter().any(|r| r.group == *g && r.version == *v))
-        .map(|(group, version, gp, vp)| {
-            json!({
-                "apiVersion": "apiregistration.k8s.io/v1",
-                "kind": "APIService",
-                "metadata": {"name": format!("{version}.{group}"), "labels": {AUTOMANAGED: "onstart"}},
-                "spec": {"group": group, "version": version, "service": null,
-                         "groupPriorityMinimum": gp, "versionPriority": vp},
-            })
-        })
-        .collect()
+        .map(|(group, version, gp, vp)| local(group, version, "onstart", (*gp, *vp)))
+        .collect();
+    for r in vkube_api::registry::custom::resources() {
+        let crd = local(r.group, r.version, "true", (1000, 100));
+        if !locals.contains(&crd) {
+            locals.push(crd);
+        }
+    }
+    locals
 }
 
 /// The (status, reason, message) of an APIService's `Available` condition.
@@ -348,15 +359,39 @@ impl Client {
         self.ensure_configmap(agg).await;
         self.ensure_reader_role().await;
         let present = agg.view.all();
-        for local in local_apiservices() {
+        let wanted = local_apiservices();
+        for local in &wanted {
             let name = local["metadata"]["name"].as_str().unwrap_or_default();
             if !present.iter().any(|r| r.name == name) {
-                self.call(Method::POST, BASE, Some(&local)).await;
+                self.call(Method::POST, BASE, Some(local)).await;
             }
+        }
+        // A CRD's group/version that is no longer served loses its APIService, as upstream's
+        // CRD registration controller removes it.
+        for stale in present.iter().filter(|r| {
+            r.backend.is_none()
+                && r.automanaged.as_deref() == Some("true")
+                && !wanted
+                    .iter()
+                    .any(|w| w["metadata"]["name"] == r.name.as_str())
+        }) {
+            self.call(Method::DELETE, &format!("{BASE}/{}", stale.name), None)
+                .await;
         }
         let now = crate::identity::rfc3339(std::time::SystemTime::now());
         for reg in agg.view.all() {
             let verdict = agg.availability(self.0.store.as_ref(), &reg).await;
+            // The view says it already (no read, no write).
+            if reg
+                .condition
+                .as_ref()
+                .is_some_and(|(status, reason, message)| {
+                    (status.as_str(), reason.as_str(), message)
+                        == (verdict.0, verdict.1, &verdict.2)
+                })
+            {
+                continue;
+            }
             let uri = format!("{BASE}/{}", reg.name);
             let (code, obj) = self.call(Method::GET, &uri, None).await;
             if code != 200 {

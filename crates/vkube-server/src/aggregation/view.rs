@@ -36,6 +36,11 @@ pub struct Registration {
     pub version_priority: i64,
     /// `status.conditions[type=Available].status == "True"`.
     pub available: bool,
+    /// The Available condition's (status, reason, message), if any.
+    pub condition: Option<(String, String, String)>,
+    /// The `kube-aggregator.kubernetes.io/automanaged` label: `onstart` (built-in groups) or
+    /// `true` (CRD groups).
+    pub automanaged: Option<String>,
     pub resource_version: String,
 }
 
@@ -59,11 +64,16 @@ impl Registration {
                 .and_then(|p| u16::try_from(p).ok())
                 .unwrap_or(443),
         });
-        let available = obj["status"]["conditions"]
+        let condition = obj["status"]["conditions"]
             .as_array()
             .into_iter()
             .flatten()
-            .any(|c| c["type"] == "Available" && c["status"] == "True");
+            .find(|c| c["type"] == "Available")
+            .map(|c| {
+                let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+                (text("status"), text("reason"), text("message"))
+            });
+        let available = condition.as_ref().is_some_and(|c| c.0 == "True");
         Registration {
             name: obj["metadata"]["name"].as_str().unwrap_or_default().into(),
             group: spec["group"].as_str().unwrap_or_default().into(),
@@ -77,6 +87,10 @@ impl Registration {
             group_priority: spec["groupPriorityMinimum"].as_i64().unwrap_or(0),
             version_priority: spec["versionPriority"].as_i64().unwrap_or(0),
             available,
+            condition,
+            automanaged: obj["metadata"]["labels"]["kube-aggregator.kubernetes.io/automanaged"]
+                .as_str()
+                .map(Into::into),
             resource_version: obj["metadata"]["resourceVersion"]
                 .as_str()
                 .unwrap_or_default()

@@ -246,6 +246,34 @@ fn an_apiservice_is_proxied_with_the_user_and_tracked_as_kube_aggregator() {
     assert_eq!(local["message"], "Local APIServices are always available");
     wait_available(&server, "v1.", "True", Some("Local"));
 
+    // A CRD's group/version gets its local APIService, and loses it with the CRD.
+    apply_file(
+        &server,
+        "kubectl",
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\n\
+         metadata: {name: gizmos.agg.example.com}\n\
+         spec: {group: agg.example.com, scope: Namespaced,\n\
+         names: {plural: gizmos, singular: gizmo, kind: Gizmo},\n\
+         versions: [{name: v1, served: true, storage: true,\n\
+         schema: {openAPIV3Schema: {type: object}}}]}\n",
+        "apply",
+    );
+    let crd = wait_available(&server, "v1.agg.example.com", "True", Some("Local"));
+    assert_eq!(crd["message"], "Local APIServices are always available");
+    run(
+        &server,
+        "kubectl",
+        &["delete", "crd", "gizmos.agg.example.com"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server
+        .kubectl("kubectl", &["get", "apiservice", "v1.agg.example.com"])
+        .ok
+    {
+        assert!(Instant::now() < deadline, "the CRD's APIService stayed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     let backend = Backend::start(ns, requestheader_ca);
     register(&server, ns, &backend);
     let started = Instant::now();
