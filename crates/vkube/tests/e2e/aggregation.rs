@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
@@ -75,6 +76,30 @@ fn answer(path: &str, headers: &http::HeaderMap) -> (u16, Value) {
     )
 }
 
+/// A watch of two events, the second 2 s after the first: the proxy must pass the first on
+/// before the second exists.
+fn watch_response() -> http::Response<BoxBody<Bytes, std::convert::Infallible>> {
+    let events = futures_util::stream::unfold(0, |i| async move {
+        if i == 1 {
+            tokio::time::sleep(WATCH_GAP).await;
+        }
+        (i < 2).then(|| {
+            let event = json!({"type": "ADDED", "object": {"kind": "Flunder",
+                "apiVersion": format!("{GROUP}/v1alpha1"), "metadata": {"name": format!("event-{i}")}}});
+            let frame = hyper::body::Frame::data(Bytes::from(format!("{event}\n")));
+            (Ok::<_, std::convert::Infallible>(frame), i + 1)
+        })
+    });
+    let mut resp = http::Response::new(http_body_util::StreamBody::new(events).boxed());
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+const WATCH_GAP: Duration = Duration::from_secs(2);
+
 impl Backend {
     /// Serves on 127.0.0.1 as `api.<ns>.svc`, trusting only clients `client_ca` signed.
     fn start(ns: &str, client_ca: &str) -> Backend {
@@ -113,9 +138,13 @@ impl Backend {
                     };
                     let service = hyper::service::service_fn(
                         |req: http::Request<hyper::body::Incoming>| async move {
+                            if req.uri().query() == Some("watch=true") {
+                                return Ok(watch_response());
+                            }
                             let (code, body) = answer(req.uri().path(), req.headers());
-                            let mut resp =
-                                http::Response::new(Full::new(Bytes::from(body.to_string())));
+                            let mut resp = http::Response::new(
+                                Full::new(Bytes::from(body.to_string())).boxed(),
+                            );
                             *resp.status_mut() = http::StatusCode::from_u16(code).unwrap();
                             resp.headers_mut().insert(
                                 http::header::CONTENT_TYPE,
@@ -339,6 +368,36 @@ fn an_apiservice_is_proxied_with_the_user_and_tracked_as_kube_aggregator() {
     let groups = list["items"][0]["groups"].as_array().unwrap();
     assert!(groups.contains(&json!("system:masters")), "{raw}");
     assert_eq!(list["items"][0]["authorization"], json!([]));
+
+    // A watch streams through: its first event arrives before the backend sends the second.
+    let mut child = std::process::Command::new("kubectl")
+        .args([
+            "get",
+            "--raw",
+            &format!("/apis/{GROUP}/v1alpha1/namespaces/default/flunders?watch=true"),
+        ])
+        .env("KUBECONFIG", server.kubeconfig())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    let first_after = started.elapsed();
+    let second = lines.next().unwrap().unwrap();
+    let second_after = started.elapsed();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        first.contains("event-0") && second.contains("event-1"),
+        "{first} {second}"
+    );
+    println!(
+        "watch through the proxy: first event after {first_after:?}, second after {second_after:?}"
+    );
+    assert!(
+        second_after - first_after > WATCH_GAP / 2,
+        "the first event waited for the second: {first_after:?} {second_after:?}"
+    );
 
     // Discovery: legacy and aggregated (kubectl api-resources reads the latter).
     let apis = run(&server, "kubectl", &["get", "--raw", "/apis"]);
