@@ -213,7 +213,7 @@ impl<'a> Admission<'a> {
             group: invoked.group,
             version: invoked.version,
             resource: invoked.plural,
-            kind: invoked.kind,
+            kind,
             subresource: &self.ctx.info.subresource,
             request_group: requested.group,
             request_version: requested.version,
