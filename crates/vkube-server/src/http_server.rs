@@ -470,7 +470,10 @@ pub async fn serve(
             let host_services = api.host_services.is_some();
             work.push(crate::service_repair::start(store.clone(), host_services));
             // kube-aggregator's autoregistration, availability and requestheader publisher.
-            work.push(crate::aggregation::available::start(api.clone(), aggregation.clone()));
+            work.push(crate::aggregation::available::start(
+                api.clone(),
+                aggregation.clone(),
+            ));
             let in_process = crate::router::InProcess(api.clone());
             work.extend(tasks.iter().map(|t| t.start(&in_process)));
             work

@@ -204,7 +204,9 @@ impl Api {
         if let Some(aggregation) = self.hub.aggregation.get()
             && let Some(reg) = aggregation.route(&path).await
         {
-            return aggregation.forward(self.store.as_ref(), &reg, &user, req).await;
+            return aggregation
+                .forward(self.store.as_ref(), &reg, &user, req)
+                .await;
         }
         let accept = req
             .headers()
@@ -569,9 +571,16 @@ impl Api {
         {
             let mut resp = discovery_response(path, accept);
             if let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(
-                &resp.body_mut().collect().await.map(|b| b.to_bytes()).unwrap_or_default(),
+                &resp
+                    .body_mut()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default(),
             ) {
-                aggregation.extend_aggregated(self.store.as_ref(), &mut doc).await;
+                aggregation
+                    .extend_aggregated(self.store.as_ref(), &mut doc)
+                    .await;
                 let content_type = if version == "v2" {
                     "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
                 } else {

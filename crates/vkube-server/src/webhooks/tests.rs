@@ -87,15 +87,39 @@ fn object_selector_looks_at_the_new_and_the_old_object() {
     let web = json!({"metadata": {"labels": {"app": "web"}}});
     let other = json!({"metadata": {"labels": {"app": "db"}}});
     let bare = json!({"metadata": {}});
-    assert!(matching::object_selected(&h.object_selector, Some(&web), None));
-    assert!(matching::object_selected(&h.object_selector, Some(&bare), Some(&web)));
-    assert!(!matching::object_selected(&h.object_selector, Some(&other), None));
-    assert!(!matching::object_selected(&h.object_selector, None, Some(&bare)));
+    assert!(matching::object_selected(
+        &h.object_selector,
+        Some(&web),
+        None
+    ));
+    assert!(matching::object_selected(
+        &h.object_selector,
+        Some(&bare),
+        Some(&web)
+    ));
+    assert!(!matching::object_selected(
+        &h.object_selector,
+        Some(&other),
+        None
+    ));
+    assert!(!matching::object_selected(
+        &h.object_selector,
+        None,
+        Some(&bare)
+    ));
     let all = hook(json!({"name": "o", "objectSelector": {}}));
-    assert!(matching::object_selected(&all.object_selector, Some(&bare), None));
+    assert!(matching::object_selected(
+        &all.object_selector,
+        Some(&bare),
+        None
+    ));
     let expr = hook(json!({"name": "o", "objectSelector": {"matchExpressions": [
         {"key": "skip", "operator": "DoesNotExist"}]}}));
-    assert!(matching::object_selected(&expr.object_selector, Some(&bare), None));
+    assert!(matching::object_selected(
+        &expr.object_selector,
+        Some(&bare),
+        None
+    ));
     assert!(!matching::object_selected(
         &expr.object_selector,
         Some(&json!({"metadata": {"labels": {"skip": ""}}})),
