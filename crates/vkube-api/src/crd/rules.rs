@@ -461,7 +461,8 @@ fn runtime_error(e: &cel::ExecutionError) -> String {
     }
 }
 
-const RESERVED: [&str; 21] = [
+/// CEL's reserved words (cel-go's lexer), shared with the admission policies' names.
+pub(crate) const RESERVED: [&str; 21] = [
     "true",
     "false",
     "null",

@@ -213,35 +213,12 @@ fn audit_annotation(a: &Value, policy_name: &str, path: &str, errs: &mut Errors)
 
 /// cel-go's IDENT, less the reserved words.
 fn cel_identifier(name: &str) -> bool {
-    const RESERVED: &[&str] = &[
-        "true",
-        "false",
-        "null",
-        "in",
-        "as",
-        "break",
-        "const",
-        "continue",
-        "else",
-        "for",
-        "function",
-        "if",
-        "import",
-        "let",
-        "loop",
-        "package",
-        "namespace",
-        "return",
-        "var",
-        "void",
-        "while",
-    ];
     let mut chars = name.chars();
     chars
         .next()
         .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
         && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
-        && !RESERVED.contains(&name)
+        && !crate::crd::rules::RESERVED.contains(&name)
 }
 
 fn dns1035(value: &str) -> Option<String> {

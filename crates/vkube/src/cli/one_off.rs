@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::AsyncBufReadExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, AttachParams, DeleteParams, LogParams, PostParams};
 use serde_json::{Value, json};
@@ -32,6 +33,20 @@ pub struct Job<'a> {
     pub stdin: bool,
     /// More volumes and where the container mounts them: (volume, volumeMount).
     pub volumes: Vec<(Value, Value)>,
+}
+
+/// A virtual cluster's StatefulSet as a one-off pod needs it: its pod template, and whether it
+/// claims a `data` volume per replica.
+pub fn replica_template(set: &StatefulSet) -> Result<(Value, bool)> {
+    let spec = set.spec.as_ref();
+    let template = spec
+        .map(|s| serde_json::to_value(&s.template))
+        .transpose()?
+        .unwrap_or_default();
+    let claimed = spec
+        .and_then(|s| s.volume_claim_templates.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.metadata.name.as_deref() == Some("data")));
+    Ok((template, claimed))
 }
 
 /// The pod of `job`: the StatefulSet's pod `template`, with replica 0's claim `data-NAME-0` as

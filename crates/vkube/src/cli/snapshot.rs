@@ -170,18 +170,8 @@ pub async fn restore(args: RestoreArgs) -> Result<()> {
     let host = Host::connect(&args.host).await?;
     let namespace = namespace_of(name, &args.namespace);
     let (_, set) = manage::stateful_set(&host, &namespace, name).await?;
-    let template = set
-        .spec
-        .as_ref()
-        .map(|s| serde_json::to_value(&s.template))
-        .transpose()?
-        .unwrap_or_default();
+    let (template, claimed) = one_off::replica_template(&set)?;
     refuse_embedded_etcd(&host, &namespace, name, &template).await?;
-    let claimed = set
-        .spec
-        .as_ref()
-        .and_then(|s| s.volume_claim_templates.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.metadata.name.as_deref() == Some("data")));
     eprintln!(
         "restoring virtual cluster {name} from {} ({} keys at revision {}, taken {} by vkube {})",
         path.display(),

@@ -93,17 +93,7 @@ pub async fn move_state(
     let (from, to) = (StoreOf::of(old)?, StoreOf::of(new)?);
     refuse(name, &from, &to)?;
     let (sets, set) = manage::stateful_set(host, namespace, name).await?;
-    let template = set
-        .spec
-        .as_ref()
-        .map(|s| serde_json::to_value(&s.template))
-        .transpose()?
-        .unwrap_or_default();
-    let claimed = set
-        .spec
-        .as_ref()
-        .and_then(|s| s.volume_claim_templates.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.metadata.name.as_deref() == Some("data")));
+    let (template, claimed) = one_off::replica_template(&set)?;
     eprintln!(
         "moving the state of virtual cluster {name} from {} to {}",
         from.shown(),
