@@ -156,13 +156,22 @@ t_cli_snapshot_restore() {
 check "vkube snapshot create NAME file://… then restore NAME file://…: the state of the snapshot is back, a damaged file changes nothing" t_cli_snapshot_restore
 
 t_cli_store_move() {
-  local out
-  # An external etcd beside the node, where pods reach it (the bridge's address).
+  # An external etcd beside the node, where pods reach it (the bridge's address); stopped by its
+  # PID whatever the outcome (a check runs in a subshell, so the PID is kept in a file too).
   etcd --name move --data-dir "$DIR/move-etcd" \
     --listen-client-urls "http://$NODE_IP:23790" --advertise-client-urls "http://$NODE_IP:23790" \
     --listen-peer-urls http://127.0.0.1:23800 --initial-advertise-peer-urls http://127.0.0.1:23800 \
     --initial-cluster move=http://127.0.0.1:23800 >"$DIR/move-etcd.log" 2>&1 &
-  MOVE_ETCD_PID=$!
+  local pid=$! rc=0
+  echo "$pid" >"$DIR/move-etcd.pid"
+  store_move_steps || rc=$?
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  return "$rc"
+}
+
+store_move_steps() {
+  local out
   until_true 30 etcdctl --endpoints "http://$NODE_IP:23790" endpoint health >/dev/null 2>&1
   ck create configmap moved --from-literal=a=1 >/dev/null || return 1
   # Into embedded etcd: refused before anything changes.
@@ -210,7 +219,7 @@ check "vkube create with bad values fails before anything is applied, naming the
 
 source "$ROOT/tests/host/ha.sh"
 
-[ -n "${MOVE_ETCD_PID:-}" ] && kill "$MOVE_ETCD_PID" 2>/dev/null
+if [ -f "$DIR/move-etcd.pid" ]; then kill "$(cat "$DIR/move-etcd.pid")" 2>/dev/null || true; fi
 # Whatever a failed test left: the port forwards `vkube connect` started, the clusters it made.
 pkill -f "$VKUBE_BIN port-forward-daemon" 2>/dev/null
 for ns in vkube-one vkube-two vkube-ha; do k delete namespace "$ns" --wait=false >/dev/null 2>&1; done
