@@ -46,7 +46,7 @@ impl Authorizer {
             store: store.clone(),
             hub: hub.clone(),
         });
-        let at = authorizer.load().await?;
+        let at = crate::hub::retrying_compacted(|| authorizer.load()).await?;
         let this = authorizer.clone();
         tokio::spawn(async move {
             let reload = || this.load();

@@ -37,7 +37,7 @@ impl CrdView {
             store,
             hub: hub.clone(),
         });
-        let at = view.load().await?;
+        let at = crate::hub::retrying_compacted(|| view.load()).await?;
         let this = view.clone();
         tokio::spawn(async move {
             let reload = || this.load();

@@ -86,10 +86,34 @@ fn decode(kv: &vkube_store::KeyValue) -> Option<Value> {
     Some(obj)
 }
 
+/// Runs a start-up load again when a compaction overtook the revision it pinned (another
+/// cluster's periodic compaction of a shared etcd, or a migration's): the next attempt reads at
+/// the store's new current revision. Without this a replica starting at that moment exited with
+/// `revision N has been compacted`.
+pub(crate) async fn retrying_compacted<T, F, Fut>(mut load: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    for _ in 0..20 {
+        match load().await {
+            Err(StoreError::Compacted { .. }) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            other => return other,
+        }
+    }
+    load().await
+}
+
 impl Hub {
     /// Starts feeding from the store's current revision.
     pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Hub>, StoreError> {
-        let from = store.current_revision().await?;
+        let (from, watch) = retrying_compacted(|| async {
+            let from = store.current_revision().await?;
+            Ok((from, store.watch("/registry/", from).await?))
+        })
+        .await?;
         let hub = Arc::new(Hub {
             cache: crate::cache::Cache::default(),
             revisions: crate::cache::RevisionReads::new(store.clone()),
@@ -106,7 +130,6 @@ impl Hub {
             admission_policies: std::sync::OnceLock::new(),
             aggregation: std::sync::OnceLock::new(),
         });
-        let watch = store.watch("/registry/", from).await?;
         hub.set_progress(watch.progress_requester());
         // Listed after the watch began: changes the list already holds are skipped as they
         // arrive. A list that fails (a value no encryption provider reads) leaves the cache

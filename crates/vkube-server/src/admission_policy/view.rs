@@ -58,7 +58,7 @@ impl PolicyView {
             policy_prefix: prefix("validatingadmissionpolicies"),
             binding_prefix: prefix("validatingadmissionpolicybindings"),
         });
-        let at = view.load().await?;
+        let at = crate::hub::retrying_compacted(|| view.load()).await?;
         let this = view.clone();
         tokio::spawn(async move {
             let reload = || this.load();

@@ -124,7 +124,7 @@ impl ApiServiceView {
             hub: hub.clone(),
             prefix,
         });
-        let at = view.load().await?;
+        let at = crate::hub::retrying_compacted(|| view.load()).await?;
         let this = view.clone();
         tokio::spawn(async move {
             let reload = || this.load();

@@ -55,7 +55,7 @@ impl FlowControlView {
             control,
             changes: tokio::sync::watch::channel(0).0,
         });
-        let at = view.load().await?;
+        let at = crate::hub::retrying_compacted(|| view.load()).await?;
         let this = view.clone();
         tokio::spawn(async move {
             let reload = || this.load();

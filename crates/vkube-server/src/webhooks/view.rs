@@ -53,7 +53,7 @@ impl WebhookView {
             validating_prefix: prefix("validatingwebhookconfigurations"),
             metrics: Default::default(),
         });
-        let at = view.load().await?;
+        let at = crate::hub::retrying_compacted(|| view.load()).await?;
         let this = view.clone();
         tokio::spawn(async move {
             let reload = || this.load();

@@ -373,17 +373,25 @@ async fn dump(client: &Client) -> BTreeSet<String> {
 }
 
 /// A dump taken once two in a row, a second apart, agree: the controllers have settled.
+/// The store once it has not changed for 3 s: longer than the periods of the leader's loops
+/// that write soon after setup (the APIService availability check runs every 2 s).
 async fn settled(client: &Client) -> BTreeSet<String> {
     let mut last = dump(client).await;
-    for _ in 0..30 {
+    let mut unchanged = 0;
+    for _ in 0..45 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = dump(client).await;
         if now == last {
-            return now;
+            unchanged += 1;
+            if unchanged == 3 {
+                return now;
+            }
+        } else {
+            unchanged = 0;
         }
         last = now;
     }
-    panic!("the store did not settle in 30 s");
+    panic!("the store did not settle in 45 s");
 }
 
 async fn panics(client: &Client) -> f64 {
