@@ -222,6 +222,28 @@ impl Hub {
         Some(self.last_change_at_or_below(now))
     }
 
+    /// Waits until a view fed by the hub (its revision in `view`) reaches `target`, the answer of
+    /// a [`Hub::sync`] (`None`: the store could not be asked), for at most `wait`; says so in
+    /// the log when it does not. Shared by the views a write consults (DESIGN rule 2).
+    pub(crate) async fn view_reach(
+        view: &watch::Sender<Revision>,
+        target: Option<Revision>,
+        wait: Duration,
+        what: &str,
+    ) {
+        let Some(target) = target else {
+            tracing::warn!("{what}: the store's revision could not be reached in time");
+            return;
+        };
+        let mut rx = view.subscribe();
+        if tokio::time::timeout(wait, rx.wait_for(|r| *r >= target))
+            .await
+            .is_err()
+        {
+            tracing::warn!(target, "{what}: behind the store");
+        }
+    }
+
     /// The revision of the last change at or below `revision`; when the window no longer holds
     /// one, a bound the views reach by taking the changes they have been sent.
     fn last_change_at_or_below(&self, revision: Revision) -> Revision {

@@ -98,16 +98,14 @@ impl<'a> Ctx<'a> {
 
     /// The same request, addressing another resource (the pods a `bindings` request names).
     pub(crate) fn with_resource(&self, resource: &'static Resource) -> Ctx<'a> {
-        Ctx {
-            api: self.api,
-            user: self.user,
-            info: self.info,
+        Ctx::new(
+            self.api,
+            self.user,
+            self.info,
             resource,
-            q: self.q,
-            accept: self.accept,
-            warnings: Default::default(),
-            audit_annotations: Default::default(),
-        }
+            self.q,
+            self.accept,
+        )
     }
 
     /// Records an audit annotation (the first value of a key stays, as upstream's
@@ -314,16 +312,7 @@ pub async fn handle(
     if !resource.namespaced && !info.namespace.is_empty() {
         return response::status(&Status::path_not_found());
     }
-    let ctx = Ctx {
-        api,
-        user,
-        info,
-        resource,
-        q,
-        accept,
-        warnings: Default::default(),
-        audit_annotations: Default::default(),
-    };
+    let ctx = Ctx::new(api, user, info, resource, q, accept);
     let dry_run = q.get("dryRun").map(String::as_str);
     if let Err(status) = crate::body::check_dry_run(&info.verb, dry_run) {
         return response::status(&status);

@@ -50,7 +50,7 @@ pub(crate) async fn validate(
     let Some(view) = adm.ctx.api.hub.admission_policies.get() else {
         return Ok(());
     };
-    view.catch_up().await;
+    view.catch_up_to(adm.store_revision().await).await;
     let hooks = view.hooks();
     if hooks.is_empty() {
         return Ok(());

@@ -161,20 +161,20 @@ impl PolicyView {
     /// Waits (at most [`CATCH_UP_WAIT`]) until the view reflects the store's current revision.
     /// When the store cannot be asked in time, the view as it is decides (as upstream's informer).
     pub async fn catch_up(&self) {
-        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
-        let Some(target) = self.hub.sync(CATCH_UP_WAIT).await else {
-            tracing::warn!(
-                "admission policy view: the store's revision could not be reached in time"
-            );
-            return;
-        };
-        let mut rx = self.revision.subscribe();
-        if tokio::time::timeout_at(deadline, rx.wait_for(|r| *r >= target))
-            .await
-            .is_err()
-        {
-            tracing::warn!(target, "admission policy view: behind the store");
-        }
+        self.catch_up_to(self.hub.sync(CATCH_UP_WAIT).await).await
+    }
+
+    /// Waits (at most [`CATCH_UP_WAIT`]) until the view reflects `target`, the store's revision
+    /// a write already learned ([`crate::webhooks::Admission::store_revision`]): the admission
+    /// policies and the webhooks of one write share one revision read.
+    pub async fn catch_up_to(&self, target: Option<Revision>) {
+        Hub::view_reach(
+            &self.revision,
+            target,
+            CATCH_UP_WAIT,
+            "admission policy view",
+        )
+        .await
     }
 
     /// The revision the view reflects.

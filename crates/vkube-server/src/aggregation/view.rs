@@ -192,17 +192,8 @@ impl ApiServiceView {
 
     /// Waits (at most [`CATCH_UP_WAIT`]) until the view reflects the store's current revision.
     pub async fn catch_up(&self) {
-        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
-        let Some(target) = self.hub.sync(CATCH_UP_WAIT).await else {
-            return;
-        };
-        let mut rx = self.revision.subscribe();
-        if tokio::time::timeout_at(deadline, rx.wait_for(|r| *r >= target))
-            .await
-            .is_err()
-        {
-            tracing::warn!(target, "apiservice view: behind the store");
-        }
+        let target = self.hub.sync(CATCH_UP_WAIT).await;
+        Hub::view_reach(&self.revision, target, CATCH_UP_WAIT, "apiservice view").await
     }
 }
 

@@ -33,6 +33,9 @@ use crate::rest::Ctx;
 use hook::Hook;
 use review::Attributes;
 
+/// How long a write may wait for the store's revision and a view to reach it.
+const VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One admission request, as the webhooks see it.
 pub(crate) struct Admission<'a> {
     pub operation: Operation,
@@ -41,9 +44,9 @@ pub(crate) struct Admission<'a> {
     pub(crate) ctx: &'a Ctx<'a>,
     /// The request's namespace's labels, read once for all the webhooks that select on them.
     namespace_labels: tokio::sync::OnceCell<Value>,
-    /// Set once the view has caught up with the store for this request (mutating and
-    /// validating webhooks share one wait).
-    caught_up: tokio::sync::OnceCell<()>,
+    /// The store's revision, read once for this request: the admission policies' view and the
+    /// webhooks' view both wait for it (one revision read per write, not one per view).
+    store_revision: tokio::sync::OnceCell<Option<vkube_store::Revision>>,
 }
 
 impl<'a> Admission<'a> {
@@ -53,8 +56,17 @@ impl<'a> Admission<'a> {
             dry_run,
             ctx,
             namespace_labels: tokio::sync::OnceCell::new(),
-            caught_up: tokio::sync::OnceCell::new(),
+            store_revision: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The store's current revision as a view must reach it for this request ([`crate::hub::Hub::sync`],
+    /// read once and shared).
+    pub(crate) async fn store_revision(&self) -> Option<vkube_store::Revision> {
+        *self
+            .store_revision
+            .get_or_init(|| self.ctx.api.hub.sync(VIEW_WAIT))
+            .await
     }
 
     pub(crate) fn resource(&self) -> &'static Resource {
@@ -68,7 +80,7 @@ impl<'a> Admission<'a> {
             return None;
         }
         let view = self.ctx.api.hub.webhooks.get()?;
-        self.caught_up.get_or_init(|| view.catch_up()).await;
+        view.catch_up_to(self.store_revision().await).await;
         let hooks = view.hooks(mutating);
         (!hooks.is_empty()).then_some(hooks)
     }

@@ -96,20 +96,19 @@ pub async fn create(
     });
     let status = status.await;
     copied.with_context(|| format!("reading the snapshot from pod {namespace}/{pod_name}"))?;
-    let partial = partial_of(&path);
-    std::fs::write(&partial, &bytes).with_context(|| format!("writing {}", partial.display()))?;
     if let Some(status) = status.filter(|s| s.status.as_deref() != Some("Success")) {
-        let _ = std::fs::remove_file(&partial);
         messages.push_str(status.message.as_deref().unwrap_or_default());
         bail!(
             "the snapshot in pod {namespace}/{pod_name} failed: {}",
             messages.trim()
         );
     }
-    // Checked whole here too: what arrived is exactly what the pod wrote.
-    let loaded = snapshot::load(&partial).inspect_err(|_| {
-        let _ = std::fs::remove_file(&partial);
-    })?;
+    // Checked whole here too, in memory, before anything is written: what arrived is exactly
+    // what the pod wrote.
+    let shown = format!("the snapshot from pod {namespace}/{pod_name}");
+    let loaded = snapshot::load_from(std::io::Cursor::new(&bytes), bytes.len() as u64, &shown)?;
+    let partial = partial_of(&path);
+    std::fs::write(&partial, &bytes).with_context(|| format!("writing {}", partial.display()))?;
     std::fs::rename(&partial, &path)
         .with_context(|| format!("renaming {} to {}", partial.display(), path.display()))?;
     println!(
@@ -165,8 +164,12 @@ pub async fn restore(args: RestoreArgs) -> Result<()> {
     check_name(name)?;
     let path = local_path(&args.url)?;
     // The whole file is checked before the cluster is touched.
-    let loaded = snapshot::load(&path)?;
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let loaded = snapshot::load_from(
+        std::io::Cursor::new(&bytes),
+        bytes.len() as u64,
+        &path.display().to_string(),
+    )?;
     let host = Host::connect(&args.host).await?;
     let namespace = namespace_of(name, &args.namespace);
     let (_, set) = manage::stateful_set(&host, &namespace, name).await?;
